@@ -1,0 +1,130 @@
+"""Exponential moving average of the trained weights.
+
+The shadow copy covers the parameters that require gradients (frozen parts never change, so they are not copied)
+plus floating-point buffers. Decay warms up as ``min(decay, 1 - (1 + step) ** -power)`` (the reference's EMA schedule,
+power 0.75), so early steps are not dominated by the random initialisation. The shadow weights can be swapped in
+for validation and test, are saved in the Lightning checkpoint (resume continues the same average), and are what
+the safetensors export writes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+
+class EMA(L.Callback):
+    def __init__(
+        self,
+        decay: float = 0.9999,
+        power: float = 0.75,
+        update_every: int = 1,
+        validate_with_ema: bool = True,
+    ) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        if update_every < 1:
+            raise ValueError(f"EMA update_every must be >= 1, got {update_every}")
+        self.decay = decay
+        self.power = power
+        self.update_every = update_every
+        self.validate_with_ema = validate_with_ema
+        self.shadow: dict[str, Tensor] = {}
+        self.num_updates = 0
+        self._backup: dict[str, Tensor] | None = None
+
+    # --- bookkeeping -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _tracked(module: nn.Module) -> dict[str, Tensor]:
+        tensors: dict[str, Tensor] = {}
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                tensors[name] = p
+        for name, b in module.named_buffers():
+            if b.is_floating_point():
+                tensors[name] = b
+        return tensors
+
+    def current_decay(self) -> float:
+        return min(self.decay, 1.0 - (1.0 + self.num_updates) ** -self.power)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tracked = self._tracked(pl_module)
+        if self.shadow:  # restored from a checkpoint: move to the module's devices
+            missing = set(tracked) - set(self.shadow)
+            if missing:
+                raise KeyError(f"EMA state from the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+            self.shadow = {n: self.shadow[n].to(device=t.device, dtype=torch.float32) for n, t in tracked.items()}
+        else:
+            self.shadow = {n: t.detach().float().clone() for n, t in tracked.items()}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % self.update_every != 0 or not self.shadow:
+            return
+        decay = self.current_decay()
+        self.num_updates += 1
+        for name, t in self._tracked(pl_module).items():
+            shadow = self.shadow[name]
+            shadow.lerp_(t.detach().float(), 1.0 - decay)
+
+    # --- swapping for evaluation --------------------------------------------------------------------------------
+    @contextmanager
+    def swapped(self, pl_module: nn.Module):
+        """Temporarily load the EMA weights into ``pl_module``."""
+        self._swap_in(pl_module)
+        try:
+            yield pl_module
+        finally:
+            self._swap_out(pl_module)
+
+    @torch.no_grad()
+    def _swap_in(self, pl_module: nn.Module) -> None:
+        if not self.shadow or self._backup is not None:
+            return
+        tracked = self._tracked(pl_module)
+        self._backup = {n: t.detach().clone() for n, t in tracked.items()}
+        for name, t in tracked.items():
+            t.copy_(self.shadow[name].to(t.dtype))
+
+    @torch.no_grad()
+    def _swap_out(self, pl_module: nn.Module) -> None:
+        if self._backup is None:
+            return
+        for name, t in self._tracked(pl_module).items():
+            t.copy_(self._backup[name])
+        self._backup = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.validate_with_ema and not trainer.sanity_checking:
+            self._swap_in(pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swap_out(pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.validate_with_ema:
+            self._swap_in(pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._swap_out(pl_module)
+
+    def ema_state_dict(self, pl_module: nn.Module) -> dict[str, Tensor]:
+        """The module's state dict with the EMA values in place of the tracked tensors (float32 shadow cast back)."""
+        state = {k: v.detach() for k, v in pl_module.state_dict().items()}
+        for name, value in self.shadow.items():
+            if name in state:
+                state[name] = value.to(state[name].dtype)
+        return state
+
+    # --- checkpointing -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": {k: v.cpu() for k, v in self.shadow.items()}, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shadow = dict(state_dict["shadow"])
+        self.num_updates = int(state_dict["num_updates"])

@@ -1,0 +1,96 @@
+"""Training entry point: ``python -m diff4splat.train [experiment=NAME] [group=option] [key=value ...]``.
+
+Linear wiring, in this order: seed -> datamodule -> system -> callbacks -> loggers -> trainer -> fit -> test.
+Returns the value of ``optimized_metric`` so Hydra sweepers (multirun ablations, Optuna) can optimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from diff4splat.runs import (
+    apply_extras,
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_hyperparameters,
+    metric_value,
+    register_resolvers,
+    resolve_ckpt_path,
+)
+
+log = logging.getLogger(__name__)
+
+register_resolvers()
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train (and optionally test) the system described by ``cfg``.
+
+    Returns ``(metrics, objects)``: every metric logged by the trainer (fit and test, as floats) and the instantiated
+    ``datamodule``, ``system``, ``trainer``, ``callbacks`` and ``loggers``.
+    """
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data, _recursive_=False)
+
+    log.info("Instantiating system <%s>", cfg.system._target_)
+    system: L.LightningModule = hydra.utils.instantiate(cfg.system, _recursive_=False)
+
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+
+    log.info("Instantiating trainer <%s>", cfg.trainer._target_)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    objects = {"datamodule": datamodule, "system": system, "trainer": trainer, "callbacks": callbacks, "loggers": loggers}
+    log_hyperparameters(cfg, loggers, system)
+
+    metrics: dict[str, Any] = {}
+    if cfg.get("train", True):
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=True)
+        metrics.update(_floats(trainer.callback_metrics))
+
+    if cfg.get("test", False):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        if not best:
+            log.info("No best checkpoint: testing the current weights.")
+        trainer.test(system, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        metrics.update(_floats(trainer.callback_metrics))
+
+    return metrics, objects
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point: see the module docstring."""
+    apply_extras(cfg)
+    try:
+        metrics, _ = train(cfg)
+    finally:
+        _finish_wandb()
+    return metric_value(metrics, cfg.get("optimized_metric"))
+
+
+def _finish_wandb() -> None:
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+if __name__ == "__main__":
+    main()
