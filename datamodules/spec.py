@@ -1,0 +1,424 @@
+"""The clip schema: one sample of every dataset, on disk (WebDataset tar members) and in memory (`Clip`).
+
+A clip is F frames of one camera moving through one scene (static or dynamic) with its cameras and, where the
+dataset has them, exact geometry and motion. Converters build `Clip`s and hand them to `datamodules.write.ShardWriter`;
+the streaming pipeline reads tar members back with `decode_sample`. Both ends call the same `validate_clip`, so a
+violation is caught at write time and names the sample key and the field (`SpecError`).
+
+Tar members of a sample with key K (WebDataset groups members by the text before the first dot, so keys have no dots):
+
+| member                 | content                                                                            |
+|------------------------|------------------------------------------------------------------------------------|
+| K.000.jpg, K.001.jpg…  | one JPEG (or `.png`) per frame, 3-digit (or longer) frame index; or one `K.mp4`    |
+| K.c2w.npy              | (F,4,4) float, camera-to-world, OpenCV (x right, y down, z forward), dataset units |
+| K.fxfycxcy.npy         | (F,4) float, normalised intrinsics (fx/W, fy/H, cx/W, cy/H), pixel centres at +0.5 |
+| K.timestamps.npy       | (F,) float64, seconds (or frame indices when the rate is unknown), non-decreasing  |
+| K.depth.npy            | optional (F,H,W) float16/32 z-depth in the units of `c2w`                           |
+| K.depth_valid.npy      | optional (F,H,W) bool (requires depth); absent = finite and > 0                    |
+| K.tracks_world.npy     | optional (F,N,3) float32 world points, NaN exactly where not visible               |
+| K.tracks_visible.npy   | optional (F,N) bool (required with tracks_world)                                   |
+| K.flow.npy             | optional (F,H,W,2) float16/32 forward flow f -> f+1 in pixels, NaN = unknown       |
+| K.dynamic_mask.npy     | optional (F,H,W) bool, True on moving objects                                      |
+| K.meta.json            | `ClipMeta` as JSON                                                                 |
+
+Arrays are `.npy` (loaded with `allow_pickle=False`), never pickles. `meta.metric_scale` = metres per unit of the
+stored `c2w`/depth (1.0 when the dataset is metric). Loss weights follow the reference (§8.4, `DATASET_DEFAULTS`).
+
+Example:
+    >>> clip = Clip(key="seq0_000000", frames=encode_frames(rgb_uint8), c2w=c2w, fxfycxcy=K,
+    ...             timestamps=np.arange(F) / 30.0, meta=ClipMeta(dataset="re10k", sequence="seq0", is_static=True))
+    >>> validate_clip(clip)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+SPEC_VERSION = "1.0"
+
+FrameFormat = Literal["jpg", "png", "mp4"]
+
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+ARRAY_FIELDS = ("c2w", "fxfycxcy", "timestamps", "depth", "depth_valid", "tracks_world", "tracks_visible", "flow",
+                "dynamic_mask")  # fmt: skip
+REQUIRED_ARRAYS = ("c2w", "fxfycxcy", "timestamps")
+OPTIONAL_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "flow", "dynamic_mask")
+_FRAME_MEMBER = re.compile(r"^(\d{3,})\.(jpg|jpeg|png)$")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    """Per-dataset facts from the reference (§8.1, §8.4): static flag, maximum frame gap, loss weights."""
+
+    is_static: bool
+    max_gap: int
+    depth_weight: float
+    motion_weight: float
+
+
+DATASET_DEFAULTS: dict[str, DatasetDefaults] = {
+    "re10k": DatasetDefaults(True, 170, 0.1, 0.9),
+    "dl3dv": DatasetDefaults(True, 34, 0.9, 1.0),
+    "tartanair": DatasetDefaults(True, 34, 1.0, 0.9),
+    "matrixcity": DatasetDefaults(True, 17, 0.8, 1.0),
+    "dynamicreplica": DatasetDefaults(False, 34, 0.5, 0.5),
+    "pointodyssey": DatasetDefaults(False, 34, 1.0, 1.0),
+    "vkitti2": DatasetDefaults(False, 17, 1.0, 0.0),
+    "spring": DatasetDefaults(False, 85, 1.0, 0.0),
+    "stereo4d": DatasetDefaults(False, 85, 0.2, 0.2),
+    "synthetic": DatasetDefaults(False, 17, 1.0, 1.0),
+}
+
+
+class SpecError(ValueError):
+    """A sample violates the clip schema. Carries the sample key and the field that is wrong."""
+
+    def __init__(self, key: str, field: str, message: str):
+        self.key, self.field = key, field
+        super().__init__(f"sample {key!r}, field {field!r}: {message}")
+
+
+@dataclass
+class ClipMeta:
+    """`meta.json` of a clip. Unknown keys are an error on read (use `extra` for dataset-specific facts)."""
+
+    dataset: str  # e.g. "re10k"
+    sequence: str  # native sequence id
+    is_static: bool
+    metric_scale: float = 1.0  # metres per unit of the stored c2w translation and depth
+    depth_unit: str = "m"  # unit of stored depth before metric_scale ("m" when metric, "arbitrary" otherwise)
+    depth_weight: float = 1.0
+    motion_weight: float = 1.0
+    spec_version: str = SPEC_VERSION
+    height: int = 0  # frame size; filled in by `Clip.__post_init__` from the frames when 0
+    width: int = 0
+    frame_format: FrameFormat = "jpg"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_dataset(cls, dataset: str, sequence: str, **overrides: Any) -> ClipMeta:
+        """Meta with the reference's static flag and loss weights for a known dataset name."""
+        d = DATASET_DEFAULTS[dataset]
+        kw = dict(is_static=d.is_static, depth_weight=d.depth_weight, motion_weight=d.motion_weight)
+        kw.update(overrides)
+        return cls(dataset=dataset, sequence=sequence, **kw)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str, key: str = "?") -> ClipMeta:
+        try:
+            d = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SpecError(key, "meta", f"not valid JSON ({e})") from e
+        if not isinstance(d, dict):
+            raise SpecError(key, "meta", "must be a JSON object")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SpecError(key, "meta", f"unknown keys {unknown}")
+        missing = [n for n in ("dataset", "sequence", "is_static") if n not in d]
+        if missing:
+            raise SpecError(key, "meta", f"missing keys {missing}")
+        return cls(**d)
+
+
+@dataclass
+class Clip:
+    """One clip in memory. Shapes: F frames, H×W pixels, N tracks.
+
+    frames: list of F encoded images (JPEG/PNG bytes) or one mp4 `bytes` (then `meta.frame_format == "mp4"`).
+    c2w: (F,4,4) float; fxfycxcy: (F,4) float; timestamps: (F,) float.
+    depth: (F,H,W) float | None; depth_valid: (F,H,W) bool | None; tracks_world: (F,N,3) float | None;
+    tracks_visible: (F,N) bool | None; flow: (F,H,W,2) float | None; dynamic_mask: (F,H,W) bool | None.
+    """
+
+    key: str
+    frames: list[bytes] | bytes
+    c2w: np.ndarray
+    fxfycxcy: np.ndarray
+    timestamps: np.ndarray
+    meta: ClipMeta
+    depth: np.ndarray | None = None
+    depth_valid: np.ndarray | None = None
+    tracks_world: np.ndarray | None = None
+    tracks_visible: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    dynamic_mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.frames, bytes | bytearray):
+            self.meta.frame_format = "mp4"
+        elif self.frames and (self.meta.height == 0 or self.meta.width == 0):
+            self.meta.width, self.meta.height = image_size(self.frames[0])
+            if self.frames[0][:8] == _PNG_MAGIC:
+                self.meta.frame_format = "png"
+
+    @property
+    def num_frames(self) -> int:
+        return int(np.asarray(self.c2w).shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The array fields that are present, by name."""
+        return {n: getattr(self, n) for n in ARRAY_FIELDS if getattr(self, n) is not None}
+
+
+# --------------------------------------------------------------------------------------------------- frame coding
+
+
+def encode_frames(frames: np.ndarray, fmt: Literal["jpg", "png"] = "jpg", quality: int = 95) -> list[bytes]:
+    """Encode (F,H,W,3) uint8 RGB frames to a list of F JPEG/PNG byte strings (deterministic)."""
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (F,H,W,3) uint8, got {frames.shape} {frames.dtype}")
+    out = []
+    for f in frames:
+        buf = io.BytesIO()
+        if fmt == "jpg":
+            Image.fromarray(f).save(buf, format="JPEG", quality=quality)
+        elif fmt == "png":
+            Image.fromarray(f).save(buf, format="PNG", compress_level=1)
+        else:
+            raise ValueError(f"unknown image format {fmt!r}")
+        out.append(buf.getvalue())
+    return out
+
+
+def encode_video(frames: np.ndarray, fps: float = 30.0, crf: int = 18) -> bytes:
+    """Encode (F,H,W,3) uint8 RGB frames (H, W even) to H.264 mp4 bytes with PyAV."""
+    import av
+
+    frames = np.asarray(frames)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image from its header, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size
+
+
+def decode_image(data: bytes, draft: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one JPEG/PNG to (H,W,3) uint8. `draft=(w, h)` lets JPEG decode at a reduced scale (≥ that size)."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data))
+    if draft is not None and im.format == "JPEG":
+        im.draft("RGB", draft)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def decode_video(data: bytes, indices: list[int] | None = None) -> np.ndarray:
+    """Decode frames `indices` (all when None) of mp4 bytes to (F,H,W,3) uint8: decord when installed, else PyAV."""
+    try:
+        import decord
+    except ImportError:
+        decord = None
+    if decord is not None:
+        vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
+        idx = list(range(len(vr))) if indices is None else list(indices)
+        return vr.get_batch(idx).asnumpy()
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if indices is not None:
+        frames = [frames[i] for i in indices]
+    return np.stack(frames)
+
+
+def decode_frames(clip: Clip, indices: list[int] | None = None) -> np.ndarray:
+    """Decode frames `indices` (all when None) of a clip to (F',H,W,3) uint8."""
+    if isinstance(clip.frames, bytes | bytearray):
+        return decode_video(bytes(clip.frames), indices)
+    idx = range(len(clip.frames)) if indices is None else indices
+    return np.stack([decode_image(clip.frames[i]) for i in idx])
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, name: str, message: str) -> None:
+    if not ok:
+        raise SpecError(key, name, message)
+
+
+def _check_array(a: Any, key: str, name: str, shape: tuple, kinds: str) -> np.ndarray:
+    """Check ndim/shape (None = any) and dtype kind ('f' float, 'b' bool, 'u'/'i' ints)."""
+    _check(isinstance(a, np.ndarray), key, name, f"must be a numpy array, got {type(a).__name__}")
+    _check(a.dtype.kind in kinds, key, name, f"dtype must be of kind {kinds!r}, got {a.dtype}")
+    ok = a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape, strict=False))
+    _check(ok, key, name, f"shape must be {tuple('*' if s is None else s for s in shape)}, got {a.shape}")
+    return a
+
+
+def validate_clip(clip: Clip, deep: bool = False) -> None:
+    """Raise `SpecError` (naming key and field) if `clip` violates the schema. `deep` also decodes every frame."""
+    key = clip.key
+    _check(isinstance(key, str) and bool(KEY_PATTERN.match(key)), str(key), "key", "must match [A-Za-z0-9_-]+")
+    meta = clip.meta
+    _check(isinstance(meta, ClipMeta), key, "meta", "must be a ClipMeta")
+    _check(meta.spec_version == SPEC_VERSION, key, "meta.spec_version", f"{meta.spec_version!r} != {SPEC_VERSION!r}")
+    _check(isinstance(meta.dataset, str) and bool(meta.dataset), key, "meta.dataset", "must be a non-empty string")
+    _check(isinstance(meta.is_static, bool), key, "meta.is_static", "must be a bool")
+    for name in ("metric_scale", "depth_weight", "motion_weight"):
+        v = getattr(meta, name)
+        _check(isinstance(v, int | float) and np.isfinite(v) and v >= 0, key, f"meta.{name}", f"must be >= 0, got {v}")
+    _check(meta.metric_scale > 0, key, "meta.metric_scale", "must be > 0")
+
+    c2w = _check_array(clip.c2w, key, "c2w", (None, 4, 4), "f")
+    F = c2w.shape[0]
+    _check(F >= 1, key, "c2w", "needs at least one frame")
+    _check(bool(np.isfinite(c2w).all()), key, "c2w", "has non-finite values")
+    _check(np.allclose(c2w[:, 3], [0, 0, 0, 1], atol=1e-6), key, "c2w", "last row must be [0, 0, 0, 1]")
+    R = c2w[:, :3, :3].astype(np.float64)
+    orth = np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max()
+    _check(orth < 1e-3, key, "c2w", f"rotation is not orthonormal (max |RR^T - I| = {orth:.2e})")
+    _check(bool((np.linalg.det(R) > 0).all()), key, "c2w", "rotation has det < 0 (not right-handed)")
+    K = _check_array(clip.fxfycxcy, key, "fxfycxcy", (F, 4), "f")
+    _check(bool(np.isfinite(K).all() and (K[:, :2] > 0).all()), key, "fxfycxcy", "must be finite with fx, fy > 0")
+    t = _check_array(clip.timestamps, key, "timestamps", (F,), "fiu")
+    _check(bool(np.isfinite(t).all() and (np.diff(t) >= 0).all()), key, "timestamps", "must be finite, non-decreasing")
+
+    if isinstance(clip.frames, bytes | bytearray):
+        _check(meta.frame_format == "mp4", key, "frames", "one bytes object means mp4 (meta.frame_format 'mp4')")
+        _check(len(clip.frames) > 0, key, "frames", "empty mp4")
+        H, W = meta.height, meta.width
+        _check(H > 0 and W > 0, key, "meta.height", "mp4 clips must set meta.height and meta.width")
+        if deep:
+            try:
+                n = decode_video(bytes(clip.frames)).shape
+            except Exception as e:
+                raise SpecError(key, "frames", f"mp4 does not decode ({e})") from e
+            _check(n[0] == F and n[1:3] == (H, W), key, "frames", f"mp4 has shape {n}, expected ({F},{H},{W},3)")
+    else:
+        _check(isinstance(clip.frames, list | tuple), key, "frames", "must be a list of encoded images or mp4 bytes")
+        _check(len(clip.frames) == F, key, "frames", f"{len(clip.frames)} frames but c2w has {F}")
+        magic = _PNG_MAGIC if meta.frame_format == "png" else _JPEG_MAGIC
+        for i, fr in enumerate(clip.frames):
+            _check(isinstance(fr, bytes) and fr.startswith(magic), key, f"frames[{i}]", f"not {meta.frame_format}")
+        H, W = meta.height, meta.width
+        _check(H > 0 and W > 0, key, "meta.height", "must be > 0")
+        if deep:
+            for i, fr in enumerate(clip.frames):
+                try:
+                    shape = decode_image(fr).shape
+                except Exception as e:
+                    raise SpecError(key, f"frames[{i}]", f"does not decode ({e})") from e
+                _check(shape == (H, W, 3), key, f"frames[{i}]", f"decodes to {shape}, expected ({H},{W},3)")
+        else:
+            _check(image_size(clip.frames[0]) == (W, H), key, "frames[0]", f"size != meta ({W}x{H})")
+
+    if clip.depth is not None:
+        d = _check_array(clip.depth, key, "depth", (F, H, W), "f")
+        valid = np.isfinite(d) & (d > 0)
+        if clip.depth_valid is not None:
+            v = _check_array(clip.depth_valid, key, "depth_valid", (F, H, W), "b")
+            _check(not bool((v & ~valid).any()), key, "depth_valid", "marks pixels whose depth is not finite and > 0")
+    else:
+        _check(clip.depth_valid is None, key, "depth_valid", "given without depth")
+    if clip.tracks_world is not None:
+        tw = _check_array(clip.tracks_world, key, "tracks_world", (F, None, 3), "f")
+        _check(clip.tracks_visible is not None, key, "tracks_visible", "required with tracks_world")
+        tv = _check_array(clip.tracks_visible, key, "tracks_visible", (F, tw.shape[1]), "b")
+        fin = np.isfinite(tw).all(-1)
+        _check(bool(fin[tv].all()), key, "tracks_world", "visible points must be finite")
+        _check(bool(np.isnan(tw[~tv]).all()), key, "tracks_world", "must be NaN exactly where not visible")
+    else:
+        _check(clip.tracks_visible is None, key, "tracks_visible", "given without tracks_world")
+    if clip.flow is not None:
+        _check_array(clip.flow, key, "flow", (F, H, W, 2), "f")
+    if clip.dynamic_mask is not None:
+        _check_array(clip.dynamic_mask, key, "dynamic_mask", (F, H, W), "b")
+
+
+# --------------------------------------------------------------------------------------------------- tar members
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_load(data: bytes, key: str, name: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:
+        raise SpecError(key, name, f"not a loadable .npy ({e})") from e
+
+
+def encode_clip(clip: Clip) -> dict[str, bytes]:
+    """Validate `clip` and return its tar members as {suffix: bytes} (suffix = member name after `key.`)."""
+    validate_clip(clip)
+    out: dict[str, bytes] = {}
+    if isinstance(clip.frames, bytes | bytearray):
+        out["mp4"] = bytes(clip.frames)
+    else:
+        ext = "png" if clip.meta.frame_format == "png" else "jpg"
+        width = max(3, len(str(len(clip.frames) - 1)))
+        for i, fr in enumerate(clip.frames):
+            out[f"{i:0{width}d}.{ext}"] = fr
+    for name, a in clip.arrays().items():
+        out[f"{name}.npy"] = _npy_bytes(a)
+    out["meta.json"] = clip.meta.to_json()
+    return out
+
+
+def decode_sample(sample: dict[str, Any], validate: bool = True, arrays: tuple[str, ...] | None = None) -> Clip:
+    """Build a `Clip` from a WebDataset sample ({'__key__': K, suffix: bytes}); frames stay encoded.
+
+    `arrays` restricts which optional arrays are loaded (None = all present). Raises `SpecError` on any violation.
+    """
+    key = str(sample.get("__key__", "?"))
+    if "meta.json" not in sample:
+        raise SpecError(key, "meta", "missing member meta.json")
+    meta = ClipMeta.from_json(sample["meta.json"], key)
+    frames: list[bytes] | bytes
+    if "mp4" in sample:
+        frames = sample["mp4"]
+    else:
+        members = sorted((int(m.group(1)), s) for s in sample if isinstance(s, str) and (m := _FRAME_MEMBER.match(s)))
+        _check(bool(members), key, "frames", "no frame members (K.000.jpg ...) and no K.mp4")
+        _check([i for i, _ in members] == list(range(len(members))), key, "frames", "frame indices are not 0..F-1")
+        frames = [sample[s] for _, s in members]
+    loaded: dict[str, np.ndarray] = {}
+    for name in ARRAY_FIELDS:
+        member = f"{name}.npy"
+        if name in REQUIRED_ARRAYS:
+            _check(member in sample, key, name, f"missing member {member}")
+        if member in sample and (arrays is None or name in REQUIRED_ARRAYS or name in arrays):
+            loaded[name] = _npy_load(sample[member], key, name)
+    if arrays is not None and "tracks_world" in loaded and "tracks_visible" not in loaded:
+        loaded["tracks_visible"] = _npy_load(sample["tracks_visible.npy"], key, "tracks_visible")
+    clip = Clip(key=key, frames=frames, meta=meta, **loaded)
+    if validate:
+        validate_clip(clip)
+    return clip
