@@ -57,7 +57,9 @@ class EMA(L.Callback):
         if self.shadow:  # restored from a checkpoint: move to the module's devices
             missing = set(tracked) - set(self.shadow)
             if missing:
-                raise KeyError(f"EMA state from the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+                raise KeyError(
+                    f"EMA state from the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}"
+                )
             self.shadow = {n: self.shadow[n].to(device=t.device, dtype=torch.float32) for n, t in tracked.items()}
         else:
             self.shadow = {n: t.detach().float().clone() for n, t in tracked.items()}

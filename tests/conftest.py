@@ -1,0 +1,68 @@
+"""Shared fixtures: composing the Hydra config in-process with tiny overrides, and paths to the shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from diff4splat.runs import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("MPLBACKEND", "Agg")
+register_resolvers()
+
+# Overrides that make any experiment tiny enough for a CPU test (applied after the experiment's own).
+TINY = [
+    "trainer=cpu",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "logger=csv",
+    "extras.print_config=false",
+]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` as Hydra would, with every path under ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.name = "test"
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.output_root = str(output_dir.parent / "outputs")
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    def _make(*overrides: str, tiny: bool = True) -> DictConfig:
+        keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+        extra = [t for t in TINY if t.split("=", 1)[0] not in keys] if tiny else []
+        return compose_cfg(list(overrides) + extra, tmp_path / "run")
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def shared_fixtures() -> Path:
+    if not SHARED_FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES} (CI has shared/ beside the checkout)")
+    return SHARED_FIXTURES

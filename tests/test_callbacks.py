@@ -1,0 +1,92 @@
+"""EMA matches its closed form, swaps in for evaluation and back, and survives checkpointing."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from diff4splat.callbacks.ema import EMA
+
+
+class _Regression(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(3, 1)
+        self.seen_during_val: list[torch.Tensor] = []
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch, _):
+        self.seen_during_val.append(self.net.weight.detach().clone())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _Recorder(L.Callback):
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.initial = pl_module.net.weight.detach().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.weights.append(pl_module.net.weight.detach().clone())
+
+
+def _loader(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _trainer(callbacks, steps=16, **kw):
+    return L.Trainer(max_steps=steps, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", **kw)  # fmt: skip
+
+
+def test_ema_matches_closed_form():
+    torch.manual_seed(0)
+    model, ema, rec = _Regression(), EMA(decay=0.8, power=0.75), _Recorder()
+    _trainer([rec, ema]).fit(model, _loader())
+    expected = rec.initial.clone()
+    for i, w in enumerate(rec.weights):
+        d = min(0.8, 1 - (1 + i) ** -0.75)
+        expected = d * expected + (1 - d) * w
+    torch.testing.assert_close(ema.shadow["net.weight"], expected, rtol=1e-6, atol=1e-6)
+    assert ema.num_updates == 16
+    assert not torch.allclose(expected, rec.weights[-1])  # the average lags the raw weights
+
+
+def test_validation_sees_ema_then_raw_weights_return():
+    torch.manual_seed(0)
+    model, ema = _Regression(), EMA(decay=0.9)
+    trainer = _trainer([ema], steps=8, val_check_interval=4, num_sanity_val_steps=0, limit_val_batches=1)
+    trainer.fit(model, _loader(), _loader(1))
+    assert len(model.seen_during_val) == 2
+    torch.testing.assert_close(model.seen_during_val[-1], ema.shadow["net.weight"])
+    assert not torch.allclose(model.net.weight, ema.shadow["net.weight"])  # swapped back after validation
+
+
+def test_ema_state_round_trip():
+    torch.manual_seed(0)
+    model, ema = _Regression(), EMA(decay=0.9)
+    _trainer([ema], steps=5).fit(model, _loader())
+    restored = EMA(decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.num_updates == 5
+    torch.testing.assert_close(restored.shadow["net.weight"], ema.shadow["net.weight"])
+    state = restored.ema_state_dict(model)
+    torch.testing.assert_close(state["net.weight"], ema.shadow["net.weight"])
+
+
+def test_ema_rejects_bad_decay():
+    import pytest
+
+    with pytest.raises(ValueError, match="decay"):
+        EMA(decay=1.0)
