@@ -21,8 +21,11 @@ Tar members of a sample with key K (WebDataset groups members by the text before
 | K.dynamic_mask.npy     | optional (F,H,W) bool, True on moving objects                                      |
 | K.meta.json            | `ClipMeta` as JSON                                                                 |
 
-Arrays are `.npy` (loaded with `allow_pickle=False`), never pickles. `meta.metric_scale` = metres per unit of the
-stored `c2w`/depth (1.0 when the dataset is metric). Loss weights follow the reference (§8.4, `DATASET_DEFAULTS`).
+Arrays are `.npy` (loaded with `allow_pickle=False`), never pickles. `meta.metric_scale` = units of the
+stored `c2w`/depth per metre: stored = metric × metric_scale (1.0 when the dataset is metric, 0.01 for
+poses in 100 m units, an estimate or 1.0 with `depth_unit="arbitrary"` when unknown). The batch's `metric_scale` has
+the same direction (normalised = metric × metric_scale), as `diff4splat.geometry.cameras.normalize_scene_scale`.
+Loss weights follow the reference (§8.4, `DATASET_DEFAULTS`).
 
 Example:
     >>> clip = Clip(key="seq0_000000", frames=encode_frames(rgb_uint8), c2w=c2w, fxfycxcy=K,
@@ -94,7 +97,7 @@ class ClipMeta:
     dataset: str  # e.g. "re10k"
     sequence: str  # native sequence id
     is_static: bool
-    metric_scale: float = 1.0  # metres per unit of the stored c2w translation and depth
+    metric_scale: float = 1.0  # stored c2w translation and depth = metres × metric_scale
     depth_unit: str = "m"  # unit of stored depth before metric_scale ("m" when metric, "arbitrary" otherwise)
     depth_weight: float = 1.0
     motion_weight: float = 1.0
@@ -279,8 +282,13 @@ def _check_array(a: Any, key: str, name: str, shape: tuple, kinds: str) -> np.nd
     return a
 
 
-def validate_clip(clip: Clip, deep: bool = False) -> None:
-    """Raise `SpecError` (naming key and field) if `clip` violates the schema. `deep` also decodes every frame."""
+def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
+    """Raise `SpecError` (naming key and field) if `clip` violates the schema.
+
+    `deep` also decodes every frame (the verify tool). `values=False` checks meta, shapes, dtypes and cameras but not
+    per-pixel values (depth > 0 where valid, NaN pattern of tracks): the streaming reader's cheap check of samples
+    that were fully validated when they were written.
+    """
     key = clip.key
     _check(isinstance(key, str) and bool(KEY_PATTERN.match(key)), str(key), "key", "must match [A-Za-z0-9_-]+")
     meta = clip.meta
@@ -338,19 +346,21 @@ def validate_clip(clip: Clip, deep: bool = False) -> None:
 
     if clip.depth is not None:
         d = _check_array(clip.depth, key, "depth", (F, H, W), "f")
-        valid = np.isfinite(d) & (d > 0)
         if clip.depth_valid is not None:
             v = _check_array(clip.depth_valid, key, "depth_valid", (F, H, W), "b")
-            _check(not bool((v & ~valid).any()), key, "depth_valid", "marks pixels whose depth is not finite and > 0")
+            if values:
+                bad = bool((v & ~(np.isfinite(d) & (d > 0))).any())
+                _check(not bad, key, "depth_valid", "marks pixels whose depth is not finite and > 0")
     else:
         _check(clip.depth_valid is None, key, "depth_valid", "given without depth")
     if clip.tracks_world is not None:
         tw = _check_array(clip.tracks_world, key, "tracks_world", (F, None, 3), "f")
         _check(clip.tracks_visible is not None, key, "tracks_visible", "required with tracks_world")
         tv = _check_array(clip.tracks_visible, key, "tracks_visible", (F, tw.shape[1]), "b")
-        fin = np.isfinite(tw).all(-1)
-        _check(bool(fin[tv].all()), key, "tracks_world", "visible points must be finite")
-        _check(bool(np.isnan(tw[~tv]).all()), key, "tracks_world", "must be NaN exactly where not visible")
+        if values:
+            fin = np.isfinite(tw).all(-1)
+            _check(bool(fin[tv].all()), key, "tracks_world", "visible points must be finite")
+            _check(bool(np.isnan(tw[~tv]).all()), key, "tracks_world", "must be NaN exactly where not visible")
     else:
         _check(clip.tracks_visible is None, key, "tracks_visible", "given without tracks_world")
     if clip.flow is not None:
@@ -392,10 +402,13 @@ def encode_clip(clip: Clip) -> dict[str, bytes]:
     return out
 
 
-def decode_sample(sample: dict[str, Any], validate: bool = True, arrays: tuple[str, ...] | None = None) -> Clip:
+def decode_sample(
+    sample: dict[str, Any], validate: bool = True, values: bool = True, arrays: tuple[str, ...] | None = None
+) -> Clip:
     """Build a `Clip` from a WebDataset sample ({'__key__': K, suffix: bytes}); frames stay encoded.
 
-    `arrays` restricts which optional arrays are loaded (None = all present). Raises `SpecError` on any violation.
+    `arrays` restricts which optional arrays are loaded (None = all present); `validate`/`values` as in
+    `validate_clip`. Raises `SpecError` on any violation.
     """
     key = str(sample.get("__key__", "?"))
     if "meta.json" not in sample:
@@ -420,5 +433,5 @@ def decode_sample(sample: dict[str, Any], validate: bool = True, arrays: tuple[s
         loaded["tracks_visible"] = _npy_load(sample["tracks_visible.npy"], key, "tracks_visible")
     clip = Clip(key=key, frames=frames, meta=meta, **loaded)
     if validate:
-        validate_clip(clip)
+        validate_clip(clip, values=values)
     return clip

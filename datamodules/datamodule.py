@@ -1,0 +1,181 @@
+"""`ClipDataModule`: the LightningDataModule over weighted clip sources (`conf/data/*.yaml`).
+
+    dm = ClipDataModule(
+        sources={"re10k": {"shards": "/data/shards/re10k/train-*.tar", "val_shards": ".../val-*.tar",
+                           "weight": 1.0, "max_gap": 170}},
+        sampling={"num_input": 5, "num_output": 8, "resolution": 224},
+        batch_size=4, num_workers=4, batches_per_epoch=1000, val_batches=20,
+    )
+
+Every batch follows the contract of `datamodules.batch` (images become float in `on_after_batch_transfer`).
+The stream is seeded per (seed, rank, worker, epoch); the epoch counter is part of the DataModule state saved in
+checkpoints, so a resumed run continues with new samples instead of replaying the first epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.batch import to_float_images
+from datamodules.stream import ClipSamplingConfig, ClipStream, SourceConfig, source_from_dict
+
+log = logging.getLogger(__name__)
+
+
+class _EpochLoader(DataLoader):
+    """DataLoader that advances the stream's epoch before each pass (non-persistent workers get the new value)."""
+
+    _passes = 0
+
+    def __iter__(self):
+        if self._passes > 0:
+            self.dataset.set_epoch(self.dataset.epoch + 1)  # type: ignore[attr-defined]
+        self._passes += 1
+        return super().__iter__()
+
+
+class ClipDataModule(L.LightningDataModule):
+    """Weighted mixture of clip shard sources, as batches of the `datamodules.batch` contract.
+
+    Args:
+        sources: {name: SourceConfig fields} (plain dicts from Hydra; unknown keys fail). Sources with weight 0
+            are dropped from training (kept for validation if they have `val_shards`).
+        sampling: `ClipSamplingConfig` fields (frames, resolution, augmentation, scale normalisation).
+        batch_size: clips per batch (per rank).
+        num_workers: DataLoader workers per rank.
+        batches_per_epoch: training batches per rank per epoch (every rank gets the same number).
+        val_batches: validation batches per rank (fixed clips every time); 0 disables validation.
+        seed: base seed of the streams.
+        shuffle_buffer: raw samples buffered per source and worker.
+        max_skip_rate, skip_rate_min_samples: corrupt-sample tolerance (see `datamodules.stream`).
+        val_sampling: overrides of `sampling` for validation/test (e.g. another resolution).
+        pin_memory, prefetch_factor, persistent_workers: DataLoader settings.
+        synthetic: {source name: `datamodules.synthetic.SyntheticConfig` fields}: those sources are generated in
+            process instead of read from shards (smoke runs without data).
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Mapping[str, Any]],
+        sampling: Mapping[str, Any] | None = None,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        batches_per_epoch: int = 1000,
+        val_batches: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 64,
+        max_skip_rate: float = 0.05,
+        skip_rate_min_samples: int = 50,
+        val_sampling: Mapping[str, Any] | None = None,
+        pin_memory: bool = True,
+        prefetch_factor: int = 2,
+        persistent_workers: bool = False,
+        synthetic: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
+        super().__init__()
+        self.sources = [source_from_dict(k, dict(v)) for k, v in sources.items()]
+        sampling = _plain(sampling or {})
+        self.sampling = ClipSamplingConfig(**sampling)
+        self.val_sampling = ClipSamplingConfig(**{**sampling, **_plain(val_sampling or {})})
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
+        self.seed, self.shuffle_buffer = seed, shuffle_buffer
+        self.max_skip_rate, self.skip_rate_min_samples = max_skip_rate, skip_rate_min_samples
+        self.pin_memory, self.prefetch_factor, self.persistent_workers = pin_memory, prefetch_factor, persistent_workers
+        self.synthetic = {k: dict(v) for k, v in (synthetic or {}).items()}
+        self._train: ClipStream | None = None
+        self._val: ClipStream | None = None
+        self._epoch = 0
+
+    # ------------------------------------------------------------------ streams
+
+    def _rank(self) -> tuple[int | None, int | None]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return None, None
+
+    def _sample_sources(self, train: bool) -> dict[str, Any]:
+        if not self.synthetic:
+            return {}
+        from datamodules.synthetic import SyntheticConfig, SyntheticSource
+
+        return {k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000))
+                for k, v in self.synthetic.items()}  # fmt: skip
+
+    def train_stream(self) -> ClipStream:
+        if self._train is None:
+            rank, world = self._rank()
+            sources = [s for s in self.sources if s.weight > 0]
+            self._train = ClipStream(
+                sources, self.sampling, self.batch_size, self.batches_per_epoch, train=True, seed=self.seed,
+                shuffle_buffer=self.shuffle_buffer, max_skip_rate=self.max_skip_rate,
+                skip_rate_min_samples=self.skip_rate_min_samples, rank=rank, world_size=world,
+                sample_sources=self._sample_sources(True),
+            )  # fmt: skip
+            self._train.set_epoch(self._epoch)
+        return self._train
+
+    def val_stream(self) -> ClipStream | None:
+        sources = [s for s in self.sources if s.val_shards is not None or s.name in self.synthetic]
+        if self.val_batches <= 0 or not sources:
+            return None
+        if self._val is None:
+            rank, world = self._rank()
+            for s in sources:
+                if s.weight <= 0:
+                    s.weight = 1.0
+            self._val = ClipStream(
+                sources, self.val_sampling, self.batch_size, self.val_batches, train=False, seed=self.seed,
+                max_skip_rate=self.max_skip_rate, skip_rate_min_samples=self.skip_rate_min_samples,
+                rank=rank, world_size=world, sample_sources=self._sample_sources(False),
+            )  # fmt: skip
+        return self._val
+
+    def _loader(self, stream: ClipStream, persistent: bool) -> DataLoader:
+        kw: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
+        return _EpochLoader(stream, batch_size=None, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory and torch.cuda.is_available(), **kw)  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_stream(), self.persistent_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        stream = self.val_stream()
+        return [] if stream is None else self._loader(stream, False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        return to_float_images(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch = self._train.epoch if self._train is not None else self._epoch
+        return {"next_epoch": int(epoch) + 1}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._epoch = int(state_dict.get("next_epoch", 0))
+        if self._train is not None:
+            self._train.set_epoch(self._epoch)
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain dict with lists turned into tuples (OmegaConf ListConfig → tuple for the dataclass fields)."""
+    out = {}
+    for k, v in dict(d).items():
+        out[k] = tuple(v) if not isinstance(v, str | bytes) and hasattr(v, "__iter__") else v
+    return out
+
+
+__all__ = ["ClipDataModule", "ClipSamplingConfig", "SourceConfig"]

@@ -1,0 +1,589 @@
+"""Streaming clips from shards: shard assignment, tar reading, clip sampling, augmentation, canonicalisation, batching.
+
+`ClipStream` is an `IterableDataset` that yields whole batches (use it with `DataLoader(batch_size=None)`):
+
+1. Shards. Each source's shard list (glob / brace pattern / list, sorted) is split over the (rank, worker) slots of
+   the job: slot `rank * num_workers + worker` reads `shards[slot::num_slots]`, so no two workers of the job read the
+   same shard (with fewer shards than slots, slots share shards and a warning says so). Training resamples shards
+   from the slot's slice with a generator seeded by (seed, rank, worker, epoch); validation reads the slice in order,
+   with the same seed every epoch, so it sees the same clips each time.
+2. Samples. Tar members are grouped by key (WebDataset layout); a per-source shuffle buffer mixes clips of different
+   shards (training). The source of each sample is drawn by weight (`datamodules.mix.WeightedChoice`).
+3. Clips (`ClipTransform`, the reference's `_frame_sample` and augmentation, §8.2-8.3): F_in input frames spread
+   uniformly over a random gap, F_out output frames random (or the inputs plus random frames with p=0.25), timestamps
+   normalised over the union; for static datasets the output time is one random constant with p=0.5. Per batch one
+   output size (random aspect, long side = resolution, multiples of `size_divisor`); per clip a crop of 77-100 % of
+   the largest crop of that aspect, resized (bilinear, antialiased; nearest for depth and masks), with intrinsics
+   updated by `crop_intrinsics`; optional horizontal flips mirror the scene (x → −x in the first camera's frame),
+   so poses stay rotations and cx → 1 − cx. Cameras and tracks are made canonical (first input camera = identity)
+   and scale-normalised (`scale_norm`), and metric cameras are kept.
+4. Batches: every rank yields exactly `batches_per_epoch` batches (split over its workers), so DDP ranks never wait
+   for each other at the end of an epoch (the role of WebDataset's `with_epoch`).
+
+Corrupt data: a sample that fails to decode or validate, and a shard that fails to read, are skipped, counted
+(`SkipStats`) and logged; when more than `max_skip_rate` of the samples seen (after `skip_rate_min_samples`) were
+skipped, iteration raises `DataSkipRateError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as tnf
+from torch.utils.data import IterableDataset, get_worker_info
+
+from datamodules.batch import collate
+from datamodules.mix import WeightedChoice
+from datamodules.spec import Clip, decode_image, decode_sample, decode_video
+from diff4splat.geometry.cameras import (
+    canonicalize,
+    crop_intrinsics,
+    invert_c2w,
+    transform_points,
+    unproject_depth,
+)
+
+log = logging.getLogger(__name__)
+
+_LOADED_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "dynamic_mask")
+
+
+class DataSkipRateError(RuntimeError):
+    """Too many corrupt samples: training stops instead of silently learning from a broken data set."""
+
+
+@dataclass
+class SourceConfig:
+    """One dataset in a mixture (`conf/data/<dataset>.yaml`)."""
+
+    name: str
+    shards: str | list[str]  # glob ("…/train-*.tar"), brace pattern ("…/train-{000000..000009}.tar") or a list
+    weight: float = 1.0  # sampling weight in a mixture (normalised over the sources)
+    val_shards: str | list[str] | None = None  # shards of the validation split (None: not validated)
+    min_gap: int | None = None  # frames spanned by the inputs, at least (None: num_input)
+    max_gap: int = 34  # ... at most (the reference's max_bounded_gap)
+    is_static: bool | None = None  # None: from each clip's meta
+    depth_weight: float | None = None  # None: from each clip's meta
+    motion_weight: float | None = None
+
+
+@dataclass
+class ClipSamplingConfig:
+    """Frame selection, augmentation and normalisation of clips (reference §8.1-8.3 defaults)."""
+
+    num_input: int = 5
+    num_output: int = 8
+    resolution: int = 224  # long side of the output frames
+    size_divisor: int = 14  # both sides are floored to a multiple of this
+    random_aspect: bool = True  # per-batch aspect ratio (W/H) drawn log-uniformly from aspect_range
+    aspect_range: tuple[float, float] = (0.5, 2.0)
+    aspect: float = 1.0  # fixed aspect (W/H) when random_aspect is False, and always for validation
+    crop_scale: tuple[float, float] = (0.77, 1.0)  # crop side / largest crop of the output aspect
+    crop_position: Literal["center", "random"] = "center"
+    flip_prob: float = 0.0
+    include_input_prob: float = 0.25
+    static_constant_time_prob: float = 0.5
+    scale_norm: Literal["mean_xyz", "mean_depth", "none"] = "mean_xyz"
+    max_tracks: int = 1024
+
+
+@dataclass
+class SkipStats:
+    """Per-worker counters of good and skipped samples."""
+
+    good: int = 0
+    skipped: int = 0  # samples that failed to decode/validate/transform (incl. partial ones of broken shards)
+    shard_errors: int = 0  # shards that failed to open or read to the end
+    reasons: list[str] = field(default_factory=list)  # the first few messages, for reports
+
+    @property
+    def seen(self) -> int:
+        return self.good + self.skipped
+
+    def rate(self) -> float:
+        return self.skipped / max(1, self.seen)
+
+
+# ------------------------------------------------------------------------------------------------------ shards
+
+
+def expand_shards(spec: str | list[str] | None) -> list[str]:
+    """Sorted shard paths of a glob, a brace pattern (`{000..009}`), a comma-free list, or a list of those."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        spec = [spec]
+    out: list[str] = []
+    for s in spec:
+        if "{" in s and ".." in s:
+            import braceexpand
+
+            out.extend(p for pat in braceexpand.braceexpand(s) for p in (glob.glob(pat) or [pat]))
+        elif any(c in s for c in "*?["):
+            out.extend(glob.glob(s))
+        else:
+            out.append(s)
+    return sorted(set(out))
+
+
+def slot_shards(urls: list[str], slot: int, num_slots: int) -> list[str]:
+    """The shards of one (rank, worker) slot: disjoint across slots when there are at least as many shards."""
+    if not urls:
+        return []
+    if len(urls) >= num_slots:
+        return urls[slot::num_slots]
+    return [urls[slot % len(urls)]]
+
+
+def iter_tar(url: str, stats: SkipStats) -> Iterator[dict[str, Any]]:
+    """Samples ({'__key__', '__url__', suffix: bytes}) of one tar shard, grouped by key in member order.
+
+    A read error ends the shard: it is counted in `stats.shard_errors`, and a partially read sample is dropped and
+    counted as skipped.
+    """
+    current: dict[str, Any] | None = None
+    try:
+        with tarfile.open(url, mode="r|") as tf:
+            for ti in tf:
+                if not ti.isreg():
+                    continue
+                name = os.path.basename(ti.name)
+                key, dot, suffix = name.partition(".")
+                if not dot:
+                    continue
+                data = tf.extractfile(ti).read()  # type: ignore[union-attr]
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": url}
+                current[suffix.lower()] = data
+        if current is not None:
+            yield current
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        stats.shard_errors += 1
+        if current is not None:
+            stats.skipped += 1
+        _note(stats, f"shard {url}: {type(e).__name__}: {e}")
+
+
+def _note(stats: SkipStats, message: str) -> None:
+    if len(stats.reasons) < 20:
+        stats.reasons.append(message)
+    n = stats.skipped + stats.shard_errors
+    if n <= 10 or n % 100 == 0:
+        log.warning("data: skipped (%d samples, %d shards so far): %s", stats.skipped, stats.shard_errors, message)
+
+
+# ------------------------------------------------------------------------------------------------------ clips
+
+
+def sample_frames(
+    rng: np.random.Generator,
+    num_frames: int,
+    num_input: int,
+    num_output: int,
+    min_gap: int,
+    max_gap: int,
+    train: bool,
+    include_input_prob: float = 0.25,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Input and output frame indices of one clip (reference `_frame_sample`).
+
+    Inputs: uniform over a span of `gap` ∈ [min_gap, max_gap] frames (clamped to the clip) at a random start.
+    Outputs (sorted): with p=`include_input_prob` the inputs plus random frames of the span (or a random subset of the
+    inputs when F_out ≤ F_in), else F_out random frames of the span (without replacement when the span allows).
+    Evaluation: the largest gap from frame 0 and uniform outputs. Returns (F_in,), (F_out,) int arrays.
+    """
+    hi = min(max_gap, num_frames)
+    lo = min(max(min_gap, 1), hi)
+    if train:
+        gap = int(rng.integers(lo, hi + 1))
+        start = int(rng.integers(0, num_frames - gap + 1))
+    else:
+        gap, start = hi, 0
+    inputs = np.round(np.linspace(start, start + gap - 1, num_input)).astype(np.int64)
+    span = np.arange(start, start + gap)
+    if not train:
+        outputs = np.round(np.linspace(start, start + gap - 1, num_output)).astype(np.int64)
+    elif rng.random() < include_input_prob:
+        if num_output <= num_input:
+            outputs = rng.choice(inputs, num_output, replace=False)
+        else:
+            extra = rng.choice(span, num_output - num_input, replace=num_output - num_input > gap)
+            outputs = np.concatenate([inputs, extra])
+    else:
+        outputs = rng.choice(span, num_output, replace=num_output > gap)
+    return inputs, np.sort(outputs)
+
+
+def batch_size_hw(cfg: ClipSamplingConfig, rng: np.random.Generator | None) -> tuple[int, int]:
+    """Output (H, W) of one batch: long side `resolution`, aspect random (log-uniform) or fixed."""
+    if rng is not None and cfg.random_aspect:
+        lo, hi = np.log(cfg.aspect_range[0]), np.log(cfg.aspect_range[1])
+        aspect = float(np.exp(rng.uniform(lo, hi)))
+    else:
+        aspect = cfg.aspect
+    d, r = cfg.size_divisor, cfg.resolution
+    h, w = (r / aspect, r) if aspect >= 1 else (r, r * aspect)
+    return max(d, int(h) // d * d), max(d, int(w) // d * d)
+
+
+def crop_box(
+    height: int, width: int, out_h: int, out_w: int, scale: float, rng: np.random.Generator | None
+) -> tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w) of a crop with the output aspect covering `scale` of the largest such crop."""
+    aspect = out_w / out_h
+    if width / height > aspect:
+        ch, cw = height, height * aspect
+    else:
+        ch, cw = width / aspect, width
+    ch, cw = max(1, min(height, round(ch * scale))), max(1, min(width, round(cw * scale)))
+    if rng is None:
+        top, left = (height - ch) // 2, (width - cw) // 2
+    else:
+        top, left = int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1))
+    return top, left, ch, cw
+
+
+_FLIP = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+class ClipTransform:
+    """One raw shard sample → one clip of the batch contract (numpy/torch, before collation).
+
+    Call with the raw sample, a generator, the batch's output size and the source's config. `train=False` gives the
+    deterministic evaluation view (largest gap, uniform outputs, centre crop of the whole frame, no flips).
+    """
+
+    def __init__(self, cfg: ClipSamplingConfig, train: bool = True):
+        self.cfg, self.train = cfg, train
+
+    def __call__(
+        self, sample: dict[str, Any], rng: np.random.Generator, out_hw: tuple[int, int], source: SourceConfig
+    ) -> dict[str, Any]:
+        clip = decode_sample(sample, values=False, arrays=_LOADED_ARRAYS)
+        return self.transform(clip, rng, out_hw, source)
+
+    def transform(
+        self, clip: Clip, rng: np.random.Generator, out_hw: tuple[int, int], source: SourceConfig
+    ) -> dict[str, Any]:
+        cfg, train = self.cfg, self.train
+        meta = clip.meta
+        is_static = meta.is_static if source.is_static is None else source.is_static
+        F = clip.num_frames
+        min_gap = cfg.num_input if source.min_gap is None else source.min_gap
+        inp, outp = sample_frames(rng, F, cfg.num_input, cfg.num_output, min_gap, source.max_gap, train,
+                                  cfg.include_input_prob)  # fmt: skip
+        idx = np.concatenate([inp, outp])
+        uniq, pos = np.unique(idx, return_inverse=True)
+        H, W = out_hw
+        Hs, Ws = meta.height, meta.width
+
+        # 1. Crop box in source pixels, then decode only the frames used (JPEG at reduced scale when that is exact)
+        scale = float(rng.uniform(*cfg.crop_scale)) if train else 1.0
+        top, left, ch, cw = crop_box(Hs, Ws, H, W, scale, rng if train and cfg.crop_position == "random" else None)
+        d = self._draft_factor(clip, (Hs, Ws), (ch, cw), (H, W))
+        if d > 1:  # snap the crop to the reduced pixel grid so that the intrinsics stay exact
+            top, left, ch, cw = top // d * d, left // d * d, ch // d * d, cw // d * d
+        frames = self._decode(clip, uniq.tolist(), d)  # (U,3,Hs/d,Ws/d) uint8
+        crop = frames[:, :, top // d : (top + ch) // d, left // d : (left + cw) // d]
+        images = tnf.interpolate(crop, size=(H, W), mode="bilinear", antialias=True, align_corners=False)[pos]
+
+        def resize_map(a: np.ndarray) -> torch.Tensor:  # (F_src,Hs,Ws) → (F,H,W), nearest
+            t = torch.from_numpy(np.ascontiguousarray(a[uniq, top : top + ch, left : left + cw]))
+            dt = t.dtype
+            t = tnf.interpolate(t[:, None].float(), size=(H, W), mode="nearest-exact")[:, 0]
+            return t.to(dt)[pos]
+
+        # 2. Cameras: crop intrinsics, canonical frame (first input = identity), metric copies
+        K = crop_intrinsics(torch.from_numpy(np.asarray(clip.fxfycxcy, np.float64)[idx]), Hs, Ws, top, left, ch, cw)
+        c2w_src = torch.from_numpy(np.asarray(clip.c2w, np.float64)[idx])
+        w2c_ref = invert_c2w(c2w_src[0])
+        c2w = canonicalize(c2w_src, ref_index=0)
+
+        if clip.depth is not None:
+            depth = resize_map(clip.depth).double()
+            valid = torch.isfinite(depth) & (depth > 0)
+            if clip.depth_valid is not None:
+                valid &= resize_map(clip.depth_valid)
+            depth = torch.where(valid, depth, torch.zeros_like(depth))
+        else:
+            depth = torch.zeros((len(idx), H, W), dtype=torch.float64)
+            valid = torch.zeros((len(idx), H, W), dtype=torch.bool)
+
+        if clip.tracks_world is not None:
+            tw = np.asarray(clip.tracks_world)[idx]
+            tv = np.asarray(clip.tracks_visible)[idx]
+            keep = np.flatnonzero(tv.any(0))
+            if len(keep) > cfg.max_tracks:
+                keep = np.sort(rng.choice(keep, cfg.max_tracks, replace=False))
+            tracks = transform_points(w2c_ref, torch.from_numpy(tw[:, keep].astype(np.float64)))
+            visible = torch.from_numpy(tv[:, keep])
+            tracks[~visible] = float("nan")
+        else:
+            tracks = torch.zeros((len(idx), 0, 3), dtype=torch.float64)
+            visible = torch.zeros((len(idx), 0), dtype=torch.bool)
+
+        # 3. Scene scale: normalised = stored × s; metric = stored / meta.metric_scale
+        s = self._scene_scale(depth[: cfg.num_input], valid[: cfg.num_input], c2w[: cfg.num_input],
+                              K[: cfg.num_input], tracks[: cfg.num_input], visible[: cfg.num_input])  # fmt: skip
+        metric_c2w = c2w.clone()
+        metric_c2w[:, :3, 3] /= meta.metric_scale
+        c2w[:, :3, 3] *= s
+        depth *= s
+        tracks *= s
+
+        # 4. Horizontal flip: mirror the scene about the first camera's yz-plane
+        dyn = resize_map(clip.dynamic_mask) if clip.dynamic_mask is not None else None
+        flipped = bool(train and cfg.flip_prob > 0 and rng.random() < cfg.flip_prob)
+        if flipped:
+            images, depth, valid = images.flip(-1), depth.flip(-1), valid.flip(-1)
+            dyn = dyn.flip(-1) if dyn is not None else None
+            c2w, metric_c2w = _FLIP @ c2w @ _FLIP, _FLIP @ metric_c2w @ _FLIP
+            tracks[..., 0] *= -1
+            K = K.clone()
+            K[:, 2] = 1.0 - K[:, 2]
+
+        # 5. Timestamps over the union of the selected frames; static clips may get one constant output time
+        ts = np.asarray(clip.timestamps, np.float64)[idx]
+        t0, t1 = ts.min(), ts.max()
+        t = (ts - t0) / (t1 - t0) if t1 > t0 else np.zeros_like(ts)
+        if train and is_static and rng.random() < cfg.static_constant_time_prob:
+            t[cfg.num_input :] = rng.random()
+
+        return {
+            "images": images,
+            "c2w": c2w.float(),
+            "metric_c2w": metric_c2w.float(),
+            "fxfycxcy": K.float(),
+            "timestamps": torch.from_numpy(t).float(),
+            "depth": depth.float(),
+            "depth_valid": valid,
+            "tracks_world": tracks.float(),
+            "tracks_visible": visible,
+            "dynamic_mask": dyn if dyn is not None else torch.zeros((len(idx), H, W), dtype=torch.bool),
+            "has_dynamic_mask": dyn is not None,
+            "metric_scale": meta.metric_scale * s,
+            "depth_weight": meta.depth_weight if source.depth_weight is None else source.depth_weight,
+            "motion_weight": meta.motion_weight if source.motion_weight is None else source.motion_weight,
+            "is_static": bool(is_static),
+            "key": f"{meta.dataset}/{clip.key}",
+            "dataset": meta.dataset,
+            "crop": (top, left, ch, cw),  # diagnostics (not collated): source crop, frames, flip
+            "frame_indices": idx,
+            "flipped": flipped,
+        }
+
+    @staticmethod
+    def _draft_factor(clip: Clip, src_hw, crop_hw, out_hw) -> int:
+        """JPEG DCT-domain downscale (8, 4, 2 or 1) that still leaves the crop at least the output size."""
+        if isinstance(clip.frames, bytes | bytearray) or clip.meta.frame_format != "jpg":
+            return 1
+        (Hs, Ws), (ch, cw), (H, W) = src_hw, crop_hw, out_hw
+        for d in (8, 4, 2):
+            if Hs % d == 0 and Ws % d == 0 and ch // d >= H and cw // d >= W:
+                return d
+        return 1
+
+    @staticmethod
+    def _decode(clip: Clip, indices: list[int], d: int) -> torch.Tensor:
+        """(U,3,H/d,W/d) uint8 frames (`d` > 1 only for JPEG: decoded at reduced scale)."""
+        if isinstance(clip.frames, bytes | bytearray):
+            arr = decode_video(bytes(clip.frames), indices)
+        else:
+            draft = None if d == 1 else (clip.meta.width // d, clip.meta.height // d)
+            arr = np.stack([decode_image(clip.frames[i], draft) for i in indices])
+        if d > 1 and arr.shape[1:3] != (clip.meta.height // d, clip.meta.width // d):
+            raise ValueError(
+                f"JPEG draft decoded {arr.shape[1:3]}, expected 1/{d} of {clip.meta.height}x{clip.meta.width}"
+            )
+        return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+    def _scene_scale(self, depth, valid, c2w, K, tracks, visible) -> float:
+        """Factor s with normalised = stored × s (1 when nothing gives a scale)."""
+        mode = self.cfg.scale_norm
+        if mode == "none":
+            return 1.0
+        mean = 0.0
+        if bool(valid.any()):
+            if mode == "mean_depth":
+                mean = float(depth[valid].mean())
+            else:
+                pts = unproject_depth(depth, c2w, K)
+                mean = float(pts[valid].norm(dim=-1).mean())
+        elif bool(visible.any()):
+            mean = float(tracks[visible].norm(dim=-1).mean())
+        else:
+            centres = c2w[:, :3, 3].norm(dim=-1)
+            mean = float(centres[1:].mean()) if len(centres) > 1 else 0.0
+        return 1.0 / mean if mean > 1e-8 and math.isfinite(mean) else 1.0
+
+
+# ------------------------------------------------------------------------------------------------------ stream
+
+
+def worker_slot(rank: int | None, world_size: int | None) -> tuple[int, int, int, int]:
+    """(rank, world_size, worker, num_workers): explicit rank/world, else torch.distributed, else env RANK/WORLD."""
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    info = get_worker_info()
+    worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank, world_size, worker, num_workers
+
+
+class ClipStream(IterableDataset):
+    """Batches of clips from weighted per-dataset sources (see the module docstring).
+
+    Args:
+        sources: the datasets; each reads `shards` (train) or `val_shards` (train=False).
+        sampling: frame selection, augmentation and normalisation.
+        batch_size: clips per batch.
+        batches_per_epoch: batches each rank yields per epoch (split over its DataLoader workers).
+        train: resampled, shuffled, augmented stream; else the fixed validation slice.
+        seed: base seed; the generators use (seed, rank, worker, epoch).
+        shuffle_buffer: raw samples buffered per source (train).
+        max_skip_rate: stop with `DataSkipRateError` when more than this fraction of samples was skipped ...
+        skip_rate_min_samples: ... once this many samples were seen.
+        rank, world_size: override the detected distributed rank (tests, custom launchers).
+        sample_sources: optional `{name: callable(rng) -> raw sample}` replacing shard reading (in-process synthetic
+            data; see `datamodules.synthetic.SyntheticSource`).
+    """
+
+    def __init__(
+        self,
+        sources: list[SourceConfig],
+        sampling: ClipSamplingConfig,
+        batch_size: int,
+        batches_per_epoch: int,
+        train: bool = True,
+        seed: int = 0,
+        shuffle_buffer: int = 64,
+        max_skip_rate: float = 0.05,
+        skip_rate_min_samples: int = 50,
+        rank: int | None = None,
+        world_size: int | None = None,
+        sample_sources: dict[str, Callable[[np.random.Generator], dict[str, Any]]] | None = None,
+    ):
+        super().__init__()
+        if not sources:
+            raise ValueError("ClipStream needs at least one source")
+        self.sources, self.sampling = sources, sampling
+        self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
+        self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
+        self.max_skip_rate, self.skip_rate_min_samples = max_skip_rate, skip_rate_min_samples
+        self.rank, self.world_size = rank, world_size
+        self.sample_sources = sample_sources or {}
+        self.urls = {}
+        for s in sources:
+            if s.name in self.sample_sources:
+                continue
+            urls = expand_shards(s.shards if train else s.val_shards)
+            if not urls:
+                raise FileNotFoundError(f"source {s.name!r}: no shards match {s.shards if train else s.val_shards!r}")
+            self.urls[s.name] = urls
+        self.transform = ClipTransform(sampling, train=train)
+        self.epoch = 0  # set by the DataModule/loader before each epoch (workers get a copy)
+        self._iterations = 0  # advances per __iter__ inside persistent workers
+        self.stats = SkipStats()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def num_batches(self, worker: int, num_workers: int) -> int:
+        """Batches yielded by one worker: the rank's total split as evenly as possible."""
+        n = self.batches_per_epoch
+        return n // num_workers + (1 if worker < n % num_workers else 0)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world, worker, num_workers = worker_slot(self.rank, self.world_size)
+        slot, num_slots = rank * num_workers + worker, world * num_workers
+        if self.train:
+            seq = [self.seed, rank, worker, self.epoch, self._iterations]
+        else:
+            seq = [self.seed, rank, worker]
+        self._iterations += 1
+        rng = np.random.default_rng(seq)
+        self.stats = stats = SkipStats()
+        iters = []
+        for s in self.sources:
+            src_rng = np.random.default_rng([*seq, len(iters) + 1])
+            if s.name in self.sample_sources:
+                iters.append(_generated(self.sample_sources[s.name], src_rng))
+                continue
+            urls = slot_shards(self.urls[s.name], slot, num_slots)
+            if len(self.urls[s.name]) < num_slots and self.train:
+                log.warning("source %s: %d shards for %d (rank, worker) slots: slots share shards",
+                            s.name, len(self.urls[s.name]), num_slots)  # fmt: skip
+            iters.append(self._source_samples(s.name, urls, src_rng, stats))
+        choose = WeightedChoice([s.weight for s in self.sources], rng)
+        for _ in range(self.num_batches(worker, num_workers)):
+            out_hw = batch_size_hw(self.sampling, rng if self.train else None)
+            samples = []
+            while len(samples) < self.batch_size:
+                i = choose() if len(self.sources) > 1 else 0
+                raw = next(iters[i])
+                try:
+                    samples.append(self.transform(raw, rng, out_hw, self.sources[i]))
+                    stats.good += 1
+                except Exception as e:  # any corrupt sample: skip, count, go on
+                    stats.skipped += 1
+                    _note(stats, f"{self.sources[i].name} sample {raw.get('__key__')!r} "
+                                 f"({raw.get('__url__')}): {type(e).__name__}: {e}")  # fmt: skip
+                self._check_rate(stats)
+            yield collate(samples, self.sampling.num_input, num_skipped=stats.skipped)
+
+    def _check_rate(self, stats: SkipStats) -> None:
+        if stats.seen >= self.skip_rate_min_samples and stats.rate() > self.max_skip_rate:
+            raise DataSkipRateError(
+                f"skipped {stats.skipped} of {stats.seen} samples ({stats.rate():.1%} > max_skip_rate "
+                f"{self.max_skip_rate:.1%}) and {stats.shard_errors} shards; first reasons: {stats.reasons[:5]}"
+            )
+
+    def _source_samples(
+        self, name: str, urls: list[str], rng: np.random.Generator, stats: SkipStats
+    ) -> Iterator[dict[str, Any]]:
+        """Endless raw samples of one source's shard slice: resampled + shuffle buffer (train) or cycled in order."""
+        buffer: list[dict[str, Any]] = []
+        while True:
+            order = rng.integers(0, len(urls), len(urls)) if self.train else range(len(urls))
+            produced = 0
+            for j in order:
+                for sample in iter_tar(urls[j], stats):
+                    produced += 1
+                    if not self.train or self.shuffle_buffer <= 1:
+                        yield sample
+                        continue
+                    if len(buffer) < self.shuffle_buffer:
+                        buffer.append(sample)
+                        continue
+                    k = int(rng.integers(0, len(buffer)))
+                    buffer[k], sample = sample, buffer[k]
+                    yield sample
+                self._check_rate(stats)
+            if produced == 0 and not buffer:
+                raise DataSkipRateError(f"source {name!r}: no readable sample in {len(urls)} shards {urls[:3]}")
+
+
+def _generated(fn: Callable[[np.random.Generator], dict[str, Any]], rng: np.random.Generator) -> Iterator[dict]:
+    while True:
+        yield fn(rng)
+
+
+def source_from_dict(name: str, d: dict[str, Any]) -> SourceConfig:
+    """`SourceConfig` from a config mapping (unknown keys fail); `name` defaults to the mapping key."""
+    d = dict(d)
+    d.setdefault("name", name)
+    return SourceConfig(**d)

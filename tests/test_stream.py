@@ -1,0 +1,262 @@
+"""Streaming pipeline: shard splitting over ranks/workers, mixture weights, augmentation geometry, corrupt data."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.batch import check_batch, to_float_images
+from datamodules.spec import DATASET_DEFAULTS, Clip, ClipMeta, encode_clip, encode_frames
+from datamodules.stream import ClipSamplingConfig, ClipStream, ClipTransform, DataSkipRateError, SourceConfig
+from datamodules.write import ShardWriter, read_manifest
+from diff4splat.geometry.cameras import project_points, unproject_depth
+
+TINY = ClipSamplingConfig(num_input=2, num_output=2, resolution=16, size_divisor=8, random_aspect=False)
+
+
+def tiny_clip(key: str, dataset: str = "pointodyssey", F: int = 4, H: int = 16, W: int = 16, seed: int = 0) -> Clip:
+    """A small valid clip (cameras on a line looking down +z, constant depth, a few tracks)."""
+    rng = np.random.default_rng(seed)
+    c2w = np.tile(np.eye(4), (F, 1, 1))
+    c2w[:, 0, 3] = np.linspace(0, 0.3, F)
+    vis = np.ones((F, 3), bool)
+    vis[0, 0] = False
+    tracks = rng.uniform(-1, 1, (F, 3, 3)).astype(np.float32) + [0, 0, 4]
+    tracks[~vis] = np.nan
+    return Clip(
+        key=key,
+        frames=encode_frames(rng.integers(0, 255, (F, H, W, 3), dtype=np.uint8), fmt="png"),
+        c2w=c2w,
+        fxfycxcy=np.tile([1.0, 1.0, 0.5, 0.5], (F, 1)),
+        timestamps=np.arange(F, dtype=np.float64),
+        meta=ClipMeta.for_dataset(dataset, key),
+        depth=np.full((F, H, W), 2.0, np.float32),
+        tracks_world=tracks,
+        tracks_visible=vis,
+    )
+
+
+def write_shards(folder: Path, dataset: str, num_shards: int, per_shard: int, **kw) -> list[str]:
+    with ShardWriter(folder, source="test", maxcount=per_shard) as w:
+        for i in range(num_shards * per_shard):
+            w.write(tiny_clip(f"{dataset}{i:04d}", dataset, seed=i, **kw))
+    return sorted(str(p) for p in folder.glob("train-*.tar"))
+
+
+def test_ranks_and_workers_read_disjoint_shards_and_equal_batches(tmp_path):
+    write_shards(tmp_path, "pointodyssey", num_shards=8, per_shard=2)
+    owner = {k: s["name"] for s in read_manifest(tmp_path)["shards"] for k in s["keys"]}
+    src = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
+    shards_of: dict[tuple[int, int], set[str]] = {}
+    counts = []
+    for rank in range(2):
+        stream = ClipStream([src], TINY, batch_size=2, batches_per_epoch=5, seed=3, shuffle_buffer=2, rank=rank,
+                            world_size=2)  # fmt: skip
+        batches = list(DataLoader(stream, batch_size=None, num_workers=2))
+        counts.append(len(batches))
+        for i, b in enumerate(batches):  # in-order loader: batch i comes from worker i % 2
+            check_batch(to_float_images(b))
+            shards_of.setdefault((rank, i % 2), set()).update(owner[k.split("/")[1]] for k in b["key"])
+    assert counts == [5, 5]
+    slots = list(shards_of)
+    assert len(slots) == 4
+    for a in range(4):
+        assert len(shards_of[slots[a]]) >= 1
+        for b in range(a + 1, 4):
+            assert not shards_of[slots[a]] & shards_of[slots[b]], (slots[a], slots[b])
+    # each slot reads exactly its slice of the sorted shard list: shard index % 4 == rank * 2 + worker
+    for (rank, worker), names in shards_of.items():
+        assert {int(n[-10:-4]) % 4 for n in names} == {rank * 2 + worker}
+
+
+def test_mixture_proportions_within_3_percent(tmp_path):
+    weights = {"re10k": 0.5, "tartanair": 0.3, "spring": 0.2}
+    sources = []
+    for name, w in weights.items():
+        write_shards(tmp_path / name, name, num_shards=2, per_shard=4, F=2, H=8, W=8)
+        sources.append(SourceConfig(name, str(tmp_path / name / "train-*.tar"), weight=w, max_gap=2))
+    cfg = ClipSamplingConfig(num_input=1, num_output=1, resolution=8, size_divisor=8, random_aspect=False)
+    stream = ClipStream(sources, cfg, batch_size=50, batches_per_epoch=40, seed=0, shuffle_buffer=4)
+    names = [d for b in stream for d in b["dataset"]]
+    assert len(names) == 2000
+    for name, w in weights.items():
+        share = names.count(name) / len(names)
+        assert abs(share - w) < 0.03, (name, share, w)
+
+
+def _blob_image(uv: np.ndarray, H: int, W: int, sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
+    img = np.zeros((H, W))
+    for u, v in uv:
+        img += np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * sigma**2))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_crop_resize_flip_keep_tracks_on_image_content(fmt):
+    """Project tracks before and after augmentation: the positions agree with the crop/resize/flip map (< 0.5 px),
+    and the blobs drawn at the tracks in the source frames are found at the projected positions in the output."""
+    F, H, W, N = 3, 192, 256, 4
+    rng = np.random.default_rng(0)
+    c2w = np.tile(np.eye(4), (F, 1, 1))
+    c2w[:, :3, 3] = [[0, 0, 0], [0.2, -0.1, 0.1], [0.4, 0.1, -0.1]]
+    c2w[1:, :3, :3] = np.array([[0.995, 0, 0.0998], [0, 1, 0], [-0.0998, 0, 0.995]])  # ~5.7° yaw
+    K = np.tile([0.9, 1.2, 0.52, 0.47], (F, 1))
+    # tracks: points at known pixels of frame 0 lifted with depth 3..5, away from the borders
+    uv0 = np.array([[0.4, 0.4], [0.6, 0.4], [0.4, 0.6], [0.6, 0.62]]) * [W, H] + rng.uniform(-2, 2, (N, 2))
+    z = rng.uniform(3, 5, N)
+    pts = np.stack([(uv0[:, 0] / W - K[0, 2]) / K[0, 0] * z, (uv0[:, 1] / H - K[0, 3]) / K[0, 1] * z, z], -1)
+    tracks = np.repeat(pts[None], F, 0).astype(np.float32)
+    proj = project_points(torch.from_numpy(tracks).double(), torch.from_numpy(c2w)[:, None], torch.from_numpy(K),
+                          H, W)  # fmt: skip
+    uv_src = proj.uv.numpy()[:, 0] if proj.uv.dim() == 4 else proj.uv.numpy()
+    frames = np.stack([np.repeat(_blob_image(uv_src[f], H, W, sigma=6.0)[..., None], 3, -1) for f in range(F)])
+    clip = Clip(key="blobs", frames=encode_frames(frames, fmt=fmt, quality=100), c2w=c2w, fxfycxcy=K,
+                timestamps=np.arange(F, dtype=float), meta=ClipMeta.for_dataset("pointodyssey", "blobs"),
+                depth=np.full((F, H, W), 4.0, np.float32), tracks_world=tracks,
+                tracks_visible=np.ones((F, N), bool))  # fmt: skip
+    cfg = ClipSamplingConfig(num_input=2, num_output=1, resolution=48, size_divisor=8, crop_scale=(0.77, 1.0),
+                             crop_position="random", random_aspect=True, aspect_range=(0.6, 1.6), flip_prob=0.5,
+                             include_input_prob=0.0)  # fmt: skip
+    transform = ClipTransform(cfg, train=True)
+    src = SourceConfig("pointodyssey", "unused", max_gap=3)
+    from datamodules.stream import batch_size_hw
+
+    flips, errors, content = 0, [], []
+    for seed in range(8):
+        r = np.random.default_rng(seed)
+        Ho, Wo = batch_size_hw(cfg, r)
+        sample = transform({"__key__": "blobs", **encode_clip(clip)}, r, (Ho, Wo), src)
+        top, left, ch, cw = sample["crop"]
+        idx = sample["frame_indices"]
+        p = project_points(sample["tracks_world"].double(), sample["c2w"].double()[:, None],
+                           sample["fxfycxcy"].double(), Ho, Wo).uv  # fmt: skip
+        p = p[:, 0] if p.dim() == 4 else p
+        expected = np.stack([(uv_src[idx, :, 0] - left) * Wo / cw, (uv_src[idx, :, 1] - top) * Ho / ch], -1)
+        if sample["flipped"]:
+            flips += 1
+            expected[..., 0] = Wo - expected[..., 0]
+        errors.append(np.abs(p.numpy() - expected).max())
+        img = sample["images"].float().mean(1).numpy()  # (F, Ho, Wo)
+        for f in range(len(idx)):
+            for n in range(N):
+                u, v = expected[f, n]
+                if 5 <= u <= Wo - 5 and 5 <= v <= Ho - 5:
+                    content.append(np.linalg.norm(_centroid(img[f], expected[f, n], radius=4.0) - expected[f, n]))
+    assert max(errors) < 0.5, errors
+    assert max(errors) < 1e-3  # the geometry is exact; only the image content is approximate
+    assert 1 <= flips <= 7
+    assert len(content) >= 40
+    assert max(content) < 0.5, max(content)
+
+
+def _centroid(img: np.ndarray, at: np.ndarray, radius: float) -> np.ndarray:
+    """Intensity centroid in a disc, re-centred a few times (mean shift) so the window does not bias it."""
+    H, W = img.shape
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
+    c = np.asarray(at, float)
+    for _ in range(5):
+        w = img * (((xx - c[0]) ** 2 + (yy - c[1]) ** 2) <= radius**2)
+        c = np.array([(w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()])
+    return c
+
+
+def _corrupt_shards(folder: Path) -> None:
+    """4 shards × 3 clips; shard 1 loses c2w.npy of its 2nd clip; shard 2 is cut inside its 2nd clip."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(4):
+        with tarfile.open(folder / f"train-{s:06d}.tar", "w") as tf:
+            for i in range(3):
+                members = encode_clip(tiny_clip(f"c{s}x{i}", seed=s * 3 + i))
+                if s == 1 and i == 1:
+                    del members["c2w.npy"]
+                for suffix, data in members.items():
+                    ti = tarfile.TarInfo(f"c{s}x{i}.{suffix}")
+                    ti.size = len(data)
+                    tf.addfile(ti, io.BytesIO(data))
+    path = folder / "train-000002.tar"
+    with tarfile.open(path) as tf:
+        cut = next(m for m in tf.getmembers() if m.name == "c2x1.c2w.npy").offset_data + 10
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path):
+    _corrupt_shards(tmp_path)
+    src = SourceConfig("pointodyssey", "unused", val_shards=str(tmp_path / "train-*.tar"), max_gap=4)
+    # the validation stream reads the shards once in order: 12 clips, 1 missing a member, 1 cut off + the rest of
+    # shard 2 (c2x2) lost
+    stream = ClipStream([src], TINY, batch_size=1, batches_per_epoch=9, train=False, max_skip_rate=0.5)
+    keys = [b["key"][0] for b in stream]
+    assert len(keys) == 9  # the epoch completes
+    assert keys == [f"pointodyssey/c{s}x{i}" for s, i in
+                    [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (3, 0), (3, 1), (3, 2)]]  # fmt: skip
+    assert (stream.stats.good, stream.stats.skipped, stream.stats.shard_errors) == (9, 2, 1)
+    assert any("'c2w'" in r for r in stream.stats.reasons)
+    # a training stream (resampled) with a low tolerance stops with a clear error
+    src_train = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
+    strict = ClipStream([src_train], TINY, batch_size=4, batches_per_epoch=50, max_skip_rate=0.05,
+                        skip_rate_min_samples=20, shuffle_buffer=1)  # fmt: skip
+    with pytest.raises(DataSkipRateError, match="max_skip_rate"):
+        for _ in strict:
+            pass
+
+
+def test_scale_normalisation_and_canonical_frame(tmp_path):
+    write_shards(tmp_path, "pointodyssey", num_shards=1, per_shard=2)
+    for mode in ("mean_depth", "mean_xyz"):
+        cfg = ClipSamplingConfig(num_input=2, num_output=2, resolution=16, size_divisor=8, random_aspect=False,
+                                 scale_norm=mode)  # fmt: skip
+        src = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
+        b = next(iter(ClipStream([src], cfg, batch_size=2, batches_per_epoch=1)))
+        check_batch(to_float_images(b))
+        d, v = b["depth"][:, :2], b["depth_valid"][:, :2]
+        if mode == "mean_depth":
+            assert torch.allclose(d[v].reshape(2, -1).mean(1), torch.ones(2), atol=1e-5)
+        else:
+            pts = unproject_depth(d, b["c2w"][:, :2], b["fxfycxcy"][:, :2])
+            assert torch.allclose(pts[v].norm(dim=-1).reshape(2, -1).mean(1), torch.ones(2), atol=1e-4)
+        # metric cameras: translation / metric_scale; tiny_clip is metric (meta.metric_scale 1)
+        ratio = b["c2w"][:, :, :3, 3] / b["metric_scale"][:, None, None]
+        assert torch.allclose(ratio, b["metric_c2w"][:, :, :3, 3], atol=1e-5)
+        assert torch.allclose(b["c2w"][:, 0], torch.eye(4).expand(2, 4, 4), atol=1e-6)
+
+
+def test_datamodule_from_hydra_configs(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    for name in ("re10k", "tartanair", "matrixcity", "stereo4d", "dynamicreplica", "pointodyssey", "vkitti2",
+                 "spring"):  # fmt: skip
+        write_shards(tmp_path / "shards" / name, name, num_shards=1, per_shard=2)
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name="data/mix_all").data
+    cfg = OmegaConf.merge({"paths": {"data_root": str(tmp_path)}, "data": cfg})
+    OmegaConf.resolve(cfg)
+    data = cfg.data
+    assert len(data.sources) == 8 and data.sources.spring.max_gap == 85 and data.sources.re10k.is_static
+    assert data.sources.stereo4d.depth_weight == 0.2 and data.sources.vkitti2.motion_weight == 0.0
+    data.num_workers, data.batches_per_epoch, data.batch_size, data.val_batches = 0, 3, 2, 0
+    data.sampling.resolution, data.sampling.size_divisor = 16, 8
+    data.sampling.num_input, data.sampling.num_output = 2, 2
+    dm = instantiate(data, _recursive_=False)
+    batches = [to_float_images(b) for b in dm.train_dataloader()]
+    assert len(batches) == 3
+    for b in batches:
+        check_batch(b)
+        for k, ds in zip(b["key"], b["dataset"], strict=True):
+            assert k.startswith(ds + "/")
+        ref = [DATASET_DEFAULTS[d] for d in b["dataset"]]
+        assert b["depth_weight"].tolist() == pytest.approx([r.depth_weight for r in ref])
+        assert b["motion_weight"].tolist() == pytest.approx([r.motion_weight for r in ref])
+        assert b["is_static"].tolist() == [r.is_static for r in ref]
+    assert {d for b in batches for d in b["dataset"]} <= set(data.sources)
+    assert dm.state_dict() == {"next_epoch": 1}
