@@ -1,0 +1,298 @@
+"""LRDM training: frames (or Wan latents) of the input views -> deformable Gaussians -> every output view rendered at
+its own time -> photometric, depth and motion losses.
+
+Batches follow ``datamodules/batch.py``: frames ``[:num_input]`` are the inputs, the rest the outputs. Losses per
+scene are weighted by the per-dataset ``depth_weight`` / ``motion_weight``. ``stage="static"`` freezes the
+deformation head (the paper's first two stages); ``stage="dynamic"`` trains everything. Logged: ``train/loss`` and
+its parts, ``val/psnr``, ``val/ssim``, ``val/lpips`` and ``val/psnr_nearest_input`` (the baseline that shows each output
+view the input frame whose camera is nearest), and the same under ``test/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+
+from diff4splat.configs import to_dataclass, to_plain
+from diff4splat.losses.geometry import depth_loss_paper, depth_loss_released
+from diff4splat.losses.lpips import LPIPS
+from diff4splat.losses.motion import motion_loss_paper, motion_loss_released, no_motion_loss, track_motion
+from diff4splat.losses.photometric import psnr, ssim
+from diff4splat.models.lrdm import LRDM, LRDMConfig, LRDMOutput, gaussians_at_all_times
+from diff4splat.rendering import render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconLoss:
+    """Loss weights and variants (released code vs paper)."""
+
+    mse: float = 1.0
+    lpips: float = 0.5
+    ssim: float = 0.0
+    depth: float = 1.0
+    depth_mode: Literal["released", "paper"] = "released"
+    depth_gradient_weight: float = 1.0  # released: multi-scale gradient matching weight
+    depth_tv_weight: float = 0.1  # paper: TV weight
+    motion: float = 10.0
+    motion_mode: Literal["released", "paper"] = "released"
+    motion_distribution_weight: float = 10.0  # released: Gram distribution loss weight
+    opacity_l1: float = 0.0
+    deformation_l2: float = 0.0
+    lpips_pretrained: bool = True  # False: random VGG (tests only; the numbers are not LPIPS)
+    lpips_vgg_path: str | None = None
+    lpips_lin_path: str | None = None
+
+
+@dataclass
+class ReconOptim:
+    """AdamW with linear warm-up then cosine decay (the reference's recipe)."""
+
+    lr: float = 4e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.05
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0
+    head_lr_mult: float = 1.0  # heads, decoder and conditioning embeddings
+    trunk_lr_mult: float = 1.0  # the transformer trunk and patch embedding (the reference: 0.1 when fine-tuning)
+
+
+@dataclass
+class ReconRender:
+    backend: str = "auto"
+    background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    prune_threshold_eval: float = 0.0  # drop Gaussians at or below this opacity when evaluating (0 = keep all)
+
+
+class ReconstructionSystem(L.LightningModule):
+    export_prefix = "model."
+
+    def __init__(
+        self,
+        model: dict[str, Any] | DictConfig | LRDMConfig | None = None,
+        loss: dict[str, Any] | DictConfig | ReconLoss | None = None,
+        optim: dict[str, Any] | DictConfig | ReconOptim | None = None,
+        render_cfg: dict[str, Any] | DictConfig | ReconRender | None = None,
+        stage: Literal["static", "dynamic"] = "dynamic",
+        max_steps: int = 100_000,
+        init_from: str | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model_cfg = to_dataclass(LRDMConfig, model, "system.model")
+        self.loss_cfg = to_dataclass(ReconLoss, loss, "system.loss")
+        self.optim_cfg = to_dataclass(ReconOptim, optim, "system.optim")
+        self.render_cfg = to_dataclass(ReconRender, render_cfg, "system.render_cfg")
+        if stage not in ("static", "dynamic"):
+            raise ValueError(f"system.stage must be 'static' or 'dynamic', got {stage!r}")
+        self.stage, self.max_steps = stage, max_steps
+        self.save_hyperparameters(
+            {
+                "model": to_plain(self.model_cfg),
+                "loss": to_plain(self.loss_cfg),
+                "optim": to_plain(self.optim_cfg),
+                "render_cfg": to_plain(self.render_cfg),
+                "stage": stage,
+                "max_steps": max_steps,
+                "init_from": init_from,
+            }  # fmt: skip
+        )
+        self.model = LRDM(self.model_cfg)
+        if init_from:
+            load_lrdm_weights(self.model, init_from)
+        if stage == "static" and self.model.deform_head is not None:
+            self.model.deform_head.requires_grad_(False)
+            self.model.deform_norm.requires_grad_(False)
+        lc = self.loss_cfg
+        self.lpips = (
+            LPIPS(lc.lpips_pretrained, lc.lpips_vgg_path, lc.lpips_lin_path) if lc.lpips > 0 else None
+        )  # loss term; also the val/lpips metric when present
+        self.register_buffer("background", torch.tensor(self.render_cfg.background), persistent=False)
+        self.last_media: dict[str, Tensor] | None = None
+        self._compile = compile
+
+    def configure_model(self) -> None:
+        if self._compile:
+            for i, block in enumerate(self.model.trunk.blocks):
+                self.model.trunk.blocks[i] = torch.compile(block)
+
+    # --- forward ---------------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> tuple[LRDMOutput, Tensor]:
+        """Predict Gaussians from the input frames and render every output view: (output, rgb [B, F_out, 3, H, W])."""
+        fi = int(batch["num_input"])
+        images = batch["images"]
+        h, w = images.shape[-2:]
+        out = self.model(
+            c2w=batch["c2w"][:, :fi],
+            fxfycxcy=batch["fxfycxcy"][:, :fi],
+            input_times=batch["timestamps"][:, :fi],
+            query_times=batch["timestamps"][:, fi:],
+            images=images[:, :fi] if self.model_cfg.encoder == "rgb" else None,
+            latents=batch.get("latents"),
+            image_size=(h, w),
+        )
+        rgb = self.render_outputs(out, batch["c2w"][:, fi:], batch["fxfycxcy"][:, fi:], h, w)
+        return out, rgb
+
+    def render_outputs(self, out: LRDMOutput, c2w: Tensor, fxfycxcy: Tensor, h: int, w: int) -> Tensor:
+        """Render output view k at query time k, all in one call: [B, F_out, 3, H, W]."""
+        g = gaussians_at_all_times(out.gaussians)  # batch [B, F_out]
+        r = render(g, c2w[:, :, None], fxfycxcy[:, :, None], h, w, backend=self.render_cfg.backend,
+                   background=self.background)  # fmt: skip
+        return r.rgb[:, :, 0]
+
+    # --- losses ----------------------------------------------------------------------------------------------------
+    def compute_losses(self, batch: dict[str, Any], out: LRDMOutput, rgb: Tensor) -> dict[str, Tensor]:
+        lc = self.loss_cfg
+        fi = int(batch["num_input"])
+        target = batch["images"][:, fi:]
+        h, w = target.shape[-2:]
+        parts: dict[str, Tensor] = {}
+        parts["mse"] = F.mse_loss(rgb, target, reduction="none").flatten(1).mean(1)  # [B]
+        if self.lpips is not None:
+            parts["lpips"] = self.lpips(rgb * 1.0, target).mean(1)  # LPIPS per view -> per scene
+        if lc.ssim > 0:
+            parts["ssim"] = 1 - ssim(rgb, target, reduction="none").mean(1)
+        if lc.depth > 0:
+            fg, gh, gw = out.grid
+            gt = batch["depth"][:, out.frame_indices]
+            valid = batch["depth_valid"][:, out.frame_indices]
+            if (gh, gw) != (h, w):  # Gaussian grid coarser than pixels: nearest sample at cell centres
+                gt = F.interpolate(gt, size=(gh, gw), mode="nearest")
+                valid = F.interpolate(valid.float(), size=(gh, gw), mode="nearest") > 0.5
+            fn = depth_loss_released if lc.depth_mode == "released" else depth_loss_paper
+            kw = {"gradient_weight": lc.depth_gradient_weight} if lc.depth_mode == "released" else {
+                "tv_weight": lc.depth_tv_weight}  # fmt: skip
+            has = valid.flatten(1).any(1)
+            parts["depth"] = torch.where(has, fn(out.depth, gt, valid, **kw), torch.zeros_like(has, dtype=rgb.dtype))
+            parts["depth"] = parts["depth"] * batch["depth_weight"]
+        if lc.motion > 0 and self.stage == "dynamic" and self.model.deform_head is not None:
+            dm = out.gaussians.delta_means
+            query_frames = torch.arange(fi, batch["c2w"].shape[1], device=dm.device)
+            pred, gt_motion, valid = track_motion(dm, out.grid, out.frame_indices, query_frames,
+                                                  batch["tracks_world"], batch["tracks_visible"], batch["c2w"],
+                                                  batch["fxfycxcy"], h, w)  # fmt: skip
+            fn = motion_loss_released if lc.motion_mode == "released" else motion_loss_paper
+            kw = {"distribution_weight": lc.motion_distribution_weight} if lc.motion_mode == "released" else {}
+            has_tracks = valid.flatten(1).any(1)
+            with_tracks = fn(pred, gt_motion, valid, **kw)
+            parts["motion"] = torch.where(has_tracks, with_tracks, no_motion_loss(dm)) * batch["motion_weight"]
+        if lc.opacity_l1 > 0:
+            parts["opacity"] = out.gaussians.canonical.opacities.mean(-1)
+        if lc.deformation_l2 > 0 and self.model.deform_head is not None:
+            parts["deformation"] = out.gaussians.delta_means.square().flatten(1).mean(1)
+        weights = {"mse": lc.mse, "lpips": lc.lpips, "ssim": lc.ssim, "depth": lc.depth, "motion": lc.motion,
+                   "opacity": lc.opacity_l1, "deformation": lc.deformation_l2}  # fmt: skip
+        total = sum(weights[k] * v for k, v in parts.items())
+        return {"loss": total.mean(), **{k: v.mean() for k, v in parts.items()}}
+
+    # --- steps -----------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out, rgb = self(batch)
+        losses = self.compute_losses(batch, out, rgb)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: "
+                f"{ {k: float(v) for k, v in losses.items()} } for samples {batch.get('key')}"
+            )
+        bs = rgb.shape[0]
+        for k, v in losses.items():
+            self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
+        fi = int(batch["num_input"])
+        self.log("train/psnr", psnr(rgb.detach(), batch["images"][:, fi:]), prog_bar=True, batch_size=bs)
+        self.log("train/num_gaussians", float(out.gaussians.num_gaussians), batch_size=bs)
+        return losses["loss"]
+
+    @torch.no_grad()
+    def _evaluate(self, batch: dict[str, Any], prefix: str, batch_idx: int) -> None:
+        out, rgb = self(batch)
+        rgb = rgb.clamp(0, 1)
+        fi = int(batch["num_input"])
+        target = batch["images"][:, fi:]
+        bs = rgb.shape[0]
+        self.log(f"{prefix}/psnr", psnr(rgb, target), prog_bar=True, sync_dist=True, batch_size=bs)
+        self.log(f"{prefix}/ssim", ssim(rgb, target), sync_dist=True, batch_size=bs)
+        if self.lpips is not None:
+            self.log(f"{prefix}/lpips", self.lpips(rgb, target).mean(), sync_dist=True, batch_size=bs)
+        nearest = nearest_input_frames(batch)
+        self.log(f"{prefix}/psnr_nearest_input", psnr(nearest, target), sync_dist=True, batch_size=bs)
+        self.log(f"{prefix}/loss", self.compute_losses(batch, out, rgb)["loss"], sync_dist=True, batch_size=bs)
+        if batch_idx == 0:
+            self.last_media = {"pred": rgb[0].float().cpu(), "target": target[0].float().cpu(),
+                               "inputs": batch["images"][0, :fi].float().cpu()}  # fmt: skip
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val", batch_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test", batch_idx)
+
+    # --- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        o = self.optim_cfg
+        trunk, heads = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (trunk if name.startswith(("trunk.", "patch_embed.")) else heads).append(p)
+        groups = [{"params": trunk, "lr": o.lr * o.trunk_lr_mult, "name": "trunk"},
+                  {"params": heads, "lr": o.lr * o.head_lr_mult, "name": "heads"}]  # fmt: skip
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        warmup, total, floor = max(0, o.warmup_steps), max(1, self.max_steps), o.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def nearest_input_frames(batch: dict[str, Any]) -> Tensor:
+    """For each output view, the input frame whose camera centre is nearest (ties: nearest time). [B, F_out, 3, H, W]"""
+    fi = int(batch["num_input"])
+    centres = batch["c2w"][..., :3, 3]
+    d = torch.cdist(centres[:, fi:], centres[:, :fi])  # [B, F_out, F_in]
+    dt = (batch["timestamps"][:, fi:, None] - batch["timestamps"][:, None, :fi]).abs()
+    idx = (d + 1e-6 * dt).argmin(-1)  # [B, F_out]
+    images = batch["images"][:, :fi]
+    return torch.gather(images, 1, idx[..., None, None, None].expand(-1, -1, *images.shape[2:]))
+
+
+def load_lrdm_weights(model: LRDM, path: str | Path) -> None:
+    """Load our own LRDM weights (a ``.safetensors`` export, or a Lightning ``.ckpt`` with ``model.*`` keys).
+
+    Parameters whose shapes differ (e.g. a static checkpoint into a dynamic model's new head) are reported and left
+    at their initialisation; missing and unexpected keys are logged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no weights file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    own = model.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    result = model.load_state_dict(compatible, strict=False)
+    log.info("init_from %s: loaded %d tensors; shape mismatch %s; missing %s; unexpected %s", path,
+             len(compatible), skipped, result.missing_keys, result.unexpected_keys)  # fmt: skip
+    if not compatible:
+        raise ValueError(f"init_from {path}: no tensor matches the model (is it an LRDM export?)")
