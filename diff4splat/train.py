@@ -49,7 +49,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    objects = {"datamodule": datamodule, "system": system, "trainer": trainer, "callbacks": callbacks, "loggers": loggers}
+    objects = {
+        "datamodule": datamodule,
+        "system": system,
+        "trainer": trainer,
+        "callbacks": callbacks,
+        "loggers": loggers,
+    }
     log_hyperparameters(cfg, loggers, system)
 
     metrics: dict[str, Any] = {}

@@ -103,13 +103,9 @@ class GaussianField(nn.Module):
         if times.shape != (t,):
             raise ValueError(f"times must have shape ({t},), got {tuple(times.shape)}")
         if self.delta_means is None:
-            zeros = torch.zeros(t, *g.means.shape, device=g.means.device)
-            dq = torch.zeros(t, g.means.shape[0], 4, device=g.means.device)
-            dq[..., 0] = 1
-            return DeformableGaussians.from_gaussians(g, times=times, delta_means=zeros, delta_quats=dq,
-                                                      delta_log_scales=zeros.clone())  # fmt: skip
-        return DeformableGaussians.from_gaussians(
-            g,
+            return DeformableGaussians.static(g, times)
+        return DeformableGaussians(
+            canonical=g,
             times=times,
             delta_means=self.delta_means,
             delta_quats=F.normalize(self.delta_quats, dim=-1),

@@ -71,7 +71,6 @@ class ReconOptim:
 class ReconRender:
     backend: str = "auto"
     background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    prune_threshold_eval: float = 0.0  # drop Gaussians at or below this opacity when evaluating (0 = keep all)
 
 
 class ReconstructionSystem(L.LightningModule):

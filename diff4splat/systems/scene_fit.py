@@ -80,6 +80,7 @@ class SceneFitSystem(L.LightningModule):
         )
         self.field = GaussianField(self.model_cfg)
         self.register_buffer("background", torch.tensor(self.render_cfg.background, dtype=torch.float32))
+        self.last_media: dict[str, Tensor] | None = None
 
     # --- setup ---------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -131,18 +132,20 @@ class SceneFitSystem(L.LightningModule):
         self.log("train/num_gaussians", float(self.model_cfg.num_gaussians))
         return loss
 
-    def _evaluate(self, batch: dict[str, Tensor], prefix: str) -> None:
+    def _evaluate(self, batch: dict[str, Tensor], prefix: str, batch_idx: int = 0) -> None:
         pred = self.render_views(batch).clamp(0, 1)
         target = batch["images"]
         self.log(f"{prefix}/psnr", psnr(pred, target), prog_bar=True, sync_dist=True)
         self.log(f"{prefix}/ssim", ssim(pred[0], target[0]), sync_dist=True)
         self.log(f"{prefix}/loss", self._loss(pred, target), sync_dist=True)
+        if batch_idx == 0:
+            self.last_media = {"inputs": target[0, :0].cpu(), "target": target[0].cpu(), "pred": pred[0].cpu()}
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+        self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", batch_idx)
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
