@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.batch import to_float_images
-from datamodules.stream import ClipSamplingConfig, ClipStream, SourceConfig, source_from_dict
+from datamodules.stream import ClipSamplingConfig, ClipStream, SourceConfig, expand_shards, source_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,12 @@ class ClipDataModule(L.LightningDataModule):
         return self._train
 
     def val_stream(self) -> ClipStream | None:
-        sources = [s for s in self.sources if s.val_shards is not None or s.name in self.synthetic]
+        sources = []
+        for s in self.sources:
+            if s.name in self.synthetic or expand_shards(s.val_shards):
+                sources.append(s)
+            elif s.val_shards is not None:
+                log.warning("source %s: no validation shards match %r; not validated", s.name, s.val_shards)
         if self.val_batches <= 0 or not sources:
             return None
         if self._val is None:
