@@ -13,6 +13,7 @@ All functions take torch tensors with arbitrary leading batch dimensions and are
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, NamedTuple
 
@@ -51,21 +52,27 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def _k_basis(height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(A [4, 9], b [9])`` with ``K.flatten() = fxfycxcy @ A + b`` for a (height, width) image."""
+    A = torch.zeros(4, 9, dtype=dtype)
+    A[0, 0] = A[2, 2] = width
+    A[1, 4] = A[3, 5] = height
+    b = torch.zeros(9, dtype=dtype)
+    b[8] = 1.0
+    return A.to(device), b.to(device)
+
+
 def fxfycxcy_to_K(
     fxfycxcy: Tensor,  # [..., 4] normalised (fx/W, fy/H, cx/W, cy/H)
     height: int,
     width: int,
 ) -> Tensor:  # [..., 3, 3] pixel intrinsics
     """Normalised intrinsics -> pixel intrinsic matrix ``K = [[fx*W, 0, cx*W], [0, fy*H, cy*H], [0, 0, 1]]``."""
-    fx, fy, cx, cy = fxfycxcy.unbind(-1)
-    zero = torch.zeros_like(fx)
-    one = torch.ones_like(fx)
-    rows = [
-        torch.stack([fx * width, zero, cx * width], -1),
-        torch.stack([zero, fy * height, cy * height], -1),
-        torch.stack([zero, zero, one], -1),
-    ]
-    return torch.stack(rows, -2)
+    # one fused multiply-add (this sits on the render path, where launch count matters)
+    A, b = _k_basis(int(height), int(width), fxfycxcy.dtype, fxfycxcy.device)
+    flat = torch.addmm(b, fxfycxcy.reshape(-1, 4), A)
+    return flat.reshape(*fxfycxcy.shape[:-1], 3, 3)
 
 
 def K_to_fxfycxcy(
@@ -127,17 +134,13 @@ def crop_intrinsics(
 
 
 def invert_c2w(c2w: Tensor) -> Tensor:  # [..., 4, 4] -> [..., 4, 4]
-    """Inverse of a rigid (or similarity-free) pose: ``c2w -> w2c`` (and ``w2c -> c2w``), via ``[R^T | -R^T t]``.
+    """Inverse of a rigid pose, ``c2w -> w2c`` (and ``w2c -> c2w``), via ``[R^T | -R^T t]``.
 
-    Exact for rotation + translation; does not assume the bottom row of the input beyond it being (0, 0, 0, 1).
+    Exact for rotation + translation; the input's bottom row (0, 0, 0, 1) is reused as is.
     """
-    R = c2w[..., :3, :3]
-    t = c2w[..., :3, 3:]
-    Rt = R.transpose(-1, -2)
-    top = torch.cat([Rt, -Rt @ t], dim=-1)
-    bottom = torch.zeros_like(c2w[..., 3:, :])
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([top, bottom], dim=-2)
+    Rt = c2w[..., :3, :3].transpose(-1, -2)
+    top = torch.cat([Rt, Rt @ -c2w[..., :3, 3:]], dim=-1)
+    return torch.cat([top, c2w[..., 3:, :]], dim=-2)
 
 
 c2w_to_w2c = invert_c2w

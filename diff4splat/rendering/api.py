@@ -12,6 +12,7 @@ Rendering always runs in float32 with autocast off (as the reference does), what
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import Literal
@@ -118,8 +119,10 @@ def render(
     name = resolve_backend(backend, device)
     bg = _background(background, batch + (V,), device)
 
-    with torch.autocast(device_type=device.type, enabled=False):
-        g = gaussians.to(torch.float32)
+    autocast_on = torch.is_autocast_enabled(device.type)
+    with torch.autocast(device_type=device.type, enabled=False) if autocast_on else contextlib.nullcontext():
+        fields = (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.colors)
+        g = gaussians if all(x.dtype == torch.float32 for x in fields) else gaussians.to(torch.float32)
         viewmats = invert_c2w(c2w.float())
         Ks = fxfycxcy_to_K(fxfycxcy.float(), height, width)
         if name == "gsplat":
@@ -150,10 +153,9 @@ def render(
             colors = torch.cat([colors[..., :3], colors[..., 3:] / alphas.clamp(min=1e-10)], dim=-1)
             if bg is not None:
                 colors = torch.cat([colors[..., :3] + (1.0 - alphas) * bg[..., None, None, :], colors[..., 3:]], -1)
+    channels_first = colors.movedim(-1, -3)
     return RenderOutput(
-        rgb=colors[..., :3].movedim(-1, -3),
-        depth=colors[..., 3:4].movedim(-1, -3),
-        alpha=alphas.movedim(-1, -3),
+        rgb=channels_first[..., :3, :, :], depth=channels_first[..., 3:, :, :], alpha=alphas.movedim(-1, -3)
     )
 
 
