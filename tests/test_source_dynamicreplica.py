@@ -158,3 +158,21 @@ def test_truncated_annotation_file(tmp_path, scenes):
     with pytest.raises(SourceError, match="unreadable annotation file") as e:
         dr.list_sequences(tmp_path, "train")
     assert e.value.file == str(jgz)
+
+
+def test_clips_round_trip_through_shards(tmp_path, scenes):
+    from datamodules.scene import read_clip_from_tar
+    from datamodules.write import ShardWriter
+
+    write_split(tmp_path / "native", "train", {"aaa111-3_obj": scenes["aaa111-3_obj"]})
+    clips = list(dr.convert_sequence(tmp_path / "native", "aaa111-3_obj", ConvertOptions(clip_length=3)))
+    with ShardWriter(tmp_path / "shards", source=dr.NAME) as w:
+        assert all(w.write(c) for c in clips)
+    (shard,) = sorted((tmp_path / "shards").glob("*.tar"))
+    for c in clips:
+        back = read_clip_from_tar(shard, c.key)
+        for name, a in c.arrays().items():
+            b = getattr(back, name)
+            assert b.dtype == a.dtype, name
+            np.testing.assert_array_equal(b, a, err_msg=name)
+        assert back.meta == c.meta and back.frames == c.frames

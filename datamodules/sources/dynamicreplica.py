@@ -225,7 +225,11 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     split_dir = jgz.parent
     frames = sorted(by_seq[sequence], key=lambda f: int(f.get("frame_number", 0)))
     c2w_all, K_all, (H, W) = cameras(frames, sequence, jgz)
-    ts = np.asarray([f.get("frame_timestamp", f.get("frame_number")) for f in frames], dtype=np.float64)
+    ts = [f.get("frame_timestamp") if f.get("frame_timestamp") is not None else f.get("frame_number") for f in frames]
+    try:
+        ts = np.asarray(ts, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise SourceError(sequence, jgz, f"frame_timestamp / frame_number not numeric ({e})") from e
     if not (np.isfinite(ts).all() and (np.diff(ts) >= 0).all()):
         raise SourceError(sequence, jgz, "frame timestamps must be finite and increase with frame_number")
     image_paths, depth_paths = [], []
