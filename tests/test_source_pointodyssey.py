@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.convert import CLIOptions
 from datamodules.sources import pointodyssey as po
 from datamodules.sources.base import ConvertOptions, SourceError
 from datamodules.spec import decode_frames, validate_clip
@@ -83,8 +85,7 @@ def test_v1_annotations_match_current_release(tmp_path, gt):
 
 def test_windows_resize_and_track_cap(tmp_path, gt):
     write_pointodyssey(tmp_path / "train" / "s", gt)
-    opts = ConvertOptions(clip_length=3, max_side=32)
-    opts.max_tracks = 5  # the converter honours this field when ConvertOptions has it
+    opts = CLIOptions(clip_length=3, max_side=32, source_options={"max_tracks": 5})
     clips = list(po.convert_sequence(tmp_path, "s", opts))
     assert [c.key for c in clips] == ["s_000000", "s_000003"]
     for c, start in zip(clips, (0, 3), strict=True):
@@ -96,12 +97,19 @@ def test_windows_resize_and_track_cap(tmp_path, gt):
     again = list(po.convert_sequence(tmp_path, "s", opts))
     np.testing.assert_array_equal(clips[1].tracks_world, again[1].tracks_world)
     # the subsample is a subset of the uncapped clip's tracks
-    opts.max_tracks = 0
-    full = list(po.convert_sequence(tmp_path, "s", opts))[1]
+    full = list(po.convert_sequence(tmp_path, "s", dataclasses.replace(opts, source_options={"max_tracks": 0})))[1]
     assert full.tracks_world.shape[1] > 5
     for j in range(5):
         assert any(np.array_equal(full.tracks_world[:, i], clips[1].tracks_world[:, j], equal_nan=True)
                    for i in range(full.tracks_world.shape[1]))  # fmt: skip
+
+
+def test_done_keys_are_not_converted_again(tmp_path, gt):
+    write_pointodyssey(tmp_path / "train" / "s", gt)
+    (tmp_path / "train" / "s" / "rgbs" / "rgb_00001.jpg").unlink()  # only the done clip reads this frame
+    (tmp_path / "train" / "s" / "rgbs" / "rgb_00001.jpg").write_bytes(b"")  # present (the upfront check) but empty
+    opts = CLIOptions(clip_length=3, done_keys=frozenset({"s_000000"}))
+    assert [c.key for c in po.convert_sequence(tmp_path, "s", opts)] == ["s_000003"]
 
 
 def test_sequence_with_few_tracks_is_skipped(tmp_path):

@@ -189,7 +189,11 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     if "applied_transform" in data:
         extra_common["applied_transform"] = data["applied_transform"]
 
+    done = getattr(opts, "done_keys", frozenset())
     for idx in clip_windows(len(frames), opts):
+        key = clip_key(sequence, idx[0])
+        if key in done:  # CLI resume: already in a finished shard
+            continue
         rgbs = [read_rgb(paths[i], sequence) for i in idx]
         H, W = rgbs[0].shape[:2]
         for i, rgb in zip(idx, rgbs, strict=True):
@@ -217,7 +221,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
                                     extra={**extra_common, "native_size": [W, H],
                                            "native_frames": [int(numbers[i]) for i in idx]})  # fmt: skip
         yield Clip(
-            key=clip_key(sequence, idx[0]),
+            key=key,
             frames=frames_out,
             c2w=c2w_all[idx],
             fxfycxcy=K_all[idx],

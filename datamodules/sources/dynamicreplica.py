@@ -24,8 +24,9 @@ Decisions:
   ``depth.scale_adjustment`` when the annotation sets it; 0 / non-finite = invalid. Stored as float16 (lossless).
 - **Tracks**: world tracks are ``traj_3d_world`` (exact mesh vertices; MoVieS unprojected depth at ``track_xy``
   only because its preprocessed files kept 2D tracks). Visible = ``verts_inds_vis`` & finite & projects in front of
-  the camera inside the image. Per clip, points visible in >= 2 frames are kept, capped at ``max_tracks``
-  (``opts.max_tracks`` when ConvertOptions has it, else ``MAX_TRACKS``) by a generator seeded with the clip key.
+  the camera inside the image. Per clip, points visible in >= 2 frames are kept, capped at the source option
+  ``max_tracks`` (``OPTIONS``, default ``MAX_TRACKS``) by a generator seeded with the clip key. Clips whose key is in
+  ``opts.done_keys`` (CLI resume) are not loaded.
   ``traj_2d`` must agree with the projection of ``traj_3d_world`` (median within ``REPROJECTION_TOL_PX``), else the
   sequence is a ``SourceError``: a guard against a wrong camera convention on real data.
 - **.pth loading**: ``torch.load(weights_only=True)``, never ``weights_only=False``. The official devkit and
@@ -64,6 +65,7 @@ NAME = "dynamicreplica"
 CAMERA = "left"
 BAD_SEQUENCES = frozenset({"8369cb-7_obj", "a7b915-7_obj"})
 MAX_TRACKS = 4096
+OPTIONS = {"max_tracks": MAX_TRACKS}  # CLI source options (``max_tracks=0``: keep every track)
 REPROJECTION_TOL_PX = 2.0
 
 
@@ -243,11 +245,14 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             raise SourceError(sequence, p, "missing file listed in the annotations")
     traj_paths = [_path(split_dir, f, "trajectories") for f in frames]
     has_tracks = all(p is not None for p in traj_paths)
-    max_tracks = int(getattr(opts, "max_tracks", MAX_TRACKS))
+    max_tracks = int(getattr(opts, "source_options", {}).get("max_tracks", MAX_TRACKS))
+    done = getattr(opts, "done_keys", frozenset())
     size = target_size(H, W, opts.max_side)
 
     for idx in clip_windows(len(frames), opts):
         key = clip_key(sequence, int(frames[idx[0]].get("frame_number", idx[0])))
+        if key in done:
+            continue
         rgbs, depths = [], []
         for i in idx:
             rgb = read_rgb(image_paths[i], sequence)

@@ -16,8 +16,8 @@ Decisions:
 - **Tracks**: a point is visible in a frame where ``visibs & valids`` (v1.0: ``visibilities == 1``), its world
   position and its ``trajs_2d`` are finite, and it projects in front of the camera inside the image. World tracks
   are ``trajs_3d`` directly (exact), NaN elsewhere. Per clip, points visible in fewer than 2 of its frames are
-  dropped and the rest are subsampled to at most ``max_tracks`` (``opts.max_tracks`` when ConvertOptions has it,
-  else ``MAX_TRACKS``) with a generator seeded by the clip key, so reruns give the same tracks.
+  dropped and the rest are subsampled to at most the source option ``max_tracks`` (``OPTIONS``, default
+  ``MAX_TRACKS``) with a generator seeded by the clip key, so reruns give the same tracks.
 - **Track filtering** as MoVieS (reference diff4splat.md §8.5): a sequence with at most ``MIN_TRACKS`` tracks is
   skipped (no clips, a warning), because its motion supervision is useless.
 - **Convention guard**: the released ``trajs_2d`` must agree with ``trajs_3d`` projected through our cameras
@@ -26,6 +26,7 @@ Decisions:
 - **Depth**: ``v / 65535 * 1000`` metres; ``v == 0`` (no hit) and ``v == 65535`` (clipped at 1000 m, sky) are
   invalid (``depth_valid``).
 - **Timestamps**: frame indices (the render frame rate is not in the release); ``meta.extra["timestamp_unit"]``.
+- **Resuming**: clips whose key is in ``opts.done_keys`` (CLI) are not loaded.
 - **Frames**: the native JPEG bytes are copied unchanged when no resize is asked and the output format is JPEG
   (no second compression); otherwise re-encoded.
 - Masks and normals are not converted (the schema's ``dynamic_mask`` needs moving-object masks, which PointOdyssey's
@@ -53,6 +54,7 @@ NAME = "pointodyssey"
 ANNOTATION_FILES = ("anno.npz", "annotations.npz")  # current release, v1.0 release
 DEPTH_MAX_M = 1000.0
 MAX_TRACKS = 4096
+OPTIONS = {"max_tracks": MAX_TRACKS}  # CLI source options (``max_tracks=0``: keep every track)
 MIN_TRACKS = 32
 REPROJECTION_TOL_PX = 2.0
 
@@ -171,10 +173,13 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     if anno.visible.any(0).sum() <= MIN_TRACKS:
         log.warning("pointodyssey %s: at most %d valid tracks, skipped (as MoVieS)", sequence, MIN_TRACKS)
         return
-    max_tracks = int(getattr(opts, "max_tracks", MAX_TRACKS))
+    max_tracks = int(getattr(opts, "source_options", {}).get("max_tracks", MAX_TRACKS))
+    done = getattr(opts, "done_keys", frozenset())
 
     for idx in clip_windows(T, opts):
         key = clip_key(sequence, idx[0])
+        if key in done:
+            continue
         rgbs = [read_rgb(rgb_paths[i], sequence) for i in idx]
         H, W = rgbs[0].shape[:2]
         depths, valids = [], []
