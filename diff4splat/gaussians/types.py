@@ -231,8 +231,8 @@ class DeformableGaussians:
         """Static Gaussians at time ``t`` (a float or a tensor ``[...]`` with one time per batch element).
 
         ``t`` equal to a stored query time uses that time's deltas exactly. Between two stored times the deltas are
-        interpolated linearly (Δμ, Δs; Δq by normalised linear interpolation with the sign of the second aligned to
-        the first). Outside ``[times[0], times[-1]]`` the nearest end's deltas are used (no extrapolation).
+        interpolated linearly (Δμ, Δs; Δq by normalised linear interpolation with the sign of the first aligned to
+        the second). Outside ``[times[0], times[-1]]`` the nearest end's deltas are used (no extrapolation).
         """
         times = self.times
         batch = self.batch_shape
@@ -259,7 +259,7 @@ class DeformableGaussians:
         dm = torch.lerp(pick(self.delta_means, lo), pick(self.delta_means, hi), wb)
         ds = torch.lerp(pick(self.delta_log_scales, lo), pick(self.delta_log_scales, hi), wb)
         q_lo, q_hi = pick(self.delta_quats, lo), pick(self.delta_quats, hi)
-        q_hi = torch.where((q_lo * q_hi).sum(-1, keepdim=True) < 0, -q_hi, q_hi)
+        q_lo = torch.where((q_lo * q_hi).sum(-1, keepdim=True) < 0, -q_lo, q_lo)  # at a stored time w = 1: q_hi as is
         dq = quat_normalize(torch.lerp(q_lo, q_hi, wb))
         c = self.canonical
         return Gaussians(
