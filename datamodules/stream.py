@@ -44,13 +44,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from datamodules.batch import collate
 from datamodules.mix import WeightedChoice
 from datamodules.spec import Clip, decode_image, decode_sample, decode_video
-from diff4splat.geometry.cameras import (
-    canonicalize,
-    crop_intrinsics,
-    invert_c2w,
-    transform_points,
-    unproject_depth,
-)
+from diff4splat.geometry.cameras import canonicalize, crop_intrinsics, invert_c2w, transform_points
 
 log = logging.getLogger(__name__)
 
@@ -312,13 +306,13 @@ class ClipTransform:
         c2w = canonicalize(c2w_src, ref_index=0)
 
         if clip.depth is not None:
-            depth = resize_map(clip.depth).double()
+            depth = resize_map(clip.depth).float()
             valid = torch.isfinite(depth) & (depth > 0)
             if clip.depth_valid is not None:
                 valid &= resize_map(clip.depth_valid)
             depth = torch.where(valid, depth, torch.zeros_like(depth))
         else:
-            depth = torch.zeros((len(idx), H, W), dtype=torch.float64)
+            depth = torch.zeros((len(idx), H, W), dtype=torch.float32)
             valid = torch.zeros((len(idx), H, W), dtype=torch.bool)
 
         if clip.tracks_world is not None:
@@ -419,8 +413,19 @@ class ClipTransform:
             if mode == "mean_depth":
                 mean = float(depth[valid].mean())
             else:
-                pts = unproject_depth(depth, c2w, K)
-                mean = float(pts[valid].norm(dim=-1).mean())
+                # = unproject_depth(depth, c2w, K)[valid].norm(-1).mean(), expanded so that no (F,H,W,3) array is
+                # built: |R d r + t|² = d²|r|² + 2 d r·(Rᵀt) + |t|² with r = ((u-cx)/fx, (v-cy)/fy, 1) separable.
+                F, H, W = depth.shape
+                k = K.double()
+                rx = ((torch.arange(W, dtype=torch.float64) + 0.5) / W - k[:, 2:3]) / k[:, 0:1]  # (F,W)
+                ry = ((torch.arange(H, dtype=torch.float64) + 0.5) / H - k[:, 3:4]) / k[:, 1:2]  # (F,H)
+                R, t = c2w[:, :3, :3].double(), c2w[:, :3, 3].double()
+                u = torch.einsum("fji,fj->fi", R, t)  # Rᵀt, (F,3)
+                r2 = (rx[:, None, :] ** 2 + ry[:, :, None] ** 2 + 1).float()
+                dot = rx[:, None, :] * u[:, 0, None, None] + ry[:, :, None] * u[:, 1, None, None] + u[:, 2, None, None]
+                d = depth.float()
+                n2 = d * d * r2 + 2 * d * dot.float() + (t * t).sum(-1).float()[:, None, None]
+                mean = float(n2[valid].clamp(min=0).sqrt().double().mean())
         elif bool(visible.any()):
             mean = float(tracks[visible].norm(dim=-1).mean())
         else:
