@@ -107,7 +107,8 @@ class Summary:
     converted: int = 0
     clips: int = 0
     frames: int = 0
-    skipped_clips: int = 0
+    skipped_clips: int = 0  # clips a converter yielded although their key was done
+    clips_before: int = 0  # clips of the split in the manifest when the run started
     failed: dict[str, str] = field(default_factory=dict)
     clips_in_manifest: int = 0
     seconds: float = 0.0
@@ -327,6 +328,7 @@ def run(cli: dict[str, Any], opts: CLIOptions, module, progress: bool = True) ->
     sequences = select_sequences(module, root, opts.split, cli["sequences"], cli["max_sequences"])
     summary.sequences = len(sequences)
     opts = dataclasses.replace(opts, done_keys=_done_keys(out, opts.split))
+    summary.clips_before = len(opts.done_keys)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -374,7 +376,7 @@ def print_summary(s: Summary, file=None) -> None:
     console = Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
     console.print(
         f"[bold]{s.source}[/bold] split={s.split} -> {s.out}: {s.converted}/{s.sequences} sequences converted, "
-        f"{s.clips} clips ({s.frames} frames) written, {s.skipped_clips} clips already done, "
+        f"{s.clips} clips ({s.frames} frames) written, {s.clips_before} were already there, "
         f"{s.clips_in_manifest} clips in the manifest, {len(s.failed)} sequences skipped, {s.seconds:.1f} s"
     )
     if s.sequences == 0:

@@ -95,7 +95,7 @@ def test_rerun_is_resumable_and_workers_share_the_manifest(tmp_path, native):
 
     for workers in ("1", "2"):
         again = _run(*args, f"workers={workers}")
-        assert (again.converted, again.clips, again.clips_in_manifest) == (3, 0, 6)
+        assert (again.converted, again.clips, again.clips_before, again.clips_in_manifest) == (3, 0, 6, 6)
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.glob("*.tar")} == before
     assert (tmp_path / "manifest.json").read_bytes() == manifest
 

@@ -98,6 +98,23 @@ def test_options_camera_and_flow(native, gt):
     assert e.value.file.endswith("pose_right.txt")
 
 
+def test_right_camera(native, gt):
+    d = native / SEQ
+    (d / "image_right").mkdir()
+    (d / "depth_right").mkdir()
+    for i in range(5):
+        (d / "image_left" / f"{i:06d}_left.png").rename(d / "image_right" / f"{i:06d}_right.png")
+        (d / "depth_left" / f"{i:06d}_left_depth.npy").rename(d / "depth_right" / f"{i:06d}_right_depth.npy")
+    (d / "pose_right.txt").write_text((d / "pose_left.txt").read_text())
+    opts = ConvertOptions(frame_format="png")
+    opts.source_options = {"camera": "right"}  # type: ignore[attr-defined]
+    (clip,) = _convert(native, opts)
+    assert clip.key == "office-Easy-P000-right_000000" and clip.meta.extra["camera"] == "right"
+    assert clip.flow is None and clip.depth is not None  # TartanAir ships flow for the left camera only
+    np.testing.assert_allclose(clip.c2w, gt.c2w, atol=1e-9)
+    np.testing.assert_array_equal(decode_frames(clip), gt.rgb)
+
+
 def test_done_keys_skip_loading(native):
     opts = ConvertOptions(clip_length=2)
     opts.done_keys = frozenset({"office-Easy-P000_000000"})  # type: ignore[attr-defined]
