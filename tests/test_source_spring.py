@@ -10,7 +10,7 @@ import pytest
 
 from datamodules.sources import spring
 from datamodules.sources.base import ConvertOptions, SourceError
-from datamodules.spec import decode_frames, validate_clip
+from datamodules.spec import decode_frames, decode_sample, encode_clip, validate_clip
 from tests.native.scene import make_scene
 from tests.native.spring import NAN_BLOCK, ZERO_BLOCK, write_spring
 from tests.native.vkitti2 import rigid_flow
@@ -42,6 +42,10 @@ def test_recovers_ground_truth(sample):
     gt = gts["0001"]
     (clip,) = _convert(root, "train/0001", clip_length=F, frame_format="png")
     validate_clip(clip, deep=True)
+    back = decode_sample({"__key__": clip.key, **encode_clip(clip)})  # survives the tar members
+    assert back.meta == clip.meta and all(
+        np.array_equal(a, back.arrays()[n], equal_nan=True) for n, a in clip.arrays().items()
+    )
     assert clip.key == "train-0001_000000"
     assert (clip.meta.dataset, clip.meta.is_static, clip.meta.depth_weight, clip.meta.motion_weight) == (
         "spring", False, 1.0, 0.0)  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 
 from datamodules.sources import stereo4d
 from datamodules.sources.base import ConvertOptions, SourceError
-from datamodules.spec import decode_frames, decode_video, validate_clip
+from datamodules.spec import decode_frames, decode_sample, decode_video, encode_clip, validate_clip
 from tests.native.stereo4d import stereo4d_scene, write_stereo4d
 
 F = 8
@@ -54,6 +54,10 @@ def test_recovers_ground_truth(sample, scene):
     gt = scene
     (clip,) = _convert(root, f"train/{UIDS[0]}", clip_length=F, frame_format="png")
     validate_clip(clip, deep=True)
+    back = decode_sample({"__key__": clip.key, **encode_clip(clip)})  # survives the tar members
+    assert back.meta == clip.meta and all(
+        np.array_equal(a, back.arrays()[n], equal_nan=True) for n, a in clip.arrays().items()
+    )
     assert clip.key == "train-abcDEF123_4004000_000000"
     assert (clip.meta.dataset, clip.meta.is_static, clip.meta.depth_weight, clip.meta.motion_weight) == (
         "stereo4d", False, 0.2, 0.2)  # fmt: skip

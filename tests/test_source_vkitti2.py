@@ -11,7 +11,7 @@ from PIL import Image
 
 from datamodules.sources import vkitti2
 from datamodules.sources.base import ConvertOptions, SourceError
-from datamodules.spec import decode_frames, validate_clip
+from datamodules.spec import decode_frames, decode_sample, encode_clip, validate_clip
 from tests.native.scene import make_scene
 from tests.native.vkitti2 import SKY_ROWS, encode_flow_png, rigid_flow, write_png16_rgb, write_vkitti2
 
@@ -46,6 +46,10 @@ def test_recovers_ground_truth(sample, cam):
     gt = gts[cam]
     (clip,) = _convert(root, f"Scene01/clone/Camera_{cam}", clip_length=F, frame_format="png")
     validate_clip(clip, deep=True)
+    back = decode_sample({"__key__": clip.key, **encode_clip(clip)})  # survives the tar members
+    assert back.meta == clip.meta and all(
+        np.array_equal(a, back.arrays()[n], equal_nan=True) for n, a in clip.arrays().items()
+    )
     assert clip.key == f"Scene01-clone-Camera_{cam}_000000"
     assert clip.meta.dataset == "vkitti2" and clip.meta.is_static is False
     assert (clip.meta.depth_weight, clip.meta.motion_weight) == (1.0, 0.0)
@@ -133,6 +137,11 @@ def _break(root: Path, how: str) -> Path:
         lines = bad.read_text().splitlines()
         lines[1 + 2 * 2] = "2 0 " + " ".join(["nan"] * 16)
         bad.write_text("\n".join(lines) + "\n")
+    elif how == "extra_image":
+        bad = seq / "extrinsic.txt"
+        (seq / "frames/rgb/Camera_0/rgb_00006.jpg").write_bytes(
+            (seq / "frames/rgb/Camera_0/rgb_00005.jpg").read_bytes()
+        )
     elif how == "bad_columns":
         bad = seq / "intrinsic.txt"
         lines = bad.read_text().splitlines()
@@ -142,7 +151,17 @@ def _break(root: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "how", ["missing_frame", "truncated_depth", "truncated_flow", "wrong_shape", "flow_8bit", "nan_pose", "bad_columns"]
+    "how",
+    [
+        "missing_frame",
+        "truncated_depth",
+        "truncated_flow",
+        "wrong_shape",
+        "flow_8bit",
+        "nan_pose",
+        "extra_image",
+        "bad_columns",
+    ],
 )
 def test_bad_input_names_file_and_others_convert(sample, how):
     root, _ = sample

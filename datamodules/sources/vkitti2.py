@@ -195,6 +195,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     K = read_camera_table(seq_dir / "intrinsic.txt", sequence, camera, 4)
     if len(K) != len(w2c):
         raise SourceError(sequence, seq_dir / "intrinsic.txt", f"{len(K)} frames but extrinsic.txt has {len(w2c)}")
+    n_images = len(list((rgb_dir / cam_name).glob("rgb_*.jpg")))
+    if n_images > len(w2c):
+        raise SourceError(sequence, seq_dir / "extrinsic.txt", f"{len(w2c)} frames for {n_images} images")
     check_pose(w2c, sequence, seq_dir / "extrinsic.txt")
     c2w = np.linalg.inv(w2c)
     c2w[:, 3] = (0.0, 0.0, 0.0, 1.0)
