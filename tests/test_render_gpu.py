@@ -64,7 +64,7 @@ def test_torch_backend_matches_gsplat(seed: int, sh_degree: int | None) -> None:
 
     record = {"seed": seed, "sh_degree": sh_degree, "B": B, "V": V, "N": N, "H": H, "W": W}
     for name in ("rgb", "depth", "alpha"):
-        a, b = getattr(out_t, name), getattr(out_g, name)
+        a, b = getattr(out_t, name).detach(), getattr(out_g, name).detach()
         record[f"{name}_max_abs"] = float((a - b).abs().max())
         record[f"{name}_rel"] = float((a - b).abs().max() / b.abs().max())
     for k in FIELDS:
