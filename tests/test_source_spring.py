@@ -137,3 +137,12 @@ def test_bad_input_names_file_and_others_convert(sample, how):
             errors[seq] = e
     assert list(errors) == ["train/0001"] and errors["train/0001"].file == str(bad)
     assert list(converted) == ["train/0002"] and len(converted["train/0002"]) == 1
+
+
+def test_done_keys_and_flow_option(sample):
+    root, _ = sample
+    opts = ConvertOptions(clip_length=3)
+    opts.done_keys = frozenset({"train-0001_000003"})  # as `python -m datamodules.convert` resumes
+    opts.source_options = {"flow": False}
+    (clip,) = spring.convert_sequence(root, "train/0001", opts)
+    assert clip.key == "train-0001_000000" and clip.flow is None and "flow_residual_px" not in clip.meta.extra

@@ -30,8 +30,8 @@ def sample(tmp_path: Path, scene):
 
 def _convert(root: Path, seq: str, max_tracks: int | None = None, **kw) -> list:
     opts = ConvertOptions(**kw)
-    if max_tracks is not None:
-        opts.max_tracks = max_tracks
+    if max_tracks is not None:  # as `python -m datamodules.convert source=stereo4d max_tracks=...` passes it
+        opts.source_options = {"max_tracks": max_tracks}
     return list(stereo4d.convert_sequence(root, seq, opts))
 
 
@@ -163,3 +163,14 @@ def test_bad_input_names_file_and_others_convert(sample, how):
             errors[seq] = e
     assert list(errors) == [f"train/{UIDS[0]}"] and errors[f"train/{UIDS[0]}"].file == str(bad)
     assert list(converted) == [f"train/{UIDS[1]}"] and len(converted[f"train/{UIDS[1]}"]) == 1
+
+
+def test_done_keys_skip_decoding(sample):
+    root, paths = sample
+    opts = ConvertOptions(clip_length=4)
+    opts.done_keys = frozenset({f"train-{UIDS[0]}_000000"})  # as `python -m datamodules.convert` resumes
+    (clip,) = stereo4d.convert_sequence(root, f"train/{UIDS[0]}", opts)
+    assert clip.key == f"train-{UIDS[0]}_000004"
+    opts.done_keys = frozenset({f"train-{UIDS[0]}_000000", f"train-{UIDS[0]}_000004"})
+    paths[UIDS[0]][1].unlink()  # a finished sequence does not need its video again
+    assert list(stereo4d.convert_sequence(root, f"train/{UIDS[0]}", opts)) == []

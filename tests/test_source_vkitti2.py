@@ -176,3 +176,12 @@ def test_bad_input_names_file_and_others_convert(sample, how):
     assert errors["Scene01/clone/Camera_0"].file == str(bad)
     assert sorted(converted) == ["Scene01/clone/Camera_1", "Scene02/fog/Camera_0", "Scene02/fog/Camera_1"]
     assert all(len(v) == 1 for v in converted.values())
+
+
+def test_done_keys_and_flow_option(sample):
+    root, _ = sample
+    opts = ConvertOptions(clip_length=3)
+    opts.done_keys = frozenset({"Scene01-clone-Camera_0_000000"})  # as `python -m datamodules.convert` resumes
+    opts.source_options = {"flow": False}
+    (clip,) = vkitti2.convert_sequence(root, "Scene01/clone/Camera_0", opts)
+    assert clip.key == "Scene01-clone-Camera_0_000003" and clip.flow is None

@@ -52,6 +52,7 @@ NAME = "spring"
 BASELINE = 0.065  # metres, spring_utils SPRING_BASELINE
 FPS = 24.0
 SPLITS = ("train", "test")
+OPTIONS = {"flow": True}  # source options of `python -m datamodules.convert` (flow=false leaves flow out)
 
 
 # --------------------------------------------------------------------------------------------------- native readers
@@ -166,10 +167,13 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     c2w[:, 3] = (0.0, 0.0, 0.0, 1.0)
     disp_dir, flow_dir = seq_dir / "disp1_left", seq_dir / "flow_FW_left"
     with_depth = disp_dir.is_dir()
-    with_flow = flow_dir.is_dir() and opts.stride == 1
+    done = getattr(opts, "done_keys", frozenset())
+    with_flow = flow_dir.is_dir() and opts.stride == 1 and bool(getattr(opts, "source_options", {}).get("flow", True))
 
     native_hw: tuple[int, int] | None = None
     for window in clip_windows(T, opts):
+        if clip_key(sequence, window[0]) in done:
+            continue
         rgbs, depths, valids, flows = [], [], [], []
         for j, i in enumerate(window):
             n = i + 1  # file names are 1-based

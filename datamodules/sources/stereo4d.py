@@ -23,11 +23,12 @@ SEA-RAFT stereo, tracks from BootsTAP), dynamic, metric. Decisions:
   frame count against ``len(timestamps)`` and raises `SourceError` on the video when they differ.
 - **Intrinsics.** ``rectify.py`` renders a pinhole with ``fx = (W/2) / tan(hfov/2)``, ``hfov`` = 60° by default, and
   principal point (W/2, H/2) with pixel centres at +0.5 (its ray grid is ``arange(W) + 0.5``), i.e. exactly the
-  schema's convention: ``fx = 0.5 / tan(30°)``, ``fy = fx W / H``, ``cx = cy = 0.5`` (``HFOV_DEG``).
+  schema's convention: ``fx = 0.5 / tan(30°)``, ``fy = fx W / H``, ``cx = cy = 0.5`` (source option ``hfov_deg`` for
+  videos rectified with another ``--output_hfov``).
 - **Visibility.** A track entry is visible in a frame when it is present in the npz (not NaN), in front of the camera
   and projects inside the written frame. Entries outside that are NaN in ``tracks_world``, as the schema requires.
 - **Track subsampling.** Tracks visible in at least one clip frame are candidates; when there are more than
-  ``opts.max_tracks`` (``MAX_TRACKS`` while `ConvertOptions` has no such field), a subset is drawn without
+  the source option ``max_tracks`` (default ``MAX_TRACKS``), a subset is drawn without
   replacement by a generator seeded with the CRC32 of the clip key, kept in native order: the same input always gives
   the same tracks.
 - **Depth** is sparse, from projecting *all* visible track entries (not only the kept subset) into their frame:
@@ -52,8 +53,9 @@ from datamodules.spec import Clip, ClipMeta, decode_video, encode_frames
 
 NAME = "stereo4d"
 HFOV_DEG = 60.0  # rectify.py --output_hfov default
-MAX_TRACKS = 4096  # per clip, when ConvertOptions has no max_tracks
+MAX_TRACKS = 4096  # per clip
 SPLITS = ("train", "test")
+OPTIONS = {"max_tracks": MAX_TRACKS, "hfov_deg": HFOV_DEG}  # source options of `python -m datamodules.convert`
 _REQUIRED = ("timestamps", "camera2world", "track_lengths", "track_indices", "track_coordinates")
 
 
@@ -156,19 +158,25 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     split, uid = parts
     npz_path = Path(root) / split / "npz" / f"{uid}.npz"
     video_path = Path(root) / split / "processed" / uid / f"{uid}-left_rectified.mp4"
+    src = getattr(opts, "source_options", {})
+    done = getattr(opts, "done_keys", frozenset())
+    max_tracks = int(src.get("max_tracks", MAX_TRACKS))
+    hfov = float(src.get("hfov_deg", HFOV_DEG))
     data = read_npz(npz_path, sequence)
-    video = read_video(video_path, sequence)
     T = len(data["timestamps"])
+    windows = [w for w in clip_windows(T, opts) if clip_key(sequence, w[0]) not in done]
+    if not windows:
+        return
+    video = read_video(video_path, sequence)
     if len(video) != T:
         raise SourceError(sequence, video_path, f"{len(video)} frames but the npz has {T} timestamps")
     H0, W0 = video.shape[1:3]
     H, W = target_size(H0, W0, opts.max_side)
-    K = intrinsics(H0, W0)
+    K = intrinsics(H0, W0, hfov)
     c2w = data["c2w"]
     w2c = np.linalg.inv(c2w)
-    max_tracks = int(getattr(opts, "max_tracks", MAX_TRACKS) or MAX_TRACKS)
 
-    for window in clip_windows(T, opts):
+    for window in windows:
         F = len(window)
         key = clip_key(sequence, window[0])
         slot = np.full(T, -1)
@@ -197,7 +205,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         visible = np.zeros((F, len(kept)), bool)
         visible[fpos[take], col] = True
 
-        extra = {"native_frames": [window[0], window[-1]], "stride": opts.stride, "hfov_deg": HFOV_DEG,
+        extra = {"native_frames": [window[0], window[-1]], "stride": opts.stride, "hfov_deg": hfov,
                  "num_tracks_visible": int(len(candidates)), "video_id": data["video_id"], "name": data["name"]}  # fmt: skip
         fmt = "png" if opts.frame_format == "png" else "jpg"
         rgb = np.stack([resize_rgb(video[i], (H, W)) for i in window])

@@ -48,6 +48,7 @@ FPS = 10.0
 DEPTH_SKY = 65535  # PNG16 value of the far plane (655.35 m): sky, no geometry
 TEST_SCENES = ("Scene02",)
 SPLITS = ("train", "test", "all")
+OPTIONS = {"flow": True}  # source options of `python -m datamodules.convert` (flow=false leaves flow out)
 _PNG_IEND = b"IEND\xae\x42\x60\x82"
 
 
@@ -189,7 +190,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     rgb_dir, depth_dir = find_subdir(frames_dir, "rgb"), find_subdir(frames_dir, "depth")
     if rgb_dir is None or depth_dir is None:
         raise SourceError(sequence, frames_dir, "missing frames/rgb or frames/depth folder")
-    flow_dir = find_subdir(frames_dir, "forwardFlow")
+    src = getattr(opts, "source_options", {})
+    done = getattr(opts, "done_keys", frozenset())
+    flow_dir = find_subdir(frames_dir, "forwardFlow") if src.get("flow", True) else None
 
     w2c = read_camera_table(seq_dir / "extrinsic.txt", sequence, camera, 16).reshape(-1, 4, 4)
     K = read_camera_table(seq_dir / "intrinsic.txt", sequence, camera, 4)
@@ -204,6 +207,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
 
     native_hw: tuple[int, int] | None = None
     for window in clip_windows(len(w2c), opts):
+        key = clip_key(sequence, window[0])
+        if key in done:
+            continue
         rgbs, depths, valids, flows = [], [], [], []
         with_flow = flow_dir is not None and opts.stride == 1
         for j, i in enumerate(window):
@@ -234,7 +240,6 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         H0, W0 = native_hw
         k = K[window]
         fxfycxcy = np.stack([k[:, 0] / W0, k[:, 1] / H0, (k[:, 2] + 0.5) / W0, (k[:, 3] + 0.5) / H0], axis=-1)
-        key = clip_key(sequence, window[0])
         meta = ClipMeta.for_dataset(
             NAME, sequence, extra={"camera": camera, "native_frames": [window[0], window[-1]], "stride": opts.stride}
         )
