@@ -58,6 +58,8 @@ class ClipDataModule(L.LightningDataModule):
         pin_memory, prefetch_factor, persistent_workers: DataLoader settings.
         synthetic: {source name: `datamodules.synthetic.SyntheticConfig` fields}: those sources are generated in
             process instead of read from shards (smoke runs without data).
+        synthetic_pool, synthetic_val_pool: keep and reuse that many generated clips for training / validation
+            (0 = a new scene for every sample); a pool makes epochs cheap and validation clips fixed.
     """
 
     def __init__(
@@ -77,6 +79,8 @@ class ClipDataModule(L.LightningDataModule):
         prefetch_factor: int = 2,
         persistent_workers: bool = False,
         synthetic: Mapping[str, Mapping[str, Any]] | None = None,
+        synthetic_pool: int = 0,
+        synthetic_val_pool: int = 0,
     ):
         super().__init__()
         self.sources = [source_from_dict(k, dict(v)) for k, v in sources.items()]
@@ -89,6 +93,7 @@ class ClipDataModule(L.LightningDataModule):
         self.max_skip_rate, self.skip_rate_min_samples = max_skip_rate, skip_rate_min_samples
         self.pin_memory, self.prefetch_factor, self.persistent_workers = pin_memory, prefetch_factor, persistent_workers
         self.synthetic = {k: dict(v) for k, v in (synthetic or {}).items()}
+        self.synthetic_pool, self.synthetic_val_pool = synthetic_pool, synthetic_val_pool
         self._train: ClipStream | None = None
         self._val: ClipStream | None = None
         self._epoch = 0
@@ -106,7 +111,8 @@ class ClipDataModule(L.LightningDataModule):
             return {}
         from datamodules.synthetic import SyntheticConfig, SyntheticSource
 
-        return {k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000))
+        pool = self.synthetic_pool if train else self.synthetic_val_pool
+        return {k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000), pool=pool)
                 for k, v in self.synthetic.items()}  # fmt: skip
 
     def train_stream(self) -> ClipStream:

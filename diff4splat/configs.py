@@ -57,7 +57,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
-            items = [_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [_convert(v, a, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
         else:
             item_tp = args[0] if args else Any
             items = [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]

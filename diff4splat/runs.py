@@ -74,7 +74,7 @@ def print_config_tree(
     import rich.tree
 
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
-    fields = [f for f in order if f in cfg] + [f for f in cfg if f not in order]
+    fields = [f for f in order if f in cfg] + [f for f in cfg if f not in order and f != "hydra"]
     for field in fields:
         branch = tree.add(field, style="bold", guide_style="dim")
         node = cfg[field]
@@ -92,8 +92,17 @@ def save_config(cfg: DictConfig, path: Path) -> None:
     """Write the fully resolved config next to the run's outputs (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.write_text(OmegaConf.to_yaml(resolved_container(cfg)))
     tmp.replace(path)
+
+
+def resolved_container(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers with interpolations resolved, without Hydra's own node."""
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k != "hydra"
+    }
 
 
 def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
@@ -139,8 +148,7 @@ def log_hyperparameters(cfg: DictConfig, loggers: list[Logger], system: Any) -> 
     """Send the full resolved config plus parameter counts to every logger."""
     if not loggers:
         return
-    hparams: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    hparams.pop("hydra", None)
+    hparams = resolved_container(cfg)
     params = list(system.parameters())
     hparams["params/total"] = sum(p.numel() for p in params)
     hparams["params/trainable"] = sum(p.numel() for p in params if p.requires_grad)

@@ -34,17 +34,19 @@ TINY = [
 ]
 
 
-def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/train.yaml`` with ``overrides`` as Hydra would, with every path under ``output_dir``."""
+def compose_cfg(overrides: list[str], output_root: Path, run_name: str = "run") -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` as Hydra would; the run folder is
+    ``output_root/<task_name>/runs/<run_name>`` (the layout ``ckpt_path=last`` searches)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
+    output_dir = output_root / cfg.task_name / "runs" / run_name
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.runtime.cwd = str(ROOT)
         cfg.hydra.job.name = "test"
         cfg.paths.root_dir = str(ROOT)
-        cfg.paths.output_root = str(output_dir.parent / "outputs")
+        cfg.paths.output_root = str(output_root)
         cfg.paths.output_dir = str(output_dir)
     HydraConfig().set_config(cfg)
     return cfg
@@ -52,10 +54,13 @@ def compose_cfg(overrides: list[str], output_dir: Path) -> DictConfig:
 
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    count = [0]
+
     def _make(*overrides: str, tiny: bool = True) -> DictConfig:
         keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
         extra = [t for t in TINY if t.split("=", 1)[0] not in keys] if tiny else []
-        return compose_cfg(list(overrides) + extra, tmp_path / "run")
+        count[0] += 1
+        return compose_cfg(list(overrides) + extra, tmp_path / "outputs", f"run{count[0]}")
 
     yield _make
     GlobalHydra.instance().clear()
