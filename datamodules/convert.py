@@ -77,14 +77,6 @@ class UsageError(ValueError):
 
 
 @dataclass
-class CLIOptions(ConvertOptions):
-    """`ConvertOptions` plus what the CLI hands every converter: keys already done and the source's own options."""
-
-    done_keys: frozenset[str] = frozenset()
-    source_options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class SequenceResult:
     """Outcome of one sequence: clips/frames written; ``error`` = (kind, file, message) when it failed."""
 
@@ -162,7 +154,7 @@ def _parse_value(key: str, text: str, default: Any) -> Any:
     return text
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, Any], CLIOptions, Any]:
+def parse_args(argv: list[str]) -> tuple[dict[str, Any], ConvertOptions, Any]:
     """``key=value`` arguments -> (CLI settings, options, source module). Raises `UsageError`."""
     pairs: dict[str, str] = {}
     for arg in argv:
@@ -202,7 +194,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], CLIOptions, Any]:
             raise UsageError(f"{key}=<path> is required")
     if not Path(cli["in"]).is_dir():
         raise UsageError(f"in={cli['in']}: not a directory")
-    opts = CLIOptions(**opt_kw, source_options=src_opts)
+    opts = ConvertOptions(**opt_kw, source_options=src_opts)
     if opts.frame_format not in ("jpg", "png"):
         raise UsageError(f"frame_format={opts.frame_format!r}: expected jpg or png")
     for key in ("clip_length", "stride", "workers", "maxcount", "maxsize_mb"):
@@ -231,7 +223,7 @@ def _done_keys(out: Path, split: str) -> frozenset[str]:
     return frozenset(k for s in read_manifest(out)["shards"] if s["split"] == split for k in s["keys"])
 
 
-def convert_one(module, root: Path, sequence: str, opts: CLIOptions, writer: ShardWriter) -> SequenceResult:
+def convert_one(module, root: Path, sequence: str, opts: ConvertOptions, writer: ShardWriter) -> SequenceResult:
     """Convert one sequence into ``writer``; every failure becomes ``result.error`` instead of an exception."""
     res = SequenceResult(sequence)
     t0 = time.perf_counter()
@@ -260,7 +252,7 @@ def convert_one(module, root: Path, sequence: str, opts: CLIOptions, writer: Sha
     return res
 
 
-def _writer(out: Path, module, root: Path, opts: CLIOptions, cli: dict[str, Any], part: int | None) -> ShardWriter:
+def _writer(out: Path, module, root: Path, opts: ConvertOptions, cli: dict[str, Any], part: int | None) -> ShardWriter:
     return ShardWriter(
         out,
         source=f"datamodules.convert source={module.NAME} in={root} split={opts.split}",
@@ -271,7 +263,7 @@ def _writer(out: Path, module, root: Path, opts: CLIOptions, cli: dict[str, Any]
     )
 
 
-def _worker(part: int, source: str, root: Path, out: Path, opts: CLIOptions, cli: dict, tasks, results) -> None:
+def _worker(part: int, source: str, root: Path, out: Path, opts: ConvertOptions, cli: dict, tasks, results) -> None:
     module = load_source(source)
     with _writer(out, module, root, opts, cli, part) as writer:
         while (sequence := tasks.get()) is not None:
@@ -319,7 +311,7 @@ def _run_parallel(module, root, out, opts, cli, sequences, on_result) -> None:
         p.join()
 
 
-def run(cli: dict[str, Any], opts: CLIOptions, module, progress: bool = True) -> Summary:
+def run(cli: dict[str, Any], opts: ConvertOptions, module, progress: bool = True) -> Summary:
     """Convert every selected sequence of ``cli['in']`` into ``cli['out']``; returns the `Summary`."""
     root, out = Path(cli["in"]), Path(cli["out"])
     out.mkdir(parents=True, exist_ok=True)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-from diff4splat.runs import register_resolvers
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -20,7 +18,6 @@ SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
-register_resolvers()
 
 # Overrides that make any experiment tiny enough for a CPU test (applied after the experiment's own).
 TINY = [
@@ -36,7 +33,17 @@ TINY = [
 
 def compose_cfg(overrides: list[str], output_root: Path, run_name: str = "run") -> DictConfig:
     """Compose ``conf/train.yaml`` with ``overrides`` as Hydra would; the run folder is
-    ``output_root/<task_name>/runs/<run_name>`` (the layout ``ckpt_path=last`` searches)."""
+    ``output_root/<task_name>/runs/<run_name>`` (the layout ``ckpt_path=last`` searches).
+
+    Hydra is imported here, not at module level, so GPU tests run on machines without it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from diff4splat.runs import register_resolvers
+
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
@@ -63,6 +70,8 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_cfg(list(overrides) + extra, tmp_path / "outputs", f"run{count[0]}")
 
     yield _make
+    from hydra.core.global_hydra import GlobalHydra
+
     GlobalHydra.instance().clear()
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.convert import CLIOptions
 from datamodules.sources import dl3dv
 from datamodules.sources.base import ConvertOptions, SourceError
 from datamodules.spec import decode_frames, validate_clip
@@ -65,7 +64,7 @@ def test_windows_and_resize(tmp_path, gt):
     assert (clips[0].meta.height, clips[0].meta.width) == (24, 32)
     np.testing.assert_allclose(clips[0].c2w, gt.c2w[[0, 2]], atol=1e-5)
     np.testing.assert_array_equal(clips[0].timestamps, [1, 3])
-    resumed = CLIOptions(split="train", clip_length=2, stride=2, done_keys=frozenset({clips[0].key}))
+    resumed = ConvertOptions(split="train", clip_length=2, stride=2, done_keys=frozenset({clips[0].key}))
     assert list(dl3dv.convert_sequence(tmp_path, f"2K/{HASH}", resumed)) == []
 
 

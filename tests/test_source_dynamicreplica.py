@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.convert import CLIOptions
 from datamodules.sources import dynamicreplica as dr
 from datamodules.sources.base import ConvertOptions, SourceError
 from datamodules.spec import decode_frames, validate_clip
@@ -77,7 +76,7 @@ def test_recovers_ground_truth(tmp_path, scenes):
 
 def test_windows_resize_and_track_cap(tmp_path, scenes):
     write_split(tmp_path, "train", {"aaa111-3_obj": scenes["aaa111-3_obj"]})
-    opts = CLIOptions(split="train", clip_length=3, clip_step=2, max_side=32, source_options={"max_tracks": 7})
+    opts = ConvertOptions(split="train", clip_length=3, clip_step=2, max_side=32, source_options={"max_tracks": 7})
     clips = list(dr.convert_sequence(tmp_path, "aaa111-3_obj", opts))
     gt = scenes["aaa111-3_obj"][0]
     assert [c.key for c in clips] == ["aaa111-3_obj_000000", "aaa111-3_obj_000002"]
@@ -95,7 +94,7 @@ def test_windows_resize_and_track_cap(tmp_path, scenes):
     again = list(dr.convert_sequence(tmp_path, "aaa111-3_obj", opts))
     np.testing.assert_array_equal(again[0].tracks_world, clips[0].tracks_world)
     resumed = dr.convert_sequence(
-        tmp_path, "aaa111-3_obj", CLIOptions(**{**opts.__dict__, "done_keys": {clips[0].key}})
+        tmp_path, "aaa111-3_obj", ConvertOptions(**{**opts.__dict__, "done_keys": {clips[0].key}})
     )
     assert [c.key for c in resumed] == ["aaa111-3_obj_000002"]
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.convert import CLIOptions
 from datamodules.sources import pointodyssey as po
 from datamodules.sources.base import ConvertOptions, SourceError
 from datamodules.spec import decode_frames, validate_clip
@@ -85,7 +84,7 @@ def test_v1_annotations_match_current_release(tmp_path, gt):
 
 def test_windows_resize_and_track_cap(tmp_path, gt):
     write_pointodyssey(tmp_path / "train" / "s", gt)
-    opts = CLIOptions(clip_length=3, max_side=32, source_options={"max_tracks": 5})
+    opts = ConvertOptions(clip_length=3, max_side=32, source_options={"max_tracks": 5})
     clips = list(po.convert_sequence(tmp_path, "s", opts))
     assert [c.key for c in clips] == ["s_000000", "s_000003"]
     for c, start in zip(clips, (0, 3), strict=True):
@@ -108,7 +107,7 @@ def test_done_keys_are_not_converted_again(tmp_path, gt):
     write_pointodyssey(tmp_path / "train" / "s", gt)
     (tmp_path / "train" / "s" / "rgbs" / "rgb_00001.jpg").unlink()  # only the done clip reads this frame
     (tmp_path / "train" / "s" / "rgbs" / "rgb_00001.jpg").write_bytes(b"")  # present (the upfront check) but empty
-    opts = CLIOptions(clip_length=3, done_keys=frozenset({"s_000000"}))
+    opts = ConvertOptions(clip_length=3, done_keys=frozenset({"s_000000"}))
     assert [c.key for c in po.convert_sequence(tmp_path, "s", opts)] == ["s_000003"]
 
 

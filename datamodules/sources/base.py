@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from datamodules.spec import Clip
 
@@ -45,6 +45,8 @@ class ConvertOptions:
     max_clips: int = 0  # per sequence; 0 = all
     frame_format: str = "jpg"  # jpg | png for written frames
     jpeg_quality: int = 95
+    done_keys: frozenset[str] = frozenset()  # clips already written (resuming): converters skip loading them
+    source_options: dict[str, Any] = field(default_factory=dict)  # the converter's own ``OPTIONS``, as parsed
 
 
 class Converter(Protocol):

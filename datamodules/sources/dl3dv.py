@@ -189,7 +189,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     if "applied_transform" in data:
         extra_common["applied_transform"] = data["applied_transform"]
 
-    done = getattr(opts, "done_keys", frozenset())
+    done = opts.done_keys
     for idx in clip_windows(len(frames), opts):
         key = clip_key(sequence, idx[0])
         if key in done:  # CLI resume: already in a finished shard

@@ -245,8 +245,8 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             raise SourceError(sequence, p, "missing file listed in the annotations")
     traj_paths = [_path(split_dir, f, "trajectories") for f in frames]
     has_tracks = all(p is not None for p in traj_paths)
-    max_tracks = int(getattr(opts, "source_options", {}).get("max_tracks", MAX_TRACKS))
-    done = getattr(opts, "done_keys", frozenset())
+    max_tracks = int(opts.source_options.get("max_tracks", MAX_TRACKS))
+    done = opts.done_keys
     size = target_size(H, W, opts.max_side)
 
     for idx in clip_windows(len(frames), opts):

@@ -310,8 +310,8 @@ def depth_path(image: Path) -> list[Path]:
 def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterator[Clip]:
     """Clips of one transforms JSON: frames, OpenCV c2w in metres, intrinsics, depth in metres (0 = invalid)."""
     path = Path(root) / f"{sequence}.json"
-    unit = float(getattr(opts, "source_options", {}).get("pose_unit_m", OPTIONS["pose_unit_m"]))
-    done = getattr(opts, "done_keys", frozenset())
+    unit = float(opts.source_options.get("pose_unit_m", OPTIONS["pose_unit_m"]))
+    done = opts.done_keys
     images, c2w, camera = read_transforms(path, sequence, unit)
     first = read_rgb(images[0], sequence)
     H, W = first.shape[:2]

@@ -173,8 +173,8 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     if anno.visible.any(0).sum() <= MIN_TRACKS:
         log.warning("pointodyssey %s: at most %d valid tracks, skipped (as MoVieS)", sequence, MIN_TRACKS)
         return
-    max_tracks = int(getattr(opts, "source_options", {}).get("max_tracks", MAX_TRACKS))
-    done = getattr(opts, "done_keys", frozenset())
+    max_tracks = int(opts.source_options.get("max_tracks", MAX_TRACKS))
+    done = opts.done_keys
 
     for idx in clip_windows(T, opts):
         key = clip_key(sequence, idx[0])

@@ -194,8 +194,8 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     base = _base_dir(root, opts.split)
     pose_path = _pose_dir(root, opts.split) / f"{sequence}.txt"
     poses = read_pose_file(pose_path, sequence)
-    align = getattr(opts, "source_options", {}).get("video_align", "auto")
-    done = getattr(opts, "done_keys", frozenset())
+    align = opts.source_options.get("video_align", "auto")
+    done = opts.done_keys
     windows = [w for w in clip_windows(len(poses.timestamps_us), opts) if clip_key(sequence, w[0]) not in done]
     if not windows:
         return

@@ -167,8 +167,8 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     c2w[:, 3] = (0.0, 0.0, 0.0, 1.0)
     disp_dir, flow_dir = seq_dir / "disp1_left", seq_dir / "flow_FW_left"
     with_depth = disp_dir.is_dir()
-    done = getattr(opts, "done_keys", frozenset())
-    with_flow = flow_dir.is_dir() and opts.stride == 1 and bool(getattr(opts, "source_options", {}).get("flow", True))
+    done = opts.done_keys
+    with_flow = flow_dir.is_dir() and opts.stride == 1 and bool(opts.source_options.get("flow", True))
 
     native_hw: tuple[int, int] | None = None
     for window in clip_windows(T, opts):

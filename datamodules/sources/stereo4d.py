@@ -158,8 +158,8 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     split, uid = parts
     npz_path = Path(root) / split / "npz" / f"{uid}.npz"
     video_path = Path(root) / split / "processed" / uid / f"{uid}-left_rectified.mp4"
-    src = getattr(opts, "source_options", {})
-    done = getattr(opts, "done_keys", frozenset())
+    src = opts.source_options
+    done = opts.done_keys
     max_tracks = int(src.get("max_tracks", MAX_TRACKS))
     hfov = float(src.get("hfov_deg", HFOV_DEG))
     data = read_npz(npz_path, sequence)

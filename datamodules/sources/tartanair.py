@@ -140,8 +140,8 @@ def _frames_in_folder(folder: Path, suffix: str) -> int:
 def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterator[Clip]:
     """Clips of one trajectory: frames, OpenCV c2w, fixed intrinsics, depth (metres), forward flow (left camera)."""
     seq_dir = Path(root) / sequence
-    src = getattr(opts, "source_options", {})
-    done = getattr(opts, "done_keys", frozenset())
+    src = opts.source_options
+    done = opts.done_keys
     camera, sky = src.get("camera", "left"), float(src.get("sky_depth", 1000.0))
     for cam in ("left", "right") if camera == "both" else (camera,):
         yield from _convert_camera(seq_dir, sequence, cam, opts, sky, bool(src.get("flow", True)), done)

@@ -190,8 +190,8 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
     rgb_dir, depth_dir = find_subdir(frames_dir, "rgb"), find_subdir(frames_dir, "depth")
     if rgb_dir is None or depth_dir is None:
         raise SourceError(sequence, frames_dir, "missing frames/rgb or frames/depth folder")
-    src = getattr(opts, "source_options", {})
-    done = getattr(opts, "done_keys", frozenset())
+    src = opts.source_options
+    done = opts.done_keys
     flow_dir = find_subdir(frames_dir, "forwardFlow") if src.get("flow", True) else None
 
     w2c = read_camera_table(seq_dir / "extrinsic.txt", sequence, camera, 16).reshape(-1, 4, 4)
