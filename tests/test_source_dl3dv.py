@@ -14,6 +14,7 @@ import pytest
 from datamodules.sources import dl3dv
 from datamodules.sources.base import ConvertOptions, SourceError
 from datamodules.spec import decode_frames, validate_clip
+from tests.native.checks import convert_all
 from tests.native.dl3dv import DISTORTION, write_dl3dv
 from tests.native.scene import make_scene
 
@@ -24,17 +25,6 @@ HAS_H5PY = importlib.util.find_spec("h5py") is not None
 @pytest.fixture(scope="module")
 def gt():
     return make_scene(num_frames=5, dynamic=False, seed=11)
-
-
-def convert_all(root: Path, opts: ConvertOptions) -> tuple[dict, dict]:
-    """The converter loop as the CLI runs it: {sequence: clips}, {sequence: SourceError}."""
-    ok, errors = {}, {}
-    for seq in dl3dv.list_sequences(root, opts.split):
-        try:
-            ok[seq] = list(dl3dv.convert_sequence(root, seq, opts))
-        except SourceError as e:
-            errors[seq] = e
-    return ok, errors
 
 
 @pytest.mark.parametrize(("factor", "image_dir"), [(4, "images_4"), (1, "images")])
@@ -102,7 +92,7 @@ def test_bad_input_names_the_file_and_spares_other_sequences(tmp_path, gt):
     p = tmp_path / "1K/bad_json/transforms.json"
     p.write_text(p.read_text()[:300])
 
-    ok, errors = convert_all(tmp_path, ConvertOptions(frame_format="png"))
+    ok, errors = convert_all(dl3dv, tmp_path, ConvertOptions(frame_format="png"))
     assert sorted(ok) == ["1K/good"] and len(ok["1K/good"]) == 1
     expect = {"1K/missing": "frame_00003.png", "1K/truncated": "frame_00002.png", "1K/wrong_size": "frame_00004.png",
               "1K/nan_pose": "transforms.json", "1K/bad_json": "transforms.json", "1K/wrong_shape": "transforms.json"}  # fmt: skip

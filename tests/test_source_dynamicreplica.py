@@ -14,6 +14,7 @@ from datamodules.sources import dynamicreplica as dr
 from datamodules.sources.base import ConvertOptions, SourceError
 from datamodules.spec import decode_frames, validate_clip
 from diff4splat.geometry.cameras import project_points
+from tests.native.checks import convert_all
 from tests.native.dynamicreplica import write_split
 from tests.native.pointodyssey import project
 from tests.native.scene import make_scene
@@ -26,17 +27,6 @@ def scenes():
         "bbb222-3_obj": (make_scene(num_frames=5, height=40, width=72, num_tracks=30, seed=6), "ndc_norm_image_bounds"),
         "8369cb-7_obj": (make_scene(num_frames=3, seed=7), "ndc_isotropic"),  # skipped as bad by the official loader
     }
-
-
-def convert_all(root: Path, opts: ConvertOptions) -> tuple[dict, dict]:
-    """The converter loop as the CLI runs it: {sequence: clips}, {sequence: SourceError}."""
-    ok, errors = {}, {}
-    for seq in dr.list_sequences(root, opts.split):
-        try:
-            ok[seq] = list(dr.convert_sequence(root, seq, opts))
-        except SourceError as e:
-            errors[seq] = e
-    return ok, errors
 
 
 def test_recovers_ground_truth(tmp_path, scenes):
@@ -143,7 +133,7 @@ def test_bad_input_names_the_file_and_spares_other_sequences(tmp_path):
     with gzip.open(jgz, "wt") as f:
         json.dump(entries, f)
 
-    ok, errors = convert_all(tmp_path, ConvertOptions(split="train", clip_length=10))
+    ok, errors = convert_all(dr, tmp_path, ConvertOptions(split="train", clip_length=10))
     assert sorted(ok) == ["good-1_obj"] and len(ok["good-1_obj"]) == 1
     expect = {"missing-1_obj": "missing-1_obj_source_left-0002.png",
               "truncated-1_obj": "truncated-1_obj_source_left_0001.geometric.png",

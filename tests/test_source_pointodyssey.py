@@ -14,6 +14,7 @@ from datamodules.sources import pointodyssey as po
 from datamodules.sources.base import ConvertOptions, SourceError
 from datamodules.spec import decode_frames, validate_clip
 from diff4splat.geometry.cameras import project_points
+from tests.native.checks import convert_all
 from tests.native.pointodyssey import project, write_pointodyssey
 from tests.native.scene import make_scene
 
@@ -23,17 +24,6 @@ DEPTH_STEP = 1000.0 / 65535.0
 @pytest.fixture(scope="module")
 def gt():
     return make_scene(num_frames=6, num_tracks=80, seed=3)
-
-
-def convert_all(root: Path, opts: ConvertOptions) -> tuple[dict, dict]:
-    """The converter loop as the CLI runs it: {sequence: clips}, {sequence: SourceError}."""
-    ok, errors = {}, {}
-    for seq in po.list_sequences(root, opts.split):
-        try:
-            ok[seq] = list(po.convert_sequence(root, seq, opts))
-        except SourceError as e:
-            errors[seq] = e
-    return ok, errors
 
 
 def test_recovers_ground_truth(tmp_path, gt):
@@ -143,7 +133,7 @@ def test_bad_input_names_the_file_and_spares_other_sequences(tmp_path, gt):
     anno = root / "train" / "truncated_anno" / "anno.npz"
     anno.write_bytes(anno.read_bytes()[:200])
 
-    ok, errors = convert_all(root, ConvertOptions(clip_length=6))
+    ok, errors = convert_all(po, root, ConvertOptions(clip_length=6))
     assert sorted(ok) == ["good"] and len(ok["good"]) == 1
     expect = {"missing_frame": "rgb_00003.jpg", "truncated_depth": "depth_00002.png", "wrong_shape": "anno.npz",
               "nan_pose": "anno.npz", "truncated_anno": "anno.npz"}  # fmt: skip

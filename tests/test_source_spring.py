@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from datamodules.sources import spring
-from datamodules.sources.base import ConvertOptions, SourceError
-from datamodules.spec import decode_frames, decode_sample, encode_clip, validate_clip
+from datamodules.sources.base import ConvertOptions
+from datamodules.spec import decode_frames, validate_clip
+from tests.native.checks import assert_valid_and_survives_encoding, convert_all
 from tests.native.scene import make_scene
 from tests.native.spring import NAN_BLOCK, ZERO_BLOCK, write_spring
 from tests.native.vkitti2 import rigid_flow
@@ -41,11 +42,7 @@ def test_recovers_ground_truth(sample):
     root, gts = sample
     gt = gts["0001"]
     (clip,) = _convert(root, "train/0001", clip_length=F, frame_format="png")
-    validate_clip(clip, deep=True)
-    back = decode_sample({"__key__": clip.key, **encode_clip(clip)})  # survives the tar members
-    assert back.meta == clip.meta and all(
-        np.array_equal(a, back.arrays()[n], equal_nan=True) for n, a in clip.arrays().items()
-    )
+    assert_valid_and_survives_encoding(clip)
     assert clip.key == "train-0001_000000"
     assert (clip.meta.dataset, clip.meta.is_static, clip.meta.depth_weight, clip.meta.motion_weight) == (
         "spring", False, 1.0, 0.0)  # fmt: skip
@@ -129,20 +126,14 @@ def _break(root: Path, how: str) -> Path:
 def test_bad_input_names_file_and_others_convert(sample, how):
     root, _ = sample
     bad = _break(root, how)
-    converted, errors = {}, {}
-    for seq in spring.list_sequences(root, "train"):
-        try:
-            converted[seq] = _convert(root, seq, clip_length=F)
-        except SourceError as e:
-            errors[seq] = e
+    converted, errors = convert_all(spring, root, ConvertOptions(clip_length=F))
     assert list(errors) == ["train/0001"] and errors["train/0001"].file == str(bad)
     assert list(converted) == ["train/0002"] and len(converted["train/0002"]) == 1
 
 
 def test_done_keys_and_flow_option(sample):
     root, _ = sample
-    opts = ConvertOptions(clip_length=3)
-    opts.done_keys = frozenset({"train-0001_000003"})  # as `python -m datamodules.convert` resumes
-    opts.source_options = {"flow": False}
+    # as `python -m datamodules.convert` resumes and passes flow=false
+    opts = ConvertOptions(clip_length=3, done_keys=frozenset({"train-0001_000003"}), source_options={"flow": False})
     (clip,) = spring.convert_sequence(root, "train/0001", opts)
     assert clip.key == "train-0001_000000" and clip.flow is None and "flow_residual_px" not in clip.meta.extra

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from datamodules.sources import stereo4d
-from datamodules.sources.base import ConvertOptions, SourceError
-from datamodules.spec import decode_frames, decode_sample, decode_video, encode_clip, validate_clip
+from datamodules.sources.base import ConvertOptions
+from datamodules.spec import decode_frames, decode_video, validate_clip
+from tests.native.checks import assert_valid_and_survives_encoding, convert_all
 from tests.native.stereo4d import stereo4d_scene, write_stereo4d
 
 F = 8
@@ -53,11 +54,7 @@ def test_recovers_ground_truth(sample, scene):
     root, paths = sample
     gt = scene
     (clip,) = _convert(root, f"train/{UIDS[0]}", clip_length=F, frame_format="png")
-    validate_clip(clip, deep=True)
-    back = decode_sample({"__key__": clip.key, **encode_clip(clip)})  # survives the tar members
-    assert back.meta == clip.meta and all(
-        np.array_equal(a, back.arrays()[n], equal_nan=True) for n, a in clip.arrays().items()
-    )
+    assert_valid_and_survives_encoding(clip)
     assert clip.key == "train-abcDEF123_4004000_000000"
     assert (clip.meta.dataset, clip.meta.is_static, clip.meta.depth_weight, clip.meta.motion_weight) == (
         "stereo4d", False, 0.2, 0.2)  # fmt: skip
@@ -155,12 +152,7 @@ def _break(root: Path, paths: dict, how: str) -> Path:
 def test_bad_input_names_file_and_others_convert(sample, how):
     root, paths = sample
     bad = _break(root, paths, how)
-    converted, errors = {}, {}
-    for seq in stereo4d.list_sequences(root, "train"):
-        try:
-            converted[seq] = _convert(root, seq, clip_length=F)
-        except SourceError as e:
-            errors[seq] = e
+    converted, errors = convert_all(stereo4d, root, ConvertOptions(clip_length=F))
     assert list(errors) == [f"train/{UIDS[0]}"] and errors[f"train/{UIDS[0]}"].file == str(bad)
     assert list(converted) == [f"train/{UIDS[1]}"] and len(converted[f"train/{UIDS[1]}"]) == 1
 

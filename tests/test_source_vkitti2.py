@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from datamodules.sources import vkitti2
-from datamodules.sources.base import ConvertOptions, SourceError
-from datamodules.spec import decode_frames, decode_sample, encode_clip, validate_clip
+from datamodules.sources.base import ConvertOptions
+from datamodules.spec import decode_frames, validate_clip
+from tests.native.checks import assert_valid_and_survives_encoding, convert_all
 from tests.native.scene import make_scene
 from tests.native.vkitti2 import SKY_ROWS, encode_flow_png, rigid_flow, write_png16_rgb, write_vkitti2
 
@@ -45,11 +46,7 @@ def test_recovers_ground_truth(sample, cam):
     root, gts = sample
     gt = gts[cam]
     (clip,) = _convert(root, f"Scene01/clone/Camera_{cam}", clip_length=F, frame_format="png")
-    validate_clip(clip, deep=True)
-    back = decode_sample({"__key__": clip.key, **encode_clip(clip)})  # survives the tar members
-    assert back.meta == clip.meta and all(
-        np.array_equal(a, back.arrays()[n], equal_nan=True) for n, a in clip.arrays().items()
-    )
+    assert_valid_and_survives_encoding(clip)
     assert clip.key == f"Scene01-clone-Camera_{cam}_000000"
     assert clip.meta.dataset == "vkitti2" and clip.meta.is_static is False
     assert (clip.meta.depth_weight, clip.meta.motion_weight) == (1.0, 0.0)
@@ -166,12 +163,7 @@ def _break(root: Path, how: str) -> Path:
 def test_bad_input_names_file_and_others_convert(sample, how):
     root, _ = sample
     bad = _break(root, how)
-    converted, errors = {}, {}
-    for seq in vkitti2.list_sequences(root, "all"):
-        try:
-            converted[seq] = _convert(root, seq, clip_length=F)
-        except SourceError as e:
-            errors[seq] = e
+    converted, errors = convert_all(vkitti2, root, ConvertOptions(split="all", clip_length=F))
     assert list(errors) == ["Scene01/clone/Camera_0"]
     assert errors["Scene01/clone/Camera_0"].file == str(bad)
     assert sorted(converted) == ["Scene01/clone/Camera_1", "Scene02/fog/Camera_0", "Scene02/fog/Camera_1"]
@@ -180,8 +172,7 @@ def test_bad_input_names_file_and_others_convert(sample, how):
 
 def test_done_keys_and_flow_option(sample):
     root, _ = sample
-    opts = ConvertOptions(clip_length=3)
-    opts.done_keys = frozenset({"Scene01-clone-Camera_0_000000"})  # as `python -m datamodules.convert` resumes
-    opts.source_options = {"flow": False}
+    done = frozenset({"Scene01-clone-Camera_0_000000"})  # as `python -m datamodules.convert` resumes
+    opts = ConvertOptions(clip_length=3, done_keys=done, source_options={"flow": False})
     (clip,) = vkitti2.convert_sequence(root, "Scene01/clone/Camera_0", opts)
     assert clip.key == "Scene01-clone-Camera_0_000003" and clip.flow is None

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_nearest, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import check_pose, frame_bytes, read_rgb, resize_nearest, split_dir, target_size
+from datamodules.spec import Clip, ClipMeta
 from diff4splat.geometry.cameras import opengl_to_opencv
 
 NAME = "dl3dv"
@@ -58,12 +58,6 @@ DISTORTION_KEYS = ("k1", "k2", "p1", "p2")
 
 log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
-
-
-def split_dir(root: Path, split: str) -> Path:
-    """The folder holding the scenes of ``split``: ``root/split`` when it exists, else ``root`` itself."""
-    root = Path(root)
-    return root / split if (root / split).is_dir() else root
 
 
 def list_sequences(root: Path, split: str) -> list[str]:
@@ -202,13 +196,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
                 raise SourceError(sequence, paths[i], f"image is {rgb.shape[1]}x{rgb.shape[0]}, which is not "
                                   f"{w:g}x{h:g} (transforms.json) downsampled")  # fmt: skip
         size = target_size(H, W, opts.max_side)
-        fmt = "png" if opts.frame_format == "png" else "jpg"
-        frames_out = [
-            paths[i].read_bytes()
-            if paths[i].suffix.lower().lstrip(".").replace("jpeg", "jpg") == fmt and rgb.shape[:2] == size
-            else encode_frames(resize_rgb(rgb, size)[None], fmt, opts.jpeg_quality)[0]
-            for i, rgb in zip(idx, rgbs, strict=True)
-        ]
+        frames_out = [frame_bytes(paths[i], rgb, size, opts) for i, rgb in zip(idx, rgbs, strict=True)]
         depth = None
         if depth_all is not None:
             dh, dw = depth_all.shape[1:]

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from functools import lru_cache
@@ -54,11 +53,18 @@ from typing import Any
 import numpy as np
 import torch
 from numpy._core.multiarray import _reconstruct
-from PIL import Image
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_nearest, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import (
+    check_pose,
+    frame_bytes,
+    read_png16,
+    read_rgb,
+    resize_nearest,
+    select_tracks,
+    target_size,
+)
+from datamodules.spec import Clip, ClipMeta
 from diff4splat.geometry.cameras import project_points, pytorch3d_intrinsics_to_fxfycxcy, pytorch3d_to_opencv
 
 NAME = "dynamicreplica"
@@ -111,16 +117,7 @@ def list_sequences(root: Path, split: str) -> list[str]:
 
 def read_depth(path: Path, sequence: str, scale: float = 1.0) -> np.ndarray:
     """A DynamicReplica depth PNG (uint16 bits = float16 metres) as (H,W) float16 (float32 when scaled); 0 invalid."""
-    if not path.is_file():
-        raise SourceError(sequence, path, "missing depth file")
-    try:
-        with Image.open(path) as im:
-            mode, a = im.mode, np.asarray(im)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise SourceError(sequence, path, f"unreadable PNG ({e})") from e
-    if mode not in ("I;16", "I;16B", "I;16L", "I") or a.ndim != 2:
-        raise SourceError(sequence, path, f"expected a single-channel 16-bit PNG, got mode {mode} shape {a.shape}")
-    d = np.ascontiguousarray(a.astype(np.uint16)).view(np.float16)
+    d = np.ascontiguousarray(read_png16(path, sequence)).view(np.float16)
     if scale != 1.0:
         d = d.astype(np.float32) * np.float32(scale)
     return np.where(np.isfinite(d) & (d > 0), d, 0).astype(d.dtype)
@@ -196,27 +193,6 @@ def _path(split_dir: Path, entry: dict[str, Any], field: str) -> Path | None:
     v = entry.get(field)
     p = v.get("path") if isinstance(v, dict) else v
     return split_dir / p if p else None
-
-
-def select_tracks(visible: np.ndarray, max_tracks: int, key: str) -> np.ndarray:
-    """Indices (sorted) of the tracks kept for a clip: visible in >= 2 of its frames, at most ``max_tracks``.
-
-    visible: (F,N) bool. The subsample is drawn with a generator seeded by ``key`` (deterministic per clip).
-    """
-    keep = np.flatnonzero(visible.sum(0) >= 2)
-    if max_tracks > 0 and len(keep) > max_tracks:
-        rng = np.random.default_rng(zlib.crc32(key.encode()))
-        keep = np.sort(rng.choice(keep, max_tracks, replace=False))
-    return keep
-
-
-def frame_bytes(path: Path, rgb: np.ndarray, size: tuple[int, int], opts: ConvertOptions) -> bytes:
-    """Encoded frame of ``size`` (H,W): the native file's bytes when format and size already match, else encoded."""
-    fmt = "png" if opts.frame_format == "png" else "jpg"
-    native = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}.get(path.suffix.lower())
-    if native == fmt and rgb.shape[:2] == size:
-        return path.read_bytes()
-    return encode_frames(resize_rgb(rgb, size)[None], fmt, opts.jpeg_quality)[0]
 
 
 def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterator[Clip]:

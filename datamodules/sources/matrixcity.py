@@ -49,8 +49,16 @@ import numpy as np
 import torch
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_nearest, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import (
+    check_pose,
+    encode_rgb,
+    float16_depth,
+    read_rgb,
+    resize_nearest,
+    resize_rgb,
+    target_size,
+)
+from datamodules.spec import Clip, ClipMeta
 from diff4splat.geometry.cameras import opengl_to_opencv
 
 NAME = "matrixcity"
@@ -345,9 +353,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
                     if cm.shape != (H, W):
                         raise SourceError(sequence, dpath, f"depth is {cm.shape}, the images {(H, W)}")
                     cm = resize_nearest(cm, size)
-                    valid = np.isfinite(cm) & (cm > 0) & (cm < INVALID_DEPTH)
-                    metres = np.where(valid, cm / 100.0, 0).astype(np.float16)
-                    depth[k] = np.where(np.isfinite(metres), metres, 0)
+                    depth[k] = float16_depth(cm / 100.0, np.isfinite(cm) & (cm > 0) & (cm < INVALID_DEPTH))
             meta = ClipMeta.for_dataset(
                 NAME,
                 sequence,
@@ -357,7 +363,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             )
             yield Clip(
                 key=key,
-                frames=encode_frames(np.stack(rgb), fmt=opts.frame_format, quality=opts.jpeg_quality),  # type: ignore[arg-type]
+                frames=encode_rgb(rgb, opts),
                 c2w=c2w[idx],
                 fxfycxcy=np.tile(fxfycxcy, (len(idx), 1)),
                 timestamps=np.asarray(idx, np.float64),

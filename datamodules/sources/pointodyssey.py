@@ -37,17 +37,24 @@ from __future__ import annotations
 
 import logging
 import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_nearest, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import (
+    check_pose,
+    frame_bytes,
+    read_png16,
+    read_rgb,
+    resize_nearest,
+    select_tracks,
+    split_dir,
+    target_size,
+)
+from datamodules.spec import Clip, ClipMeta
 from diff4splat.geometry.cameras import K_to_fxfycxcy, invert_c2w, project_points
 
 NAME = "pointodyssey"
@@ -59,12 +66,6 @@ MIN_TRACKS = 32
 REPROJECTION_TOL_PX = 2.0
 
 log = logging.getLogger(__name__)
-
-
-def split_dir(root: Path, split: str) -> Path:
-    """The folder holding the sequences of ``split``: ``root/split`` when it exists, else ``root`` itself."""
-    root = Path(root)
-    return root / split if (root / split).is_dir() else root
 
 
 def list_sequences(root: Path, split: str) -> list[str]:
@@ -119,42 +120,6 @@ def read_depth(path: Path, sequence: str) -> tuple[np.ndarray, np.ndarray]:
     """A PointOdyssey depth PNG16 as ((H,W) float32 metres ``v / 65535 * 1000``, (H,W) bool valid: 0 < v < 65535)."""
     v = read_png16(path, sequence)
     return v.astype(np.float32) * np.float32(DEPTH_MAX_M / 65535.0), (v > 0) & (v < 65535)
-
-
-def read_png16(path: Path, sequence: str) -> np.ndarray:
-    """A single-channel 16-bit PNG as (H,W) uint16; anything else is a ``SourceError`` naming the file."""
-    if not path.is_file():
-        raise SourceError(sequence, path, "missing depth file")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            a = np.asarray(im)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise SourceError(sequence, path, f"unreadable PNG ({e})") from e
-    if mode not in ("I;16", "I;16B", "I;16L", "I") or a.ndim != 2:
-        raise SourceError(sequence, path, f"expected a single-channel 16-bit PNG, got mode {mode} shape {a.shape}")
-    return a.astype(np.uint16)
-
-
-def frame_bytes(path: Path, rgb: np.ndarray, size: tuple[int, int], opts: ConvertOptions) -> bytes:
-    """Encoded frame of ``size`` (H,W): the native file's bytes when format and size already match, else encoded."""
-    fmt = "png" if opts.frame_format == "png" else "jpg"
-    native = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}.get(path.suffix.lower())
-    if native == fmt and rgb.shape[:2] == size:
-        return path.read_bytes()
-    return encode_frames(resize_rgb(rgb, size)[None], fmt, opts.jpeg_quality)[0]
-
-
-def select_tracks(visible: np.ndarray, max_tracks: int, key: str) -> np.ndarray:
-    """Indices (sorted) of the tracks kept for a clip: visible in >= 2 of its frames, at most ``max_tracks``.
-
-    visible: (F,N) bool. The subsample is drawn with a generator seeded by ``key`` (deterministic per clip).
-    """
-    keep = np.flatnonzero(visible.sum(0) >= 2)
-    if max_tracks > 0 and len(keep) > max_tracks:
-        rng = np.random.default_rng(zlib.crc32(key.encode()))
-        keep = np.sort(rng.choice(keep, max_tracks, replace=False))
-    return keep
 
 
 def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterator[Clip]:

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import check_pose, encode_rgb, parse_row, read_rgb, resize_rgb, target_size
+from datamodules.spec import Clip, ClipMeta
 
 NAME = "re10k"
 OPTIONS = {"video_align": ("auto", "pts", "index")}
@@ -63,15 +63,7 @@ def read_pose_file(path: Path, sequence: str) -> PoseFile:
     lines = [ln for ln in lines if ln]
     if len(lines) < 2:
         raise SourceError(sequence, path, f"needs a URL line and at least one frame row, has {len(lines)} lines")
-    rows = []
-    for n, ln in enumerate(lines[1:], start=2):
-        parts = ln.split()
-        if len(parts) != 19:
-            raise SourceError(sequence, path, f"line {n}: expected 19 numbers, got {len(parts)}")
-        try:
-            rows.append([float(p) for p in parts])
-        except ValueError:
-            raise SourceError(sequence, path, f"line {n}: not numeric") from None
+    rows = [parse_row(ln, n, 19, sequence, path) for n, ln in enumerate(lines[1:], start=2)]
     a = np.asarray(rows, dtype=np.float64)
     ts = a[:, 0]
     if not np.isfinite(ts).all() or (ts != np.round(ts)).any() or (np.diff(ts) <= 0).any():
@@ -214,7 +206,6 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             raise SourceError(sequence, source, f"frame {i} is {f.shape}, frame 0 is {(h, w, 3)}")
     size = target_size(h, w, opts.max_side)
     for idx in windows:
-        rgb = np.stack([resize_rgb(frames[i], size) for i in idx])
         meta = ClipMeta.for_dataset(
             NAME,
             sequence,
@@ -224,7 +215,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         )
         yield Clip(
             key=clip_key(sequence, idx[0]),
-            frames=encode_frames(rgb, fmt=opts.frame_format, quality=opts.jpeg_quality),  # type: ignore[arg-type]
+            frames=encode_rgb([resize_rgb(frames[i], size) for i in idx], opts),
             c2w=poses.c2w[idx],
             fxfycxcy=poses.fxfycxcy[idx],
             timestamps=poses.timestamps_us[idx].astype(np.float64) / 1e6,

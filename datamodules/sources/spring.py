@@ -45,8 +45,17 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_nearest, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import (
+    check_pose,
+    encode_rgb,
+    nan_flow,
+    read_rgb,
+    resize_flow,
+    resize_nearest,
+    resize_rgb,
+    target_size,
+)
+from datamodules.spec import Clip, ClipMeta
 
 NAME = "spring"
 BASELINE = 0.065  # metres, spring_utils SPRING_BASELINE
@@ -96,15 +105,10 @@ def read_hdf5(path: Path, key: str, sequence: str, shape: tuple[int, ...]) -> np
     return data
 
 
-def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Flow (H,W,2) in pixels -> (H',W',2): nearest pixel, vectors scaled by W'/W and H'/H."""
-    H, W = flow.shape[:2]
-    if (H, W) == tuple(size):
-        return flow
-    out = resize_nearest(flow, size).astype(np.float32)
-    out[..., 0] *= size[1] / W
-    out[..., 1] *= size[0] / H
-    return out
+def read_flow(path: Path, sequence: str, native_hw: tuple[int, int]) -> np.ndarray:
+    """A ``.flo5`` file subsampled ``[::2, ::2]`` to the frame size -> (H,W,2) float32 pixels, NaN unknown."""
+    H, W = native_hw
+    return read_hdf5(path, "flow", sequence, (2 * H, 2 * W, 2))[::2, ::2].astype(np.float32)
 
 
 def flow_residual(depth: np.ndarray, valid: np.ndarray, c2w0: np.ndarray, c2w1: np.ndarray, fxfycxcy0: np.ndarray,
@@ -196,12 +200,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
                 depths.append(resize_nearest(depth, size))
                 valids.append(resize_nearest(valid, size))
             if with_flow:
-                if j == len(window) - 1:
-                    flows.append(np.full((*size, 2), np.nan, np.float32))
-                    continue
                 flow_path = flow_dir / f"flow_FW_left_{n:04d}.flo5"
-                flow = read_hdf5(flow_path, "flow", sequence, (2 * H0, 2 * W0, 2))[::2, ::2].astype(np.float32)
-                flows.append(resize_flow(flow, size))
+                last = j == len(window) - 1
+                flows.append(nan_flow(size) if last else resize_flow(read_flow(flow_path, sequence, native_hw), size))
 
         H0, W0 = native_hw
         fxfycxcy = K[window] / [W0, H0, W0, H0]
@@ -211,10 +212,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
                 name: _median_residual(depths, valids, cams, fxfycxcy, flows)
                 for name, cams in (("opencv", c2w[window]), ("opengl", c2w[window] @ np.diag([1.0, -1, -1, 1])))
             }
-        fmt = "png" if opts.frame_format == "png" else "jpg"
         yield Clip(
             key=clip_key(sequence, window[0]),
-            frames=encode_frames(np.stack(rgbs), fmt=fmt, quality=opts.jpeg_quality),
+            frames=encode_rgb(rgbs, opts),
             c2w=c2w[window],
             fxfycxcy=fxfycxcy,
             timestamps=np.asarray(window, dtype=np.float64) / FPS,

@@ -41,15 +41,14 @@ SEA-RAFT stereo, tracks from BootsTAP), dynamic, metric. Decisions:
 from __future__ import annotations
 
 import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, decode_video, encode_frames
+from datamodules.sources.common import check_pose, encode_rgb, resize_rgb, seeded_subset, target_size
+from datamodules.spec import Clip, ClipMeta, decode_video
 
 NAME = "stereo4d"
 HFOV_DEG = 60.0  # rectify.py --output_hfov default
@@ -194,10 +193,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         depth = np.where(depth_valid, depth, 0.0).astype(np.float32)
 
         candidates = np.unique(tid[vis])
-        kept = candidates
-        if len(candidates) > max_tracks:
-            rng = np.random.default_rng(zlib.crc32(key.encode()))
-            kept = np.sort(rng.choice(candidates, max_tracks, replace=False))
+        kept = seeded_subset(candidates, max_tracks, key) if len(candidates) > max_tracks else candidates
         take = vis & np.isin(tid, kept)
         col = np.searchsorted(kept, tid[take])
         tracks = np.full((F, len(kept), 3), np.nan, np.float32)
@@ -207,11 +203,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
 
         extra = {"native_frames": [window[0], window[-1]], "stride": opts.stride, "hfov_deg": hfov,
                  "num_tracks_visible": int(len(candidates)), "video_id": data["video_id"], "name": data["name"]}  # fmt: skip
-        fmt = "png" if opts.frame_format == "png" else "jpg"
-        rgb = np.stack([resize_rgb(video[i], (H, W)) for i in window])
         yield Clip(
             key=key,
-            frames=encode_frames(rgb, fmt=fmt, quality=opts.jpeg_quality),
+            frames=encode_rgb([resize_rgb(video[i], (H, W)) for i in window], opts),
             c2w=c2w[window],
             fxfycxcy=np.tile(K, (F, 1)),
             timestamps=data["timestamps"][window] / 1e6,

@@ -36,8 +36,18 @@ import numpy as np
 import torch
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_nearest, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import (
+    check_pose,
+    encode_rgb,
+    float16_depth,
+    parse_row,
+    read_rgb,
+    resize_flow,
+    resize_nearest,
+    resize_rgb,
+    target_size,
+)
+from datamodules.spec import Clip, ClipMeta
 from diff4splat.geometry.cameras import ned_to_opencv
 
 NAME = "tartanair"
@@ -82,13 +92,7 @@ def read_poses(path: Path, sequence: str) -> np.ndarray:
     for n, ln in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         if not ln.strip():
             continue
-        parts = ln.split()
-        if len(parts) != 7:
-            raise SourceError(sequence, path, f"line {n}: expected 7 numbers (tx ty tz qx qy qz qw), got {len(parts)}")
-        try:
-            rows.append([float(p) for p in parts])
-        except ValueError:
-            raise SourceError(sequence, path, f"line {n}: not numeric") from None
+        rows.append(parse_row(ln, n, 7, sequence, path, names="tx ty tz qx qy qz qw"))
     if not rows:
         raise SourceError(sequence, path, "empty pose file")
     a = np.asarray(rows)
@@ -122,15 +126,6 @@ def read_npy(path: Path, sequence: str, shape: tuple[int, ...], kind: str) -> np
 def flow_paths(seq_dir: Path, a: int, b: int) -> tuple[Path, Path]:
     """(flow, mask) files of the native flow a -> b."""
     return seq_dir / "flow" / f"{a:06d}_{b:06d}_flow.npy", seq_dir / "flow" / f"{a:06d}_{b:06d}_mask.npy"
-
-
-def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H,W,2) pixel flow -> (H',W',2): nearest sampling, vectors scaled to the new pixel grid."""
-    h, w = size
-    H, W = flow.shape[:2]
-    if (H, W) == (h, w):
-        return flow
-    return resize_nearest(flow, size) * np.array([w / W, h / H], dtype=flow.dtype)
 
 
 def _frames_in_folder(folder: Path, suffix: str) -> int:
@@ -176,8 +171,7 @@ def _convert_camera(seq_dir, sequence, cam, opts, sky, use_flow, done) -> Iterat
             for k, i in enumerate(idx):
                 path = seq_dir / f"depth_{cam}" / f"{i:06d}_{cam}_depth.npy"
                 d = resize_nearest(read_npy(path, sequence, (HEIGHT, WIDTH), "f"), size).astype(np.float64)
-                d16 = np.where(np.isfinite(d) & (d > 0) & (d < sky), d, 0).astype(np.float16)
-                depth[k] = np.where(np.isfinite(d16), d16, 0)
+                depth[k] = float16_depth(d, np.isfinite(d) & (d > 0) & (d < sky))
         flow = None
         if has_flow:
             flow = np.full((len(idx), *size, 2), np.nan, np.float16)
@@ -196,7 +190,7 @@ def _convert_camera(seq_dir, sequence, cam, opts, sky, use_flow, done) -> Iterat
         )
         yield Clip(
             key=key,
-            frames=encode_frames(np.stack(rgb), fmt=opts.frame_format, quality=opts.jpeg_quality),  # type: ignore[arg-type]
+            frames=encode_rgb(rgb, opts),
             c2w=c2w[idx],
             fxfycxcy=np.tile(FXFYCXCY, (len(idx), 1)),
             timestamps=np.asarray(idx, np.float64),

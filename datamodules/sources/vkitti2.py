@@ -37,11 +37,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
-from datamodules.sources.common import check_pose, read_rgb, resize_nearest, resize_rgb, target_size
-from datamodules.spec import Clip, ClipMeta, encode_frames
+from datamodules.sources.common import (
+    check_pose,
+    encode_rgb,
+    nan_flow,
+    read_png16,
+    read_rgb,
+    resize_flow,
+    resize_nearest,
+    resize_rgb,
+    target_size,
+)
+from datamodules.spec import Clip, ClipMeta
 
 NAME = "vkitti2"
 FPS = 10.0
@@ -101,17 +110,7 @@ def read_camera_table(path: Path, sequence: str, camera: int, num_values: int) -
 
 def read_depth_png(path: Path, sequence: str) -> tuple[np.ndarray, np.ndarray]:
     """VKITTI2 depth PNG16 (cm) -> (z-depth in metres (H,W) float32 with 0 where invalid, valid (H,W) bool)."""
-    if not path.is_file():
-        raise SourceError(sequence, path, "missing depth file")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            raw = np.asarray(im)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise SourceError(sequence, path, f"unreadable depth PNG ({e})") from e
-    if raw.ndim != 2 or mode not in ("I;16", "I;16B", "I"):
-        raise SourceError(sequence, path, f"expected a single-channel 16-bit PNG, got mode {mode} shape {raw.shape}")
-    raw = raw.astype(np.int64)
+    raw = read_png16(path, sequence, np.int64)
     valid = (raw > 0) & (raw != DEPTH_SKY)
     depth = np.where(valid, raw / 100.0, 0.0).astype(np.float32)
     return depth, valid
@@ -148,15 +147,12 @@ def decode_flow_png(img: np.ndarray) -> np.ndarray:
     return flow.astype(np.float32)
 
 
-def resize_flow(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Flow (H,W,2) in pixels -> (H',W',2): nearest native pixel, vectors scaled by W'/W and H'/H."""
-    H, W = flow.shape[:2]
-    if (H, W) == tuple(size):
-        return flow
-    out = resize_nearest(flow, size).astype(np.float32)
-    out[..., 0] *= size[1] / W
-    out[..., 1] *= size[0] / H
-    return out
+def read_flow(path: Path, sequence: str, native_hw: tuple[int, int]) -> np.ndarray:
+    """A forward-flow PNG of a ``native_hw`` frame -> (H,W,2) float32 pixels, NaN where invalid."""
+    png = read_png16_rgb(path, sequence)
+    if png.shape[:2] != native_hw:
+        raise SourceError(sequence, path, f"flow is {png.shape[:2]}, frames are {native_hw}")
+    return decode_flow_png(png)
 
 
 # --------------------------------------------------------------------------------------------------- the converter
@@ -228,14 +224,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             depths.append(resize_nearest(depth, size))
             valids.append(resize_nearest(valid, size))
             if with_flow:
-                if j == len(window) - 1:
-                    flows.append(np.full((*size, 2), np.nan, np.float32))
-                    continue
                 flow_path = flow_dir / cam_name / f"flow_{i:05d}.png"
-                png = read_png16_rgb(flow_path, sequence)
-                if png.shape[:2] != native_hw:
-                    raise SourceError(sequence, flow_path, f"flow is {png.shape[:2]}, frames are {native_hw}")
-                flows.append(resize_flow(decode_flow_png(png), size))
+                last = j == len(window) - 1
+                flows.append(nan_flow(size) if last else resize_flow(read_flow(flow_path, sequence, native_hw), size))
 
         H0, W0 = native_hw
         k = K[window]
@@ -243,10 +234,9 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         meta = ClipMeta.for_dataset(
             NAME, sequence, extra={"camera": camera, "native_frames": [window[0], window[-1]], "stride": opts.stride}
         )
-        fmt = "png" if opts.frame_format == "png" else "jpg"
         yield Clip(
             key=key,
-            frames=encode_frames(np.stack(rgbs), fmt=fmt, quality=opts.jpeg_quality),
+            frames=encode_rgb(rgbs, opts),
             c2w=c2w[window],
             fxfycxcy=fxfycxcy,
             timestamps=np.asarray(window, dtype=np.float64) / FPS,
