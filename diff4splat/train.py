@@ -70,7 +70,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(system, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
 
+    write_summary(cfg, metrics)
     return metrics, objects
+
+
+def write_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """Write the run's final metrics to ``<output_dir>/summary.json`` (rank 0, atomically)."""
+    import json
+    from pathlib import Path
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    path = Path(cfg.paths.output_dir) / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"task_name": cfg.task_name, "metrics": metrics}, indent=2, sort_keys=True))
+    tmp.replace(path)
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

@@ -28,6 +28,7 @@ from diff4splat.losses.lpips import LPIPS
 from diff4splat.losses.motion import motion_loss_paper, motion_loss_released, no_motion_loss, track_motion
 from diff4splat.losses.photometric import psnr, ssim
 from diff4splat.models.lrdm import LRDM, LRDMConfig, LRDMOutput, gaussians_at_all_times
+from diff4splat.models.wan_vae import WanVAE
 from diff4splat.rendering import render
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class ReconstructionSystem(L.LightningModule):
         max_steps: int = 100_000,
         init_from: str | None = None,
         compile: bool = False,
+        vae: Literal["none", "pretrained", "tiny"] = "none",
+        vae_path: str | None = None,
     ) -> None:
         super().__init__()
         self.model_cfg = to_dataclass(LRDMConfig, model, "system.model")
@@ -119,6 +122,22 @@ class ReconstructionSystem(L.LightningModule):
         self.register_buffer("background", torch.tensor(self.render_cfg.background), persistent=False)
         self.last_media: dict[str, Tensor] | None = None
         self._compile = compile
+        # The frozen Wan VAE (latent encoder only) is kept out of the module tree: it is neither trained, nor
+        # checkpointed, nor exported (705 M parameters for Wan2.2); batches may instead carry precomputed latents.
+        self._vae: list[WanVAE] = []
+        if self.model_cfg.encoder == "latent" and vae != "none":
+            if vae == "pretrained":
+                if not vae_path:
+                    raise ValueError("system.vae=pretrained needs system.vae_path (a local diffusers Wan VAE folder)")
+                self._vae.append(WanVAE.from_pretrained(vae_path))
+            else:
+                self._vae.append(WanVAE.tiny(z_dim=self.model_cfg.latent_channels))
+            v = self._vae[0]
+            if (v.latent_channels, v.stride_s) != (self.model_cfg.latent_channels, self.model_cfg.latent_stride_s):
+                raise ValueError(
+                    f"Wan VAE gives {v.latent_channels} channels at stride {v.stride_s}, but the model expects "
+                    f"{self.model_cfg.latent_channels} at {self.model_cfg.latent_stride_s}"
+                )
 
     def configure_model(self) -> None:
         if self._compile:
@@ -131,13 +150,19 @@ class ReconstructionSystem(L.LightningModule):
         fi = int(batch["num_input"])
         images = batch["images"]
         h, w = images.shape[-2:]
+        latents = batch.get("latents")
+        if self.model_cfg.encoder == "latent" and latents is None:
+            if not self._vae:
+                raise ValueError("LRDM(encoder='latent'): the batch has no 'latents' and system.vae is 'none'")
+            vae = self._vae[0].to(images.device)
+            latents = vae.encode(images[:, :fi])
         out = self.model(
             c2w=batch["c2w"][:, :fi],
             fxfycxcy=batch["fxfycxcy"][:, :fi],
             input_times=batch["timestamps"][:, :fi],
             query_times=batch["timestamps"][:, fi:],
             images=images[:, :fi] if self.model_cfg.encoder == "rgb" else None,
-            latents=batch.get("latents"),
+            latents=latents,
             image_size=(h, w),
         )
         rgb = self.render_outputs(out, batch["c2w"][:, fi:], batch["fxfycxcy"][:, fi:], h, w)

@@ -1,0 +1,85 @@
+"""The frozen Wan video VAE (diffusers ``AutoencoderKLWan``) as the LRDM's and camera-control's latent interface.
+
+Frames [B, F, 3, H, W] in [0, 1] (F = 1 + 4k) <-> normalised latents [B, C, T, H/s, W/s] with T = 1 + k, where
+normalised = (z - latents_mean) / latents_std from the VAE's config (Wan2.2: C = 48, s = 16; Wan2.1: C = 16, s = 8).
+Encoding uses the posterior mode (deterministic).
+
+Weights come from a local diffusers folder (``<Wan2.2-TI2V-5B-Diffusers>/vae`` or the model root with a ``vae``
+subfolder). ``WanVAE.tiny()`` builds a randomly initialised instance of the same class with the Wan2.2 interface
+(48 channels, 16× spatial, 4× temporal) for tests and CPU smoke runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class WanVAE(nn.Module):
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        cfg = vae.config
+        c = cfg.z_dim
+        self.register_buffer("mean", torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, c, 1, 1, 1),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("std", torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, c, 1, 1, 1),
+                             persistent=False)  # fmt: skip
+        self.latent_channels = c
+        self.stride_t = int(cfg.scale_factor_temporal or 4)
+        self.stride_s = int(cfg.scale_factor_spatial or 8)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.bfloat16) -> WanVAE:
+        """Load from a local diffusers folder (the VAE folder itself or a model root with ``vae/``)."""
+        from diffusers import AutoencoderKLWan
+
+        path = Path(path)
+        if (path / "vae" / "config.json").is_file():
+            path = path / "vae"
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"Wan VAE: no diffusers config.json in {path} or {path}/vae")
+        return cls(AutoencoderKLWan.from_pretrained(str(path), torch_dtype=torch_dtype))
+
+    @classmethod
+    def tiny(cls, seed: int = 0, z_dim: int = 48) -> WanVAE:
+        """A small random-weight ``AutoencoderKLWan`` with the Wan2.2 interface (or Wan2.1's with ``z_dim=16``)."""
+        from diffusers import AutoencoderKLWan
+
+        torch.manual_seed(seed)
+        if z_dim == 48:
+            vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
+                                   patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                                   dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+                                   latents_mean=[0.0] * 48, latents_std=[1.0] * 48)  # fmt: skip
+        elif z_dim == 16:
+            vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                   temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
+                                   latents_std=[1.0] * 16)  # fmt: skip
+        else:
+            raise ValueError(f"WanVAE.tiny: z_dim must be 48 (Wan2.2) or 16 (Wan2.1), got {z_dim}")
+        return cls(vae)
+
+    def check_frames(self, num_frames: int) -> int:
+        """Latent frame count for ``num_frames`` frames; a clear error unless num_frames = 1 + 4k."""
+        if (num_frames - 1) % self.stride_t:
+            raise ValueError(f"Wan VAE encodes 1 + {self.stride_t}k frames, got {num_frames}")
+        return 1 + (num_frames - 1) // self.stride_t
+
+    @torch.no_grad()
+    def encode(self, frames: Tensor) -> Tensor:  # [B, F, 3, H, W] in [0, 1] -> [B, C, T, H/s, W/s]
+        self.check_frames(frames.shape[1])
+        h, w = frames.shape[-2:]
+        if h % self.stride_s or w % self.stride_s:
+            raise ValueError(f"Wan VAE: frame size {h}x{w} must be divisible by {self.stride_s}")
+        x = (frames.transpose(1, 2) * 2 - 1).to(self.vae.dtype)
+        z = self.vae.encode(x).latent_dist.mode().float()
+        return (z - self.mean) / self.std
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:  # [B, C, T, h, w] -> [B, F, 3, H, W] in [0, 1]
+        z = (latents.float() * self.std + self.mean).to(self.vae.dtype)
+        x = self.vae.decode(z).sample.float()
+        return ((x + 1) / 2).clamp(0, 1).transpose(1, 2)

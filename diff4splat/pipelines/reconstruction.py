@@ -1,0 +1,142 @@
+"""Reconstruction pipeline: frames + cameras (+ times) -> a trained LRDM -> deformable Gaussians, renders and files.
+
+Load weights exported by training (``<checkpoint>.safetensors``, whose metadata holds the model config) or a
+Lightning ``.ckpt``. Cameras are canonicalised to the first input camera, as in training; translations must be in
+the training units (mean scene depth ≈ 1), which ``translation_scale`` can adjust.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diff4splat.configs import to_dataclass
+from diff4splat.gaussians import DeformableGaussians, Gaussians
+from diff4splat.geometry.cameras import canonicalize
+from diff4splat.models.lrdm import LRDM, LRDMConfig
+from diff4splat.models.wan_vae import WanVAE
+from diff4splat.rendering import render
+
+
+@dataclass
+class Reconstruction:
+    gaussians: DeformableGaussians  # unbatched, pruned, with deformations at the query times
+    c2w: Tensor  # [F, 4, 4] the canonicalised input cameras
+    fxfycxcy: Tensor  # [F, 4]
+    input_times: Tensor  # [F]
+    image_size: tuple[int, int]
+
+
+def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
+    """An LRDM from our ``.safetensors`` export (config in its metadata) or a Lightning ``.ckpt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights: no file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "hparams" not in meta:
+            raise ValueError(f"{path}: no 'hparams' metadata (not a diff4splat export); cannot tell the model config")
+        model_cfg = json.loads(meta["hparams"]).get("model")
+        state = load_file(str(path))
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model_cfg = ckpt.get("hyper_parameters", {}).get("model")
+        state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"{path}: the model config is missing from the file")
+    model = LRDM(to_dataclass(LRDMConfig, model_cfg, f"{path.name}:model"))
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+class ReconstructionPipeline:
+    def __init__(self, model: LRDM, vae: WanVAE | None = None, backend: str = "auto") -> None:
+        self.model, self.vae, self.backend = model.eval(), vae, backend
+        if model.config.encoder == "latent" and vae is None:
+            raise ValueError("a latent-encoder LRDM needs a Wan VAE to encode frames (pass vae=WanVAE...)")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def size_multiple(self) -> int:
+        c = self.model.config
+        return c.patch_size if c.encoder == "rgb" else c.latent_stride_s
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: Tensor,  # [F, 3, H, W] in [0, 1]
+        c2w: Tensor,  # [F, 4, 4] OpenCV
+        fxfycxcy: Tensor,  # [F, 4]
+        times: Tensor | None = None,  # [F] in [0, 1]; default linspace
+        query_times: Tensor | None = None,  # [T]; default = the input times
+        translation_scale: float = 1.0,
+        prune_threshold: float | None = None,
+    ) -> Reconstruction:
+        f = images.shape[0]
+        if c2w.shape != (f, 4, 4) or fxfycxcy.shape != (f, 4):
+            raise ValueError(f"{f} frames but cameras {tuple(c2w.shape)} / intrinsics {tuple(fxfycxcy.shape)}")
+        dev = self.device
+        times = torch.linspace(0, 1, f) if times is None else times.float()
+        query = times.clone() if query_times is None else query_times.float()
+        cams = canonicalize(c2w.double()).float()
+        cams[:, :3, 3] *= translation_scale
+        images, cams, fx = images.to(dev), cams.to(dev), fxfycxcy.to(dev).float()
+        latents = None
+        if self.model.config.encoder == "latent":
+            latents = self.vae.to(dev).encode(images[None])
+        out = self.model(cams[None], fx[None], times.to(dev)[None], query.to(dev)[None],
+                         images=images[None] if latents is None else None, latents=latents,
+                         image_size=tuple(images.shape[-2:]))  # fmt: skip
+        dg = out.gaussians
+        unbatched = DeformableGaussians(
+            canonical=Gaussians(**{k: getattr(dg.canonical, k)[0] for k in ("means", "quats", "scales",
+                                                                            "opacities", "colors")}),
+            times=dg.times[0], delta_means=dg.delta_means[0], delta_quats=dg.delta_quats[0],
+            delta_log_scales=dg.delta_log_scales[0],
+        )  # fmt: skip
+        threshold = self.model.config.prune_threshold if prune_threshold is None else prune_threshold
+        if threshold > 0:
+            unbatched = unbatched.prune(threshold)
+        return Reconstruction(unbatched, cams, fx, times.to(dev), tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def render_views(self, rec: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor
+                     ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """Render view k with camera k at time k: RGB [V, 3, H, W] and depth [V, 1, H, W]."""
+        h, w = rec.image_size
+        rgbs, depths = [], []
+        for k in range(c2w.shape[0]):
+            g = rec.gaussians.at(times[k])
+            r = render(g, c2w[k : k + 1], fxfycxcy[k : k + 1], h, w, backend=self.backend)
+            rgbs.append(r.rgb[0])
+            depths.append(r.depth[0])
+        return torch.stack(rgbs).clamp(0, 1), torch.stack(depths)
+
+
+def depth_to_color(depth: Tensor) -> np.ndarray:
+    """[V, 1, H, W] depth -> (V, H, W, 3) uint8, disparity normalised over the whole sequence (turbo-like map)."""
+    disp = 1.0 / depth.clamp_min(1e-6)
+    disp = torch.where(depth > 0, disp, torch.zeros_like(disp))
+    lo, hi = torch.quantile(disp[disp > 0], 0.02) if (disp > 0).any() else 0.0, disp.max()
+    x = ((disp - lo) / (hi - lo + 1e-8)).clamp(0, 1)[:, 0].cpu().numpy()
+    r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
+    return (np.stack([r, g, b], -1) * 255 + 0.5).astype(np.uint8)
+
+
+def to_uint8(images: Tensor) -> np.ndarray:
+    """[V, 3, H, W] in [0, 1] -> (V, H, W, 3) uint8."""
+    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)

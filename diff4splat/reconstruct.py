@@ -1,0 +1,110 @@
+"""Reconstruct a 4D scene from frames and cameras with a trained LRDM.
+
+    python -m diff4splat.reconstruct --weights ckpt.safetensors --input frames/ --cameras cams.json --out out/
+    python -m diff4splat.reconstruct --weights ckpt.safetensors --input scene.npz --out out/
+
+``--input`` is a folder of frames, a video, or an ``.npz`` (``images``, ``C2W``, ``fxfycxcy``, ``timestep``: the
+original system's format, written by ``python -m diff4splat.preprocess``); ``--cameras`` (.npz, trajectory .json or
+RealEstate10K .txt) is needed unless the ``.npz`` has them. Writes ``scene.safetensors`` (native 4D), ``ply/``
+(one standard 3DGS ``.ply`` per query time), and videos: ``input.mp4``, ``render_input_cameras.mp4`` (each input
+camera at its own time), ``render_fixed_camera.mp4`` (camera 0, time moving), ``render_fixed_time.mp4`` (last time,
+camera moving through the inputs) and ``depth.mp4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from diff4splat.callbacks.media import write_video
+from diff4splat.gaussians.io import save_4d, save_ply_sequence
+from diff4splat.pipelines.inputs import InputError, fit_to_multiple, read_cameras, read_frames, read_npz
+from diff4splat.pipelines.reconstruction import ReconstructionPipeline, depth_to_color, load_lrdm, to_uint8
+
+log = logging.getLogger("diff4splat.reconstruct")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="LRDM weights: a training export (.safetensors) or a .ckpt")
+    p.add_argument("--input", required=True, help="frames folder, video file or .npz")
+    p.add_argument("--cameras", help="cameras: .npz (C2W, fxfycxcy), trajectory .json or RealEstate10K .txt")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W before cropping")
+    p.add_argument("--num-frames", type=int, default=0, help="use this many frames spread over the input (0 = all)")
+    p.add_argument("--num-times", type=int, default=0, help="query times (0 = the input times)")
+    p.add_argument("--translation-scale", type=float, default=1.0, help="multiply camera translations (units)")
+    p.add_argument("--prune", type=float, default=None, help="opacity pruning threshold (default: the model's)")
+    p.add_argument("--vae", help="Wan VAE folder (latent-encoder models)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--fps", type=int, default=8)
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    inp = Path(args.input)
+    if inp.suffix == ".npz":
+        views = read_npz(inp)
+        images, c2w, fx, times = views.images, views.c2w, views.fxfycxcy, views.times
+        if images.numel() == 0:
+            raise InputError(f"{inp}: field images is missing (this .npz holds cameras only; pass frames as --input)")
+    else:
+        images, c2w, fx, times = read_frames(inp), None, None, None
+    if args.cameras:
+        c2w, fx = read_cameras(args.cameras)
+    if c2w is None:
+        raise InputError(f"{inp}: no cameras in the input; pass --cameras (.npz, .json or .txt)")
+    if c2w.shape[0] != images.shape[0]:
+        raise InputError(f"{args.cameras or inp}: {c2w.shape[0]} cameras for {images.shape[0]} frames")
+    if args.num_frames and args.num_frames < images.shape[0]:
+        idx = torch.linspace(0, images.shape[0] - 1, args.num_frames).round().long()
+        images, c2w, fx = images[idx], c2w[idx], fx[idx]
+        times = times[idx] if times is not None else idx.float() / max(1, int(idx[-1]))
+    model = load_lrdm(args.weights, args.device)
+    vae = None
+    if model.config.encoder == "latent":
+        if not args.vae:
+            raise InputError("--vae: this LRDM reads Wan latents; pass the Wan VAE folder")
+        vae = __import__("diff4splat.models.wan_vae", fromlist=["WanVAE"]).WanVAE.from_pretrained(args.vae)
+    pipe = ReconstructionPipeline(model, vae)
+    images, fx = fit_to_multiple(images, fx, pipe.size_multiple, tuple(args.size) if args.size else None)
+    query = torch.linspace(0, 1, args.num_times) if args.num_times else None
+    rec = pipe(images, c2w, fx, times, query, args.translation_scale, args.prune)
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_4d(rec.gaussians, out / "scene.safetensors", metadata={"source": str(inp), "weights": str(args.weights)})
+    save_ply_sequence(rec.gaussians, out / "ply")
+    f = rec.c2w.shape[0]
+    last = torch.full((f,), float(rec.gaussians.times[-1]), device=rec.c2w.device)
+    cam0 = rec.c2w[:1].expand(len(rec.gaussians.times), -1, -1)
+    fx0 = rec.fxfycxcy[:1].expand(len(rec.gaussians.times), -1)
+    rgb_in, depth_in = pipe.render_views(rec, rec.c2w, rec.fxfycxcy, rec.input_times)
+    rgb_cam0, _ = pipe.render_views(rec, cam0, fx0, rec.gaussians.times)
+    rgb_last, _ = pipe.render_views(rec, rec.c2w, rec.fxfycxcy, last)
+    write_video(to_uint8(images), out / "input.mp4", args.fps)
+    write_video(to_uint8(rgb_in), out / "render_input_cameras.mp4", args.fps)
+    write_video(to_uint8(rgb_cam0), out / "render_fixed_camera.mp4", args.fps)
+    write_video(to_uint8(rgb_last), out / "render_fixed_time.mp4", args.fps)
+    write_video(depth_to_color(depth_in), out / "depth.mp4", args.fps)
+    log.info("%d Gaussians, %d query times -> %s", rec.gaussians.num_gaussians, len(rec.gaussians.times), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (InputError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
