@@ -72,7 +72,7 @@ def read_frames_single(path: Path) -> torch.Tensor:
     if not path.is_file():
         raise InputError(f"{path}: no such image")
     with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
+        arr = np.array(im.convert("RGB"))
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
 
 
