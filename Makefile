@@ -41,8 +41,8 @@ test-gpu: $(STAMP) ## The GPU tests (`gpu` marker); run on a CUDA machine
 test-all: $(STAMP) ## Every test, slow and GPU ones included
 	$(PY) -m pytest -q -m ""
 
-train: $(STAMP) ## Train the embedded default on CPU (extra Hydra overrides: make train ARGS="key=value")
-	$(PY) -m diff4splat.train $(ARGS)
+train: $(STAMP) ## Train the embedded default (experiment=smoke: tiny LRDM, synthetic 4D scenes, CPU); ARGS="k=v" overrides
+	$(PY) -m diff4splat.train experiment=smoke $(ARGS)
 
 bench: $(STAMP) ## Run the benchmarks in experiments/benchmarks (GPU ones need a CUDA machine)
 	@for f in experiments/benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

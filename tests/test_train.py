@@ -30,12 +30,13 @@ def _csv_metrics(run_dir: Path) -> list[dict[str, str]]:
 def test_cli_fast_dev_run(tmp_path):
     env = dict(os.environ, OUTPUT_ROOT=str(tmp_path), WANDB_MODE="offline", DIFF4SPLAT_RUN_ID="")
     proc = subprocess.run(
-        [sys.executable, "-m", "diff4splat.train", "debug=fdr", "logger=csv", "data.height=32", "data.width=32",
+        [sys.executable, "-m", "diff4splat.train", "experiment=fit_synthetic", "debug=fdr", "logger=csv", "data.height=32",
+         "data.width=32",
          "model.num_gaussians=500"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    runs = list((tmp_path / "debug" / "runs").iterdir())
+    runs = list((tmp_path / "debug" / "runs").iterdir())  # debug configs set task_name=debug
     assert len(runs) == 1
     run = runs[0]
     # run folder = timestamp + unique id, and the resolved config is saved there
@@ -45,7 +46,7 @@ def test_cli_fast_dev_run(tmp_path):
 
 
 def test_loss_falls_checkpoint_exports_and_metric(make_cfg):
-    cfg = make_cfg("trainer.max_steps=60", "trainer.val_check_interval=30", "data.height=32", "data.width=32",
+    cfg = make_cfg("experiment=fit_synthetic", "trainer.max_steps=60", "trainer.val_check_interval=30", "data.height=32", "data.width=32",
                    "model.num_gaussians=2000", "callbacks.ema.decay=0.9")  # fmt: skip
     metrics, objects = train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -75,7 +76,13 @@ def test_loss_falls_checkpoint_exports_and_metric(make_cfg):
 
 
 def test_resume_from_last_continues(make_cfg, tmp_path):
-    common = ["data.height=32", "data.width=32", "model.num_gaussians=500", "trainer.val_check_interval=3"]
+    common = [
+        "experiment=fit_synthetic",
+        "data.height=32",
+        "data.width=32",
+        "model.num_gaussians=500",
+        "trainer.val_check_interval=3",
+    ]
     cfg = make_cfg("trainer.max_steps=6", *common)
     train(cfg)
     cfg2 = make_cfg("trainer.max_steps=9", "ckpt_path=last", *common)
@@ -87,7 +94,7 @@ def test_resume_from_last_continues(make_cfg, tmp_path):
 
 
 def test_resume_missing_checkpoint_is_clear(make_cfg):
-    cfg = make_cfg("ckpt_path=/nonexistent/last.ckpt")
+    cfg = make_cfg("experiment=fit_synthetic", "ckpt_path=/nonexistent/last.ckpt")
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         train(cfg)
 
@@ -95,7 +102,7 @@ def test_resume_missing_checkpoint_is_clear(make_cfg):
 def test_wandb_offline_writes_under_run_dir(make_cfg, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = make_cfg("logger=wandb", "trainer.max_steps=2", "data.height=32", "data.width=32",
+    cfg = make_cfg("experiment=fit_synthetic", "logger=wandb", "trainer.max_steps=2", "data.height=32", "data.width=32",
                    "model.num_gaussians=300", "callbacks=none", tiny=True)  # fmt: skip
     try:
         train(cfg)
