@@ -55,14 +55,46 @@ def to_float_images(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
-def collate(samples: list[dict[str, Any]], num_input: int, num_skipped: int = 0) -> dict[str, Any]:
+class BatchBuffers:
+    """The per-pixel tensors of one batch, allocated once: `ClipTransform` writes clip i into `slot(i)`, so that
+    collation copies nothing. Images are stored (B,F,H,W,3) and exposed as the (B,F,3,H,W) contract (channels-last
+    strides, as interpolation produces them)."""
+
+    def __init__(self, batch_size: int, frames: int, height: int, width: int):
+        B, F, H, W = batch_size, frames, height, width
+        self.images = torch.empty((B, F, H, W, 3), dtype=torch.uint8)
+        self.depth = torch.empty((B, F, H, W), dtype=torch.float32)
+        self.depth_valid = torch.empty((B, F, H, W), dtype=torch.bool)
+        self.dynamic_mask = torch.empty((B, F, H, W), dtype=torch.bool)
+
+    def slot(self, i: int) -> dict[str, Any]:
+        """Clip i: images (F,H,W,3) uint8 tensor; depth (F,H,W) float32, depth_valid and dynamic_mask (F,H,W) bool
+        numpy views."""
+        return {"images": self.images[i], "depth": self.depth[i].numpy(), "depth_valid": self.depth_valid[i].numpy(),
+                "dynamic_mask": self.dynamic_mask[i].numpy()}  # fmt: skip
+
+    def tensors(self, n: int) -> dict[str, torch.Tensor]:
+        """The first n clips in the batch contract's shapes."""
+        return {"images": self.images[:n].permute(0, 1, 4, 2, 3), "depth": self.depth[:n],
+                "depth_valid": self.depth_valid[:n], "dynamic_mask": self.dynamic_mask[:n]}  # fmt: skip
+
+
+def collate(
+    samples: list[dict[str, Any]], num_input: int, num_skipped: int = 0, buffers: BatchBuffers | None = None
+) -> dict[str, Any]:
     """Stack per-clip samples (from `datamodules.stream.ClipTransform`) into the batch contract.
 
     Every sample must have the same F and H×W; tracks are NaN-padded to the largest N (N = 1 when none has tracks).
+    `buffers`: the `BatchBuffers` that sample i was written into (slot i): its per-pixel tensors are used as they are.
     """
     out: dict[str, Any] = {"num_input": num_input, "num_skipped": num_skipped}
-    for name in ("images", "c2w", "metric_c2w", "fxfycxcy", "timestamps", "depth", "depth_valid", "dynamic_mask"):
+    for name in ("c2w", "metric_c2w", "fxfycxcy", "timestamps"):
         out[name] = torch.stack([s[name] for s in samples])
+    if buffers is not None:
+        out.update(buffers.tensors(len(samples)))
+    else:
+        for name in ("images", "depth", "depth_valid", "dynamic_mask"):
+            out[name] = torch.stack([s[name] for s in samples])
     n = max(1, max(s["tracks_world"].shape[1] for s in samples))
     B, F = len(samples), samples[0]["c2w"].shape[0]
     tracks = torch.full((B, F, n, 3), float("nan"))

@@ -260,3 +260,95 @@ def test_datamodule_from_hydra_configs(tmp_path):
         assert b["is_static"].tolist() == [r.is_static for r in ref]
     assert {d for b in batches for d in b["dataset"]} <= set(data.sources)
     assert dm.state_dict() == {"next_epoch": 1}
+
+
+def _bench_clip(seed: int = 0) -> Clip:
+    """A 13-frame 256² synthetic clip as the data benchmark writes it (128² render, nearest 2× for depth/masks)."""
+    from datamodules.synthetic import SyntheticConfig, generate_arrays
+
+    a = generate_arrays(SyntheticConfig(num_frames=13, height=128, width=128), seed=seed)
+    up = lambda x: np.repeat(np.repeat(x, 2, 1), 2, 2)  # noqa: E731
+    return Clip(key=f"bench{seed}", frames=encode_frames(up(a["frames"]), quality=95), c2w=a["c2w"],
+                fxfycxcy=a["fxfycxcy"], timestamps=a["timestamps"], meta=ClipMeta.for_dataset("synthetic", "b"),
+                depth=up(a["depth"]), depth_valid=up(a["depth_valid"]), tracks_world=a["tracks_world"],
+                tracks_visible=a["tracks_visible"], dynamic_mask=up(a["dynamic_mask"]))  # fmt: skip
+
+
+def test_subsampled_scene_scale_within_1_percent_of_exact():
+    """The scene scale averages a regular subsample of the output pixels (13×256²: stride 5); the exact mean distance
+    of the normalised points (`unproject_depth` in float64 over every valid pixel) stays within 1 % of 1, and the
+    stride-1 path is exact."""
+    from datamodules.stream import _depth_mean, scale_sample_stride
+
+    assert scale_sample_stride(13, 256, 256) == 5 and scale_sample_stride(2, 16, 16) == 1
+    cfg = ClipSamplingConfig(num_input=13, num_output=1, include_input_prob=1.0, resolution=256, size_divisor=8,
+                             random_aspect=False)  # fmt: skip
+    transform, src = ClipTransform(cfg, train=True), SourceConfig("synthetic", "unused", max_gap=13)
+    errors = []
+    for seed in range(3):
+        sample = {"__key__": f"bench{seed}", **encode_clip(_bench_clip(seed))}
+        b = transform(sample, np.random.default_rng(seed), (256, 256), src)
+        d, v = b["depth"][:13].double(), b["depth_valid"][:13]
+        c2w, K = b["c2w"][:13].double(), b["fxfycxcy"][:13].double()
+        exact = unproject_depth(d, c2w, K)[v].norm(dim=-1).mean().item()
+        errors.append(abs(exact - 1))
+        assert _depth_mean(d.numpy(), v.numpy(), c2w, K, "mean_xyz", 1) == pytest.approx(exact, rel=1e-9)
+        assert _depth_mean(d.numpy(), v.numpy(), c2w, K, "mean_depth", 1) == pytest.approx(d[v].mean().item())
+    assert max(errors) < 0.01, errors
+    assert 0 < max(errors)  # it is a subsample (not the exact path by accident)
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (48, 64), (40, 24)])
+def test_pixel_maps_gather_equals_interpolate_nearest(hw):
+    """Depth and masks are cropped and resized by one gather per frame: the same pixels as cropping and
+    `interpolate(mode="nearest-exact")` (up- and downsampling), for float32, float16 and bool; validity is
+    `depth > 0 & isfinite`, and invalid depth becomes 0, also for NaN, ±inf, -0 and subnormals."""
+    import torch.nn.functional as tnf
+
+    from datamodules.stream import _crop_resize_index, _gather, _positive_finite, _zero_invalid
+
+    rng = np.random.default_rng(0)
+    Fs, Hs, Ws = 5, 37, 45
+    idx = np.array([3, 0, 3, 4])
+    for top, left, ch, cw in [(0, 0, Hs, Ws), (5, 7, 20, 31), (1, 2, 36, 9)]:
+        lin = _crop_resize_index(Ws, top, left, ch, cw, *hw)
+        for dtype in (np.float32, np.float16, bool):
+            a = rng.uniform(-1, 3, (Fs, Hs, Ws)).astype(dtype) if dtype is not bool else rng.random((Fs, Hs, Ws)) < 0.5
+            ref = torch.from_numpy(a[idx, top : top + ch, left : left + cw].astype(np.float32))[:, None]
+            ref = tnf.interpolate(ref, size=hw, mode="nearest-exact")[:, 0].numpy().astype(dtype)
+            np.testing.assert_array_equal(_gather(a, idx, lin, None).reshape(len(idx), *hw), ref)
+    special = np.array([1.5, 0.0, -0.0, -2.0, np.inf, -np.inf, np.nan, 1e-45, 3.4e38, -1e-45], np.float32)
+    valid = np.empty(special.shape, bool)
+    _positive_finite(special, valid, np.empty(special.shape, np.uint32))
+    np.testing.assert_array_equal(valid, (special > 0) & np.isfinite(special))
+    depth = special.copy()
+    _zero_invalid(depth, valid, np.empty(special.shape, np.uint32))
+    np.testing.assert_array_equal(depth, np.where(valid, special, 0).astype(np.float32))
+
+
+def test_batch_buffers_give_the_same_batch_as_stacking():
+    """Clips written in place into `BatchBuffers` (the stream's path) equal fresh per-clip tensors stacked by
+    `collate`, field by field (flips and a depth-free clip included)."""
+    from datamodules.batch import BatchBuffers, collate
+
+    cfg = ClipSamplingConfig(num_input=2, num_output=3, resolution=32, size_divisor=8, random_aspect=False,
+                             flip_prob=0.5, crop_position="random")  # fmt: skip
+    transform, src = ClipTransform(cfg, train=True), SourceConfig("pointodyssey", "unused", max_gap=4)
+    clips = [tiny_clip("a", H=24, W=40), tiny_clip("b", seed=1), tiny_clip("c", seed=2)]
+    clips[1].dynamic_mask = np.random.default_rng(1).random((4, 16, 16)) < 0.3
+    clips[1].depth_valid = np.random.default_rng(2).random((4, 16, 16)) < 0.8
+    clips[2].depth = None
+    for seed in range(4):
+        buffers = BatchBuffers(len(clips), 5, 32, 32)
+        a, b = [], []
+        for i, c in enumerate(clips):
+            sample = {"__key__": c.key, **encode_clip(c)}
+            a.append(transform(sample, np.random.default_rng([seed, i]), (32, 32), src, buffers.slot(i)))
+            b.append(transform(sample, np.random.default_rng([seed, i]), (32, 32), src))
+        x, y = collate(a, 2, buffers=buffers), collate(b, 2)
+        check_batch(to_float_images(dict(x)))
+        for k, v in y.items():
+            if torch.is_tensor(v):
+                assert torch.equal(x[k].nan_to_num(7.0), v.nan_to_num(7.0)), k
+            else:
+                assert x[k] == v, k
