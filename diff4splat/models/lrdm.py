@@ -67,7 +67,10 @@ class LRDMConfig:
     image_shortcut: bool = True  # rgb: the input pixels feed the Gaussian head directly (as the reference)
     depth_min: float = 1e-3
     depth_max: float = 100.0
-    scale_mode: ScaleMode = "pixel"  # pixel: exp(x) × the cell's footprint at its depth; reference: 1e-3·softplus(x)
+    scale_mode: ScaleMode = (
+        "pixel"  # pixel: scale_init·exp(x) × the cell's footprint at its depth; reference: 1e-3·softplus(x)
+    )
+    scale_init: float = 0.35  # pixel mode: Gaussian std at init as a fraction of the cell footprint (1.0 blurs)
     scale_max: float = 0.3
     opacity_bias: float = -2.0  # opacity = sigmoid(2x + bias); the reference's tanh(x-1)/2+1/2 is bias -2
     prune_threshold: float = 0.005  # inference-time opacity pruning (the paper's value)
@@ -321,7 +324,7 @@ class LRDM(nn.Module):
         means = (R @ p_cam[..., None])[..., 0] + t
         if c.scale_mode == "pixel":
             footprint = depth / (fxfycxcy[..., 0, None, None] * w)  # world size of one grid cell at that depth
-            scales = (footprint[..., None] * torch.exp(scale_raw.clamp(max=8.0))).clamp(max=c.scale_max)
+            scales = (footprint[..., None] * c.scale_init * torch.exp(scale_raw.clamp(max=8.0))).clamp(max=c.scale_max)
         elif c.scale_mode == "reference":
             scales = (1e-3 * F.softplus(scale_raw)).clamp(max=c.scale_max)
         else:
