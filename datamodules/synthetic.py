@@ -55,6 +55,7 @@ class SyntheticConfig:
     fps: float = 10.0
     frame_format: Literal["jpg", "png"] = "jpg"
     jpeg_quality: int = 95
+    device: str = "cpu"  # where scenes are rendered: "cuda" renders with gsplat (the shard CLI on a GPU machine)
 
 
 def _grid_plane(n_u: int, n_v: int, origin, du, dv, normal_axis: int, colors: np.ndarray) -> dict[str, np.ndarray]:
@@ -159,13 +160,17 @@ def generate_arrays(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
              "colors": np.concatenate([static["colors"], m["colors"]]),
              "quats": np.concatenate([np.tile([1.0, 0, 0, 0], (len(static["means"]), 1)), m["quats"]])}
             for m in moving]  # fmt: skip
+    dev = torch.device(cfg.device)
+
+    def draw(parts: list[dict[str, np.ndarray]]):
+        r = render(_gaussians(parts).to(dev), c2w[:, None].to(dev), fxfycxcy[:, None].to(dev), H, W, backend="auto")
+        return r.rgb[:, 0].cpu(), r.depth[:, 0, 0].cpu(), r.alpha[:, 0, 0].cpu()
+
     with torch.no_grad():
-        out = render(_gaussians(full), c2w[:, None], fxfycxcy[:, None], H, W, backend="torch")
-        rgb = out.rgb[:, 0].permute(0, 2, 3, 1).clamp(0, 1)
-        depth, alpha = out.depth[:, 0, 0], out.alpha[:, 0, 0]
+        rgb, depth, alpha = draw(full)
+        rgb = rgb.permute(0, 2, 3, 1).clamp(0, 1)
         if cfg.dynamic:
-            dyn = render(_gaussians(moving), c2w[:, None], fxfycxcy[:, None], H, W, backend="torch")
-            d_dyn, a_dyn = dyn.depth[:, 0, 0], dyn.alpha[:, 0, 0]
+            _, d_dyn, a_dyn = draw(moving)
             dynamic_mask = (a_dyn > 0.5) & (d_dyn <= depth + 0.02 * depth)
         else:
             dynamic_mask = torch.zeros((F, H, W), dtype=torch.bool)
@@ -246,12 +251,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="train")
     p.add_argument("--maxcount", type=int, default=64)
     p.add_argument("--format", choices=["jpg", "png"], default="jpg")
+    p.add_argument("--device", default="cpu", help="render on this device (cuda: gsplat)")
     args = p.parse_args(argv)
     from datamodules.write import ShardWriter
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     H, W = (args.size[0], args.size[0]) if len(args.size) == 1 else args.size[:2]
-    cfg = SyntheticConfig(num_frames=args.frames, height=H, width=W, dynamic=args.dynamic, frame_format=args.format)
+    cfg = SyntheticConfig(num_frames=args.frames, height=H, width=W, dynamic=args.dynamic, frame_format=args.format,
+                          device=args.device)  # fmt: skip
     source = f"datamodules.synthetic seed={args.seed} dynamic={args.dynamic} frames={args.frames} size={H}x{W}"
     with ShardWriter(args.out, source=source, split=args.split, maxcount=args.maxcount) as writer:
         for i in range(args.clips):
