@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
-from diff4splat.pipelines.inputs import InputError, read_cameras, read_frames
+from diff4splat.pipelines.inputs import InputError, read_cameras, read_frames, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,12 +77,7 @@ def read_frames_single(path: Path) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        print(run(parse_args(argv)))
-    except (InputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

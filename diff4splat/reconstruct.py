@@ -22,7 +22,7 @@ import torch
 
 from diff4splat.callbacks.media import write_video
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
-from diff4splat.pipelines.inputs import InputError, fit_to_multiple, read_cameras, read_frames, read_npz
+from diff4splat.pipelines.inputs import InputError, fit_to_multiple, read_cameras, read_frames, read_npz, run_cli
 from diff4splat.pipelines.reconstruction import ReconstructionPipeline, depth_to_color, load_lrdm, to_uint8
 
 log = logging.getLogger("diff4splat.reconstruct")
@@ -97,13 +97,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (InputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

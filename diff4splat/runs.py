@@ -105,24 +105,23 @@ def resolved_container(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
-    """Instantiate every ``_target_`` entry of the ``callbacks`` group."""
-    callbacks: list[Callback] = []
+def _instantiate_group(cfg: DictConfig | None, what: str) -> list[Any]:
+    objects = []
     for name, node in (cfg or {}).items():
         if isinstance(node, DictConfig) and "_target_" in node:
-            log.info("Instantiating callback %s <%s>", name, node._target_)
-            callbacks.append(hydra.utils.instantiate(node))
-    return callbacks
+            log.info("Instantiating %s %s <%s>", what, name, node._target_)
+            objects.append(hydra.utils.instantiate(node))
+    return objects
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    """Instantiate every ``_target_`` entry of the ``callbacks`` group."""
+    return _instantiate_group(cfg, "callback")
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     """Instantiate every ``_target_`` entry of the ``logger`` group."""
-    loggers: list[Logger] = []
-    for name, node in (cfg or {}).items():
-        if isinstance(node, DictConfig) and "_target_" in node:
-            log.info("Instantiating logger %s <%s>", name, node._target_)
-            loggers.append(hydra.utils.instantiate(node))
-    return loggers
+    return _instantiate_group(cfg, "logger")
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

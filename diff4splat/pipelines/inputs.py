@@ -24,6 +24,20 @@ class InputError(ValueError):
     """Bad user input: names the file and the field."""
 
 
+def run_cli(run, args) -> int:
+    """Run a CLI's ``run(args)``; bad input prints one ``error: ...`` line to stderr and returns exit code 2."""
+    import sys
+
+    try:
+        result = run(args)
+    except (InputError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(result)
+    return 0
+
+
 @dataclass
 class Views:
     images: Tensor  # [F, 3, H, W] float in [0, 1]
