@@ -60,6 +60,8 @@ class ClipDataModule(L.LightningDataModule):
             process instead of read from shards (smoke runs without data).
         synthetic_pool, synthetic_val_pool: keep and reuse that many generated clips for training / validation
             (0 = a new scene for every sample); a pool makes epochs cheap and validation clips fixed.
+        sharing_strategy: torch.multiprocessing sharing strategy for worker batches (None = PyTorch's default;
+            "file_system" where /dev/shm is small).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class ClipDataModule(L.LightningDataModule):
         synthetic: Mapping[str, Mapping[str, Any]] | None = None,
         synthetic_pool: int = 0,
         synthetic_val_pool: int = 0,
+        sharing_strategy: str | None = None,
     ):
         super().__init__()
         self.sources = [source_from_dict(k, dict(v)) for k, v in sources.items()]
@@ -94,6 +97,10 @@ class ClipDataModule(L.LightningDataModule):
         self.pin_memory, self.prefetch_factor, self.persistent_workers = pin_memory, prefetch_factor, persistent_workers
         self.synthetic = {k: dict(v) for k, v in (synthetic or {}).items()}
         self.synthetic_pool, self.synthetic_val_pool = synthetic_pool, synthetic_val_pool
+        if sharing_strategy is not None and sharing_strategy not in torch.multiprocessing.get_all_sharing_strategies():
+            raise ValueError(f"data.sharing_strategy: expected one of "
+                             f"{sorted(torch.multiprocessing.get_all_sharing_strategies())}, got {sharing_strategy!r}")  # fmt: skip
+        self.sharing_strategy = sharing_strategy
         self._train: ClipStream | None = None
         self._val: ClipStream | None = None
         self._epoch = 0
@@ -151,6 +158,10 @@ class ClipDataModule(L.LightningDataModule):
 
     def _loader(self, stream: ClipStream, persistent: bool) -> DataLoader:
         kw: dict[str, Any] = {}
+        if self.num_workers > 0 and self.sharing_strategy:
+            # "file_system" passes worker batches through files instead of /dev/shm segments: containers often
+            # have a small /dev/shm, where large batches kill the workers ("DataLoader worker exited unexpectedly").
+            torch.multiprocessing.set_sharing_strategy(self.sharing_strategy)
         if self.num_workers > 0:
             kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
         return _EpochLoader(stream, batch_size=None, num_workers=self.num_workers,
