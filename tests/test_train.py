@@ -4,6 +4,7 @@ resuming, W&B offline, and the metric returned to sweepers."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,21 @@ def test_wandb_offline_writes_under_run_dir(make_cfg, monkeypatch):
     data = records[0].read_bytes()
     assert b"num_gaussians" in data and b"optimized_metric" in data  # the full config is logged
     assert b"train/loss" in data  # and the metrics
+
+
+def test_cli_multirun_sweep_writes_one_summary_per_job(tmp_path):
+    env = dict(os.environ, OUTPUT_ROOT=str(tmp_path), WANDB_MODE="offline", DIFF4SPLAT_RUN_ID="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "diff4splat.train", "-m", "experiment=fit_synthetic", "logger=csv",
+         "extras.print_config=false", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
+         "trainer.max_steps=4", "trainer.val_check_interval=2", "test=false", "data.height=32", "data.width=32",
+         "model.num_gaussians=300,600"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweeps = list((tmp_path / "fit_synthetic" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    summaries = sorted(sweeps[0].glob("*/summary.json"))
+    assert [p.parent.name for p in summaries] == ["0", "1"]
+    for p, n in zip(summaries, (300, 600)):
+        assert json.loads(p.read_text())["metrics"]["train/num_gaussians"] == n
