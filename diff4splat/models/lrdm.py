@@ -83,7 +83,8 @@ def lrdm_preset(size: Literal["tiny", "base", "large"], **overrides) -> LRDMConf
     global blocks at width 1024, the VGGT-1B trunk shape)."""
     sizes = {
         "tiny": dict(dim=96, depth=4, num_heads=4, patch_size=8, decoder_channels=32),
-        "base": dict(dim=768, depth=16, num_heads=12, patch_size=8, decoder_channels=64),
+        # patch 16 at 512² gives 32x32 tokens per frame, the reference's token density (patch 14 at 448-518)
+        "base": dict(dim=768, depth=16, num_heads=12, patch_size=16, decoder_channels=64),
         "large": dict(dim=1024, depth=48, num_heads=16, patch_size=14, decoder_channels=64),
     }
     if size not in sizes:
