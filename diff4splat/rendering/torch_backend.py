@@ -31,6 +31,8 @@ ALPHA_THRESHOLD = 1.0 / 255.0
 TRANSMITTANCE_EPS = 1e-4
 MAX_ALPHA = 0.999
 EXTENT_SIGMAS = 3.33
+_CHUNK_ELEMENTS = 1 << 18  # floats per temporary for _CompositeChunk (tiles per chunk; blocks are unchanged)
+SIGMA_CLAMP = 80.0  # exp(-80) is far below ALPHA_THRESHOLD and still a normal float32
 
 
 def project_gaussians(
@@ -149,6 +151,131 @@ def _tile_pairs(
     return gid, seg_keys, seg_lens
 
 
+class _CompositeChunk(torch.autograd.Function):
+    """Front-to-back compositing of a chunk of tiles with a hand-written backward.
+
+    Inputs are the per-tile, depth-sorted (padded) Gaussians of ``s`` tiles: ``means [s, L, 2]``, ``conics [s, L, 3]``,
+    ``opacities [s, L]``, ``features [s, L, D]``, ``present [s, L]`` (False = padding) and the pixel centres
+    ``pix [s, P, 2]``; ``block`` is the depth-block length. Returns ``features [s, P, D]`` and the final transmittance
+    ``[s, P]`` of the included Gaussians. The rules (and the float operations of the forward) are those of
+    ``_composite_reference``; the backward is the 3DGS one: with ``T_i`` the transmittance before Gaussian ``i``,
+    ``w_i = α_i T_i`` and ``g`` the output gradient,
+    ``dL/dα_i = T_i (f_i·g) - (Σ_{j>i} w_j f_j·g + g_T T_final) / (1 - α_i)`` over the included Gaussians, with the
+    suffix sums taken as reverse cumulative sums. It saves three ``[s, P, L]`` tensors (weights, weights of the
+    Gaussians that pass gradient, their alphas) instead of autograd's chain of temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, means, conics, opac, feat, present, pix, block: int):  # noqa: D102
+        s, L, D = feat.shape
+        P = pix.shape[1]
+        acc = feat.new_zeros(s, P, D)
+        T_all = feat.new_ones(s, P)
+        T_inc = feat.new_ones(s, P)
+        px = pix[:, :, 0, None]
+        py = pix[:, :, 1, None]
+        saved = []
+        for b0 in range(0, L, block):
+            sl = slice(b0, min(L, b0 + block))
+            m = means[:, sl]
+            con = conics[:, sl]
+            dx = m[:, None, :, 0] - px  # [s, P, Lb]
+            dy = m[:, None, :, 1] - py
+            # sigma = 0.5 * (a dx dx + c dy dy) + b dx dy, in the reference's order of operations
+            sigma = con[:, None, :, 0] * dx
+            sigma.mul_(dx)
+            tmp = con[:, None, :, 2] * dy
+            tmp.mul_(dy)
+            sigma.add_(tmp).mul_(0.5)
+            torch.mul(con[:, None, :, 1], dx, out=tmp)
+            tmp.mul_(dy)
+            sigma.add_(tmp)
+            del dx, dy
+            # masks are 0/1 floats: comparisons into float tensors and multiplications are much faster on the CPU
+            # than bool tensors with where / masked_fill
+            keep = torch.ge(sigma, 0.0, out=torch.empty_like(sigma))
+            # exp is slow on CPU where its result underflows; alpha <= exp(-sigma) < 1/255 beyond sigma = 6 anyway
+            sigma.clamp_(max=SIGMA_CLAMP)
+            torch.neg(sigma, out=tmp)
+            tmp.exp_()
+            alpha = tmp.mul_(opac[:, None, sl])  # unclamped alpha
+            passes = torch.le(alpha, MAX_ALPHA, out=sigma)  # clamp lets gradient through; sigma is not needed
+            alpha.clamp_(max=MAX_ALPHA)
+            keep.mul_(present[:, None, sl]).mul_(torch.ge(alpha, ALPHA_THRESHOLD, out=torch.empty_like(alpha)))
+            alpha.mul_(keep)
+            one_minus = torch.rsub(alpha, 1.0)
+            T_next = torch.cumprod(one_minus, dim=-1).mul_(T_all[..., None])
+            T_prev = torch.cat([T_all[..., None], T_next[..., :-1]], dim=-1)
+            include = torch.gt(T_next, TRANSMITTANCE_EPS, out=keep)
+            passes.mul_(include)  # Gaussians whose alpha gets gradient: included and not clamped (or alpha = 0)
+            a_grad = alpha * passes
+            weights = alpha.mul_(T_prev).mul_(include)
+            w_grad = weights * passes
+            acc.baddbmm_(weights, feat[:, sl])
+            # T_inc *= prod(where(include, 1 - alpha, 1))
+            T_inc.mul_(one_minus.mul_(include).add_(include.neg_().add_(1.0)).prod(-1))
+            T_all = T_next[..., -1].clone()
+            del sigma, tmp, one_minus, T_next, T_prev, keep, include, passes
+            saved += [weights, w_grad, a_grad]
+        ctx.block = block
+        ctx.save_for_backward(means, conics, opac, feat, pix, T_inc, *saved)
+        return acc, T_inc
+
+    @staticmethod
+    def backward(ctx, g_acc, g_T):  # noqa: D102
+        means, conics, opac, feat, pix, T_inc, *saved = ctx.saved_tensors
+        block = ctx.block
+        s, L, D = feat.shape
+        P = pix.shape[1]
+        if g_acc is None:
+            g_acc = feat.new_zeros(s, P, D)
+        g_acc = g_acc.contiguous()
+        later = g_T * T_inc if g_T is not None else feat.new_zeros(s, P)  # suffix sum carried back to front
+        g_means = torch.zeros_like(means)
+        g_conics = torch.zeros_like(conics)
+        g_opac = torch.zeros_like(opac)
+        g_feat = torch.zeros_like(feat)
+        px = pix[:, :, 0, None]
+        py = pix[:, :, 1, None]
+        starts = list(range(0, L, block))
+        for k in reversed(range(len(starts))):
+            sl = slice(starts[k], min(L, starts[k] + block))
+            weights, w_grad, a_grad = saved[3 * k : 3 * k + 3]
+            f = feat[:, sl]
+            g_feat[:, sl] = torch.bmm(weights.transpose(1, 2), g_acc)
+            fg = torch.bmm(g_acc, f.transpose(1, 2))  # [s, P, Lb]
+            wfg = weights * fg
+            suffix = wfg.flip(-1).cumsum_(-1).flip(-1)  # inclusive suffix sums
+            new_later = later + suffix[..., 0]
+            suffix.sub_(wfg).add_(later[..., None])  # Σ_{j>i} w_j f_j·g + g_T T_final
+            later = new_later
+            del wfg
+            # dL/dsigma = -α dL/dα = α X / (1 - α) - α T_prev (f·g)
+            g_sigma = suffix.mul_(a_grad).div_(torch.rsub(a_grad, 1.0)).sub_(fg.mul_(w_grad))
+            del fg
+            m = means[:, sl]
+            con = conics[:, sl]
+            dx = m[:, None, :, 0] - px
+            dy = m[:, None, :, 1] - py
+            s0 = g_sigma.sum(1)
+            gdx = g_sigma * dx
+            sx = gdx.sum(1)
+            sxy = (gdx * dy).sum(1)
+            sxx = gdx.mul_(dx).sum(1)
+            gdy = g_sigma.mul_(dy)
+            sy = gdy.sum(1)
+            syy = gdy.mul_(dy).sum(1)
+            a, b, c = con.unbind(-1)
+            g_means[:, sl, 0] = a * sx + b * sy
+            g_means[:, sl, 1] = b * sx + c * sy
+            g_conics[:, sl, 0] = 0.5 * sxx
+            g_conics[:, sl, 1] = sxy
+            g_conics[:, sl, 2] = 0.5 * syy
+            o = opac[:, sl]
+            g_opac[:, sl] = -s0 / torch.where(o != 0, o, torch.ones_like(o))
+        return g_means, g_conics, g_opac, g_feat, None, None, None
+
+
 def rasterize_tiles(
     means2d: Tensor,  # [I, N, 2]
     conics: Tensor,  # [I, N, 3]
@@ -160,9 +287,13 @@ def rasterize_tiles(
     height: int,
     tile_size: int = 16,
     max_elements: int = 1 << 22,
+    reference: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Front-to-back alpha compositing; returns ``features [I, H, W, D]`` (sum of w_i f_i) and ``alphas
-    [I, H, W, 1]`` (1 - final transmittance). Differentiable in means2d, conics, features and opacities."""
+    [I, H, W, 1]`` (1 - final transmittance). Differentiable in means2d, conics, features and opacities.
+
+    The default path composites with ``_CompositeChunk`` (hand-written backward); ``reference=True`` runs the same
+    compositing as plain autograd-traced torch ops (slower, kept as the reference for tests)."""
     I, N, D = features.shape
     device, dtype = features.device, features.dtype
     tile_w = math.ceil(width / tile_size)
@@ -196,7 +327,8 @@ def rasterize_tiles(
     while s < S:
         L = lens_sorted[s]
         Lb = min(L, block_max)
-        chunk = max(1, max_elements // (P * Lb))
+        # the fast path takes fewer tiles at a time (cache-sized temporaries); that does not change the results
+        chunk = max(1, (max_elements if reference else min(max_elements, _CHUNK_ELEMENTS)) // (P * Lb))
         segs = by_len[s : s + chunk]
         s += chunk
         keys = seg_keys[segs]
@@ -204,30 +336,18 @@ def rasterize_tiles(
         origin = torch.stack([(tile % tile_w) * tile_size, (tile // tile_w) * tile_size], -1).to(dtype)
         pix = origin[:, None, :] + local[None]  # [s, P, 2]
         starts, lens = seg_starts[segs], seg_lens[segs]
-        acc = torch.zeros(segs.numel(), P, D, device=device, dtype=dtype)
-        T_all = torch.ones(segs.numel(), P, device=device, dtype=dtype)
-        T_inc = torch.ones(segs.numel(), P, device=device, dtype=dtype)
-        for b0 in range(0, L, Lb):
-            pos = b0 + torch.arange(Lb, device=device)
-            present = pos[None, :] < lens[:, None]  # [s, Lb]
+        if reference:
+            acc, T_inc = _composite_reference(
+                flat_means, flat_conics, flat_feat, flat_opac, gid, starts, lens, pix, L, Lb
+            )
+        else:
+            pos = torch.arange(L, device=device)
+            present = pos[None, :] < lens[:, None]  # [s, L]
             idx = gid[(starts[:, None] + pos[None, :]).clamp(max=gid.numel() - 1)]
             idx = torch.where(present, idx, torch.zeros_like(idx))
-            m = flat_means[idx]  # [s, Lb, 2]
-            con = flat_conics[idx]
-            dx = m[:, None, :, 0] - pix[:, :, None, 0]  # [s, P, Lb]
-            dy = m[:, None, :, 1] - pix[:, :, None, 1]
-            sigma = 0.5 * (con[:, None, :, 0] * dx * dx + con[:, None, :, 2] * dy * dy) + con[:, None, :, 1] * dx * dy
-            alpha = torch.clamp(flat_opac[idx][:, None, :] * torch.exp(-sigma), max=MAX_ALPHA)
-            keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & present[:, None, :]
-            alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-            one_minus = 1.0 - alpha
-            T_next = T_all[..., None] * torch.cumprod(one_minus, dim=-1)  # transmittance after each Gaussian
-            T_prev = torch.cat([T_all[..., None], T_next[..., :-1]], dim=-1)
-            include = T_next > TRANSMITTANCE_EPS
-            weights = torch.where(include, alpha * T_prev, torch.zeros_like(alpha))
-            acc = acc + torch.einsum("spl,sld->spd", weights, flat_feat[idx])
-            T_inc = T_inc * torch.where(include, one_minus, torch.ones_like(one_minus)).prod(-1)
-            T_all = T_next[..., -1]
+            acc, T_inc = _CompositeChunk.apply(
+                flat_means[idx], flat_conics[idx], flat_opac[idx], flat_feat[idx], present.to(dtype), pix, Lb
+            )
         out_keys.append(keys)
         out_feat.append(acc)
         out_alpha.append(1.0 - T_inc)
@@ -245,3 +365,46 @@ def rasterize_tiles(
         return x.reshape(I, tile_h * tile_size, tile_w * tile_size, c)[:, :height, :width]
 
     return untile(feat_tiles, D), untile(alpha_tiles[..., None], 1)
+
+
+def _composite_reference(
+    flat_means: Tensor,  # [I·N, 2]
+    flat_conics: Tensor,  # [I·N, 3]
+    flat_feat: Tensor,  # [I·N, D]
+    flat_opac: Tensor,  # [I·N]
+    gid: Tensor,  # [pairs] depth-sorted Gaussian ids per tile
+    starts: Tensor,  # [s] first pair of each tile
+    lens: Tensor,  # [s] pairs per tile
+    pix: Tensor,  # [s, P, 2] pixel centres
+    L: int,  # longest tile
+    Lb: int,  # depth-block length
+) -> tuple[Tensor, Tensor]:
+    """The compositing of a chunk of tiles as autograd-traced torch ops: ``features [s, P, D]`` and the final
+    transmittance of the included Gaussians ``[s, P]``. Reference for ``_CompositeChunk``."""
+    device, dtype = flat_feat.device, flat_feat.dtype
+    s, P, D = pix.shape[0], pix.shape[1], flat_feat.shape[1]
+    acc = torch.zeros(s, P, D, device=device, dtype=dtype)
+    T_all = torch.ones(s, P, device=device, dtype=dtype)
+    T_inc = torch.ones(s, P, device=device, dtype=dtype)
+    for b0 in range(0, L, Lb):
+        pos = b0 + torch.arange(Lb, device=device)
+        present = pos[None, :] < lens[:, None]  # [s, Lb]
+        idx = gid[(starts[:, None] + pos[None, :]).clamp(max=gid.numel() - 1)]
+        idx = torch.where(present, idx, torch.zeros_like(idx))
+        m = flat_means[idx]  # [s, Lb, 2]
+        con = flat_conics[idx]
+        dx = m[:, None, :, 0] - pix[:, :, None, 0]  # [s, P, Lb]
+        dy = m[:, None, :, 1] - pix[:, :, None, 1]
+        sigma = 0.5 * (con[:, None, :, 0] * dx * dx + con[:, None, :, 2] * dy * dy) + con[:, None, :, 1] * dx * dy
+        alpha = torch.clamp(flat_opac[idx][:, None, :] * torch.exp(-sigma), max=MAX_ALPHA)
+        keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD) & present[:, None, :]
+        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+        one_minus = 1.0 - alpha
+        T_next = T_all[..., None] * torch.cumprod(one_minus, dim=-1)  # transmittance after each Gaussian
+        T_prev = torch.cat([T_all[..., None], T_next[..., :-1]], dim=-1)
+        include = T_next > TRANSMITTANCE_EPS
+        weights = torch.where(include, alpha * T_prev, torch.zeros_like(alpha))
+        acc = acc + torch.einsum("spl,sld->spd", weights, flat_feat[idx])
+        T_inc = T_inc * torch.where(include, one_minus, torch.ones_like(one_minus)).prod(-1)
+        T_all = T_next[..., -1]
+    return acc, T_inc
