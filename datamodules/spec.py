@@ -105,6 +105,7 @@ class ClipMeta:
     height: int = 0  # frame size; filled in by `Clip.__post_init__` from the frames when 0
     width: int = 0
     frame_format: FrameFormat = "jpg"
+    caption: str = ""  # text prompt describing the clip (camera-controlled diffusion); "" when the dataset has none
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -296,6 +297,7 @@ def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
     _check(meta.spec_version == SPEC_VERSION, key, "meta.spec_version", f"{meta.spec_version!r} != {SPEC_VERSION!r}")
     _check(isinstance(meta.dataset, str) and bool(meta.dataset), key, "meta.dataset", "must be a non-empty string")
     _check(isinstance(meta.is_static, bool), key, "meta.is_static", "must be a bool")
+    _check(isinstance(meta.caption, str), key, "meta.caption", "must be a string")
     for name in ("metric_scale", "depth_weight", "motion_weight"):
         v = getattr(meta, name)
         _check(isinstance(v, int | float) and np.isfinite(v) and v >= 0, key, f"meta.{name}", f"must be >= 0, got {v}")
