@@ -1,0 +1,481 @@
+"""Wan2.2-TI2V-5B weights: the original release's names <-> diffusers' ``WanTransformer3DModel`` / ``AutoencoderKLWan``.
+
+The original release (``Wan-AI/Wan2.2-TI2V-5B``) ships the DiT as ``diffusion_pytorch_model-0000x-of-0000y.safetensors``
+shards of ``wan.modules.model.WanModel`` and the VAE as ``Wan2.2_VAE.pth`` (a torch state dict of
+``wan.modules.vae2_2.WanVAE_``). This module renames those tensors to the diffusers classes and back with one table of
+rules per model: each rule is a pair of key templates, ``(original, diffusers)``, whose placeholders (``{i}``, ``{j}``
+block indices, ``{p}`` = ``weight|bias``) are carried across, so the same table converts both ways. Every key must match
+exactly one rule and no two keys may land on the same name, otherwise the conversion fails and names the keys.
+
+No tensor is reshaped: the per-block ``modulation`` [1, 6, dim] is diffusers' ``scale_shift_table`` [1, 6, dim] and the
+head's ``modulation`` [1, 2, dim] its top-level ``scale_shift_table`` [1, 2, dim]. The original's block norms are
+``norm1`` (self-attn), ``norm3`` (cross-attn, affine) and ``norm2`` (ffn); diffusers numbers them in call order, so the
+original ``norm3`` is diffusers' ``norm2`` (the other two have no parameters). In the VAE the resampling layer is the
+last entry of the original block's ``Sequential`` (index = number of residual blocks in it) and a named
+``downsampler`` / ``upsampler`` in diffusers; that index is recomputed from the residual blocks present.
+
+The architectures come with the package (``configs/``; nothing is fetched): ``transformer_config()`` and
+``vae_config()``. The shipped numbers are those of Wan2.2 ``wan/configs/wan_ti2v_5B.py`` and ``wan/modules/vae2_2.py``,
+which agree with diffusers' ``scripts/convert_wan_to_diffusers.py`` (``Wan2.2-TI2V-5B``, ``vae22_diffusers_config``).
+
+CLI (writes a folder that ``from_pretrained`` loads; built in a temporary folder and renamed when complete)::
+
+    python -m diff4splat.models.wan_convert --kind transformer --src <Wan2.2-TI2V-5B dir or shards> --out <dir>
+    python -m diff4splat.models.wan_convert --kind vae --src <Wan2.2-TI2V-5B>/Wan2.2_VAE.pth --out <dir>
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+Kind = Literal["transformer", "vae"]
+PathLike = str | Path
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+SHARD_GLOB = "diffusion_pytorch_model*.safetensors"
+# Containers a .pth state dict may be nested under (training checkpoints, EMA exports).
+_NEST_KEYS = ("state_dict", "model", "module", "ema", "model_ema")
+_PLACEHOLDERS = {"i": r"\d+", "j": r"\d+", "n": r"\d+", "p": r"weight|bias"}
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match the model: missing, unexpected or mis-shaped keys."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configs shipped with the package
+
+
+def transformer_config(name: str = "ti2v_5b") -> dict:
+    """The diffusers ``WanTransformer3DModel`` config of a Wan2.2 model (constructor keyword arguments)."""
+    path = CONFIG_DIR / f"wan2.2_{name}_transformer.json"
+    if not path.is_file():
+        known = sorted(
+            p.name[len("wan2.2_") : -len("_transformer.json")] for p in CONFIG_DIR.glob("*_transformer.json")
+        )
+        raise ValueError(f"unknown Wan transformer config {name!r}; shipped: {known}")
+    return _read_config(path)
+
+
+def vae_config() -> dict:
+    """The diffusers ``AutoencoderKLWan`` config of the Wan2.2 VAE (48 latent channels, 4x16x16 compression)."""
+    return _read_config(CONFIG_DIR / "wan2.2_vae.json")
+
+
+def _read_config(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+def build_transformer(
+    config: Mapping | None = None, device: torch.device | str = "meta", dtype: torch.dtype = torch.bfloat16
+) -> WanTransformer3DModel:
+    """A ``WanTransformer3DModel`` of ``config`` (default: the shipped TI2V-5B one), on ``device`` (default meta: no
+    memory, for inspection or parameter counts) with randomly initialised weights elsewhere."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device(device):
+        model = WanTransformer3DModel(**_constructor_kwargs(config or transformer_config()))
+    return _cast(model, dtype)
+
+
+def build_vae(
+    config: Mapping | None = None, device: torch.device | str = "meta", dtype: torch.dtype = torch.float32
+) -> AutoencoderKLWan:
+    """An ``AutoencoderKLWan`` of ``config`` (default: the shipped Wan2.2 VAE), like ``build_transformer``."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.device(device):
+        model = AutoencoderKLWan(**_constructor_kwargs(config or vae_config()))
+    return _cast(model, dtype)
+
+
+def _constructor_kwargs(config: Mapping) -> dict:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _target_dtype(model: nn.Module, name: str, dtype: torch.dtype) -> torch.dtype:
+    """As diffusers' ``from_pretrained(torch_dtype=...)``: modules in ``_keep_in_fp32_modules`` stay in float32."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    return torch.float32 if any(m in name.split(".") for m in keep) else dtype
+
+
+def _cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    for name, param in model.named_parameters():
+        param.data = param.data.to(_target_dtype(model, name, dtype))
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rename rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One key in both namings; ``{name}`` placeholders are carried across, except ``{n}`` (see ``_derive_n``)."""
+
+    original: str
+    diffusers: str
+
+    def __post_init__(self) -> None:
+        for side in ("original", "diffusers"):
+            parts = re.split(r"\{(\w+)\}", getattr(self, side))
+            regex = "".join(re.escape(s) if k % 2 == 0 else f"(?P<{s}>{_PLACEHOLDERS[s]})" for k, s in enumerate(parts))
+            object.__setattr__(self, f"_{side}_re", re.compile(regex))
+
+    def match(self, key: str, side: str) -> re.Match | None:
+        return getattr(self, f"_{side}_re").fullmatch(key)
+
+
+def _transformer_rules() -> list[Rule]:
+    rules = [
+        Rule("patch_embedding.{p}", "patch_embedding.{p}"),
+        Rule("text_embedding.0.{p}", "condition_embedder.text_embedder.linear_1.{p}"),
+        Rule("text_embedding.2.{p}", "condition_embedder.text_embedder.linear_2.{p}"),
+        Rule("time_embedding.0.{p}", "condition_embedder.time_embedder.linear_1.{p}"),
+        Rule("time_embedding.2.{p}", "condition_embedder.time_embedder.linear_2.{p}"),
+        Rule("time_projection.1.{p}", "condition_embedder.time_proj.{p}"),
+        Rule("blocks.{i}.norm3.{p}", "blocks.{i}.norm2.{p}"),
+        Rule("blocks.{i}.ffn.0.{p}", "blocks.{i}.ffn.net.0.proj.{p}"),
+        Rule("blocks.{i}.ffn.2.{p}", "blocks.{i}.ffn.net.2.{p}"),
+        Rule("blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
+        Rule("head.head.{p}", "proj_out.{p}"),
+        Rule("head.modulation", "scale_shift_table"),
+    ]
+    for orig_attn, attn in (("self_attn", "attn1"), ("cross_attn", "attn2")):
+        for orig_proj, proj in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
+            rules.append(Rule(f"blocks.{{i}}.{orig_attn}.{orig_proj}.{{p}}", f"blocks.{{i}}.{attn}.{proj}.{{p}}"))
+        for norm in ("norm_q", "norm_k"):
+            rules.append(Rule(f"blocks.{{i}}.{orig_attn}.{norm}.weight", f"blocks.{{i}}.{attn}.{norm}.weight"))
+    return rules
+
+
+# Inside one residual block: original nn.Sequential indices (RMS_norm, SiLU, conv, RMS_norm, SiLU, Dropout, conv).
+_RESIDUAL = (
+    ("residual.0.gamma", "norm1.gamma"),
+    ("residual.2.{p}", "conv1.{p}"),
+    ("residual.3.gamma", "norm2.gamma"),
+    ("residual.6.{p}", "conv2.{p}"),
+    ("shortcut.{p}", "conv_shortcut.{p}"),
+)
+
+
+def _vae_rules() -> list[Rule]:
+    rules = [Rule("conv1.{p}", "quant_conv.{p}"), Rule("conv2.{p}", "post_quant_conv.{p}")]
+    for coder in ("encoder", "decoder"):
+        rules += [
+            Rule(f"{coder}.conv1.{{p}}", f"{coder}.conv_in.{{p}}"),
+            Rule(f"{coder}.head.0.gamma", f"{coder}.norm_out.gamma"),
+            Rule(f"{coder}.head.2.{{p}}", f"{coder}.conv_out.{{p}}"),
+            Rule(f"{coder}.middle.1.norm.gamma", f"{coder}.mid_block.attentions.0.norm.gamma"),
+            Rule(f"{coder}.middle.1.to_qkv.{{p}}", f"{coder}.mid_block.attentions.0.to_qkv.{{p}}"),
+            Rule(f"{coder}.middle.1.proj.{{p}}", f"{coder}.mid_block.attentions.0.proj.{{p}}"),
+        ]
+        for orig_mid, mid in (("0", "0"), ("2", "1")):
+            rules += [
+                Rule(f"{coder}.middle.{orig_mid}.{a}", f"{coder}.mid_block.resnets.{mid}.{b}") for a, b in _RESIDUAL
+            ]
+        samples, blocks, sampler = ("downsamples", "down_blocks", "downsampler") if coder == "encoder" else (
+            "upsamples", "up_blocks", "upsampler")  # fmt: skip
+        orig_block, block = f"{coder}.{samples}.{{i}}.{samples}", f"{coder}.{blocks}.{{i}}"
+        rules += [Rule(f"{orig_block}.{{j}}.{a}", f"{block}.resnets.{{j}}.{b}") for a, b in _RESIDUAL]
+        rules += [
+            Rule(f"{orig_block}.{{n}}.{m}.{{p}}", f"{block}.{sampler}.{m}.{{p}}") for m in ("resample.1", "time_conv")
+        ]
+    return rules
+
+
+RULES: dict[str, list[Rule]] = {"transformer": _transformer_rules(), "vae": _vae_rules()}
+
+# Residual blocks of VAE block {i}: the resampler's index {n} in the original Sequential is their count.
+_RESNETS = {
+    "original": re.compile(r"(?P<coder>encoder|decoder)\.(?:down|up)samples\.(?P<i>\d+)\.(?:down|up)samples\.(?P<j>\d+)\.(?:residual|shortcut)\."),
+    "diffusers": re.compile(r"(?P<coder>encoder|decoder)\.(?:down|up)_blocks\.(?P<i>\d+)\.resnets\.(?P<j>\d+)\."),
+}  # fmt: skip
+
+
+def _derive_n(keys: Sequence[str], side: str) -> dict[tuple[str, str], str]:
+    counts: dict[tuple[str, str], set[str]] = {}
+    for key in keys:
+        if m := _RESNETS[side].match(key):
+            counts.setdefault((m["coder"], m["i"]), set()).add(m["j"])
+    return {block: str(len(js)) for block, js in counts.items()}
+
+
+def _rename(
+    state_dict: Mapping[str, Tensor], kind: Kind, src: str, dst: str
+) -> tuple[dict[str, Tensor], dict[str, str], list[str]]:
+    """Rename every key from naming ``src`` to ``dst``: (renamed dict, new name -> old name, keys no rule matches)."""
+    if kind not in RULES:
+        raise ValueError(f"kind must be one of {sorted(RULES)}, got {kind!r}")
+    rules = RULES[kind]
+    n_of_block = _derive_n(list(state_dict), src) if kind == "vae" else {}
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    unmatched: list[str] = []
+    for key, tensor in state_dict.items():
+        hits = [(rule, m) for rule in rules if (m := rule.match(key, src))]
+        if not hits:
+            unmatched.append(key)
+            continue
+        if len(hits) > 1:
+            raise RuntimeError(f"{key!r} matches {len(hits)} rename rules: {[r for r, _ in hits]}")
+        rule, m = hits[0]
+        groups = m.groupdict()
+        if "{n}" in rule.original:
+            coder = key.split(".", 1)[0]
+            n = n_of_block.get((coder, groups["i"]), "0")
+            if src == "original" and groups["n"] != n:
+                raise CheckpointMismatchError(
+                    f"{key!r}: the resampler of {coder} block {groups['i']} should follow its {n} residual blocks"
+                )
+            groups["n"] = n
+        new = getattr(rule, dst).format(**groups)
+        if new in out:
+            raise CheckpointMismatchError(f"{origin[new]!r} and {key!r} both map to {new!r}")
+        out[new], origin[new] = tensor, key
+    return out, origin, unmatched
+
+
+def _convert(state_dict: Mapping[str, Tensor], kind: Kind, src: str, dst: str) -> dict[str, Tensor]:
+    out, _, unmatched = _rename(state_dict, kind, src, dst)
+    if unmatched:
+        raise CheckpointMismatchError(
+            f"{len(unmatched)} key(s) are not {src} Wan2.2 {kind} names: {_listing(unmatched)}")  # fmt: skip
+    return out
+
+
+def original_to_diffusers(state_dict: Mapping[str, Tensor], kind: Kind = "transformer") -> dict[str, Tensor]:
+    """Original-release names -> diffusers names (same tensors). Unknown keys raise ``CheckpointMismatchError``."""
+    return _convert(state_dict, kind, "original", "diffusers")
+
+
+def diffusers_to_original(state_dict: Mapping[str, Tensor], kind: Kind = "transformer") -> dict[str, Tensor]:
+    """Diffusers names -> original-release names (same tensors); the exact inverse of ``original_to_diffusers``."""
+    return _convert(state_dict, kind, "diffusers", "original")
+
+
+def _listing(keys: Sequence[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading original files and loading models
+
+
+def original_transformer_files(paths: PathLike | Sequence[PathLike]) -> list[Path]:
+    """The safetensors shards named by ``paths``: a folder (its ``diffusion_pytorch_model*.safetensors``) or files."""
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            shards = sorted(item.glob(SHARD_GLOB))
+            if not shards:
+                raise FileNotFoundError(f"no {SHARD_GLOB} in {item}")
+            files += shards
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"Wan transformer weights: {item} does not exist")
+    return files
+
+
+def read_safetensors(files: Sequence[Path], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """All tensors of ``files`` in one dict (optionally cast while reading); a key in two files is an error."""
+    from safetensors import safe_open
+
+    state_dict: dict[str, Tensor] = {}
+    where: dict[str, Path] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                if key in state_dict:
+                    raise CheckpointMismatchError(f"{key!r} is in both {where[key]} and {file}")
+                tensor = f.get_tensor(key)
+                state_dict[key] = tensor if dtype is None or not tensor.is_floating_point() else tensor.to(dtype)
+                where[key] = file
+    return state_dict
+
+
+def read_original_vae(path: PathLike) -> dict[str, Tensor]:
+    """The tensors of ``Wan2.2_VAE.pth`` (``torch.load(weights_only=True)``, unnested from ``state_dict``/``model``/...)
+    or of a ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Wan VAE weights: {path} does not exist")
+    if path.suffix == ".safetensors":
+        return read_safetensors([path])
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _NEST_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise CheckpointMismatchError(f"{path}: no state dict found (top-level keys: {_listing(list(obj))})")
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Create modules with their parameters on the meta device (no memory, no init cost) but real buffers: the
+    non-persistent ones (e.g. the transformer's RoPE tables) are not in any checkpoint and must be computed."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _load_into(
+    model_cls: type, config: Mapping, original: Mapping[str, Tensor], kind: Kind, dtype: torch.dtype, source: str
+) -> nn.Module:
+    """Build ``model_cls(**config)`` without initialising it and fill it from an original-named state dict."""
+    with _parameters_on_meta():
+        model = model_cls(**_constructor_kwargs(config))
+    converted, origin, unexpected = _rename(original, kind, "original", "diffusers")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in converted]
+    unexpected += [origin[k] for k in converted if k not in expected]
+    shapes = [f"{origin[k]} {tuple(v.shape)} (model {k} {tuple(expected[k].shape)})"
+              for k, v in converted.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        lines = [f"Wan2.2 {kind} checkpoint {source} does not match the model config:"]
+        if missing:
+            _, to_diffusers, _ = _rename(dict.fromkeys(expected), kind, "diffusers", "original")
+            to_original = {d: o for o, d in to_diffusers.items()}
+            lines.append(f"  missing ({len(missing)}): {_listing([to_original.get(k, k) for k in missing])}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {_listing(unexpected)}")
+        if shapes:
+            lines.append(f"  wrong shape ({len(shapes)}): {_listing(shapes)}")
+        raise CheckpointMismatchError("\n".join(lines))
+    for key, tensor in converted.items():
+        target = _target_dtype(model, key, dtype)
+        if tensor.is_floating_point() and tensor.dtype != target:
+            converted[key] = tensor.to(target)
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model.eval()
+
+
+def load_original_transformer(
+    paths: PathLike | Sequence[PathLike], config: Mapping | None = None, dtype: torch.dtype = torch.bfloat16
+) -> WanTransformer3DModel:
+    """A ``WanTransformer3DModel`` from the original release's safetensors shards (a folder or a list of files);
+    ``config`` defaults to the shipped TI2V-5B one. A key mismatch raises ``CheckpointMismatchError`` naming the keys
+    (original names) and the files."""
+    from diffusers import WanTransformer3DModel
+
+    files = original_transformer_files(paths)
+    source = ", ".join(map(str, files))
+    return _load_into(WanTransformer3DModel, config or transformer_config(), read_safetensors(files), "transformer",
+                      dtype, source)  # fmt: skip
+
+
+def load_original_vae(
+    path: PathLike, config: Mapping | None = None, dtype: torch.dtype = torch.float32
+) -> AutoencoderKLWan:
+    """An ``AutoencoderKLWan`` from the original ``Wan2.2_VAE.pth``; ``config`` defaults to the shipped Wan2.2 VAE."""
+    from diffusers import AutoencoderKLWan
+
+    return _load_into(AutoencoderKLWan, config or vae_config(), read_original_vae(path), "vae", dtype, str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def convert(
+    kind: Kind,
+    src: PathLike | Sequence[PathLike],
+    out: PathLike,
+    config: Mapping | None = None,
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+    max_shard_size: str = "5GB",
+) -> Path:
+    """Write a diffusers folder (``config.json`` + safetensors) at ``out``: built in a temporary sibling folder and
+    renamed into place only when complete, so ``out`` is never half-written."""
+    out = Path(out)
+    occupied = any(out.iterdir()) if out.is_dir() else out.exists()
+    if occupied and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    if kind == "transformer":
+        model = load_original_transformer(src, config, dtype or torch.bfloat16)
+    elif kind == "vae":
+        srcs = [src] if isinstance(src, str | Path) else list(src)
+        if len(srcs) != 1:
+            raise ValueError(f"--kind vae takes one file, got {len(srcs)}")
+        model = load_original_vae(srcs[0], config, dtype or torch.float32)
+    else:
+        raise ValueError(f"kind must be 'transformer' or 'vae', got {kind!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=max_shard_size)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m diff4splat.models.wan_convert",
+        description="Convert original Wan2.2-TI2V-5B weights (DiT safetensors shards or Wan2.2_VAE.pth) to a diffusers folder.",
+    )  # fmt: skip
+    parser.add_argument("--kind", choices=["transformer", "vae"], required=True)
+    parser.add_argument("--src", nargs="+", required=True, help="transformer: release folder or shard files; vae: .pth")
+    parser.add_argument("--out", required=True, help="diffusers model folder to write (config.json + safetensors)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
+                        help="storage dtype (default: bf16 transformer, fp32 VAE)")  # fmt: skip
+    parser.add_argument("--config", default=None, help="a diffusers config.json to use instead of the shipped one")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--max-shard-size", default="5GB")
+    args = parser.parse_args(argv)
+    config = json.loads(Path(args.config).read_text()) if args.config else None
+    try:
+        out = convert(args.kind, args.src, args.out, config, _DTYPES.get(args.dtype), args.overwrite,
+                      args.max_shard_size)  # fmt: skip
+    except (CheckpointMismatchError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
