@@ -44,8 +44,13 @@ class WanVAE(nn.Module):
         return cls(AutoencoderKLWan.from_pretrained(str(path), torch_dtype=torch_dtype))
 
     @classmethod
-    def tiny(cls, seed: int = 0, z_dim: int = 48) -> WanVAE:
-        """A small random-weight ``AutoencoderKLWan`` with the Wan2.2 interface (or Wan2.1's with ``z_dim=16``)."""
+    def tiny(cls, seed: int = 0, z_dim: int = 48, calibrate: bool = False) -> WanVAE:
+        """A small random-weight ``AutoencoderKLWan`` with the Wan2.2 interface (or Wan2.1's with ``z_dim=16``).
+
+        ``calibrate``: set the per-channel latent mean/std (``latents_mean``/``latents_std``, which a released VAE
+        ships) from a fixed batch of smooth random videos, so normalised latents have unit scale as with the real
+        VAE (a random VAE's raw latents have std ~0.2; diffusion on them would be dominated by the noise).
+        """
         from diffusers import AutoencoderKLWan
 
         torch.manual_seed(seed)
@@ -60,7 +65,19 @@ class WanVAE(nn.Module):
                                    latents_std=[1.0] * 16)  # fmt: skip
         else:
             raise ValueError(f"WanVAE.tiny: z_dim must be 48 (Wan2.2) or 16 (Wan2.1), got {z_dim}")
-        return cls(vae)
+        out = cls(vae)
+        if calibrate:
+            out.calibrate(smooth_random_videos(4, 9, 32 * out.stride_s // 8, 32 * out.stride_s // 8, seed=seed))
+        return out
+
+    @torch.no_grad()
+    def calibrate(self, frames: Tensor) -> None:
+        """Per-channel latent mean/std from ``frames`` [B, F, 3, H, W] (used by the normalisation from then on)."""
+        self.mean.zero_()
+        self.std.fill_(1.0)
+        z = self.encode(frames)
+        self.mean.copy_(z.mean(dim=(0, 2, 3, 4)).view_as(self.mean))
+        self.std.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6).view_as(self.std))
 
     def check_frames(self, num_frames: int) -> int:
         """Latent frame count for ``num_frames`` frames; a clear error unless num_frames = 1 + 4k."""
@@ -83,3 +100,13 @@ class WanVAE(nn.Module):
         z = (latents.float() * self.std + self.mean).to(self.vae.dtype)
         x = self.vae.decode(z).sample.float()
         return ((x + 1) / 2).clamp(0, 1).transpose(1, 2)
+
+
+def smooth_random_videos(b: int, f: int, h: int, w: int, seed: int = 0) -> Tensor:
+    """[B, F, 3, H, W] in [0, 1]: low-frequency random colour fields drifting over time (a calibration set)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(b, 3, f, 4, 4, generator=g)
+    drift = torch.linspace(0, 1, f).view(1, 1, f, 1, 1)
+    coarse = coarse * (1 - 0.5 * drift) + 0.5 * drift * torch.rand(b, 3, 1, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(coarse, size=(f, h, w), mode="trilinear", align_corners=False)
+    return x.transpose(1, 2).contiguous()

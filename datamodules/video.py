@@ -1,0 +1,110 @@
+"""`SyntheticVideoDataModule`: procedural videos with exact cameras for camera-controlled diffusion without data.
+
+Each sample is one procedural scene (``datamodules.synthetic``) filmed along one of its random trajectories: all
+``num_frames`` frames in time order (F = 1 + 4k, the Wan VAE's frame count), as the diffusion batch contract wants
+(see ``diff4splat.systems.diffusion``): ``frames`` [F, 3, H, W] float in [0, 1], ``c2w`` [F, 4, 4] metric OpenCV
+c2w with the first camera = identity, ``fxfycxcy`` [F, 4], ``key``. The system encodes ``frames`` online with its Wan
+VAE. Scenes are generated once into a pool (training) and a disjoint held-out pool (validation / test, other seeds);
+training draws ``batches_per_epoch`` batches from the pool with a seeded sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from datamodules.synthetic import SyntheticConfig, generate_arrays
+
+VAL_SEED_OFFSET = 1_000_003
+
+
+def video_sample(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
+    a = generate_arrays(cfg, seed)
+    c2w = torch.from_numpy(a["c2w"]).double()
+    c2w = torch.linalg.inv(c2w[:1]) @ c2w  # canonical: first camera = identity (metric units kept)
+    return {
+        "frames": torch.from_numpy(a["frames"]).permute(0, 3, 1, 2).contiguous(),  # uint8 [F, 3, H, W]
+        "c2w": c2w.float(),
+        "fxfycxcy": torch.from_numpy(a["fxfycxcy"]).float(),
+        "key": f"synthetic-{seed:08d}-{a['trajectory']}",
+    }
+
+
+class _Pool(Dataset):
+    def __init__(self, cfg: SyntheticConfig, seeds: list[int]) -> None:
+        self.samples = [video_sample(cfg, s) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.samples[i]
+
+
+def collate_videos(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "frames": torch.stack([s["frames"] for s in samples]),
+        "c2w": torch.stack([s["c2w"] for s in samples]),
+        "fxfycxcy": torch.stack([s["fxfycxcy"] for s in samples]),
+        "key": [s["key"] for s in samples],
+    }
+
+
+class SyntheticVideoDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        synthetic: dict[str, Any] | None = None,
+        pool: int = 64,
+        val_pool: int = 8,
+        batch_size: int = 4,
+        batches_per_epoch: int = 100,
+        val_batches: int = 2,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.cfg = SyntheticConfig(**{"num_frames": 9, "height": 64, "width": 64, **dict(synthetic or {})})
+        if (self.cfg.num_frames - 1) % 4:
+            raise ValueError(f"data.synthetic.num_frames must be 1 + 4k (Wan VAE), got {self.cfg.num_frames}")
+        if pool < 1 or val_pool < 0:
+            raise ValueError(f"data.pool must be >= 1 and data.val_pool >= 0, got {pool}, {val_pool}")
+        self.pool, self.val_pool = pool, val_pool
+        self.batch_size, self.batches_per_epoch, self.val_batches = batch_size, batches_per_epoch, val_batches
+        self.seed, self.num_workers = seed, num_workers
+        self.save_hyperparameters({"synthetic": asdict(self.cfg), "pool": pool, "val_pool": val_pool})
+        self._train: _Pool | None = None
+        self._val: _Pool | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is None and stage in (None, "fit"):
+            self._train = _Pool(self.cfg, [self.seed * 100_000 + i for i in range(self.pool)])
+        if self._val is None and self.val_pool and stage in (None, "fit", "validate", "test"):
+            self._val = _Pool(self.cfg, [VAL_SEED_OFFSET + self.seed * 100_000 + i for i in range(self.val_pool)])
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        sampler = RandomSampler(self._train, replacement=True, num_samples=self.batches_per_epoch * self.batch_size,
+                                generator=gen)  # fmt: skip
+        return DataLoader(self._train, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_videos,
+                          num_workers=self.num_workers, drop_last=True)  # fmt: skip
+
+    def _eval_loader(self) -> DataLoader:
+        n = min(len(self._val), self.val_batches * self.batch_size)
+        subset = torch.utils.data.Subset(self._val, list(range(n)))
+        return DataLoader(subset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_videos,
+                          num_workers=self.num_workers)  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader() if self._val is not None and self.val_batches else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader() if self._val is not None and self.val_batches else []
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        if batch["frames"].dtype == torch.uint8:
+            batch["frames"] = batch["frames"].float() / 255.0
+        return batch
