@@ -41,7 +41,7 @@ def encoder(encoder_dir) -> TextEncoder:
 
 @pytest.fixture(scope="module")
 def clips():
-    """Procedural 64×64 clips with captions: 9, 9, 9 and 5 frames (the last is too short for a 9-frame window)."""
+    """Procedural 64×64 clips with captions: 9, 9, 13 and 5 frames (the last is too short for a 9-frame window)."""
     out = []
     for i, n in enumerate([9, 9, 13, 5]):
         cfg = SyntheticConfig(num_frames=n, height=64, width=64, num_blobs=2, num_rigid=1, ground_grid=8, wall_grid=8)
@@ -346,3 +346,34 @@ def test_latents_synthetic_config_instantiates(tmp_path, latent_shards, clip_sha
     assert b["latents"].shape == (2, 48, 3, 2, 4) and b["prompt_embeds"].shape == (2, 512, 32)
     assert dm.val_dataloader() == []  # no test-*.tar shards: not validated
     assert dm.state_dict() == {"next_epoch": 1}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_encode_clis_on_cuda(tmp_path, clips, clip_shards, encoder_dir, encoder):
+    from datamodules.encode_latents import main as encode_latents
+    from datamodules.encode_text import main as encode_text
+    from datamodules.latents import LatentDataModule
+
+    out = tmp_path / "latents"
+    argv = ["--shards", str(clip_shards), "--out", str(out), "--vae", "tiny", "--num-frames", "9", "--height", "32",
+            "--width", "64", "--device", "cuda", "--dtype", "bf16"]  # fmt: skip
+    assert encode_latents(argv) == 0
+    cache = tmp_path / "cache"
+    args = ["--shards", str(clip_shards), "--encoder", str(encoder_dir), "--cache", str(cache), "--device", "cuda"]
+    assert encode_text(args) == 0
+    gpu = TextEncoder.from_pretrained(encoder_dir, device="cuda")
+    assert gpu.dtype == torch.bfloat16 and gpu.encode(PROMPTS).device.type == "cuda"
+    dm = LatentDataModule(str(out / "train-*.tar"), batch_size=3, num_workers=0, batches_per_epoch=1,
+                          text_cache=str(cache), text_dim=32, shuffle_buffer=1)  # fmt: skip
+    b = next(iter(dm.train_dataloader()))
+    vae = WanVAE.tiny()
+    by_key = {c.key: c for c in clips}
+    for i, key in enumerate(b["key"]):
+        clip = by_key[key.split("/")[1].split("_f")[0]]
+        ref = _direct_windows(clip, 32, 64, vae)
+        err = (b["latents"][i] - ref).abs().max() / ref.abs().max()
+        assert err < 0.05, err  # bf16 VAE on the GPU vs float32 on the CPU
+        want = encoder.encode_unpadded([clip.meta.caption])[0]
+        got = b["prompt_embeds"][i, : len(want)]
+        assert (got - want).abs().max() / want.abs().max() < 0.05  # bf16 UMT5 on the GPU
