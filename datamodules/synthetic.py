@@ -140,16 +140,24 @@ def _gaussians(parts: list[dict[str, np.ndarray]]) -> Gaussians:
                      colors=cat("colors"))  # fmt: skip
 
 
-def generate_arrays(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
+def generate_arrays(
+    cfg: SyntheticConfig, seed: int, trajectory: str | None = None, strength: float | None = None
+) -> dict[str, Any]:
     """The raw clip: frames (F,H,W,3) uint8, c2w (F,4,4), fxfycxcy (F,4), timestamps (F,), depth (F,H,W),
-    depth_valid, tracks_world (F,N,3), tracks_visible (F,N), dynamic_mask (F,H,W), trajectory name."""
+    depth_valid, tracks_world (F,N,3), tracks_visible (F,N), dynamic_mask (F,H,W), trajectory name.
+
+    ``trajectory`` / ``strength`` replace the seed's random camera path (same scene, same first view and
+    intrinsics: every path starts at the identity pose), e.g. to film one scene along several paths."""
     rng = np.random.default_rng([seed, 4242])
     scene = _Scene(cfg, rng)
     F, H, W = cfg.num_frames, cfg.height, cfg.width
     name = str(rng.choice(TRAJECTORIES))
     fx = float(rng.uniform(0.8, 1.2))
     K = (fx, fx * W / H, 0.5, 0.5)
-    traj = make_trajectory(name, F, strength=float(rng.uniform(0.3, 1.0)), look_at=3.0, fxfycxcy=K)
+    drawn_strength = float(rng.uniform(0.3, 1.0))
+    name = name if trajectory is None else trajectory
+    strength = drawn_strength if strength is None else float(strength)
+    traj = make_trajectory(name, F, strength=strength, look_at=3.0, fxfycxcy=K)
     c2w, fxfycxcy = traj.c2w.float(), traj.fxfycxcy.float()
     times = np.linspace(0.0, 1.0, F) if F > 1 else np.zeros(1)
 

@@ -5,7 +5,10 @@ Each sample is one procedural scene (``datamodules.synthetic``) filmed along one
 (see ``diff4splat.systems.diffusion``): ``frames`` [F, 3, H, W] float in [0, 1], ``c2w`` [F, 4, 4] metric OpenCV
 c2w with the first camera = identity, ``fxfycxcy`` [F, 4], ``key``. The system encodes ``frames`` online with its Wan
 VAE. Scenes are generated once into a pool (training) and a disjoint held-out pool (validation / test, other seeds);
-training draws ``batches_per_epoch`` batches from the pool with a seeded sampler.
+training draws ``batches_per_epoch`` batches from the pool with a seeded sampler. ``trajectories_per_scene`` > 1
+films each scene along that many different camera paths (identical first frames: only the cameras tell the clips
+apart, which is what camera control must learn); ``trajectory_strength`` fixes the paths' strength (default: the
+seed's random one in [0.3, 1]).
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ from dataclasses import asdict
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from datamodules.synthetic import SyntheticConfig, generate_arrays
+from datamodules.synthetic import TRAJECTORIES, SyntheticConfig, generate_arrays
 
 VAL_SEED_OFFSET = 1_000_003
 
 
-def video_sample(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
-    a = generate_arrays(cfg, seed)
+def video_sample(
+    cfg: SyntheticConfig, seed: int, trajectory: str | None = None, strength: float | None = None
+) -> dict[str, Any]:
+    a = generate_arrays(cfg, seed, trajectory=trajectory, strength=strength)
     c2w = torch.from_numpy(a["c2w"]).double()
     c2w = torch.linalg.inv(c2w[:1]) @ c2w  # canonical: first camera = identity (metric units kept)
     return {
@@ -35,8 +41,18 @@ def video_sample(cfg: SyntheticConfig, seed: int) -> dict[str, Any]:
 
 
 class _Pool(Dataset):
-    def __init__(self, cfg: SyntheticConfig, seeds: list[int]) -> None:
-        self.samples = [video_sample(cfg, s) for s in seeds]
+    """``scenes`` scenes, each filmed along ``per_scene`` different camera paths (scene-major order)."""
+
+    def __init__(
+        self, cfg: SyntheticConfig, seeds: list[int], per_scene: int = 1, strength: float | None = None
+    ) -> None:
+        if per_scene == 1:
+            self.samples = [video_sample(cfg, s, strength=strength) for s in seeds]
+            return
+        self.samples = []
+        for s in seeds:
+            order = np.random.default_rng([s, 77]).permutation(len(TRAJECTORIES))[:per_scene]
+            self.samples += [video_sample(cfg, s, TRAJECTORIES[i], strength) for i in order]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,6 +81,8 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         val_batches: int = 2,
         seed: int = 0,
         num_workers: int = 0,
+        trajectories_per_scene: int = 1,
+        trajectory_strength: float | None = None,
     ) -> None:
         super().__init__()
         self.cfg = SyntheticConfig(**{"num_frames": 9, "height": 64, "width": 64, **dict(synthetic or {})})
@@ -72,6 +90,13 @@ class SyntheticVideoDataModule(L.LightningDataModule):
             raise ValueError(f"data.synthetic.num_frames must be 1 + 4k (Wan VAE), got {self.cfg.num_frames}")
         if pool < 1 or val_pool < 0:
             raise ValueError(f"data.pool must be >= 1 and data.val_pool >= 0, got {pool}, {val_pool}")
+        if not 1 <= trajectories_per_scene <= len(TRAJECTORIES):
+            raise ValueError(f"data.trajectories_per_scene must be in [1, {len(TRAJECTORIES)}], got "
+                             f"{trajectories_per_scene}")  # fmt: skip
+        if pool % trajectories_per_scene or val_pool % trajectories_per_scene:
+            raise ValueError(f"data.pool ({pool}) and data.val_pool ({val_pool}) must be multiples of "
+                             f"data.trajectories_per_scene ({trajectories_per_scene})")  # fmt: skip
+        self.per_scene, self.strength = trajectories_per_scene, trajectory_strength
         self.pool, self.val_pool = pool, val_pool
         self.batch_size, self.batches_per_epoch, self.val_batches = batch_size, batches_per_epoch, val_batches
         self.seed, self.num_workers = seed, num_workers
@@ -81,9 +106,13 @@ class SyntheticVideoDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None and stage in (None, "fit"):
-            self._train = _Pool(self.cfg, [self.seed * 100_000 + i for i in range(self.pool)])
+            scenes = self.pool // self.per_scene
+            self._train = _Pool(self.cfg, [self.seed * 100_000 + i for i in range(scenes)], self.per_scene,
+                                self.strength)  # fmt: skip
         if self._val is None and self.val_pool and stage in (None, "fit", "validate", "test"):
-            self._val = _Pool(self.cfg, [VAL_SEED_OFFSET + self.seed * 100_000 + i for i in range(self.val_pool)])
+            scenes = self.val_pool // self.per_scene
+            seeds = [VAL_SEED_OFFSET + self.seed * 100_000 + i for i in range(scenes)]
+            self._val = _Pool(self.cfg, seeds, self.per_scene, self.strength)
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)

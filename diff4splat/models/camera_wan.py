@@ -126,9 +126,12 @@ def build_transformer(cfg: CameraWanConfig, device: torch.device | str | None = 
         paths = cfg.original_paths[0] if len(cfg.original_paths) == 1 else cfg.original_paths
         model = wan_convert.load_original_transformer(paths, config=transformer_arch(cfg.arch, cfg.arch_overrides),
                                                       dtype=dtype)  # fmt: skip
-    else:
+    else:  # random init; every parameter cast to ``dtype`` (one storage dtype, as FSDP2 wants), buffers (RoPE) kept
         with torch.device(device or "cpu"):
-            model = WanTransformer3DModel(**transformer_arch(cfg.arch, cfg.arch_overrides)).to(dtype)
+            model = WanTransformer3DModel(**transformer_arch(cfg.arch, cfg.arch_overrides))
+        if dtype != torch.float32:
+            for p in model.parameters():
+                p.data = p.data.to(dtype)
     return model.to(device) if device is not None and cfg.init != "random" else model
 
 
@@ -212,8 +215,7 @@ class CameraWan(nn.Module):
     def from_config(cls, cfg: CameraWanConfig | dict[str, Any], device: torch.device | str | None = None) -> CameraWan:
         cfg = to_dataclass(CameraWanConfig, cfg, "model")
         model = cls(build_transformer(cfg, device), cfg.camera_injection, cfg.vae_stride, cfg.plucker_channels)
-        if device is not None:
-            model.camera.to(device)
+        model.camera.to(device=device, dtype=getattr(torch, cfg.dtype))
         if cfg.lora_rank > 0:
             model.add_lora(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         if cfg.camera_weights:
@@ -254,8 +256,10 @@ class CameraWan(nn.Module):
         timestep: Tensor,  # [B] or per-token [B, T·h'·w'] in [0, 1000]
         prompt_embeds: Tensor,  # [B, L, text_dim]
         plucker: Tensor | None = None,  # [B, F, 6, H, W] with F = 1 + 4(T - 1), H = 16 h, W = 16 w; None: no cameras
+        camera_tokens: Tensor | None = None,  # precomputed ``camera_tokens(plucker)`` (constant over sampling steps)
     ) -> Tensor:  # the flow prediction (ε - x₀) [B, C, T, h, w]
-        tokens = self.camera_tokens(plucker) if plucker is not None else None
+        tokens = camera_tokens if camera_tokens is not None else (
+            self.camera_tokens(plucker) if plucker is not None else None)  # fmt: skip
         with self._camera_tokens(tokens):
             out = self.transformer(latents, timestep, prompt_embeds, return_dict=False)[0]
         return out
@@ -365,7 +369,8 @@ def plucker_for_latents(c2w: Tensor, fxfycxcy: Tensor, height: int, width: int) 
     """Plücker rays [B, F, 6, H, W] (moment, direction) at pixel resolution from metric OpenCV c2w [B, F, 4, 4]."""
     from diff4splat.geometry.cameras import plucker_rays
 
-    return plucker_rays(c2w.float(), fxfycxcy.float(), height, width)
+    with torch.autocast(c2w.device.type, enabled=False):  # rays in fp32 even inside bf16 autocast
+        return plucker_rays(c2w.float(), fxfycxcy.float(), height, width)
 
 
 def flow_sigmas_shift(u: Tensor, shift: float) -> Tensor:

@@ -65,12 +65,16 @@ def sample_latents(
         cams = torch.cat([plucker, torch.zeros_like(plucker)], 0) if plucker is not None else None
     else:
         text, cams = prompt_embeds, plucker
+    tokens = None
+    if cams is not None:  # the camera tokens do not change over the steps: encode them once
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            tokens = model.camera_tokens(cams)
     for t in scheduler.timesteps:
         x = model.replace_first_frame(latents, cond_latent)
         x_in = torch.cat([x, x], 0) if guided else x
         tt = model.token_timesteps(t.float().expand(x_in.shape[0]).to(device), x_in.shape)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            pred = model(x_in.to(dtype), tt, text.to(dtype), cams).float()
+            pred = model(x_in.to(dtype), tt, text.to(dtype), camera_tokens=tokens).float()
         if guided:
             cond, uncond = pred.chunk(2)
             pred = uncond + cfg.guidance_scale * (cond - uncond)

@@ -72,6 +72,7 @@ class DiffusionOptim:
 @dataclass
 class DiffusionScale:
     checkpoint_blocks: int = -1  # FSDP path: -1 every block, 0 none, k: k blocks spread through depth
+    checkpoint_mode: Literal["full", "selective", "none"] = "selective"  # see diff4splat.models.parallel
     compile_blocks: bool = False
     param_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # FSDP2 mixed precision: compute dtype
     reduce_dtype: Literal["bfloat16", "float32"] = "float32"
@@ -150,12 +151,12 @@ class CameraDiffusionSystem(L.LightningModule):
                 )
         sc = self.scale
         if mesh is not None:
-            prepare_blocks(self.model.transformer.blocks, sc.checkpoint_blocks, sc.compile_blocks)
+            prepare_blocks(self.model.transformer.blocks, sc.checkpoint_blocks, sc.compile_blocks, sc.checkpoint_mode)
             dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
             shard_wan(self.model, self.model.transformer.blocks, dp, getattr(torch, sc.param_dtype),
-                      getattr(torch, sc.reduce_dtype))  # fmt: skip
+                      getattr(torch, sc.reduce_dtype), storage_dtype=getattr(torch, self.model_cfg.dtype))  # fmt: skip
         elif sc.compile_blocks:
-            prepare_blocks(self.model.transformer.blocks, 0, True)
+            prepare_blocks(self.model.transformer.blocks, 0, True, "none")
         self._null_embeds = self._load_null_prompt()
 
     def _load_null_prompt(self) -> Tensor | None:
