@@ -67,6 +67,7 @@ class DiffusionOptim:
     eps: float = 1e-8
     warmup_steps: int = 500
     min_lr_ratio: float = 1.0  # 1.0: constant after warm-up; < 1: cosine to this fraction
+    fused: bool | None = None  # fused AdamW kernel; None: when the parameters are on a GPU
 
 
 @dataclass
@@ -310,8 +311,9 @@ class CameraDiffusionSystem(L.LightningModule):
         param_groups = [{"params": groups["camera"], "lr": o.lr, "name": "camera"},
                         {"params": groups["base"], "lr": o.lr * o.base_lr_mult, "name": "base"}]  # fmt: skip
         param_groups = [g for g in param_groups if g["params"]]
+        fused = o.fused if o.fused is not None else param_groups[0]["params"][0].is_cuda
         optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                                      eps=o.eps)  # fmt: skip
+                                      eps=o.eps, fused=fused)  # fmt: skip
         warmup, total, floor = max(0, o.warmup_steps), max(1, self.max_steps), o.min_lr_ratio
 
         def schedule(step: int) -> float:

@@ -46,6 +46,8 @@ DEFAULT_CONFIGS = ["camerawan_selective:2", "camerawan_full:4", "diffusers_plain
 
 
 def git_commit() -> str:
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()  # fmt: skip
@@ -121,7 +123,7 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
         if name == "diffusers_ckpt":
             model.enable_gradient_checkpointing()
         tcfg = model.config
-        optimizer = torch.optim.AdamW(model.parameters(), lr=4e-5, weight_decay=0.01)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=4e-5, weight_decay=0.01, fused=True)
         batch = make_batch(b, args, tcfg.text_dim, tcfg.in_channels, device)
         pt = tuple(tcfg.patch_size)
         x0 = batch["latents"]
@@ -171,12 +173,15 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
     build_s = time.perf_counter() - t_build
     fwd_flops = count_forward_flops(forward_once)
     times: list[float] = []
+    fb_times: list[float] = []
     compile_s = 0.0
     for i in range(args.warmup + args.steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         loss = step_loss()
         loss.backward()
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -186,14 +191,19 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
             compile_s = dt
         if i >= args.warmup:
             times.append(dt)
-        print(f"  {name}:{b} step {i} {dt * 1000:.0f} ms loss {float(loss):.4f}", flush=True)
+            fb_times.append(t1 - t0)
+        print(f"  {name}:{b} step {i} {dt * 1000:.0f} ms (fwd+bwd {1000 * (t1 - t0):.0f}) loss {float(loss.detach()):.4f}",
+              flush=True)  # fmt: skip
     times.sort()
+    fb_times.sort()
     med = times[len(times) // 2]
+    fb_med = fb_times[len(fb_times) // 2]
     model_flops = 3 * fwd_flops * b
     out = {
         "config": name, "batch": b, "params": params, "step_ms_median": med * 1000, "step_ms_best": times[0] * 1000,
         "forward_tflop_per_sample": fwd_flops / 1e12, "model_tflops_per_s": model_flops / med / 1e12,
         "mfu": model_flops / med / (PEAK_TFLOPS * 1e12), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "fwd_bwd_ms_median": fb_med * 1000, "mfu_fwd_bwd": model_flops / fb_med / (PEAK_TFLOPS * 1e12),
         "build_s": build_s, "first_step_s": compile_s, "final_loss": float(loss),
     }  # fmt: skip
     return out
@@ -245,14 +255,15 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> None:
     lines = [f"# CameraWan (Wan2.2-TI2V-5B) training MFU and camera overhead ({record['date']}, commit "
              f"{record['commit']})", "", f"Command: `{record['command']}`  ", f"Device: {record['device']}  ",
              f"Size: {record['size']}; MFU against {PEAK_TFLOPS:.0f} TFLOP/s bf16", "",
-             "| config | batch | step ms (median) | model TFLOP/s | MFU | peak GiB | first step s |",
-             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| config | batch | step ms (median) | model TFLOP/s | MFU | fwd+bwd ms | MFU fwd+bwd | peak GiB | first step s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in record["training"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['batch']} | {r['error']} | | | | |")
+            lines.append(f"| {r['config']} | {r['batch']} | {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['config']} | {r['batch']} | {r['step_ms_median']:.0f} | {r['model_tflops_per_s']:.0f} | "
-                     f"{100 * r['mfu']:.1f} % | {r['peak_mem_gib']:.1f} | {r['first_step_s']:.0f} |")  # fmt: skip
+                     f"{100 * r['mfu']:.1f} % | {r['fwd_bwd_ms_median']:.0f} | {100 * r['mfu_fwd_bwd']:.1f} % | "
+                     f"{r['peak_mem_gib']:.1f} | {r['first_step_s']:.0f} |")  # fmt: skip
     inf = record.get("inference")
     if inf:
         lines += ["", "Inference, one denoising step of a CFG batch (2 × 2860 tokens), bf16:", "",
@@ -303,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         except torch.OutOfMemoryError as e:
             r = {"config": name, "batch": int(b or 1), "error": "OOM"}
             print(f"  {spec}: OOM ({str(e).splitlines()[0][:120]})", flush=True)
+        except Exception as e:  # record and go on with the other configurations
+            r = {"config": name, "batch": int(b or 1), "error": f"{type(e).__name__}: {str(e)[:200]}"}
+            print(f"  {spec}: {r['error']}", flush=True)
             gc.collect()
             torch.cuda.empty_cache()
         gc.collect()
