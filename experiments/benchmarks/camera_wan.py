@@ -194,6 +194,18 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
             fb_times.append(t1 - t0)
         print(f"  {name}:{b} step {i} {dt * 1000:.0f} ms (fwd+bwd {1000 * (t1 - t0):.0f}) loss {float(loss.detach()):.4f}",
               flush=True)  # fmt: skip
+    if args.profile_dir:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            loss = step_loss()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.profile_dir) / f"profile_{name}_{b}.txt").write_text(table)
     times.sort()
     fb_times.sort()
     med = times[len(times) // 2]
@@ -288,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-inference", action="store_true")
+    p.add_argument("--profile-dir", default=None, help="write a torch.profiler kernel table per configuration here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("camera_wan benchmark: needs a CUDA GPU")
