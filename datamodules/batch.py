@@ -28,9 +28,14 @@ frame), H×W pixels (one size per batch), N tracks (the largest count in the bat
 Scene scale: the reference's `norm_xyz` by default, i.e. the mean distance of the valid input-frame depth points from
 the first input camera is 1 (`ClipSamplingConfig.scale_norm="mean_xyz"`; "mean_depth" makes the mean z-depth 1).
 
-Images travel through DataLoader workers and pinned memory as uint8 (4× less to copy); `to_float_images` turns them
+Images travel through DataLoader workers and pinned memory as uint8 (4× less to copy); `finish_batch` turns them
 into float32 [0,1] and the DataModule applies it in `on_after_batch_transfer` (on the GPU in training), so a
-LightningModule always sees the float contract above. Code that iterates a loader directly calls `to_float_images`.
+LightningModule always sees the float contract above. Code that iterates a loader directly calls `finish_batch`
+(or `to_float_images`, the same for every batch).
+
+With `ClipSamplingConfig.augment_on="device"` batches leave the workers without images, depth, depth_valid and
+dynamic_mask: they carry `"pixels"` (decoded crops and resampling indices, `datamodules.augment`) instead, and
+`finish_batch` makes the per-pixel fields from it on the device the batch was moved to.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from datamodules.augment import PIXELS, augment_pixels, collate_pixels
+
 BATCH_KEYS = (
     "images", "num_input", "c2w", "metric_c2w", "fxfycxcy", "timestamps", "depth", "depth_valid", "tracks_world",
     "tracks_visible", "dynamic_mask", "has_dynamic_mask", "metric_scale", "depth_weight", "motion_weight",
@@ -47,12 +54,19 @@ BATCH_KEYS = (
 )  # fmt: skip
 
 
-def to_float_images(batch: dict[str, Any]) -> dict[str, Any]:
-    """Convert `batch["images"]` from uint8 to float32 in [0,1] (in place; no-op if already float)."""
+def finish_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch contract from a batch as it leaves the DataLoader, in place, on the batch's device: the deferred
+    per-pixel augmentation of `augment_on="device"` batches (`datamodules.augment.augment_pixels`), and images
+    uint8 → float32 in [0,1] (no-op if already float)."""
+    if PIXELS in batch:
+        augment_pixels(batch)
     images = batch["images"]
     if images.dtype == torch.uint8:
         batch["images"] = images.float().div_(255.0)
     return batch
+
+
+to_float_images = finish_batch  # the name the worker-path code and older callers use
 
 
 class BatchBuffers:
@@ -86,11 +100,15 @@ def collate(
 
     Every sample must have the same F and H×W; tracks are NaN-padded to the largest N (N = 1 when none has tracks).
     `buffers`: the `BatchBuffers` that sample i was written into (slot i): its per-pixel tensors are used as they are.
+    Samples of `augment_on="device"` carry `"pixels"` instead of per-pixel fields: the batch gets `"pixels"`
+    (`datamodules.augment.collate_pixels`), made into the per-pixel fields by `finish_batch`.
     """
     out: dict[str, Any] = {"num_input": num_input, "num_skipped": num_skipped}
     for name in ("c2w", "metric_c2w", "fxfycxcy", "timestamps"):
         out[name] = torch.stack([s[name] for s in samples])
-    if buffers is not None:
+    if PIXELS in samples[0]:
+        out["pixels"] = collate_pixels([s["pixels"] for s in samples])
+    elif buffers is not None:
         out.update(buffers.tensors(len(samples)))
     else:
         for name in ("images", "depth", "depth_valid", "dynamic_mask"):
@@ -115,6 +133,8 @@ def collate(
 
 def check_batch(batch: dict[str, Any]) -> None:
     """Assert the batch contract (keys, shapes, dtypes, ranges); raises `ValueError` naming the key."""
+    if PIXELS in batch:
+        raise ValueError("batch still holds 'pixels' (augment_on='device'): call datamodules.batch.finish_batch first")
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
         raise ValueError(f"batch is missing keys {missing}")

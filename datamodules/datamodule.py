@@ -7,7 +7,9 @@
         batch_size=4, num_workers=4, batches_per_epoch=1000, val_batches=20,
     )
 
-Every batch follows the contract of `datamodules.batch` (images become float in `on_after_batch_transfer`).
+Every batch follows the contract of `datamodules.batch` after `on_after_batch_transfer` (`finish_batch`: images
+become float there, and with `sampling.augment_on="device"` the per-pixel crop/resize runs there, on the GPU in
+training).
 The stream is seeded per (seed, rank, worker, epoch); the epoch counter is part of the DataModule state saved in
 checkpoints, so a resumed run continues with new samples instead of replaying the first epochs.
 """
@@ -22,7 +24,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.batch import to_float_images
+from datamodules.batch import finish_batch
 from datamodules.stream import ClipSamplingConfig, ClipStream, SourceConfig, expand_shards, source_from_dict
 
 log = logging.getLogger(__name__)
@@ -180,7 +182,7 @@ class ClipDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ hooks
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        return to_float_images(batch)
+        return finish_batch(batch)
 
     def state_dict(self) -> dict[str, Any]:
         epoch = self._train.epoch if self._train is not None else self._epoch

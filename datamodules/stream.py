@@ -18,7 +18,9 @@
    so poses stay rotations and cx → 1 − cx. Cameras and tracks are made canonical (first input camera = identity)
    and scale-normalised (`scale_norm`; the depth mean is taken over a regular subsample of ~32k output pixels, see
    `_depth_mean`), and metric cameras are kept. Each unique frame is decoded and resized once; depth and masks are
-   cropped and resized by one gather of source pixels per frame.
+   cropped and resized by one gather of source pixels per frame. With `augment_on="device"` the worker stops at the
+   crop: the per-pixel resize and depth validity run batched on the training device (`datamodules.augment`), with
+   the same random draws and results (the scene scale reads its subsample of output pixels from the source).
 4. Batches: clips are written straight into the batch tensors (`datamodules.batch.BatchBuffers`); every rank yields
    exactly `batches_per_epoch` batches (split over its workers), so DDP ranks never wait for each other at the end
    of an epoch (the role of WebDataset's `with_epoch`).
@@ -36,6 +38,7 @@ import logging
 import math
 import os
 import tarfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,10 +48,10 @@ import torch
 import torch.nn.functional as tnf
 from torch.utils.data import IterableDataset, get_worker_info
 
+from datamodules.augment import _gather, _positive_finite, _zero_invalid
 from datamodules.batch import BatchBuffers, collate
 from datamodules.mix import WeightedChoice
 from datamodules.spec import Clip, decode_image, decode_sample, decode_video
-from diff4splat.geometry.cameras import canonicalize, crop_intrinsics, invert_c2w, transform_points
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,15 @@ class ClipSamplingConfig:
     static_constant_time_prob: float = 0.5
     scale_norm: Literal["mean_xyz", "mean_depth", "none"] = "mean_xyz"
     max_tracks: int = 1024
+    # where the per-pixel crop/resize of images, depth and masks (and depth validity) runs: "worker" = in the
+    # DataLoader workers (batches leave them in the contract); "device" = batched on the training device in the
+    # DataModule's `on_after_batch_transfer` (`datamodules.augment`): workers send the decoded, cropped source
+    # pixels and crop geometry, and batches satisfy the contract after `finish_batch`. See `datamodules.augment`.
+    augment_on: Literal["worker", "device"] = "worker"
+
+    def __post_init__(self) -> None:
+        if self.augment_on not in ("worker", "device"):
+            raise ValueError(f"sampling.augment_on: expected 'worker' or 'device', got {self.augment_on!r}")
 
 
 @dataclass
@@ -262,7 +274,7 @@ def crop_box(
     return top, left, ch, cw
 
 
-_FLIP = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+_FLIP = np.diag([-1.0, 1.0, 1.0, 1.0])
 
 
 class ClipTransform:
@@ -296,7 +308,13 @@ class ClipTransform:
         out: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The clip of the batch contract. `out`: a `BatchBuffers.slot` to write the per-pixel fields into (they are
-        then views of the batch, and collation copies nothing); fresh tensors when None."""
+        then views of the batch, and collation copies nothing); fresh tensors when None.
+
+        With `augment_on="device"` the per-pixel fields are replaced by `"pixels"` (see `_deferred_pixels`): the
+        decoded crop of the frames, the cropped depth and masks at source resolution, and the resampling indices;
+        `datamodules.augment.augment_pixels` turns a batch of those into the contract. Both paths draw the same
+        random numbers, so the same generator gives the same crop, frames, tracks and flip.
+        """
         cfg, train = self.cfg, self.train
         meta = clip.meta
         is_static = meta.is_static if source.is_static is None else source.is_static
@@ -308,6 +326,7 @@ class ClipTransform:
         uniq, pos = np.unique(idx, return_inverse=True)
         H, W = out_hw
         Hs, Ws = meta.height, meta.width
+        deferred = self.cfg.augment_on == "device"
 
         # 1. Crop box in source pixels, then decode only the frames used (JPEG at reduced scale when that is exact)
         scale = float(rng.uniform(*cfg.crop_scale)) if train else 1.0
@@ -315,21 +334,109 @@ class ClipTransform:
         d = self._draft_factor(clip, (Hs, Ws), (ch, cw), (H, W))
         if d > 1:  # snap the crop to the reduced pixel grid so that the intrinsics stay exact
             top, left, ch, cw = top // d * d, left // d * d, ch // d * d, cw // d * d
-        frames = self._decode(clip, uniq.tolist(), d)  # (U,3,Hs/d,Ws/d) uint8, channels-last memory
-        crop = frames[:, :, top // d : (top + ch) // d, left // d : (left + cw) // d]
-        resized = tnf.interpolate(crop, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
-        if out is None:
-            out = BatchBuffers(1, len(idx), H, W).slot(0)
-        scratch = self._scratch
+        box = (top, left, ch, cw)
+        if deferred:  # (U,ch/d,cw/d,3) uint8: only the crop leaves the worker; it is resized on the device
+            source_images = self._decode_crop(clip, uniq.tolist(), d, (top // d, left // d, ch // d, cw // d))
+        else:
+            frames = self._decode(clip, uniq.tolist(), d)  # (U,3,Hs/d,Ws/d) uint8, channels-last memory
+            crop = frames[:, :, top // d : (top + ch) // d, left // d : (left + cw) // d]
+            resized = tnf.interpolate(crop, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
+            if out is None:
+                out = BatchBuffers(1, len(idx), H, W).slot(0)
 
         # 2. Cameras: crop intrinsics, canonical frame (first input = identity), metric copies
-        K = crop_intrinsics(torch.from_numpy(np.asarray(clip.fxfycxcy, np.float64)[idx]), Hs, Ws, top, left, ch, cw)
-        c2w_src = torch.from_numpy(np.asarray(clip.c2w, np.float64)[idx])
-        w2c_ref = invert_c2w(c2w_src[0])
-        c2w = canonicalize(c2w_src, ref_index=0)
+        # (float64 numpy, as `crop_intrinsics`, `invert_c2w` and `canonicalize` compute them: a few 4×4 matrices,
+        # where torch's per-op overhead would cost more than the arithmetic)
+        k = np.asarray(clip.fxfycxcy, np.float64)[idx]
+        K = np.stack([k[:, 0] * Ws / cw, k[:, 1] * Hs / ch, (k[:, 2] * Ws - left) / cw, (k[:, 3] * Hs - top) / ch], -1)
+        c2w_src = np.asarray(clip.c2w, np.float64)[idx]
+        w2c_ref = np.eye(4)
+        w2c_ref[:3, :3] = c2w_src[0, :3, :3].T
+        w2c_ref[:3, 3] = w2c_ref[:3, :3] @ -c2w_src[0, :3, 3]
+        c2w = w2c_ref @ c2w_src
 
-        # 3. Depth and masks: crop + nearest resize of the used frames as one gather of source pixels per frame
-        lin = _crop_resize_index(Ws, top, left, ch, cw, H, W)
+        # 3. Depth and masks: crop + nearest resize of the used frames (worker: one gather of source pixels per
+        # frame; device: the crop only, plus a subsample of the input frames' output pixels for the scene scale)
+        n = cfg.num_input
+        if deferred:
+            pixels, has_dyn, sampled = self._deferred_pixels(clip, idx, uniq, pos, box, (H, W), source_images)
+        else:
+            has_dyn = self._worker_pixels(clip, idx, box, (H, W), out)
+
+        tracks, visible = self._tracks(clip, idx, w2c_ref, rng)
+
+        # 4. Scene scale: normalised = stored × s; metric = stored / meta.metric_scale
+        if deferred:
+            mean = None if sampled is None else _sampled_depth_mean(*sampled, c2w[:n], K[:n], cfg.scale_norm)
+            s = self._scale_from_mean(mean, c2w[:n], tracks[:n], visible[:n])
+        else:
+            s = self._scene_scale(out["depth"][:n], out["depth_valid"][:n], c2w[:n], K[:n], tracks[:n], visible[:n])
+        metric_c2w = c2w.copy()
+        metric_c2w[:, :3, 3] /= meta.metric_scale
+        c2w[:, :3, 3] *= s
+        if not deferred and clip.depth is not None:
+            depth, valid = out["depth"].reshape(len(idx), -1), out["depth_valid"].reshape(len(idx), -1)
+            _zero_invalid(depth, valid, self._scratch.get("u32", depth.shape, np.uint32))
+            if s != 1.0:
+                np.multiply(depth, s, out=depth)
+        tracks *= s
+
+        # 5. Horizontal flip: mirror the scene about the first camera's yz-plane
+        flipped = bool(train and cfg.flip_prob > 0 and rng.random() < cfg.flip_prob)
+        if flipped:
+            if not deferred:
+                resized = resized.flip(-1)
+                for name in ("depth", "depth_valid", "dynamic_mask"):
+                    np.copyto(out[name], out[name][..., ::-1].copy())
+            c2w, metric_c2w = _FLIP @ c2w @ _FLIP, _FLIP @ metric_c2w @ _FLIP
+            tracks[..., 0] *= -1
+            K = K.copy()
+            K[:, 2] = 1.0 - K[:, 2]
+        if not deferred:
+            _take_frames(resized, pos, out["images"])  # each unique frame was decoded and resized once
+
+        # 6. Timestamps over the union of the selected frames; static clips may get one constant output time
+        ts = np.asarray(clip.timestamps, np.float64)[idx]
+        t0, t1 = ts.min(), ts.max()
+        t = (ts - t0) / (t1 - t0) if t1 > t0 else np.zeros_like(ts)
+        if train and is_static and rng.random() < cfg.static_constant_time_prob:
+            t[cfg.num_input :] = rng.random()
+
+        sample = {
+            "c2w": torch.from_numpy(c2w.astype(np.float32)),
+            "metric_c2w": torch.from_numpy(metric_c2w.astype(np.float32)),
+            "fxfycxcy": torch.from_numpy(K.astype(np.float32)),
+            "timestamps": torch.from_numpy(t.astype(np.float32)),
+            "tracks_world": torch.from_numpy(tracks.astype(np.float32)),
+            "tracks_visible": torch.from_numpy(visible),
+            "has_dynamic_mask": has_dyn,
+            "metric_scale": meta.metric_scale * s,
+            "depth_weight": meta.depth_weight if source.depth_weight is None else source.depth_weight,
+            "motion_weight": meta.motion_weight if source.motion_weight is None else source.motion_weight,
+            "is_static": bool(is_static),
+            "key": f"{meta.dataset}/{clip.key}",
+            "dataset": meta.dataset,
+            "crop": box,  # diagnostics (not collated): source crop, frames, flip
+            "frame_indices": idx,
+            "flipped": flipped,
+        }
+        if deferred:
+            pixels["scale"], pixels["flip"] = s, flipped
+            sample["pixels"] = pixels
+        else:
+            sample.update(images=out["images"].permute(0, 3, 1, 2), depth=torch.from_numpy(out["depth"]),
+                          depth_valid=torch.from_numpy(out["depth_valid"]),
+                          dynamic_mask=torch.from_numpy(out["dynamic_mask"]))  # fmt: skip
+        return sample
+
+    def _worker_pixels(self, clip: Clip, idx: np.ndarray, box: tuple[int, int, int, int], out_hw: tuple[int, int],
+                       out: dict[str, Any]) -> bool:  # fmt: skip
+        """Depth (not yet zeroed where invalid), depth_valid and dynamic_mask of the frames `idx`, cropped to `box`
+        and nearest-resized to `out_hw`, written into the `BatchBuffers.slot` `out`; returns has_dynamic_mask."""
+        top, left, ch, cw = box
+        H, W = out_hw
+        scratch = self._scratch
+        lin = _crop_resize_index(clip.meta.width, top, left, ch, cw, H, W)
         depth, valid, dyn = out["depth"].reshape(len(idx), -1), out["depth_valid"].reshape(len(idx), -1), None
         if clip.depth is not None:
             if clip.depth.dtype == np.float32:
@@ -359,73 +466,83 @@ class ClipTransform:
                 dyn = _gather(clip.dynamic_mask, idx, lin, out["dynamic_mask"].reshape(len(idx), -1))
         if dyn is None:
             out["dynamic_mask"].fill(False)
+        return dyn is not None
 
-        if clip.tracks_world is not None:
-            tw = np.asarray(clip.tracks_world)[idx]
-            tv = np.asarray(clip.tracks_visible)[idx]
-            keep = np.flatnonzero(tv.any(0))
-            if len(keep) > cfg.max_tracks:
-                keep = np.sort(rng.choice(keep, cfg.max_tracks, replace=False))
-            tracks = transform_points(w2c_ref, torch.from_numpy(tw[:, keep].astype(np.float64)))
-            visible = torch.from_numpy(tv[:, keep])
-            tracks[~visible] = float("nan")
+    def _deferred_pixels(self, clip: Clip, idx: np.ndarray, uniq: np.ndarray, pos: np.ndarray,
+                         box: tuple[int, int, int, int], out_hw: tuple[int, int],
+                         images: torch.Tensor) -> tuple[dict[str, Any], bool, tuple | None]:  # fmt: skip
+        """The per-pixel payload of `augment_on="device"`, its has_dynamic_mask, and the scene-scale subsample.
+
+        The nearest resize of depth and masks is a pair of row and column index maps (`_nearest_source_index`).
+        Along an axis that shrinks, the worker keeps only the source rows (columns) that the map picks, so the
+        payload is never larger than the output along it; along an axis that grows it keeps the crop, and the
+        device applies the map (`rows`, `cols`). When both axes grow and the unique frames are consecutive, the
+        stored frames themselves are sent (read-only views of the shard's bytes, no copy in the worker; `rows` and
+        `cols` then index whole frames): the DataLoader copies them into shared memory once anyway, as it copies
+        every batch of the worker path. Payload: images (U,h,w,3) uint8 (the decoded crop); depth (U,h',w')
+        float16/32 as stored, depth_valid and dynamic_mask (U,h',w') bool, each None when the clip has none;
+        frame_index (F,) int64 (frame f of the clip is unique frame frame_index[f]); rows (H,), cols (W,) int64 into
+        the h', w' axes. The subsample: (depth, valid, count, (H, W), offset, stride) of the input frames' output
+        pixels for `_sampled_depth_mean`, exactly the pixels the worker path averages; None without depth.
+        """
+        top, left, ch, cw = box
+        H, W = out_hw
+        rows, cols = _nearest_source_index(ch, H), _nearest_source_index(cw, W)
+        if ch > H:
+            rsel, rinv = rows + top, np.arange(H)
         else:
-            tracks = torch.zeros((len(idx), 0, 3), dtype=torch.float64)
-            visible = torch.zeros((len(idx), 0), dtype=torch.bool)
+            rsel, rinv = slice(top, top + ch), rows
+        if cw > W:
+            csel, cinv = cols + left, np.arange(W)
+        else:
+            csel, cinv = slice(left, left + cw), cols
+        whole = ch <= H and cw <= W and uniq[-1] - uniq[0] == len(uniq) - 1
+        if whole:
+            rinv, cinv = rows + top, cols + left
 
-        # 4. Scene scale: normalised = stored × s; metric = stored / meta.metric_scale
-        n = cfg.num_input
-        s = self._scene_scale(out["depth"][:n], out["depth_valid"][:n], c2w[:n], K[:n], tracks[:n], visible[:n])
-        metric_c2w = c2w.clone()
-        metric_c2w[:, :3, 3] /= meta.metric_scale
-        c2w[:, :3, 3] *= s
-        if clip.depth is not None:
-            _zero_invalid(depth, valid, scratch.get("u32", depth.shape, np.uint32))
-            if s != 1.0:
-                np.multiply(depth, s, out=depth)
-        tracks *= s
+        def select(a: np.ndarray | None) -> torch.Tensor | None:
+            if a is None:
+                return None
+            if whole:
+                with warnings.catch_warnings():  # read-only memory (the shard's bytes): only ever read
+                    warnings.simplefilter("ignore", UserWarning)
+                    return torch.from_numpy(a[uniq[0] : uniq[-1] + 1])
+            if isinstance(rsel, slice) and isinstance(csel, slice):  # one copy of the crop
+                return torch.from_numpy(a[uniq, rsel, csel])
+            r = np.arange(rsel.start, rsel.stop) if isinstance(rsel, slice) else rsel
+            c = np.arange(csel.start, csel.stop) if isinstance(csel, slice) else csel
+            return torch.from_numpy(a[np.ix_(uniq, r, c)])
 
-        # 5. Horizontal flip: mirror the scene about the first camera's yz-plane
-        flipped = bool(train and cfg.flip_prob > 0 and rng.random() < cfg.flip_prob)
-        if flipped:
-            resized = resized.flip(-1)
-            for name in ("depth", "depth_valid", "dynamic_mask"):
-                np.copyto(out[name], out[name][..., ::-1].copy())
-            c2w, metric_c2w = _FLIP @ c2w @ _FLIP, _FLIP @ metric_c2w @ _FLIP
-            tracks[..., 0] *= -1
-            K = K.clone()
-            K[:, 2] = 1.0 - K[:, 2]
-        _take_frames(resized, pos, out["images"])  # each unique frame was decoded and resized once
-
-        # 6. Timestamps over the union of the selected frames; static clips may get one constant output time
-        ts = np.asarray(clip.timestamps, np.float64)[idx]
-        t0, t1 = ts.min(), ts.max()
-        t = (ts - t0) / (t1 - t0) if t1 > t0 else np.zeros_like(ts)
-        if train and is_static and rng.random() < cfg.static_constant_time_prob:
-            t[cfg.num_input :] = rng.random()
-
-        return {
-            "images": out["images"].permute(0, 3, 1, 2),
-            "c2w": c2w.float(),
-            "metric_c2w": metric_c2w.float(),
-            "fxfycxcy": K.float(),
-            "timestamps": torch.from_numpy(t).float(),
-            "depth": torch.from_numpy(out["depth"]),
-            "depth_valid": torch.from_numpy(out["depth_valid"]),
-            "tracks_world": tracks.float(),
-            "tracks_visible": visible,
-            "dynamic_mask": torch.from_numpy(out["dynamic_mask"]),
-            "has_dynamic_mask": dyn is not None,
-            "metric_scale": meta.metric_scale * s,
-            "depth_weight": meta.depth_weight if source.depth_weight is None else source.depth_weight,
-            "motion_weight": meta.motion_weight if source.motion_weight is None else source.motion_weight,
-            "is_static": bool(is_static),
-            "key": f"{meta.dataset}/{clip.key}",
-            "dataset": meta.dataset,
-            "crop": (top, left, ch, cw),  # diagnostics (not collated): source crop, frames, flip
-            "frame_indices": idx,
-            "flipped": flipped,
+        pixels = {
+            "images": images,
+            "depth": select(clip.depth),
+            "depth_valid": select(clip.depth_valid) if clip.depth is not None else None,
+            "dynamic_mask": select(clip.dynamic_mask),
+            "frame_index": torch.from_numpy(pos.astype(np.int64)),
+            "rows": torch.from_numpy(rinv.astype(np.int64)),
+            "cols": torch.from_numpy(cinv.astype(np.int64)),
         }
+        sampled = None
+        if clip.depth is not None and self.cfg.scale_norm != "none":
+            sampled = _sample_output_depth(clip.depth, clip.depth_valid, idx[: self.cfg.num_input], rows + top,
+                                           cols + left, (H, W))  # fmt: skip
+        return pixels, clip.dynamic_mask is not None, sampled
+
+    def _tracks(self, clip: Clip, idx: np.ndarray, w2c_ref: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Canonical tracks (F,N,3) float64, NaN where invisible, and visibility (F,N) of the frames `idx` (at most
+        `max_tracks` of those visible in some frame, drawn at random); `w2c_ref` (4,4) maps the world to canonical."""
+        if clip.tracks_world is None:
+            return np.zeros((len(idx), 0, 3)), np.zeros((len(idx), 0), bool)
+        tw = np.asarray(clip.tracks_world)[idx]
+        tv = np.asarray(clip.tracks_visible)[idx]
+        keep = np.flatnonzero(tv.any(0))
+        if len(keep) > self.cfg.max_tracks:
+            keep = np.sort(rng.choice(keep, self.cfg.max_tracks, replace=False))
+        tracks = tw[:, keep].astype(np.float64) @ w2c_ref[:3, :3].T + w2c_ref[:3, 3]
+        visible = np.ascontiguousarray(tv[:, keep])
+        tracks[~visible] = np.nan
+        return tracks, visible
 
     @staticmethod
     def _draft_factor(clip: Clip, src_hw, crop_hw, out_hw) -> int:
@@ -437,6 +554,27 @@ class ClipTransform:
             if Hs % d == 0 and Ws % d == 0 and ch // d >= H and cw // d >= W:
                 return d
         return 1
+
+    @staticmethod
+    def _decode_crop(clip: Clip, indices: list[int], d: int, crop: tuple[int, int, int, int]) -> torch.Tensor:
+        """(U,h,w,3) uint8 crop (top, left, h, w in pixels of the frames decoded at 1/`d` scale) of frames
+        `indices`, copied out of each decoded frame (the stacking copy, on fewer bytes)."""
+        t, l, h, w = crop  # noqa: E741
+        if isinstance(clip.frames, bytes | bytearray):
+            return torch.from_numpy(
+                np.ascontiguousarray(decode_video(bytes(clip.frames), indices)[:, t : t + h, l : l + w])
+            )
+        draft = None if d == 1 else (clip.meta.width // d, clip.meta.height // d)
+        expect = (clip.meta.height // d, clip.meta.width // d)
+        out = np.empty((len(indices), h, w, 3), np.uint8)
+        for k, i in enumerate(indices):
+            a = decode_image(clip.frames[i], draft)
+            if a.shape[:2] != expect:
+                raise ValueError(
+                    f"frame {i} decoded {a.shape[:2]}, expected 1/{d} of {clip.meta.height}x{clip.meta.width}"
+                )
+            out[k] = a[t : t + h, l : l + w]
+        return torch.from_numpy(out)
 
     @staticmethod
     def _decode(clip: Clip, indices: list[int], d: int) -> torch.Tensor:
@@ -456,19 +594,25 @@ class ClipTransform:
         """Factor s with normalised = stored × s (1 when nothing gives a scale).
 
         depth, valid: (F_in,H,W) numpy output-frame depth (not yet zeroed where invalid) and validity; c2w (F_in,4,4),
-        K (F_in,4), tracks (F_in,N,3), visible (F_in,N) tensors. The depth mean is taken over a regular subsample
+        K (F_in,4), tracks (F_in,N,3), visible (F_in,N) float64 numpy arrays. The depth mean is taken over a regular subsample
         of the output pixels (`scale_sample_stride`), or over every valid pixel when the subsample has fewer than
         `_MIN_SCALE_SAMPLES` valid pixels (sparse depth, small frames): see `_depth_mean`.
         """
         mode = self.cfg.scale_norm
         if mode == "none":
             return 1.0
-        mean = _depth_mean(depth, valid, c2w, K, mode, scale_sample_stride(*depth.shape))
+        return self._scale_from_mean(_depth_mean(depth, valid, c2w, K, mode, scale_sample_stride(*depth.shape)),
+                                     c2w, tracks, visible)  # fmt: skip
+
+    def _scale_from_mean(self, mean: float | None, c2w, tracks, visible) -> float:
+        """s = 1 / the depth mean; without depth (None) from the tracks' or the cameras' mean distance."""
+        if self.cfg.scale_norm == "none":
+            return 1.0
         if mean is None:
             if bool(visible.any()):
-                mean = float(tracks[visible].norm(dim=-1).mean())
+                mean = float(np.linalg.norm(tracks[visible], axis=-1).mean())
             else:
-                centres = c2w[:, :3, 3].norm(dim=-1)
+                centres = np.linalg.norm(c2w[:, :3, 3], axis=-1)
                 mean = float(centres[1:].mean()) if len(centres) > 1 else 0.0
         return 1.0 / mean if mean > 1e-8 and math.isfinite(mean) else 1.0
 
@@ -493,17 +637,53 @@ def _depth_mean(depth: np.ndarray, valid: np.ndarray, c2w: torch.Tensor, K: torc
     F, H, W = depth.shape
     o = stride // 2
     v = valid[:, o::stride, o::stride]
+    if stride > 1 and int(np.count_nonzero(v)) < _MIN_SCALE_SAMPLES:
+        stride, o, v = 1, 0, valid
+    return _sampled_depth_mean(depth[:, o::stride, o::stride], v, (H, W), o, stride, c2w, K, mode)
+
+
+def _sample_output_depth(depth: np.ndarray, depth_valid: np.ndarray | None, frames: np.ndarray, rows: np.ndarray,
+                         cols: np.ndarray, out_hw: tuple[int, int]) -> tuple:  # fmt: skip
+    """The pixels of `_depth_mean`'s subsample, read from the source: depth (F_in,h,w) float32 and validity
+    (> 0, finite, `depth_valid`) of the output pixels (i, j) ≡ stride // 2 (mod stride) of frames `frames`, whose
+    nearest source pixels are rows[i], cols[j] (absolute source indices, length H and W). Falls back to every output
+    pixel as `_depth_mean` does. Returns the arguments (d, v, out_hw, offset, stride) of `_sampled_depth_mean`."""
+    H, W = out_hw
+    stride = scale_sample_stride(len(frames), H, W)
+    width = depth.shape[2]
+
+    def take(st: int) -> tuple[np.ndarray, np.ndarray]:
+        r, c = rows[st // 2 :: st], cols[st // 2 :: st]
+        lin = (r[:, None] * width + c[None, :]).reshape(-1)
+        shape = (len(frames), len(r), len(c))
+        d = _gather(depth, frames, lin, None).astype(np.float32, copy=False).reshape(shape)  # as the worker converts
+        v = (d > 0) & np.isfinite(d)
+        if depth_valid is not None:
+            v &= _gather(depth_valid, frames, lin, None).reshape(shape)
+        return d, v
+
+    d, v = take(stride)
+    if stride > 1 and int(np.count_nonzero(v)) < _MIN_SCALE_SAMPLES:
+        stride = 1
+        d, v = take(1)
+    return d, v, out_hw, stride // 2, stride
+
+
+def _sampled_depth_mean(d: np.ndarray, v: np.ndarray, out_hw: tuple[int, int], o: int, stride: int,
+                        c2w: torch.Tensor, K: torch.Tensor, mode: str) -> float | None:  # fmt: skip
+    """`_depth_mean` on its subsample: d, v (F,h,w) = depth and validity of the output pixels (o + stride·i,
+    o + stride·j) of (F,H,W) frames; d may hold anything (NaN, inf) where not v. None when no pixel is valid."""
     count = int(np.count_nonzero(v))
-    if stride > 1 and count < _MIN_SCALE_SAMPLES:
-        stride, o, v, count = 1, 0, valid, int(np.count_nonzero(valid))
     if count == 0:
         return None
-    d = np.where(v, depth[:, o::stride, o::stride], 0.0).astype(np.float64)  # invalid pixels may hold NaN/inf
+    H, W = out_hw
+    d = d.astype(np.float64)
+    d[~v] = 0.0  # invalid pixels may hold NaN/inf
     if mode == "mean_depth":
         return float(d.sum() / count)
     # |R d r + t| = |d r + Rᵀt| with r = ((u - cx)/fx, (v - cy)/fy, 1): |.|² = d (d|r|² + 2 r·Rᵀt) + |t|², where |r|²
     # and r·Rᵀt are sums of a per-column and a per-row term (no (F,h,w,3) array)
-    k, P = K.numpy(), c2w.numpy()
+    k, P = np.asarray(K), np.asarray(c2w)
     rx = ((np.arange(o, W, stride) + 0.5) / W - k[:, 2:3]) / k[:, 0:1]  # (F,w)
     ry = ((np.arange(o, H, stride) + 0.5) / H - k[:, 3:4]) / k[:, 1:2]  # (F,h)
     u = np.einsum("fji,fj->fi", P[:, :3, :3], P[:, :3, 3])  # Rᵀt, (F,3)
@@ -535,16 +715,6 @@ def _crop_resize_index(width: int, top: int, left: int, ch: int, cw: int, H: int
     return (rows[:, None] * width + cols[None, :]).reshape(-1)
 
 
-def _gather(a: np.ndarray, frames: np.ndarray, lin: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """out (len(frames), P) = a[frames] at the flat pixel indices `lin` (P,) of each frame; a: (F_src,Hs,Ws)."""
-    a2 = np.asarray(a).reshape(len(a), -1)
-    if out is None:
-        out = np.empty((len(frames), len(lin)), a2.dtype)
-    for i, f in enumerate(frames.tolist()):  # one gather per output frame: no copy of whole source frames
-        np.take(a2[f], lin, out=out[i], mode="clip")  # mode="clip": unbuffered `out` (lin is in range)
-    return out
-
-
 def _gather_codes(low: np.ndarray, high: np.ndarray, frames: np.ndarray, lin: np.ndarray, out: np.ndarray,
                   src: np.ndarray) -> np.ndarray:  # fmt: skip
     """`_gather` of the 2-bit codes low | high << 1 of two (F_src,Hs,Ws) bool masks (one gather instead of two)."""
@@ -555,22 +725,6 @@ def _gather_codes(low: np.ndarray, high: np.ndarray, frames: np.ndarray, lin: np
         np.bitwise_or(src, lo[f], out=src)
         np.take(src, lin, out=out[i], mode="clip")
     return out
-
-
-def _positive_finite(depth: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """out = (depth > 0) & isfinite(depth) for float32 depth, in two passes: the bits of positive finite floats are
-    1 ... 0x7F7FFFFF as uint32 (zero, negatives, inf and NaN lie outside), so valid ⟺ bits - 1 < 0x7F7FFFFF."""
-    np.subtract(depth.view(np.uint32), np.uint32(1), out=scratch)
-    return np.less(scratch, np.uint32(0x7F7FFFFF), out=out)
-
-
-def _zero_invalid(depth: np.ndarray, valid: np.ndarray, scratch: np.ndarray) -> None:
-    """depth[~valid] = 0 in place (float32), branch-free: AND with an all-ones/all-zeros bit mask per pixel (a masked
-    store is several times slower on irregular masks, and depth × valid keeps NaN and inf)."""
-    np.copyto(scratch, valid)
-    np.negative(scratch, out=scratch)  # 1 → 0xFFFFFFFF
-    bits = depth.view(np.uint32)
-    np.bitwise_and(bits, scratch, out=bits)
 
 
 def _take_frames(x: torch.Tensor, pos: np.ndarray, out: torch.Tensor) -> None:
@@ -700,13 +854,16 @@ class ClipStream(IterableDataset):
         for _ in range(self.num_batches(worker, num_workers)):
             out_hw = batch_size_hw(self.sampling, rng if self.train else None)
             frames = self.sampling.num_input + self.sampling.num_output
-            buffers = BatchBuffers(self.batch_size, frames, *out_hw)  # the clips are written in place (no stacking)
+            buffers = None  # augment_on="device": per-clip payloads; "worker": clips are written in place (no stacking)
+            if self.sampling.augment_on == "worker":
+                buffers = BatchBuffers(self.batch_size, frames, *out_hw)
             samples = []
             while len(samples) < self.batch_size:
                 i = choose() if len(self.sources) > 1 else 0
                 raw = next(iters[i])
                 try:
-                    samples.append(self.transform(raw, rng, out_hw, self.sources[i], buffers.slot(len(samples))))
+                    slot = None if buffers is None else buffers.slot(len(samples))
+                    samples.append(self.transform(raw, rng, out_hw, self.sources[i], slot))
                     stats.good += 1
                 except Exception as e:  # any corrupt sample: skip, count, go on
                     stats.skipped += 1

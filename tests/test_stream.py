@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.batch import check_batch, to_float_images
+from datamodules.batch import check_batch, collate, finish_batch, to_float_images
 from datamodules.spec import DATASET_DEFAULTS, Clip, ClipMeta, encode_clip, encode_frames
 from datamodules.stream import ClipSamplingConfig, ClipStream, ClipTransform, DataSkipRateError, SourceConfig
 from datamodules.write import ShardWriter, read_manifest
@@ -49,14 +50,16 @@ def write_shards(folder: Path, dataset: str, num_shards: int, per_shard: int, **
     return sorted(str(p) for p in folder.glob("train-*.tar"))
 
 
-def test_ranks_and_workers_read_disjoint_shards_and_equal_batches(tmp_path):
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_ranks_and_workers_read_disjoint_shards_and_equal_batches(tmp_path, augment_on):
     write_shards(tmp_path, "pointodyssey", num_shards=8, per_shard=2)
     owner = {k: s["name"] for s in read_manifest(tmp_path)["shards"] for k in s["keys"]}
     src = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
     shards_of: dict[tuple[int, int], set[str]] = {}
     counts = []
+    sampling = replace(TINY, augment_on=augment_on)
     for rank in range(2):
-        stream = ClipStream([src], TINY, batch_size=2, batches_per_epoch=5, seed=3, shuffle_buffer=2, rank=rank,
+        stream = ClipStream([src], sampling, batch_size=2, batches_per_epoch=5, seed=3, shuffle_buffer=2, rank=rank,
                             world_size=2)  # fmt: skip
         batches = list(DataLoader(stream, batch_size=None, num_workers=2))
         counts.append(len(batches))
@@ -98,10 +101,12 @@ def _blob_image(uv: np.ndarray, H: int, W: int, sigma: float) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
-def test_crop_resize_flip_keep_tracks_on_image_content(fmt):
+def test_crop_resize_flip_keep_tracks_on_image_content(fmt, augment_on):
     """Project tracks before and after augmentation: the positions agree with the crop/resize/flip map (< 0.5 px),
-    and the blobs drawn at the tracks in the source frames are found at the projected positions in the output."""
+    and the blobs drawn at the tracks in the source frames are found at the projected positions in the output.
+    `augment_on="device"`: the images come from the batched augmentation (`finish_batch`, float32 resize)."""
     F, H, W, N = 3, 192, 256, 4
     rng = np.random.default_rng(0)
     c2w = np.tile(np.eye(4), (F, 1, 1))
@@ -123,7 +128,7 @@ def test_crop_resize_flip_keep_tracks_on_image_content(fmt):
                 tracks_visible=np.ones((F, N), bool))  # fmt: skip
     cfg = ClipSamplingConfig(num_input=2, num_output=1, resolution=48, size_divisor=8, crop_scale=(0.77, 1.0),
                              crop_position="random", random_aspect=True, aspect_range=(0.6, 1.6), flip_prob=0.5,
-                             include_input_prob=0.0)  # fmt: skip
+                             include_input_prob=0.0, augment_on=augment_on)  # fmt: skip
     transform = ClipTransform(cfg, train=True)
     src = SourceConfig("pointodyssey", "unused", max_gap=3)
     from datamodules.stream import batch_size_hw
@@ -143,7 +148,13 @@ def test_crop_resize_flip_keep_tracks_on_image_content(fmt):
             flips += 1
             expected[..., 0] = Wo - expected[..., 0]
         errors.append(np.abs(p.numpy() - expected).max())
-        img = sample["images"].float().mean(1).numpy()  # (F, Ho, Wo)
+        if augment_on == "device":
+            from datamodules.augment import augment_pixels
+
+            images = augment_pixels(collate([sample], 2), float_resize=True)["images"][0] * 255
+        else:
+            images = sample["images"].float()
+        img = images.mean(1).numpy()  # (F, Ho, Wo)
         for f in range(len(idx)):
             for n in range(N):
                 u, v = expected[f, n]
@@ -352,3 +363,102 @@ def test_batch_buffers_give_the_same_batch_as_stacking():
                 assert torch.equal(x[k].nan_to_num(7.0), v.nan_to_num(7.0)), k
             else:
                 assert x[k] == v, k
+
+
+def _mixed_clips() -> list[Clip]:
+    """Clips of different native sizes, float16 and float32 depth, stored validity and dynamic masks, no depth."""
+    a = tiny_clip("a", H=24, W=40)
+    b = tiny_clip("b", seed=1, F=5)
+    b.dynamic_mask = np.random.default_rng(1).random((5, 16, 16)) < 0.3
+    b.depth = np.where(np.random.default_rng(3).random((5, 16, 16)) < 0.1, np.nan, 2.5).astype(np.float16)
+    b.depth_valid = (np.random.default_rng(2).random((5, 16, 16)) < 0.8) & np.isfinite(b.depth)
+    c = tiny_clip("c", seed=2, H=48, W=36)
+    c.depth = None
+    c.dynamic_mask = np.random.default_rng(4).random((4, 48, 36)) < 0.5
+    t = tiny_clip("d", F=13, H=64, W=80, seed=5)  # JPEG frames (decoded at reduced scale when the crop allows)
+    yy, xx = np.mgrid[0:64, 0:80]
+    frames = np.stack([np.stack([xx * 3 + f * 7, yy * 4, xx + yy + 9 * f], -1) % 256 for f in range(13)])
+    d = Clip(key="d", frames=encode_frames(frames.astype(np.uint8), quality=95), c2w=t.c2w, fxfycxcy=t.fxfycxcy,
+             timestamps=t.timestamps, meta=ClipMeta.for_dataset("pointodyssey", "d"), depth=t.depth,
+             depth_valid=np.random.default_rng(6).random((13, 64, 80)) < 0.9, tracks_world=t.tracks_world,
+             tracks_visible=t.tracks_visible, dynamic_mask=np.random.default_rng(7).random((13, 64, 80)) < 0.2)  # fmt: skip
+    return [a, b, c, d]
+
+
+@pytest.mark.parametrize("out_hw", [(32, 32), (8, 16), (40, 24), (256, 256)])
+def test_device_augmentation_equals_worker_path(out_hw):
+    """`augment_on="device"` (workers send crops and indices, `finish_batch` resizes batched) gives the worker
+    path's batch for the same draws: clips of different native sizes in one batch (24×40, 16×16, 48×36, 13 JPEG
+    frames of 64×80), up- and downsampling, JPEG draft decoding, flips, repeated frames, float16 depth with NaN,
+    stored validity, dynamic masks, a clip without depth. On the CPU every field is identical (the uint8 resize kernel); with the float32 resize that the
+    GPU runs, images differ by the resampling arithmetic only: ≤ 1.5/255 (observed ≤ 1.0/255), ≤ 0.35/255 on
+    average; every other field is still identical."""
+    from datamodules.augment import augment_pixels
+
+    base = ClipSamplingConfig(num_input=3, num_output=3, resolution=max(out_hw), size_divisor=8, random_aspect=False,
+                              flip_prob=0.5, crop_position="random", include_input_prob=0.5)  # fmt: skip
+    src = SourceConfig("pointodyssey", "unused", max_gap=13)
+    raw = [{"__key__": c.key, **encode_clip(c)} for c in _mixed_clips()]
+    flips = 0
+    for seed in range(3):
+        batches = {}
+        for mode in ("worker", "device", "device_float"):
+            transform = ClipTransform(replace(base, augment_on=mode.removesuffix("_float")), train=True)
+            samples = [transform(r, np.random.default_rng([seed, i]), out_hw, src) for i, r in enumerate(raw)]
+            flips += sum(s["flipped"] for s in samples) if mode == "worker" else 0
+            b = collate(samples, 3)
+            if mode == "device_float":
+                augment_pixels(b, float_resize=True)
+            batches[mode] = finish_batch(b)
+            check_batch(batches[mode])
+        ref = batches["worker"]
+        for mode in ("device", "device_float"):
+            for k, v in ref.items():
+                if k == "images" and mode == "device_float":
+                    diff = (batches[mode][k] - v).abs()
+                    assert diff.max() <= 1.5 / 255 and diff.mean() <= 0.35 / 255, (diff.max() * 255, diff.mean() * 255)
+                elif torch.is_tensor(v):
+                    assert v.dtype == batches[mode][k].dtype and torch.equal(v.nan_to_num(7.0),
+                                                                             batches[mode][k].nan_to_num(7.0)), (mode, k)  # fmt: skip
+                else:
+                    assert batches[mode][k] == v, (mode, k)
+        assert ref["depth_valid"][0].any() and not ref["depth_valid"][2].any() and ref["dynamic_mask"][2].any()
+    assert 0 < flips < 12
+
+
+def test_device_payload_stays_within_output_size_when_downsampling():
+    """Along an axis that shrinks only the rows/columns the nearest resize reads leave the worker; along one that
+    grows, the crop."""
+    cfg = ClipSamplingConfig(num_input=2, num_output=1, resolution=16, size_divisor=8, random_aspect=False,
+                             augment_on="device")  # fmt: skip
+    clip = tiny_clip("a", H=24, W=40)
+    sample = ClipTransform(cfg, train=False)({"__key__": "a", **encode_clip(clip)}, np.random.default_rng(0), (16, 8),
+                                             SourceConfig("pointodyssey", "unused", max_gap=4))  # fmt: skip
+    px = sample["pixels"]
+    top, left, ch, cw = sample["crop"]
+    assert (ch, cw) == (24, 12)  # the centre crop of aspect 1/2
+    assert tuple(px["images"].shape[1:]) == (24, 12, 3)  # the decoded crop (resized on the device)
+    assert tuple(px["depth"].shape[1:]) == (16, 8)  # rows and columns picked by the nearest map only
+    assert px["rows"].tolist() == list(range(16)) and px["cols"].tolist() == list(range(8))
+
+
+def test_datamodule_device_augmentation_in_after_batch_transfer(tmp_path):
+    """The DataModule option: batches leave the loader (2 workers) with "pixels" and satisfy the contract after
+    `on_after_batch_transfer`; a typo in `augment_on` fails."""
+    from datamodules.datamodule import ClipDataModule
+
+    write_shards(tmp_path, "pointodyssey", num_shards=2, per_shard=2)
+    sources = {"pointodyssey": {"shards": str(tmp_path / "train-*.tar"), "max_gap": 4}}
+    sampling = {"num_input": 2, "num_output": 2, "resolution": 16, "size_divisor": 8, "random_aspect": False,
+                "augment_on": "device"}  # fmt: skip
+    dm = ClipDataModule(sources, sampling=sampling, batch_size=2, num_workers=2, batches_per_epoch=2)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2 and all("pixels" in b and "images" not in b for b in batches)
+    for b in batches:
+        with pytest.raises(ValueError, match="finish_batch"):
+            check_batch(b)
+        b = dm.on_after_batch_transfer(b, 0)
+        check_batch(b)
+        assert b["images"].dtype == torch.float32 and b["images"].shape == (2, 4, 3, 16, 16)
+    with pytest.raises(ValueError, match="augment_on"):
+        ClipDataModule(sources, sampling={**sampling, "augment_on": "gpu"})
