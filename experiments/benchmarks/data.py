@@ -20,10 +20,17 @@ does not count (wall-clock clips/s are recorded too).
   mask, cropped intrinsics, canonical cameras (first input = identity), track selection and transform, scene-scale
   normalisation (`mean_xyz`), timestamps, collation to the batch contract (`datamodules.batch`; images uint8, as
   they leave DataLoader workers). Rows: "all13" decodes all 13 frames of every clip (13 inputs + 1 output drawn
-  from them: the like-for-like comparison with plain decoding; "all13 @256" is the issue's configuration and the
-  headline); "ref 5+8" is the reference sampling (5 inputs over a random gap, 8 outputs; unused frames are not
-  decoded); `+float` also converts images to float32 on the CPU (the DataModule does this on the GPU instead);
-  "@128" decodes the JPEGs at half scale (`draft`).
+  from them: the like-for-like comparison with plain decoding; "@256" is the issue's configuration); "ref 5+8" is
+  the reference sampling (5 inputs over a random gap, 8 outputs; unused frames are not decoded); `+float` also
+  converts images to float32 on the CPU (the DataModule does this on the GPU instead); "@128" decodes the JPEGs at
+  half scale (`draft`).
+- `augment_on=device` rows (`datamodules.augment`): the workers do everything above except the per-pixel crop/resize
+  of images, depth and masks and the depth validity (they crop, copy and send the source pixels and the resampling
+  indices; the scene scale reads its subsample from the source); the DataModule applies that batched in
+  `on_after_batch_transfer`, on the GPU in training. "worker only" counts what DataLoader workers do: the headline,
+  because the issue measures the DataLoader side that feeds a GPU trainer, and there the rest is GPU work.
+  "worker + augmentation on CPU" also runs `augment_pixels` on the CPU in the same process (numpy/uint8 kernels;
+  images stay uint8 as in the worker rows): the whole CPU cost when nothing runs on a GPU.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datamodules.augment import augment_pixels
 from datamodules.batch import to_float_images
 from datamodules.spec import Clip, ClipMeta, decode_image, encode_frames
 from datamodules.stream import ClipSamplingConfig, ClipStream, SkipStats, SourceConfig, iter_tar
@@ -95,7 +103,8 @@ def decode_only(jpegs: list[list[bytes]], min_seconds: float) -> tuple[float, fl
     return _rates(n, t0, c0)
 
 
-def pipeline(glob: str, sampling: ClipSamplingConfig, min_seconds: float, to_float: bool) -> tuple[float, float]:
+def pipeline(glob: str, sampling: ClipSamplingConfig, min_seconds: float, to_float: bool,
+             augment: bool = False) -> tuple[float, float]:  # fmt: skip
     src = SourceConfig("synthetic", glob, max_gap=13)
     batch = 4
     stream = ClipStream([src], sampling, batch_size=batch, batches_per_epoch=10**9, seed=0, shuffle_buffer=16)
@@ -104,6 +113,8 @@ def pipeline(glob: str, sampling: ClipSamplingConfig, min_seconds: float, to_flo
     n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.process_time() - c0 < min_seconds:
         b = next(it)
+        if augment:  # augment_on="device" batches, augmented on the CPU (images stay uint8)
+            augment_pixels(b)
         if to_float:
             to_float_images(b)
         n += batch
@@ -120,7 +131,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-HEADLINE = "all13 @256"
+HEADLINE = "all13 @256, augment_on=device: worker only"
 
 INCLUDES = {
     "plain decode": "tar read (iter_tar) + PIL decode of the 13 JPEGs of each clip",
@@ -128,6 +139,11 @@ INCLUDES = {
     "pipeline": "tar read, decode_sample, frame sampling, JPEG decode, crop + resize (images bilinear AA; depth, "
     "depth_valid, dynamic_mask nearest), intrinsics, canonical cameras, tracks, scene-scale normalisation, "
     "timestamps, collation (uint8 images)",
+    "augment_on=device, worker only": "tar read, decode_sample, frame sampling, JPEG decode + copy of the crop, "
+    "the depth/mask crops (views of the stored frames when they are only upsampled and consecutive, else copies), intrinsics, canonical cameras, tracks, scene scale (subsample read from the "
+    "source), timestamps, collation (per-clip payloads); not the per-pixel resize and validity (GPU work)",
+    "augment_on=device, worker + augmentation on CPU": "the above + `augment_pixels` on the CPU (uint8 antialiased "
+    "resize, depth/mask gathers, validity, scale, output-frame indexing; uint8 images)",
 }
 
 
@@ -150,13 +166,21 @@ def main() -> None:
         glob, glob16 = str(tmp / "f32" / "train-*.tar"), str(tmp / "f16" / "train-*.tar")
         base = dict(size_divisor=8, random_aspect=False, crop_scale=(0.77, 1.0))
         all13 = dict(num_input=13, num_output=1, include_input_prob=1.0, **base)
+        dev = dict(augment_on="device")
         configs = {
-            HEADLINE: (glob, ClipSamplingConfig(resolution=256, **all13), False),
-            "all13 @256, depth f16": (glob16, ClipSamplingConfig(resolution=256, **all13), False),
-            "all13 @224": (glob, ClipSamplingConfig(resolution=224, **all13), False),
-            "all13 @256 +float": (glob, ClipSamplingConfig(resolution=256, **all13), True),
-            "ref 5+8 @224": (glob, ClipSamplingConfig(num_input=5, num_output=8, resolution=224, **base), False),
-            "all13 @128 (JPEG draft 2x)": (glob, ClipSamplingConfig(resolution=128, **all13), False),
+            "all13 @256": (glob, ClipSamplingConfig(resolution=256, **all13), False, False),
+            "all13 @256, depth f16": (glob16, ClipSamplingConfig(resolution=256, **all13), False, False),
+            "all13 @224": (glob, ClipSamplingConfig(resolution=224, **all13), False, False),
+            "all13 @256 +float": (glob, ClipSamplingConfig(resolution=256, **all13), True, False),
+            "ref 5+8 @224": (glob, ClipSamplingConfig(num_input=5, num_output=8, resolution=224, **base), False, False),
+            "all13 @128 (JPEG draft 2x)": (glob, ClipSamplingConfig(resolution=128, **all13), False, False),
+            HEADLINE: (glob, ClipSamplingConfig(resolution=256, **all13, **dev), False, False),
+            "all13 @256, augment_on=device: worker + augmentation on CPU":
+                (glob, ClipSamplingConfig(resolution=256, **all13, **dev), False, True),
+            "all13 @256, depth f16, augment_on=device: worker only":
+                (glob16, ClipSamplingConfig(resolution=256, **all13, **dev), False, False),
+            "ref 5+8 @224, augment_on=device: worker only":
+                (glob, ClipSamplingConfig(num_input=5, num_output=8, resolution=224, **base, **dev), False, False),
         }  # fmt: skip
         # repeats are interleaved (plain, decode only, then every config) so that load from other processes hits all
         # rows alike; each ratio is taken against the plain measurement of the same repeat
@@ -166,8 +190,8 @@ def main() -> None:
             runs["plain"].append(plain_decode(urls, args.seconds))
             runs["decode"].append(decode_only(jpegs, args.seconds))
             ratios["decode"].append(runs["decode"][-1][0] / runs["plain"][-1][0])
-            for name, (g, cfg, to_float) in configs.items():
-                runs[name].append(pipeline(g, cfg, args.seconds, to_float))
+            for name, (g, cfg, to_float, augment) in configs.items():
+                runs[name].append(pipeline(g, cfg, args.seconds, to_float, augment))
                 ratios[name].append(runs[name][-1][0] / runs["plain"][-1][0])
 
         def row(config: str, key: str, ratio: float, includes: str) -> dict[str, Any]:
@@ -179,12 +203,17 @@ def main() -> None:
         rows = [row("plain decode (13 JPEG/clip)", "plain", 1.0, INCLUDES["plain decode"]),
                 row("decode only (bytes in memory)", "decode", float(np.median(ratios["decode"])), INCLUDES["decode only"])]  # fmt: skip
         for name in configs:
-            rows.append(row(name, name, float(np.median(ratios[name])), INCLUDES["pipeline"]))
+            includes = INCLUDES["pipeline"]
+            if "worker only" in name:
+                includes = INCLUDES["augment_on=device, worker only"]
+            elif "augmentation on CPU" in name:
+                includes = INCLUDES["augment_on=device, worker + augmentation on CPU"]
+            rows.append(row(name, name, float(np.median(ratios[name])), includes))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{'config':34s} {'clips/cpu-s':>11s} {'ms/clip':>8s} {'clips/wall-s':>12s} {'vs plain':>9s}")
+    print(f"{'config':60s} {'clips/cpu-s':>11s} {'ms/clip':>8s} {'clips/wall-s':>12s} {'vs plain':>9s}")
     for r in rows:
-        print(f"{r['config']:34s} {r['clips_per_cpu_s']:11.1f} {r['ms_per_clip']:8.2f} {r['clips_per_wall_s']:12.1f} "
+        print(f"{r['config']:60s} {r['clips_per_cpu_s']:11.1f} {r['ms_per_clip']:8.2f} {r['clips_per_wall_s']:12.1f} "
               f"{r['ratio']:9.2f}")  # fmt: skip
     try:
         commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
