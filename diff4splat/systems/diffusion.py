@@ -21,7 +21,6 @@ OpenCV c2w with the first camera = identity; ``fxfycxcy`` [B, F, 4]; optional ``
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +41,7 @@ from diff4splat.models.camera_wan import (
 from diff4splat.models.parallel import prepare_blocks, shard_wan
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.pipelines.camera_video import SamplingConfig, sample_latents
+from diff4splat.systems.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -314,13 +314,5 @@ class CameraDiffusionSystem(L.LightningModule):
         fused = o.fused if o.fused is not None else param_groups[0]["params"][0].is_cuda
         optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
                                       eps=o.eps, fused=fused)  # fmt: skip
-        warmup, total, floor = max(0, o.warmup_steps), max(1, self.max_steps), o.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)}  # fmt: skip

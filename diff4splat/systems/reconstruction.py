@@ -11,7 +11,6 @@ view the input frame whose camera is nearest), and the same under ``test/``.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from diff4splat.losses.photometric import psnr, ssim
 from diff4splat.models.lrdm import LRDM, LRDMConfig, LRDMOutput, gaussians_at_all_times
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.rendering import render
+from diff4splat.systems.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -273,16 +273,8 @@ class ReconstructionSystem(L.LightningModule):
                   {"params": heads, "lr": o.lr * o.head_lr_mult, "name": "heads"}]  # fmt: skip
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        warmup, total, floor = max(0, o.warmup_steps), max(1, self.max_steps), o.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)}  # fmt: skip
 
 
 def nearest_input_frames(batch: dict[str, Any]) -> Tensor:
