@@ -159,15 +159,8 @@ class ClipDataModule(L.LightningDataModule):
         return self._val
 
     def _loader(self, stream: ClipStream, persistent: bool) -> DataLoader:
-        kw: dict[str, Any] = {}
-        if self.num_workers > 0 and self.sharing_strategy:
-            # "file_system" passes worker batches through files instead of /dev/shm segments: containers often
-            # have a small /dev/shm, where large batches kill the workers ("DataLoader worker exited unexpectedly").
-            torch.multiprocessing.set_sharing_strategy(self.sharing_strategy)
-        if self.num_workers > 0:
-            kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
-        return _EpochLoader(stream, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory and torch.cuda.is_available(), **kw)  # fmt: skip
+        return make_loader(stream, self.num_workers, self.pin_memory, self.prefetch_factor, persistent,
+                           self.sharing_strategy)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_stream(), self.persistent_workers)
@@ -203,3 +196,23 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["ClipDataModule", "ClipSamplingConfig", "SourceConfig"]
+
+
+def make_loader(
+    stream: Any,
+    num_workers: int,
+    pin_memory: bool,
+    prefetch_factor: int | None,
+    persistent: bool,
+    sharing_strategy: str | None = None,
+) -> DataLoader:
+    """The DataLoader over an epoch-aware stream that yields whole batches (``batch_size=None``)."""
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        if sharing_strategy:
+            # "file_system" passes worker batches through files instead of /dev/shm segments: containers often
+            # have a small /dev/shm, where large batches kill the workers ("DataLoader worker exited unexpectedly").
+            torch.multiprocessing.set_sharing_strategy(sharing_strategy)
+        kw = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent)
+    return _EpochLoader(stream, batch_size=None, num_workers=num_workers,
+                        pin_memory=pin_memory and torch.cuda.is_available(), **kw)  # fmt: skip

@@ -49,8 +49,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from datamodules.datamodule import _EpochLoader
-from datamodules.stream import DataSkipRateError, SkipStats, expand_shards, iter_tar, slot_shards, worker_slot
+from datamodules.datamodule import make_loader
+from datamodules.stream import (
+    DataSkipRateError,
+    SkipStats,
+    expand_shards,
+    shard_samples,
+    slot_shards,
+    worker_slot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -480,24 +487,7 @@ class LatentStream(IterableDataset):
                                     f"(> {self.max_skip_rate:.1%}); first reasons: {stats.reasons[:5]}")  # fmt: skip
 
     def _samples(self, urls: list[str], rng: np.random.Generator, stats: SkipStats) -> Iterator[dict[str, Any]]:
-        buffer: list[dict[str, Any]] = []
-        while True:
-            order = rng.integers(0, len(urls), len(urls)) if self.train else range(len(urls))
-            produced = 0
-            for j in order:
-                for sample in iter_tar(urls[j], stats):
-                    produced += 1
-                    if not self.train or self.shuffle_buffer <= 1:
-                        yield sample
-                        continue
-                    if len(buffer) < self.shuffle_buffer:
-                        buffer.append(sample)
-                        continue
-                    k = int(rng.integers(0, len(buffer)))
-                    buffer[k], sample = sample, buffer[k]
-                    yield sample
-            if produced == 0 and not buffer:
-                raise DataSkipRateError(f"latent data: no readable sample in {len(urls)} shards {urls[:3]}")
+        return shard_samples(urls, rng, stats, self.train, self.shuffle_buffer, "latent data")
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -590,13 +580,8 @@ class LatentDataModule(L.LightningDataModule):
         return self._val
 
     def _loader(self, stream: LatentStream, persistent: bool) -> DataLoader:
-        kw: dict[str, Any] = {}
-        if self.num_workers > 0:
-            if self.sharing_strategy:
-                torch.multiprocessing.set_sharing_strategy(self.sharing_strategy)
-            kw = dict(prefetch_factor=self.prefetch_factor, persistent_workers=persistent)
-        return _EpochLoader(stream, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory and torch.cuda.is_available(), **kw)  # fmt: skip
+        return make_loader(stream, self.num_workers, self.pin_memory, self.prefetch_factor, persistent,
+                           self.sharing_strategy)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_stream(), self.persistent_workers)

@@ -883,25 +883,42 @@ class ClipStream(IterableDataset):
         self, name: str, urls: list[str], rng: np.random.Generator, stats: SkipStats
     ) -> Iterator[dict[str, Any]]:
         """Endless raw samples of one source's shard slice: resampled + shuffle buffer (train) or cycled in order."""
-        buffer: list[dict[str, Any]] = []
-        while True:
-            order = rng.integers(0, len(urls), len(urls)) if self.train else range(len(urls))
-            produced = 0
-            for j in order:
-                for sample in iter_tar(urls[j], stats):
-                    produced += 1
-                    if not self.train or self.shuffle_buffer <= 1:
-                        yield sample
-                        continue
-                    if len(buffer) < self.shuffle_buffer:
-                        buffer.append(sample)
-                        continue
-                    k = int(rng.integers(0, len(buffer)))
-                    buffer[k], sample = sample, buffer[k]
+        return shard_samples(urls, rng, stats, self.train, self.shuffle_buffer, f"source {name!r}",
+                             lambda: self._check_rate(stats))  # fmt: skip
+
+
+def shard_samples(
+    urls: list[str],
+    rng: np.random.Generator,
+    stats: SkipStats,
+    train: bool,
+    shuffle_buffer: int,
+    what: str,
+    after_shard: Callable[[], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Endless raw samples of a shard slice: shards resampled with replacement through a shuffle buffer (train) or
+    cycled in order (evaluation); ``after_shard`` runs after each shard (skip-rate checks). A slice with no readable
+    sample is an error naming ``what``."""
+    buffer: list[dict[str, Any]] = []
+    while True:
+        order = rng.integers(0, len(urls), len(urls)) if train else range(len(urls))
+        produced = 0
+        for j in order:
+            for sample in iter_tar(urls[j], stats):
+                produced += 1
+                if not train or shuffle_buffer <= 1:
                     yield sample
-                self._check_rate(stats)
-            if produced == 0 and not buffer:
-                raise DataSkipRateError(f"source {name!r}: no readable sample in {len(urls)} shards {urls[:3]}")
+                    continue
+                if len(buffer) < shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                k = int(rng.integers(0, len(buffer)))
+                buffer[k], sample = sample, buffer[k]
+                yield sample
+            if after_shard is not None:
+                after_shard()
+        if produced == 0 and not buffer:
+            raise DataSkipRateError(f"{what}: no readable sample in {len(urls)} shards {urls[:3]}")
 
 
 def _generated(fn: Callable[[np.random.Generator], dict[str, Any]], rng: np.random.Generator) -> Iterator[dict]:
