@@ -1,0 +1,235 @@
+"""Latent alignment: mappers between Wan VAE latents and a TinyVAE's latent space, and the two paths that use them.
+
+- decode path (``TinyVAEDecoderWrapper``): normalised Wan latents (what the diffusion model produces) → Wan
+  normalisation undone (``z · std + mean``) → decode mapper → TinyVAE decoder → frames [B, F, 3, H, W] in [0, 1];
+- encode path (``TinyVAEEncoderWrapper``): frames → TinyVAE encoder → encode mapper → normalised Wan latents.
+
+Mappers act on [B, C, T, h, w] and are residual with a zero-initialised last layer, so a fresh mapper is exactly the
+identity and a released TAEHV (trained to match the Wan VAE) starts from its own quality:
+
+- ``LinearMapper``: a per-position linear map of the channels (1×1×1 conv);
+- ``MLPMapper``: 1×1×1 conv → GroupNorm → GELU → 1×1×1 conv (the original code's ``LatentAlignmentNet``);
+- ``UNetMapper``: a small 3D U-Net (two spatial scales, 3×3×3 convs) for spatially varying corrections.
+
+``LatentAligner`` holds the TinyVAE, both mappers and the Wan normalisation (as persistent buffers, so an exported
+aligner decodes diffusion latents without the Wan VAE at hand) and is what the alignment system trains and the
+generation pipeline loads (``save`` / ``load``: one ``.safetensors`` with the config in its metadata; ``load`` also
+reads the ``.safetensors`` that training checkpoints export, ``diff4splat.callbacks.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diff4splat.models.tiny_vae import TinyVAE, TinyVAEConfig
+
+MapperKind = Literal["none", "linear", "mlp", "unet"]
+
+
+class Identity5d(nn.Identity):
+    """The ``none`` mapper."""
+
+
+class LinearMapper(nn.Module):
+    """x + W x + b per latent position; W, b start at zero."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.proj(x)
+
+
+class MLPMapper(nn.Module):
+    """x + conv(GELU(GroupNorm(conv(x)))) with 1×1×1 convs; the last conv starts at zero."""
+
+    def __init__(self, channels: int, hidden: int = 64, groups: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv3d(channels, hidden, 1), nn.GroupNorm(groups, hidden), nn.GELU(),
+                                 nn.Conv3d(hidden, channels, 1))  # fmt: skip
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+def _block(c_in: int, c_out: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU(),
+                         nn.Conv3d(c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU())  # fmt: skip
+
+
+class UNetMapper(nn.Module):
+    """x + U(x): a two-level 3D U-Net (spatial down/up by 2, time kept); its output conv starts at zero.
+
+    Odd latent sizes work (the upsampled features are resized to the skip's size).
+    """
+
+    def __init__(self, channels: int, width: int = 64, groups: int = 8) -> None:
+        super().__init__()
+        self.inp = _block(channels, width, groups)
+        self.down = nn.Conv3d(width, 2 * width, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.mid = _block(2 * width, 2 * width, groups)
+        self.up = _block(3 * width, width, groups)
+        self.out = nn.Conv3d(width, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skip = self.inp(x)
+        y = self.mid(self.down(skip))
+        y = F.interpolate(y, size=skip.shape[-3:], mode="nearest")
+        return x + self.out(self.up(torch.cat([skip, y], 1)))
+
+
+def build_mapper(kind: MapperKind, channels: int, width: int = 64) -> nn.Module:
+    if kind == "none":
+        return Identity5d()
+    if kind == "linear":
+        return LinearMapper(channels)
+    if kind == "mlp":
+        return MLPMapper(channels, hidden=width)
+    if kind == "unet":
+        return UNetMapper(channels, width=width)
+    raise ValueError(f"mapper kind must be one of none, linear, mlp, unet; got {kind!r}")
+
+
+class _Normalisation(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("latents_mean", torch.zeros(1, channels, 1, 1, 1))
+        self.register_buffer("latents_std", torch.ones(1, channels, 1, 1, 1))
+
+    def set(self, mean: Tensor, std: Tensor) -> None:
+        self.latents_mean.copy_(mean.detach().reshape(self.latents_mean.shape))
+        self.latents_std.copy_(std.detach().reshape(self.latents_std.shape))
+
+
+class TinyVAEDecoderWrapper(nn.Module):
+    """Normalised Wan latents [B, C, T, h, w] → frames [B, 4(T−1)+1, 3, H, W] (Wan normalisation undone → mapper →
+    TinyVAE decoder). Shares its modules with the ``LatentAligner`` that made it."""
+
+    def __init__(self, tiny_vae: TinyVAE, mapper: nn.Module, norm: _Normalisation) -> None:
+        super().__init__()
+        self.tiny_vae, self.mapper, self.norm = tiny_vae, mapper, norm
+
+    def forward(self, latents: Tensor, clamp: bool = True) -> Tensor:
+        raw = latents.float() * self.norm.latents_std + self.norm.latents_mean
+        return self.tiny_vae.decode(self.mapper(raw.to(_dtype(self.mapper, raw))), clamp=clamp).float()
+
+
+class TinyVAEEncoderWrapper(nn.Module):
+    """Frames [B, F, 3, H, W] → normalised Wan latents [B, C, ceil(F/4), h, w] (TinyVAE encoder → mapper →
+    Wan normalisation)."""
+
+    def __init__(self, tiny_vae: TinyVAE, mapper: nn.Module, norm: _Normalisation) -> None:
+        super().__init__()
+        self.tiny_vae, self.mapper, self.norm = tiny_vae, mapper, norm
+
+    def forward(self, frames: Tensor) -> Tensor:
+        z = self.tiny_vae.encode(frames)
+        z = self.mapper(z.to(_dtype(self.mapper, z))).float()
+        return (z - self.norm.latents_mean) / self.norm.latents_std
+
+
+def _dtype(module: nn.Module, fallback: Tensor) -> torch.dtype:
+    p = next(module.parameters(), None)
+    return fallback.dtype if p is None else p.dtype
+
+
+@dataclass
+class AlignerConfig:
+    """What ``LatentAligner`` is made of (stored with exported weights)."""
+
+    version: Literal["wan21", "wan22"] = "wan22"
+    tiny_vae: dict = field(default_factory=dict)  # TinyVAEConfig overrides (e.g. widths for tests)
+    decode_mapper: MapperKind = "linear"
+    encode_mapper: MapperKind = "linear"
+    mapper_width: int = 64
+
+
+class LatentAligner(nn.Module):
+    """TinyVAE + decode/encode mappers + the Wan latent normalisation. ``decode`` / ``encode`` are the two paths."""
+
+    def __init__(self, cfg: AlignerConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or AlignerConfig()
+        self.tiny_vae = TinyVAE(TinyVAEConfig.preset(cfg.version, **cfg.tiny_vae))
+        c = self.tiny_vae.cfg.latent_channels
+        self.decode_mapper = build_mapper(cfg.decode_mapper, c, cfg.mapper_width)
+        self.encode_mapper = build_mapper(cfg.encode_mapper, c, cfg.mapper_width)
+        self.norm = _Normalisation(c)
+        # the two paths share these modules; kept out of the module tree so every tensor has one state-dict key
+        self._paths = (TinyVAEDecoderWrapper(self.tiny_vae, self.decode_mapper, self.norm),
+                       TinyVAEEncoderWrapper(self.tiny_vae, self.encode_mapper, self.norm))  # fmt: skip
+
+    @property
+    def decoder(self) -> TinyVAEDecoderWrapper:
+        return self._paths[0]
+
+    @property
+    def encoder(self) -> TinyVAEEncoderWrapper:
+        return self._paths[1]
+
+    @property
+    def latent_channels(self) -> int:
+        return self.tiny_vae.cfg.latent_channels
+
+    @property
+    def stride_s(self) -> int:
+        return self.tiny_vae.cfg.stride_s
+
+    def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
+        """The Wan VAE's ``latents_mean`` / ``latents_std`` (``WanVAE.mean`` / ``.std``)."""
+        self.norm.set(mean, std)
+
+    def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
+        return self.decoder(latents, clamp=clamp)
+
+    def encode(self, frames: Tensor) -> Tensor:
+        return self.encoder(frames)
+
+    def save(self, path: str | Path) -> None:
+        """One ``.safetensors`` (config in the metadata), written atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        meta = {"format": "diff4splat.latent_aligner", "config": json.dumps(asdict(self.cfg))}
+        save_file(state, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentAligner:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"LatentAligner.load: no file at {path}")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") == "diff4splat.latent_aligner":
+            cfg = json.loads(meta["config"])
+        elif meta.get("format") == "diff4splat-weights" and meta.get("export_prefix") == "aligner.":
+            cfg = json.loads(meta["hparams"])["aligner"]  # a checkpoint sidecar of LatentAlignmentSystem
+        else:
+            raise ValueError(f"{path}: not a LatentAligner export (metadata format {meta.get('format')!r}, "
+                             f"prefix {meta.get('export_prefix')!r})")  # fmt: skip
+        model = cls(AlignerConfig(**cfg))
+        result = model.load_state_dict(load_file(str(path)), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"{path}: missing {result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}")
+        return model
