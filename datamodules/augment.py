@@ -5,7 +5,7 @@ Why: in the worker path (`augment_on="worker"`) DataLoader workers resize 13-14 
 per clip and test depth validity: about 4 ms of memory-bound work per 256² clip on one CPU core, more than half of
 what decoding the JPEGs costs (`experiments/benchmarks/results/data.md`). On the GPU the same work is a few small
 kernels per clip. With `augment_on="device"` the worker does only what needs the encoded data or the random draws
-(reading, decoding, frame sampling, crop boxes, cameras, tracks, the scene scale) and sends
+(reading, decoding, frame sampling, crop boxes, cameras, tracks) and sends
 
     batch["pixels"] = {
         "images":       list of B uint8 (U_b, h_b, w_b, 3)    decoded crop of clip b's U_b unique frames
@@ -14,26 +14,36 @@ kernels per clip. With `augment_on="device"` the worker does only what needs the
         "dynamic_mask": list of B bool (U_b, h'_b, w'_b) or None
         "frame_index":  int64 (B, F)   frame f of clip b is its unique frame frame_index[b, f]
         "rows", "cols": int64 (B, H), (B, W)   nearest source row/column (in h'_b, w'_b) of every output pixel
-        "scale":        float32 (B,)   scene-scale factor s (depth × s)
         "flip":         list of B bool   horizontal flip (cameras and tracks are already flipped)
+        "scale_norm":   str   `ClipSamplingConfig.scale_norm` ("mean_xyz", "mean_depth" or "none")
     }
 
-and `augment_pixels` (called by `datamodules.batch.finish_batch`, which the DataModule runs in
-`on_after_batch_transfer`) writes the contract's images (float32 in [0,1]), depth, depth_valid and dynamic_mask.
+with c2w, tracks_world and metric_scale not yet scale-normalised (canonical, in the stored units), and
+`augment_pixels` (called by `datamodules.batch.finish_batch`, which the DataModule runs in `on_after_batch_transfer`)
+writes the contract's images (float32 in [0,1]), depth, depth_valid and dynamic_mask, computes the scene scale s
+from the resized input-frame depth (`scene_scale`: the worker path's definition and subsample) and scales c2w
+translations, tracks_world, depth and metric_scale by it.
 Clips keep their own sizes in the lists, so clips of different native resolutions (a mixture) share a batch without
 padding, and the output-frame duplication (an output frame that is also an input) is an index on the device. Only
 the crop leaves the worker, and along an axis that shrinks only the source rows/columns that the nearest resize
 reads, so the depth and mask payload is never larger than the output along that axis.
 
-Results equal the worker path for the same crop: depth, depth_valid and dynamic_mask exactly (the same nearest
-source pixels, validity test and float32 scaling), images up to the resampling kernel's arithmetic: the worker
+Results equal the worker path for the same crop: depth_valid and dynamic_mask exactly (the same nearest source
+pixels and validity test); the scene scale up to float rounding (the same pixels and formula, reduced in another
+order, from the float32 cameras of the batch instead of the worker's float64 ones: relative differences ~1e-7), so
+c2w, tracks_world, depth and metric_scale agree to float32 rounding; images up to the resampling kernel's
+arithmetic: the worker
 resizes uint8 (fixed-point weights, rounded to uint8); on the CPU this does too (the same bytes), elsewhere it
 resizes float32 (CUDA has no uint8 antialiased kernel) without rounding: tests bound the difference by 1.5/255
 (max; observed ≤ 1.0/255, mean ≈ 0.3/255) on the CPU with `float_resize=True` (`tests/test_stream.py`).
+
+Why the scale moved here too: the worker otherwise reads a ~34k-pixel subsample of the cold source depth per clip
+for it (~0.6-0.8 ms of a ~9 ms clip); here it is a few batched reductions over depth that is already resized.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -41,13 +51,21 @@ import torch
 import torch.nn.functional as tnf
 
 PIXELS = "pixels"
+MIN_SCALE_SAMPLES = 4096  # valid pixels the subsampled scene scale needs; fewer: every valid pixel is used
+SCALE_SAMPLES = 32768  # target size of the subsample of output pixels for the scene scale
+
+
+def scale_sample_stride(frames: int, height: int, width: int) -> int:
+    """Stride (in both image axes) of the output pixels that the scene scale averages: about `SCALE_SAMPLES`."""
+    return max(1, math.isqrt(frames * height * width // SCALE_SAMPLES))
 
 
 def augment_pixels(batch: dict[str, Any], float_resize: bool | None = None) -> dict[str, Any]:
     """Replace `batch["pixels"]` (see the module docstring) by the contract's per-pixel fields, in place, on the
     device the payload is on: images (B,F,3,H,W) (uint8 on the CPU, float32 in [0,1] elsewhere; `finish_batch`
-    makes both float); depth float32 (B,F,H,W) × scale, 0 where invalid; depth_valid (stored validity & depth > 0 &
-    finite) and dynamic_mask bool (B,F,H,W).
+    makes both float); depth float32 (B,F,H,W) × s, 0 where invalid; depth_valid (stored validity & depth > 0 &
+    finite) and dynamic_mask bool (B,F,H,W); and the scene scale s (`scene_scale`) applied to c2w translations,
+    tracks_world and metric_scale.
 
     The steps are the same on every device; the kernels differ where the CPU has much faster ones: the images are
     resized in uint8 on the CPU (its vectorised uint8 antialiased kernel: ~10× its float32 one, and the worker path's
@@ -94,17 +112,29 @@ def augment_pixels(batch: dict[str, Any], float_resize: bool | None = None) -> d
             dynamic[b] = False
         else:
             _take(px["dynamic_mask"][b], f, lin, dynamic[b], cpu)
-    # 3. Validity and scale, batched: invalid depth (stored as invalid, <= 0, NaN, inf) becomes 0
-    scale = px["scale"].to(torch.float32)[:, None, None]
+    # 3. Validity, batched: invalid depth (stored as invalid, <= 0, NaN, inf) becomes 0
     if cpu:
         d, v = depth.numpy(), valid.numpy()
         scratch = np.empty(d.shape, np.uint32)
         v &= _positive_finite(d, np.empty(d.shape, bool), scratch)
-        np.multiply(d, scale.numpy(), out=d)
         _zero_invalid(d, v, scratch)
     else:
         valid &= (depth > 0) & depth.isfinite()
-        depth = torch.where(valid, depth * scale, 0.0)
+        depth = torch.where(valid, depth, 0.0)
+    # 4. Scene scale from the input frames' depth, then normalised = stored × s (as the worker path scales)
+    mode = px["scale_norm"]
+    if mode != "none":
+        n = batch["num_input"]
+        flip = torch.tensor(px["flip"], device=dev)
+        s = scene_scale(depth.view(B, F, H, W)[:, :n], valid.view(B, F, H, W)[:, :n], batch["c2w"][:, :n],
+                        batch["fxfycxcy"][:, :n], batch["tracks_world"][:, :n], batch["tracks_visible"][:, :n],
+                        flip, mode)  # fmt: skip
+        depth.mul_(s.to(torch.float32)[:, None, None])
+        c2w = batch["c2w"].clone()
+        c2w[..., :3, 3] = (c2w[..., :3, 3].double() * s[:, None, None]).float()
+        batch["c2w"] = c2w
+        batch["tracks_world"] = (batch["tracks_world"].double() * s[:, None, None, None]).float()
+        batch["metric_scale"] = (batch["metric_scale"].double() * s).float()
     if float_resize:
         frames.div_(255.0).clamp_(0.0, 1.0)
     batch["images"] = frames.permute(0, 1, 4, 2, 3)
@@ -130,9 +160,72 @@ def collate_pixels(pixels: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: [p[k] for p in pixels] for k in ("images", "depth", "depth_valid", "dynamic_mask")}
     for k in ("frame_index", "rows", "cols"):
         out[k] = torch.stack([p[k] for p in pixels])
-    out["scale"] = torch.tensor([p["scale"] for p in pixels], dtype=torch.float32)
     out["flip"] = [bool(p["flip"]) for p in pixels]
+    out["scale_norm"] = pixels[0]["scale_norm"]
     return out
+
+
+def scene_scale(
+    depth: torch.Tensor,  # (B,n,H,W) float32 z-depth of the input frames, 0 where not valid
+    valid: torch.Tensor,  # (B,n,H,W) bool
+    c2w: torch.Tensor,  # (B,n,4,4) canonical cameras (first input = identity), not yet scaled
+    fxfycxcy: torch.Tensor,  # (B,n,4) normalised intrinsics
+    tracks_world: torch.Tensor,  # (B,n,N,3) canonical tracks, NaN where not visible
+    tracks_visible: torch.Tensor,  # (B,n,N) bool
+    flip: torch.Tensor,  # (B,) bool: the clip (depth, cameras, tracks) is mirrored
+    mode: str,  # "mean_xyz" | "mean_depth"
+) -> torch.Tensor:  # (B,) float64 s, normalised = stored × s
+    """The worker path's scene scale (`ClipTransform._scene_scale`), batched on the tensors' device: s = 1 / the mean
+    distance of the valid depth points from the first camera ("mean_xyz", the reference's norm_xyz) or 1 / their
+    mean z-depth ("mean_depth"), over the output pixels (i, j) ≡ stride // 2 (mod stride) of the unflipped frame
+    (`scale_sample_stride`), or over every pixel when that subsample holds fewer than `MIN_SCALE_SAMPLES` valid
+    pixels. Without valid depth: from the visible tracks' mean distance, else the other input cameras' mean distance;
+    s = 1 when that mean is not a positive finite number. A flipped clip is measured on its mirrored pixels with its
+    mirrored cameras: the same points, mirrored, at the same distances. float64 arithmetic (as the worker's)."""
+    B, n, H, W = depth.shape
+    stride = scale_sample_stride(n, H, W)
+    total, count = _depth_sum(depth, valid, c2w, fxfycxcy, flip, mode, stride)
+    if stride > 1:
+        every = count < MIN_SCALE_SAMPLES
+        if depth.device.type != "cpu" or bool(every.any()):  # on an accelerator: no sync, both are cheap
+            total_all, count_all = _depth_sum(depth, valid, c2w, fxfycxcy, flip, mode, 1)
+            total, count = torch.where(every, total_all, total), torch.where(every, count_all, count)
+    # fallbacks without depth: tracks, then cameras (mirroring keeps both distances)
+    seen = tracks_visible.sum((1, 2))
+    dist = torch.where(tracks_visible, tracks_world.double().norm(dim=-1), 0.0).sum((1, 2)) / seen.clamp(min=1)
+    if n > 1:
+        dist = torch.where(seen > 0, dist, c2w[:, 1:, :3, 3].double().norm(dim=-1).mean(1))
+    else:
+        dist = torch.where(seen > 0, dist, 0.0)
+    mean = torch.where(count > 0, total / count.clamp(min=1), dist)
+    return torch.where((mean > 1e-8) & mean.isfinite(), 1.0 / mean, 1.0)
+
+
+def _depth_sum(depth: torch.Tensor, valid: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor,
+               flip: torch.Tensor, mode: str, stride: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(B,) float64 sum of the z-depths ("mean_depth") or point distances ("mean_xyz") and (B,) count of the valid
+    pixels (i, j) ≡ stride // 2 (mod stride) of the unflipped (B,n,H,W) frames (column W - 1 - j of a flipped one)."""
+    B, n, H, W = depth.shape
+    dev, o = depth.device, stride // 2
+    rows = torch.arange(o, H, stride, device=dev)
+    cols = torch.arange(o, W, stride, device=dev)
+    cols = torch.where(flip[:, None], W - 1 - cols, cols)  # (B,w) columns of the (flipped) output frames
+    at = cols[:, None, None, :].expand(B, n, len(rows), cols.shape[1])
+    d = depth[:, :, o::stride].gather(3, at).double()  # (B,n,h,w), 0 where not valid
+    v = valid[:, :, o::stride].gather(3, at)
+    count = v.sum((1, 2, 3))
+    if mode == "mean_depth":
+        return d.sum((1, 2, 3)), count
+    # |R d r + t| = |d r + Rᵀt| with r = ((u - cx)/fx, (v - cy)/fy, 1) as in `datamodules.stream._sampled_depth_mean`
+    k, P = fxfycxcy.double(), c2w.double()
+    rx = ((cols.double()[:, None, :] + 0.5) / W - k[..., 2:3]) / k[..., 0:1]  # (B,n,w)
+    ry = ((rows.double() + 0.5) / H - k[..., 3:4]) / k[..., 1:2]  # (B,n,h)
+    t = P[..., :3, 3]
+    u = torch.einsum("bfji,bfj->bfi", P[..., :3, :3], t)  # Rᵀt, (B,n,3)
+    sq = (rx * rx + 1.0)[:, :, None, :] + (ry * ry)[:, :, :, None]
+    sq = sq * d + (2.0 * (rx * u[..., 0:1] + u[..., 2:3]))[:, :, None, :] + (2.0 * ry * u[..., 1:2])[:, :, :, None]
+    sq = sq * d + (t * t).sum(-1)[:, :, None, None]
+    return torch.where(v, sq.clamp(min=0.0).sqrt(), 0.0).sum((1, 2, 3)), count
 
 
 # ------------------------------------------------------------------------------------------------ CPU kernels

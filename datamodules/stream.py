@@ -19,8 +19,9 @@
    and scale-normalised (`scale_norm`; the depth mean is taken over a regular subsample of ~32k output pixels, see
    `_depth_mean`), and metric cameras are kept. Each unique frame is decoded and resized once; depth and masks are
    cropped and resized by one gather of source pixels per frame. With `augment_on="device"` the worker stops at the
-   crop: the per-pixel resize and depth validity run batched on the training device (`datamodules.augment`), with
-   the same random draws and results (the scene scale reads its subsample of output pixels from the source).
+   crop: the per-pixel resize, depth validity and the scene scale (from the resized depth; c2w, tracks, depth and
+   metric_scale are scaled there) run batched on the training device (`datamodules.augment`), with the same random
+   draws and results (the scale up to float rounding).
 4. Batches: clips are written straight into the batch tensors (`datamodules.batch.BatchBuffers`); every rank yields
    exactly `batches_per_epoch` batches (split over its workers), so DDP ranks never wait for each other at the end
    of an epoch (the role of WebDataset's `with_epoch`).
@@ -48,7 +49,7 @@ import torch
 import torch.nn.functional as tnf
 from torch.utils.data import IterableDataset, get_worker_info
 
-from datamodules.augment import _gather, _positive_finite, _zero_invalid
+from datamodules.augment import MIN_SCALE_SAMPLES, _gather, _positive_finite, _zero_invalid, scale_sample_stride
 from datamodules.batch import BatchBuffers, collate
 from datamodules.mix import WeightedChoice
 from datamodules.spec import Clip, decode_image, decode_sample, decode_video
@@ -312,8 +313,9 @@ class ClipTransform:
 
         With `augment_on="device"` the per-pixel fields are replaced by `"pixels"` (see `_deferred_pixels`): the
         decoded crop of the frames, the cropped depth and masks at source resolution, and the resampling indices;
-        `datamodules.augment.augment_pixels` turns a batch of those into the contract. Both paths draw the same
-        random numbers, so the same generator gives the same crop, frames, tracks and flip.
+        c2w, tracks_world and metric_scale are left unscaled (scene scale 1): `datamodules.augment.augment_pixels`
+        turns a batch of those into the contract, scene scale included. Both paths draw the same random numbers, so
+        the same generator gives the same crop, frames, tracks and flip.
         """
         cfg, train = self.cfg, self.train
         meta = clip.meta
@@ -356,19 +358,19 @@ class ClipTransform:
         c2w = w2c_ref @ c2w_src
 
         # 3. Depth and masks: crop + nearest resize of the used frames (worker: one gather of source pixels per
-        # frame; device: the crop only, plus a subsample of the input frames' output pixels for the scene scale)
+        # frame; device: the crop only)
         n = cfg.num_input
         if deferred:
-            pixels, has_dyn, sampled = self._deferred_pixels(clip, idx, uniq, pos, box, (H, W), source_images)
+            pixels, has_dyn = self._deferred_pixels(clip, idx, uniq, pos, box, (H, W), source_images)
         else:
             has_dyn = self._worker_pixels(clip, idx, box, (H, W), out)
 
         tracks, visible = self._tracks(clip, idx, w2c_ref, rng)
 
-        # 4. Scene scale: normalised = stored × s; metric = stored / meta.metric_scale
+        # 4. Scene scale: normalised = stored × s; metric = stored / meta.metric_scale (device: s is computed and
+        # applied in `augment_pixels`, from the resized depth)
         if deferred:
-            mean = None if sampled is None else _sampled_depth_mean(*sampled, c2w[:n], K[:n], cfg.scale_norm)
-            s = self._scale_from_mean(mean, c2w[:n], tracks[:n], visible[:n])
+            s = 1.0
         else:
             s = self._scene_scale(out["depth"][:n], out["depth_valid"][:n], c2w[:n], K[:n], tracks[:n], visible[:n])
         metric_c2w = c2w.copy()
@@ -421,7 +423,7 @@ class ClipTransform:
             "flipped": flipped,
         }
         if deferred:
-            pixels["scale"], pixels["flip"] = s, flipped
+            pixels["flip"], pixels["scale_norm"] = flipped, cfg.scale_norm
             sample["pixels"] = pixels
         else:
             sample.update(images=out["images"].permute(0, 3, 1, 2), depth=torch.from_numpy(out["depth"]),
@@ -470,8 +472,8 @@ class ClipTransform:
 
     def _deferred_pixels(self, clip: Clip, idx: np.ndarray, uniq: np.ndarray, pos: np.ndarray,
                          box: tuple[int, int, int, int], out_hw: tuple[int, int],
-                         images: torch.Tensor) -> tuple[dict[str, Any], bool, tuple | None]:  # fmt: skip
-        """The per-pixel payload of `augment_on="device"`, its has_dynamic_mask, and the scene-scale subsample.
+                         images: torch.Tensor) -> tuple[dict[str, Any], bool]:  # fmt: skip
+        """The per-pixel payload of `augment_on="device"` and its has_dynamic_mask.
 
         The nearest resize of depth and masks is a pair of row and column index maps (`_nearest_source_index`).
         Along an axis that shrinks, the worker keeps only the source rows (columns) that the map picks, so the
@@ -482,8 +484,7 @@ class ClipTransform:
         every batch of the worker path. Payload: images (U,h,w,3) uint8 (the decoded crop); depth (U,h',w')
         float16/32 as stored, depth_valid and dynamic_mask (U,h',w') bool, each None when the clip has none;
         frame_index (F,) int64 (frame f of the clip is unique frame frame_index[f]); rows (H,), cols (W,) int64 into
-        the h', w' axes. The subsample: (depth, valid, count, (H, W), offset, stride) of the input frames' output
-        pixels for `_sampled_depth_mean`, exactly the pixels the worker path averages; None without depth.
+        the h', w' axes.
         """
         top, left, ch, cw = box
         H, W = out_hw
@@ -522,11 +523,7 @@ class ClipTransform:
             "rows": torch.from_numpy(rinv.astype(np.int64)),
             "cols": torch.from_numpy(cinv.astype(np.int64)),
         }
-        sampled = None
-        if clip.depth is not None and self.cfg.scale_norm != "none":
-            sampled = _sample_output_depth(clip.depth, clip.depth_valid, idx[: self.cfg.num_input], rows + top,
-                                           cols + left, (H, W))  # fmt: skip
-        return pixels, clip.dynamic_mask is not None, sampled
+        return pixels, clip.dynamic_mask is not None
 
     def _tracks(self, clip: Clip, idx: np.ndarray, w2c_ref: np.ndarray,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -596,7 +593,8 @@ class ClipTransform:
         depth, valid: (F_in,H,W) numpy output-frame depth (not yet zeroed where invalid) and validity; c2w (F_in,4,4),
         K (F_in,4), tracks (F_in,N,3), visible (F_in,N) float64 numpy arrays. The depth mean is taken over a regular subsample
         of the output pixels (`scale_sample_stride`), or over every valid pixel when the subsample has fewer than
-        `_MIN_SCALE_SAMPLES` valid pixels (sparse depth, small frames): see `_depth_mean`.
+        `MIN_SCALE_SAMPLES` valid pixels (sparse depth, small frames): see `_depth_mean`. `augment_on="device"`
+        computes the same on the device: `datamodules.augment.scene_scale`.
         """
         mode = self.cfg.scale_norm
         if mode == "none":
@@ -617,56 +615,20 @@ class ClipTransform:
         return 1.0 / mean if mean > 1e-8 and math.isfinite(mean) else 1.0
 
 
-_MIN_SCALE_SAMPLES = 4096  # valid pixels the subsampled scene scale needs; fewer: every valid pixel is used
-_SCALE_SAMPLES = 32768  # target size of the subsample of output pixels for the scene scale
-
-
-def scale_sample_stride(frames: int, height: int, width: int) -> int:
-    """Stride (in both image axes) of the output pixels that the scene scale averages: about `_SCALE_SAMPLES`."""
-    return max(1, math.isqrt(frames * height * width // _SCALE_SAMPLES))
-
-
 def _depth_mean(depth: np.ndarray, valid: np.ndarray, c2w: torch.Tensor, K: torch.Tensor, mode: str,
                 stride: int) -> float | None:  # fmt: skip
     """Mean z-depth ("mean_depth") or mean distance of the unprojected points from the first camera ("mean_xyz",
     = `unproject_depth(depth, c2w, K)[valid].norm(-1).mean()`) over the valid pixels of the (F,H,W) depth, taken
     on the pixels (i, j) with i ≡ j ≡ stride // 2 (mod stride). The mean over such a regular subsample estimates the
     mean over all pixels (within 1 %, typically 0.2 %, on the benchmark clips at stride 5); when it holds fewer than
-    `_MIN_SCALE_SAMPLES` valid pixels, every pixel is used (exact). None when no pixel is valid.
+    `MIN_SCALE_SAMPLES` valid pixels, every pixel is used (exact). None when no pixel is valid.
     """
     F, H, W = depth.shape
     o = stride // 2
     v = valid[:, o::stride, o::stride]
-    if stride > 1 and int(np.count_nonzero(v)) < _MIN_SCALE_SAMPLES:
+    if stride > 1 and int(np.count_nonzero(v)) < MIN_SCALE_SAMPLES:
         stride, o, v = 1, 0, valid
     return _sampled_depth_mean(depth[:, o::stride, o::stride], v, (H, W), o, stride, c2w, K, mode)
-
-
-def _sample_output_depth(depth: np.ndarray, depth_valid: np.ndarray | None, frames: np.ndarray, rows: np.ndarray,
-                         cols: np.ndarray, out_hw: tuple[int, int]) -> tuple:  # fmt: skip
-    """The pixels of `_depth_mean`'s subsample, read from the source: depth (F_in,h,w) float32 and validity
-    (> 0, finite, `depth_valid`) of the output pixels (i, j) ≡ stride // 2 (mod stride) of frames `frames`, whose
-    nearest source pixels are rows[i], cols[j] (absolute source indices, length H and W). Falls back to every output
-    pixel as `_depth_mean` does. Returns the arguments (d, v, out_hw, offset, stride) of `_sampled_depth_mean`."""
-    H, W = out_hw
-    stride = scale_sample_stride(len(frames), H, W)
-    width = depth.shape[2]
-
-    def take(st: int) -> tuple[np.ndarray, np.ndarray]:
-        r, c = rows[st // 2 :: st], cols[st // 2 :: st]
-        lin = (r[:, None] * width + c[None, :]).reshape(-1)
-        shape = (len(frames), len(r), len(c))
-        d = _gather(depth, frames, lin, None).astype(np.float32, copy=False).reshape(shape)  # as the worker converts
-        v = (d > 0) & np.isfinite(d)
-        if depth_valid is not None:
-            v &= _gather(depth_valid, frames, lin, None).reshape(shape)
-        return d, v
-
-    d, v = take(stride)
-    if stride > 1 and int(np.count_nonzero(v)) < _MIN_SCALE_SAMPLES:
-        stride = 1
-        d, v = take(1)
-    return d, v, out_hw, stride // 2, stride
 
 
 def _sampled_depth_mean(d: np.ndarray, v: np.ndarray, out_hw: tuple[int, int], o: int, stride: int,

@@ -382,17 +382,33 @@ def _mixed_clips() -> list[Clip]:
              timestamps=t.timestamps, meta=ClipMeta.for_dataset("pointodyssey", "d"), depth=t.depth,
              depth_valid=np.random.default_rng(6).random((13, 64, 80)) < 0.9, tracks_world=t.tracks_world,
              tracks_visible=t.tracks_visible, dynamic_mask=np.random.default_rng(7).random((13, 64, 80)) < 0.2)  # fmt: skip
-    return [a, b, c, d]
+    # sparse, varying depth (3 % valid: at 256² the scale subsample is too small and every pixel is used) seen by
+    # rotating cameras, no tracks
+    e = tiny_clip("e", seed=8, F=6, H=32, W=32)
+    r = np.random.default_rng(8)
+    yaw = np.linspace(0.0, 0.3, 6)
+    e.c2w[:, 0, 0], e.c2w[:, 0, 2], e.c2w[:, 2, 0], e.c2w[:, 2, 2] = np.cos(yaw), np.sin(yaw), -np.sin(yaw), np.cos(yaw)
+    e.c2w[:, 1, 3] = np.linspace(0.0, -0.2, 6)
+    e.depth = r.uniform(1.0, 6.0, (6, 32, 32)).astype(np.float32)
+    e.depth_valid = r.random((6, 32, 32)) < 0.03
+    e.tracks_world = e.tracks_visible = None
+    # no depth, no tracks: the scale comes from the cameras
+    f = tiny_clip("f", seed=9, F=5, H=20, W=28)
+    f.depth = f.tracks_world = f.tracks_visible = None
+    return [a, b, c, d, e, f]
 
 
 @pytest.mark.parametrize("out_hw", [(32, 32), (8, 16), (40, 24), (256, 256)])
 def test_device_augmentation_equals_worker_path(out_hw):
-    """`augment_on="device"` (workers send crops and indices, `finish_batch` resizes batched) gives the worker
-    path's batch for the same draws: clips of different native sizes in one batch (24×40, 16×16, 48×36, 13 JPEG
-    frames of 64×80), up- and downsampling, JPEG draft decoding, flips, repeated frames, float16 depth with NaN,
-    stored validity, dynamic masks, a clip without depth. On the CPU every field is identical (the uint8 resize kernel); with the float32 resize that the
-    GPU runs, images differ by the resampling arithmetic only: ≤ 1.5/255 (observed ≤ 1.0/255), ≤ 0.35/255 on
-    average; every other field is still identical."""
+    """`augment_on="device"` (workers send crops and indices, `finish_batch` resizes and scale-normalises batched)
+    gives the worker path's batch for the same draws: clips of different native sizes in one batch (24×40, 16×16,
+    48×36, 13 JPEG frames of 64×80, 32×32, 20×28), up- and downsampling, JPEG draft decoding, flips, repeated frames,
+    float16 depth with NaN, stored validity, sparse depth (the scale's fallback to every pixel), dynamic masks, clips
+    without depth (scale from tracks; from cameras), both scale modes. On the CPU every field is identical (the uint8
+    resize kernel) except those the scene scale multiplies — c2w, tracks_world, depth, metric_scale —, which agree to
+    float32 rounding (the device computes the same scale from the float32 cameras of the batch); with the float32
+    resize that the GPU runs, images differ by the resampling arithmetic only: ≤ 1.5/255 (observed ≤ 1.0/255),
+    ≤ 0.35/255 on average."""
     from datamodules.augment import augment_pixels
 
     base = ClipSamplingConfig(num_input=3, num_output=3, resolution=max(out_hw), size_divisor=8, random_aspect=False,
@@ -400,10 +416,11 @@ def test_device_augmentation_equals_worker_path(out_hw):
     src = SourceConfig("pointodyssey", "unused", max_gap=13)
     raw = [{"__key__": c.key, **encode_clip(c)} for c in _mixed_clips()]
     flips = 0
-    for seed in range(3):
+    for seed, norm in ((0, "mean_xyz"), (1, "mean_xyz"), (2, "mean_depth")):
         batches = {}
         for mode in ("worker", "device", "device_float"):
-            transform = ClipTransform(replace(base, augment_on=mode.removesuffix("_float")), train=True)
+            cfg = replace(base, augment_on=mode.removesuffix("_float"), scale_norm=norm)
+            transform = ClipTransform(cfg, train=True)
             samples = [transform(r, np.random.default_rng([seed, i]), out_hw, src) for i, r in enumerate(raw)]
             flips += sum(s["flipped"] for s in samples) if mode == "worker" else 0
             b = collate(samples, 3)
@@ -412,18 +429,25 @@ def test_device_augmentation_equals_worker_path(out_hw):
             batches[mode] = finish_batch(b)
             check_batch(batches[mode])
         ref = batches["worker"]
+        assert set(ref) == set(batches["device"]) == set(batches["device_float"])
         for mode in ("device", "device_float"):
             for k, v in ref.items():
+                x = batches[mode][k]
                 if k == "images" and mode == "device_float":
-                    diff = (batches[mode][k] - v).abs()
+                    diff = (x - v).abs()
                     assert diff.max() <= 1.5 / 255 and diff.mean() <= 0.35 / 255, (diff.max() * 255, diff.mean() * 255)
+                elif k in ("c2w", "tracks_world", "depth", "metric_scale"):  # × the scene scale
+                    assert v.dtype == x.dtype and torch.equal(v.isnan(), x.isnan()), (mode, k)
+                    torch.testing.assert_close(x, v, rtol=3e-7, atol=1e-7, equal_nan=True, msg=(mode, k))
                 elif torch.is_tensor(v):
-                    assert v.dtype == batches[mode][k].dtype and torch.equal(v.nan_to_num(7.0),
-                                                                             batches[mode][k].nan_to_num(7.0)), (mode, k)  # fmt: skip
+                    assert v.dtype == x.dtype and torch.equal(v.nan_to_num(7.0), x.nan_to_num(7.0)), (mode, k)
                 else:
-                    assert batches[mode][k] == v, (mode, k)
+                    assert x == v, (mode, k)
         assert ref["depth_valid"][0].any() and not ref["depth_valid"][2].any() and ref["dynamic_mask"][2].any()
-    assert 0 < flips < 12
+        assert not ref["depth_valid"][5].any() and not ref["tracks_visible"][4:].any()
+        # every clip was scaled: metric_scale = stored metric_scale (1 here) × s, s ≠ 1
+        assert (ref["metric_scale"] - 1).abs().min() > 1e-3, ref["metric_scale"]
+    assert 0 < flips < 18
 
 
 def test_device_payload_stays_within_output_size_when_downsampling():

@@ -1,5 +1,6 @@
-"""GPU: the batched per-pixel augmentation (`augment_on="device"`) on CUDA — float32 antialiased resize and torch
-gathers — gives the worker path's batch (the CPU reference) up to the resampling arithmetic."""
+"""GPU: the batched per-pixel augmentation (`augment_on="device"`) on CUDA — float32 antialiased resize, torch
+gathers and the scene scale — gives the worker path's batch (the CPU reference) up to the resampling arithmetic
+(images) and float32 rounding (the fields the scene scale multiplies)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def test_cuda_augmentation_equals_worker_path(out_hw):
             if k == "images":
                 diff = (g - v).abs()
                 assert diff.max() <= 1.5 / 255 and diff.mean() <= 0.35 / 255, (diff.max() * 255, diff.mean() * 255)
+            elif k in ("c2w", "tracks_world", "depth", "metric_scale"):  # × the scene scale, computed on the GPU
+                assert v.dtype == g.dtype and torch.equal(v.isnan(), g.isnan()), k
+                torch.testing.assert_close(g, v, rtol=3e-7, atol=1e-7, equal_nan=True, msg=k)
             elif torch.is_tensor(v):
                 assert v.dtype == g.dtype and torch.equal(v.nan_to_num(7.0), g.nan_to_num(7.0)), k
             else:
