@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from diff4splat.models.alignment import AlignerConfig, LatentAligner, LinearMapper, MLPMapper, UNetMapper
-from diff4splat.models.tiny_vae import TinyVAE
+from diff4splat.models.tiny_vae import MemBlock, TinyVAE
 from diff4splat.models.wan_vae import WanVAE
 
 
@@ -30,8 +30,14 @@ def test_causal_time_handling() -> None:
     """Latent frame 0 <-> frame 0; latent j >= 1 <-> frames 4j-3..4j; nothing flows backwards in time."""
     torch.manual_seed(0)
     vae = TinyVAE.tiny("wan22").double()
+    for m in vae.modules():
+        if isinstance(m, MemBlock):  # residual branches start at zero: give the memory path weights
+            torch.nn.init.normal_(m.conv[4].weight, std=0.05)
     x = torch.rand(1, 9, 3, 32, 32, dtype=torch.float64)
     z = vae.encode(x)
+    x1 = x.clone()
+    x1[:, 0] = torch.rand_like(x1[:, 0])  # frame 0 reaches later latent frames through the memory blocks
+    assert not torch.allclose(vae.encode(x1)[:, :, 1], z[:, :, 1])
     x2 = x.clone()
     x2[:, 8] = torch.rand_like(x2[:, 8])  # the last frame: only the last latent frame may change
     z2 = vae.encode(x2)

@@ -111,6 +111,10 @@ class MemBlock(nn.Module):
         self.conv = nn.Sequential(_conv3x3(2 * c_in, c_out), nn.ReLU(inplace=True), _conv3x3(c_out, c_out),
                                   nn.ReLU(inplace=True), _conv3x3(c_out, c_out))  # fmt: skip
         self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+        # Training from scratch: the residual branch starts at zero (the block passes relu(skip(x))), which keeps the
+        # 20-odd unnormalised ReLU layers stable under Adam; released weights overwrite this.
+        nn.init.zeros_(self.conv[4].weight)
+        nn.init.zeros_(self.conv[4].bias)
 
     def forward(self, x: Tensor, past: Tensor) -> Tensor:
         return F.relu(self.conv(torch.cat([x, past], 1)) + self.skip(x))
@@ -142,6 +146,12 @@ class TGrow(nn.Module):
         return self.conv(x).reshape(n * self.stride, c, h, w)
 
 
+def _like_weights(x: Tensor, weight: Tensor) -> Tensor:
+    """x in the weights' dtype and memory format (``tiny_vae.to(memory_format=torch.channels_last)`` is faster on GPUs)."""
+    fmt = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return x.to(weight.dtype).contiguous(memory_format=fmt)
+
+
 def run_causal(layers: nn.Sequential, x: Tensor, batch: int) -> Tensor:
     """Apply ``layers`` to all frames at once. x: [B·T, C, H, W] (frames of a clip consecutive) -> [B·T', C', H', W'].
 
@@ -150,8 +160,8 @@ def run_causal(layers: nn.Sequential, x: Tensor, batch: int) -> Tensor:
     for layer in layers:
         if isinstance(layer, MemBlock):
             n, c, h, w = x.shape
-            seq = x.view(batch, n // batch, c, h, w)
-            past = torch.cat([torch.zeros_like(seq[:, :1]), seq[:, :-1]], 1).view(n, c, h, w)
+            seq = x.reshape(batch, n // batch, c, h, w)
+            past = torch.cat([torch.zeros_like(seq[:, :1]), seq[:, :-1]], 1).reshape(n, c, h, w)
             x = layer(x, past)
         else:
             x = layer(x)
@@ -265,8 +275,8 @@ class TinyVAE(nn.Module):
         x = frames.reshape(-1, 3, h, w).to(self.encoder[0].weight.dtype)
         if self.cfg.patch_size > 1:
             x = F.pixel_unshuffle(x, self.cfg.patch_size)
-        z = run_causal(self.encoder, x, b)
-        return z.view(b, -1, *z.shape[1:]).transpose(1, 2)
+        z = run_causal(self.encoder, _like_weights(x, self.encoder[0].weight), b)
+        return z.reshape(b, -1, *z.shape[1:]).transpose(1, 2)
 
     def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
         """raw latents [B, C, T, h, w] -> frames [B, 4(T-1)+1, 3, h·s, w·s] in [0, 1] (``clamp=False``: unclamped)."""
@@ -275,8 +285,8 @@ class TinyVAE(nn.Module):
                              f"got {tuple(latents.shape)}")  # fmt: skip
         b = latents.shape[0]
         z = latents.transpose(1, 2).reshape(-1, *latents.shape[1:2], *latents.shape[3:])
-        x = run_causal(self.decoder, z.to(self.decoder[1].weight.dtype), b)
+        x = run_causal(self.decoder, _like_weights(z, self.decoder[1].weight), b)
         if self.cfg.patch_size > 1:
             x = F.pixel_shuffle(x, self.cfg.patch_size)
-        x = x.view(b, -1, *x.shape[1:])[:, self.t_up - 1 :]
+        x = x.reshape(b, -1, *x.shape[1:])[:, self.t_up - 1 :]
         return x.clamp(0, 1) if clamp else x

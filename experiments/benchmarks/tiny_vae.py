@@ -62,7 +62,7 @@ def main() -> None:
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
-    wan = WanVAE(AutoencoderKLWan(**vae_config()).to(dev, torch.bfloat16))
+    wan = WanVAE(AutoencoderKLWan(**vae_config()).to(torch.bfloat16)).to(dev)
     wan_params = sum(q.numel() for q in wan.parameters())
     aligner = LatentAligner(AlignerConfig(version="wan22")).to(dev).eval().requires_grad_(False)
     aligner.set_normalisation(wan.mean, wan.std)
@@ -83,9 +83,9 @@ def main() -> None:
         for dtype, tag in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
             aligner.to(dtype)
             add(size, f"TinyVAE decode ({tag})", lambda z=z: aligner.decode(z), args.repeats)
-            aligner.to(memory_format=torch.channels_last)
+            aligner.tiny_vae.to(memory_format=torch.channels_last)
             add(size, f"TinyVAE decode ({tag}, channels-last)", lambda z=z: aligner.decode(z), args.repeats)
-            aligner.to(memory_format=torch.contiguous_format)
+            aligner.tiny_vae.to(memory_format=torch.contiguous_format)
         aligner.to(torch.bfloat16)
         if not args.no_compile:
             compiled = torch.compile(aligner.tiny_vae.decode)
