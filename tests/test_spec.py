@@ -167,3 +167,28 @@ def test_writer_rejects_invalid_clip_and_maxsize(tmp_path):
         for c in clips:
             w.write(c)
     assert len(list((tmp_path / "b").glob("val-*.tar"))) == 4
+
+
+@pytest.mark.parametrize("fmt", ["baseline", "progressive", "exif", "gray", "png"])
+def test_image_size_reads_headers_like_pil(fmt):
+    """`image_size` parses the JPEG start-of-frame / PNG IHDR itself; it must agree with PIL on every layout."""
+    import io
+
+    from PIL import Image
+
+    from datamodules.spec import image_size
+
+    a = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
+    im = Image.fromarray(a[..., 0] if fmt == "gray" else a)
+    buf = io.BytesIO()
+    if fmt == "png":
+        im.save(buf, "PNG")
+    else:
+        im.save(
+            buf,
+            "JPEG",
+            progressive=fmt == "progressive",
+            exif=b"Exif\x00\x00" + b"\x00" * 300 if fmt == "exif" else b"",
+        )
+    data = buf.getvalue()
+    assert image_size(data) == Image.open(io.BytesIO(data)).size == (53, 37)
