@@ -140,10 +140,12 @@ INCLUDES = {
     "depth_valid, dynamic_mask nearest), intrinsics, canonical cameras, tracks, scene-scale normalisation, "
     "timestamps, collation (uint8 images)",
     "augment_on=device, worker only": "tar read, decode_sample, frame sampling, JPEG decode + copy of the crop, "
-    "the depth/mask crops (views of the stored frames when they are only upsampled and consecutive, else copies), intrinsics, canonical cameras, tracks, scene scale (subsample read from the "
-    "source), timestamps, collation (per-clip payloads); not the per-pixel resize and validity (GPU work)",
+    "the depth/mask crops (views of the stored frames when they are only upsampled and consecutive, else copies), "
+    "intrinsics, canonical cameras, tracks, timestamps, collation (per-clip payloads); not the per-pixel resize, "
+    "the depth validity and the scene scale (GPU work)",
     "augment_on=device, worker + augmentation on CPU": "the above + `augment_pixels` on the CPU (uint8 antialiased "
-    "resize, depth/mask gathers, validity, scale, output-frame indexing; uint8 images)",
+    "resize, depth/mask gathers, validity, scene scale from the resized depth and its application to c2w, tracks, "
+    "depth and metric_scale, output-frame indexing; uint8 images)",
 }
 
 
