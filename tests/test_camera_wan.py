@@ -274,3 +274,22 @@ def test_camctrl_tiny_experiment_runs_through_train(make_cfg) -> None:
     metrics, _ = train(cfg)
     for key in ("val/loss", "val/loss_shuffled_cameras", "val/psnr_sampled", "test/loss"):
         assert key in metrics and metrics[key] == metrics[key], key
+
+
+@pytest.mark.parametrize(("kernel", "shape"), [((4, 8, 8), (2, 6, 9, 32, 40)), ((1, 2, 2), (1, 6, 5, 8, 6)),
+                                               ((4, 4, 4), (1, 3, 13, 18, 17))])  # fmt: skip
+def test_causal_conv_as_patchify_matmul_equals_the_convolution(kernel, shape):
+    """CausalConv3d runs kernel = stride as patchify + matmul; it must equal nn.Conv3d on the causally padded input
+    (float64: to rounding), remainders dropped as a convolution drops them, with the same state dict."""
+    from diff4splat.models.camera_wan import CausalConv3d
+
+    torch.manual_seed(0)
+    conv = CausalConv3d(shape[1], 7, kernel_size=kernel, stride=kernel).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    kt = kernel[0]
+    padded = torch.cat([x[:, :, :1].expand(-1, -1, kt - 1, -1, -1), x], dim=2) if kt > 1 else x
+    ref = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, stride=kernel)
+    out = conv(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert set(conv.state_dict()) == {"weight", "bias"}

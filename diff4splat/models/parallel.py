@@ -1,7 +1,8 @@
 """Scale-out helpers for the Wan transformer: activation checkpointing, ``torch.compile`` and FSDP2 sharding per
 ``WanTransformerBlock``, applied in place.
 
-Order per block (as torchtitan does it): checkpoint wrapper -> in-place compile -> ``fully_shard``; then the root.
+Order per block: in-place compile -> checkpoint wrapper -> ``fully_shard``; then the root (``prepare_blocks`` says
+why the compile goes inside the checkpoint; torchtitan compiles around it, which needs graph-break-free blocks).
 Checkpointing uses torch's ``checkpoint_wrapper`` (non-reentrant), whose state-dict hooks strip its
 ``_checkpoint_wrapped_module.`` prefix, so checkpoints keep diffusers' keys; ``Module.compile()`` compiles in place
 (no ``_orig_mod.``). Two checkpointing modes:
@@ -78,15 +79,24 @@ def prepare_blocks(
     checkpoint_blocks: int = -1,
     compile_blocks: bool = False,
     mode: CheckpointMode = "full",
+    compile_inside_checkpoint: bool = True,
 ) -> None:
-    """Checkpoint the selected blocks (replacing them in ``blocks`` by wrappers) and compile every block in place."""
+    """Checkpoint the selected blocks (replacing them in ``blocks`` by wrappers) and compile every block in place.
+
+    ``compile_inside_checkpoint``: compile the block itself and wrap the compiled block (the recomputation runs the
+    compiled forward again), rather than compiling the wrapper. Compiling the wrapper traces the checkpoint as one
+    higher-order op, and a graph break anywhere inside the block (diffusers' attention dispatch has them) sends the
+    whole block back to eager: the H100 profile of 2026-11-24 showed unfused element-wise kernels that way."""
     chosen = set(select_blocks(len(blocks), checkpoint_blocks)) if mode != "none" else set()
     for i in range(len(blocks)):
+        if compile_blocks and compile_inside_checkpoint:
+            blocks[i].compile()
         if i in chosen:
             blocks[i] = wrap_checkpoint(blocks[i], mode)
-        if compile_blocks:
+        if compile_blocks and not compile_inside_checkpoint:
             blocks[i].compile()
-    log.info("blocks: %d of %d checkpointed (%s), compile=%s", len(chosen), len(blocks), mode, compile_blocks)
+    log.info("blocks: %d of %d checkpointed (%s), compile=%s (%s the checkpoint)", len(chosen), len(blocks), mode,
+             compile_blocks, "inside" if compile_inside_checkpoint else "around")  # fmt: skip
 
 
 def shard_wan(

@@ -75,6 +75,7 @@ class DiffusionScale:
     checkpoint_blocks: int = -1  # FSDP path: -1 every block, 0 none, k: k blocks spread through depth
     checkpoint_mode: Literal["full", "selective", "none"] = "selective"  # see diff4splat.models.parallel
     compile_blocks: bool = False
+    compile_inside_checkpoint: bool = True  # compile each block, then checkpoint it (see prepare_blocks)
     param_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # FSDP2 mixed precision: compute dtype
     reduce_dtype: Literal["bfloat16", "float32"] = "float32"
 
@@ -152,7 +153,8 @@ class CameraDiffusionSystem(L.LightningModule):
                 )
         sc = self.scale
         if mesh is not None:
-            prepare_blocks(self.model.transformer.blocks, sc.checkpoint_blocks, sc.compile_blocks, sc.checkpoint_mode)
+            prepare_blocks(self.model.transformer.blocks, sc.checkpoint_blocks, sc.compile_blocks, sc.checkpoint_mode,
+                           sc.compile_inside_checkpoint)  # fmt: skip
             dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
             shard_wan(self.model, self.model.transformer.blocks, dp, getattr(torch, sc.param_dtype),
                       getattr(torch, sc.reduce_dtype), storage_dtype=getattr(torch, self.model_cfg.dtype))  # fmt: skip

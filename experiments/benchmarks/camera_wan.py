@@ -10,9 +10,11 @@ Training configurations (``name:batch``; each builds a fresh model):
 - ``diffusers_plain``: diffusers' ``WanTransformer3DModel`` alone, no checkpointing, no FSDP (the baseline the issue
   quotes at 51 % MFU).
 - ``diffusers_ckpt``: the same with diffusers' own gradient checkpointing (``enable_gradient_checkpointing``; 38 %).
-- ``camerawan_full`` / ``camerawan_selective`` / ``camerawan_selective_eager``: our training path, i.e.
-  ``CameraDiffusionSystem.configure_model`` (CameraWan, FSDP2 ``fully_shard`` per ``WanTransformerBlock`` on a
-  one-GPU mesh, activation checkpointing full or selective, ``torch.compile`` per block unless ``_eager``),
+- ``diffusers_compile``: ``diffusers_plain`` with ``torch.compile`` per block.
+- ``camerawan_full`` / ``camerawan_selective`` / ``camerawan_nockpt``, each also ``_eager`` or ``_around``: our
+  training path, i.e. ``CameraDiffusionSystem.configure_model`` (CameraWan, FSDP2 ``fully_shard`` per
+  ``WanTransformerBlock`` on a one-GPU mesh, activation checkpointing full, selective or none, ``torch.compile`` per
+  block inside the checkpoint wrapper; ``_eager``: not compiled; ``_around``: compiled around the wrapper),
   ``flow_loss`` (per-sample σ, Plücker rays from cameras at 352×640, CFG dropout) and its AdamW groups.
 
 A step is forward + backward + optimizer step. Model FLOPs = 3 × the forward FLOPs counted by
@@ -90,12 +92,18 @@ def count_forward_flops(fn: Any) -> float:
     return float(counter.get_total_flops())
 
 
-def system_for(args: argparse.Namespace, mode: str, compile_blocks: bool, mesh: Any, device: torch.device) -> Any:
+def system_for(args: argparse.Namespace, mode: str, compile_blocks: bool, mesh: Any, device: torch.device,
+               inside: bool = True) -> Any:  # fmt: skip
     from diff4splat.systems.diffusion import CameraDiffusionSystem
 
     system = CameraDiffusionSystem(
         model={"arch": args.arch, "init": "random", "dtype": "bfloat16", "vae_stride": [4, args.stride, args.stride]},
-        scale={"checkpoint_blocks": -1, "checkpoint_mode": mode, "compile_blocks": compile_blocks},
+        scale={
+            "checkpoint_blocks": -1,
+            "checkpoint_mode": mode,
+            "compile_blocks": compile_blocks,
+            "compile_inside_checkpoint": inside,
+        },
         objective={"cfg_dropout": 0.1},
     )
     system._device_mesh = mesh
@@ -122,6 +130,9 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
         model = base_transformer(args, device)
         if name == "diffusers_ckpt":
             model.enable_gradient_checkpointing()
+        if name == "diffusers_compile":
+            for block in model.blocks:
+                block.compile()
         tcfg = model.config
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-5, weight_decay=0.01, fused=True)
         batch = make_batch(b, args, tcfg.text_dim, tcfg.in_channels, device)
@@ -149,9 +160,9 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
 
         params = sum(p.numel() for p in model.parameters())
     else:
-        mode = {"camerawan_full": "full", "camerawan_selective": "selective",
-                "camerawan_selective_eager": "selective"}[name]  # fmt: skip
-        system = system_for(args, mode, not name.endswith("_eager"), mesh, device)
+        base = name.removesuffix("_eager").removesuffix("_around")
+        mode = {"camerawan_full": "full", "camerawan_selective": "selective", "camerawan_nockpt": "none"}[base]
+        system = system_for(args, mode, not name.endswith("_eager"), mesh, device, not name.endswith("_around"))
         model = system.model
         optimizer = system.configure_optimizers()["optimizer"]
         batch = make_batch(b, args, model.text_dim, model.latent_channels, device)
