@@ -293,3 +293,33 @@ def test_causal_conv_as_patchify_matmul_equals_the_convolution(kernel, shape):
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     assert set(conv.state_dict()) == {"weight", "bias"}
+
+
+def test_prepare_blocks_compiles_inside_the_checkpoint_and_keeps_keys():
+    """Blocks are compiled for real (dynamo captures their frames; `nn.Module.compile()` silently did not) and then
+    wrapped for checkpointing; outputs, gradients and state-dict keys equal the eager blocks'."""
+    import torch._dynamo
+
+    from diff4splat.models.parallel import compile_in_place, prepare_blocks
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()) for _ in range(3)])
+    ref = copy.deepcopy(blocks)
+    keys = set(blocks.state_dict())
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with pytest.MonkeyPatch.context() as mp:  # the eager backend: real dynamo capture, no C++ build on CPU
+        mp.setattr("diff4splat.models.parallel.compile_in_place", lambda m: compile_in_place(m, backend="eager"))
+        prepare_blocks(blocks, checkpoint_blocks=-1, compile_blocks=True, mode="full")
+    assert all(type(b).__name__ == "CheckpointWrapper" for b in blocks)
+    assert set(blocks.state_dict()) == keys
+    x = torch.randn(4, 8, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = x, x_ref
+    for b, r in zip(blocks, ref, strict=True):
+        y, y_ref = b(y), r(y_ref)
+    torch.testing.assert_close(y, y_ref)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    assert torch._dynamo.utils.counters["frames"]["ok"] >= 1

@@ -131,8 +131,10 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
         if name == "diffusers_ckpt":
             model.enable_gradient_checkpointing()
         if name == "diffusers_compile":
+            from diff4splat.models.parallel import compile_in_place
+
             for block in model.blocks:
-                block.compile()
+                compile_in_place(block)
         tcfg = model.config
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-5, weight_decay=0.01, fused=True)
         batch = make_batch(b, args, tcfg.text_dim, tcfg.in_channels, device)
