@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # Installed first and pinned so a CPU machine never pulls CUDA builds; on a GPU box e.g. TORCH="torch==2.11.0".
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,slurm
+EXTRAS ?= dev,slurm,viewer
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
