@@ -1,0 +1,5 @@
+"""Inference composition: camera-controlled video sampling, reconstruction and the full generation pipeline."""
+
+from diff4splat.pipelines.generation import Diff4SplatPipeline, GenerateConfig, Generation, generate
+
+__all__ = ["Diff4SplatPipeline", "GenerateConfig", "Generation", "generate"]
