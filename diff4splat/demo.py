@@ -1,0 +1,167 @@
+"""Gradio demo: an image, a trajectory preset and its strength, a prompt and a seed in; the generated video, a render
+of the 4D scene along the trajectory and the scene files (``.splat``, native 4D ``.safetensors``) out.
+
+    python -m diff4splat.demo tiny=true                    # tiny random weights: any machine, labelled UNTRAINED
+    python -m diff4splat.demo device=cuda models.lrdm=...  # the generation CLI's overrides (conf/generate.yaml)
+    python -m diff4splat.demo --port 7860 --outputs outputs/demo tiny=true
+
+Needs the ``viewer`` extra (``pip install -e ".[viewer]"``). The app binds to 127.0.0.1 unless ``--host`` says
+otherwise. The pipeline (`diff4splat.pipelines.generation.Diff4SplatPipeline`) is built once, when the app starts;
+requests run one at a time. Each request writes a folder under ``--outputs`` with everything the generation CLI
+writes (``meta.json`` records the inputs and seed) plus ``scene.splat``: the Gaussians at the first frame's time
+(``.splat`` holds one static set). ``build_demo`` lays out the UI around any callback; ``DemoRunner`` is the
+callback (``DemoRunner.generate`` raises `InputError` on bad input, the UI shows it as a Gradio error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from diff4splat.gaussians.io import save_splat
+from diff4splat.geometry.trajectories import PRESETS
+from diff4splat.pipelines.generation import Diff4SplatPipeline, GenerateConfig, make_job, run_job
+from diff4splat.pipelines.inputs import InputError
+from diff4splat.pipelines.outputs import read_scene_output
+
+log = logging.getLogger("diff4splat.demo")
+
+SPLAT_FILE = "scene.splat"
+
+
+@dataclass
+class DemoResult:
+    """What one request produced (paths inside its output folder)."""
+
+    folder: Path
+    video: Path  # video.mp4: the generated frames
+    render: Path  # render.mp4: the 4D scene rendered along the trajectory
+    splat: Path  # scene.splat: the Gaussians at the first frame's time
+    scene: Path  # scene.safetensors: the 4D scene
+    status: str  # markdown: labels, sizes and timings
+
+
+class DemoRunner:
+    """The demo's callback: one generation per call with the pipeline built once from ``cfg``."""
+
+    def __init__(self, cfg: GenerateConfig, outputs: str | Path, pipeline: Diff4SplatPipeline | None = None) -> None:
+        self.cfg = replace(cfg, progress=False)
+        self.outputs = Path(outputs)
+        self.pipeline = pipeline if pipeline is not None else Diff4SplatPipeline.from_config(self.cfg)
+
+    def generate(self, image: str | None, preset: str, strength: float, prompt: str, seed: float | int) -> DemoResult:
+        """Run one request; bad input raises `InputError` naming the field, before anything is written."""
+        if not image:
+            raise InputError("image: upload an image (the first frame of the video)")
+        key = str(preset).replace("-", "_").lower()
+        if key not in PRESETS:
+            raise InputError(f"trajectory: {preset!r} is not a preset; expected one of {', '.join(sorted(PRESETS))}")
+        try:
+            strength, seed_f = float(strength), float(seed)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"strength / seed: expected numbers, got {strength!r} / {seed!r}") from e
+        if not seed_f.is_integer() or seed_f < 0:
+            raise InputError(f"seed: expected a non-negative integer, got {seed!r}")
+        cfg = replace(self.cfg, trajectory=replace(self.cfg.trajectory, strength=strength))
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = self.outputs / f"{stamp}-{uuid.uuid4().hex[:6]}"
+        job = make_job(cfg, image, key, prompt or "", int(seed_f), target, "")
+        folder = run_job(self.pipeline, job, cfg)
+        scene = read_scene_output(folder)
+        splat = save_splat(scene.gaussians.at(float(scene.gaussians.times[0])), folder / SPLAT_FILE)
+        meta = json.loads((folder / "meta.json").read_text())
+        lines = []
+        if self.pipeline.untrained:
+            lines.append(f"**{meta.get('label', 'UNTRAINED')}**")
+        timings = meta.get("timings", {})
+        lines.append(f"{scene.gaussians.num_gaussians} Gaussians, {scene.gaussians.num_times} query times, "
+                     f"{len(scene.cameras) if scene.cameras is not None else 0} frames; "
+                     f"{timings.get('total', float('nan')):.1f} s. Files: `{folder}`")  # fmt: skip
+        return DemoResult(folder, folder / "video.mp4", folder / "render.mp4", splat, folder / "scene.safetensors",
+                          "\n\n".join(lines))  # fmt: skip
+
+    def __call__(self, image: str | None, preset: str, strength: float, prompt: str, seed: float | int
+                 ) -> tuple[str, str, str, list[str], str]:  # fmt: skip
+        """The Gradio callback: (video, render, splat preview, downloads, status); bad input -> ``gr.Error``."""
+        import gradio as gr
+
+        try:
+            r = self.generate(image, preset, strength, prompt, seed)
+        except InputError as e:
+            raise gr.Error(str(e)) from e
+        return str(r.video), str(r.render), str(r.splat), [str(r.splat), str(r.scene)], r.status
+
+
+def build_demo(callback: Any, default_preset: str = "orbit", title: str = "Diff4Splat") -> Any:
+    """The Gradio Blocks UI around ``callback(image_path, preset, strength, prompt, seed)`` returning (video path,
+    render path, .splat path, [download paths], status markdown)."""
+    import gradio as gr
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"# {title}\nOne image, a camera trajectory and a prompt to a 4D Gaussian scene.")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Image (first frame)")
+                preset = gr.Dropdown(sorted(PRESETS), value=default_preset, label="Trajectory")
+                strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Trajectory strength")
+                prompt = gr.Textbox(label="Prompt", lines=2)
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                run = gr.Button("Generate", variant="primary")
+            with gr.Column():
+                video = gr.Video(label="Generated video")
+                render = gr.Video(label="4D scene rendered along the trajectory")
+                splat = gr.Model3D(label="Scene at the first frame (.splat)")
+                files = gr.File(label="Downloads (.splat, .safetensors)", file_count="multiple")
+                status = gr.Markdown()
+        run.click(callback, inputs=[image, preset, strength, prompt, seed],
+                  outputs=[video, render, splat, files, status])  # fmt: skip
+    return demo
+
+
+def load_config(overrides: list[str]) -> GenerateConfig:
+    """``conf/generate.yaml`` with Hydra overrides (``tiny=true``, ``models.lrdm=...``), typed as the generation CLI's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diff4splat.generate import to_config
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    GlobalHydra.instance().clear()  # an entry point: no other Hydra context is in use
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        return to_config(compose("generate", overrides=overrides))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="conf/generate.yaml overrides, e.g. tiny=true device=cuda")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--outputs", default="outputs/demo", help="folder for the requests' outputs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    from hydra.errors import HydraException
+
+    try:
+        runner = DemoRunner(load_config(args.overrides), args.outputs)
+    except (InputError, ValueError, FileNotFoundError, HydraException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = build_demo(runner)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.outputs).resolve())])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
