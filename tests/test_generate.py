@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,43 @@ def test_vae_tiling_option_reaches_the_wan_vae():
     assert tiled.shape == whole.shape == (1, 5, 3, MODEL_H, MODEL_W)
     diff = (tiled - whole).abs()
     assert 0 < float(diff.mean()) < 0.1  # tiles of the same decoder: close, but not the same computation
+
+
+def test_local_checkpoints_load_through_the_config(tmp_path, photo):
+    """Save a tiny pipeline's models in their release formats (diffusers folders, our camera/LRDM/aligner exports),
+    load them through ``models.*`` with tiny=false: the loaded pipeline gives the same latents and Gaussians."""
+    from safetensors.torch import save_file
+
+    from diff4splat.configs import to_plain
+
+    ref = Diff4SplatPipeline.tiny(seed=5, lrdm_encoder="latent", decoder="tiny_vae")
+    root = tmp_path / "Wan-tiny-Diffusers"
+    ref.text_encoder.encoder.save_pretrained(str(root / "text_encoder"))
+    ref.text_encoder.tokenizer.save_pretrained(str(root / "tokenizer"))
+    ref.vae.vae.save_pretrained(str(root / "vae"))
+    ref.camera_wan.transformer.save_pretrained(str(root / "transformer"))
+    ref.camera_wan.save_camera_weights(tmp_path / "camera.safetensors")
+    state = {k: v.contiguous() for k, v in ref.lrdm.state_dict().items()}
+    save_file(
+        state,
+        str(tmp_path / "lrdm.safetensors"),
+        metadata={"hparams": json.dumps({"model": to_plain(ref.lrdm.config)})},
+    )
+    ref.aligner.save(tmp_path / "aligner.safetensors")
+    cfg = compose("progress=false", "decoder=tiny_vae", f"paths.ckpt_root={tmp_path}", "models.text_encoder=${paths.ckpt_root}/Wan-tiny-Diffusers",
+                  "models.vae=${paths.ckpt_root}/Wan-tiny-Diffusers", "models.camera_wan.pretrained_path=${paths.ckpt_root}/Wan-tiny-Diffusers",
+                  "models.camera_wan.camera_weights=${paths.ckpt_root}/camera.safetensors", "models.lrdm=${paths.ckpt_root}/lrdm.safetensors",
+                  "models.aligner=${paths.ckpt_root}/aligner.safetensors")  # fmt: skip
+    pipe = Diff4SplatPipeline.from_config(cfg)
+    assert not pipe.untrained and pipe.describe()["lrdm"] == str(tmp_path / "lrdm.safetensors")
+    job = gen_mod.make_job(compose(*FAST), photo, "orbit", "a boat", 1, tmp_path / "unused")
+    args = (job.image, job.cameras.c2w.float(), job.cameras.fxfycxcy.float(), job.cameras.times.float(), "a boat")
+    a, b = (p(*args, sampling=SamplingConfig(steps=2, seed=1)) for p in (ref, pipe))
+    torch.testing.assert_close(b.latents, a.latents)
+    torch.testing.assert_close(b.scene.gaussians.canonical.means, a.scene.gaussians.canonical.means)
+    with pytest.raises(InputError, match=r"models\.camera_wan\.camera_weights=.*absent\.safetensors: not found"):
+        Diff4SplatPipeline.from_config(replace(cfg, models=replace(cfg.models, camera_wan=replace(
+            cfg.models.camera_wan, camera_weights=str(tmp_path / "absent.safetensors")))))  # fmt: skip
 
 
 # --- batch mode ------------------------------------------------------------------------------------------------------

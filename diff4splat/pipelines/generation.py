@@ -55,7 +55,7 @@ from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPi
 log = logging.getLogger("diff4splat.generate")
 
 META_FORMAT = "diff4splat-generation"
-UNTRAINED_LABEL = "UNTRAINED: tiny random-weight models (smoke test); these outputs are not a result"
+UNTRAINED_LABEL = "UNTRAINED: random-weight models (a smoke test or a benchmark); these outputs are not a result"
 OUTPUTS = ("scene", "ply", "video", "render", "novel", "depth", "trajectory")
 STAGES = ("text", "encode", "sampling", "decode", "lrdm", "render", "write")
 FRAME_STRIDE = 4  # the Wan VAE's temporal stride: videos have 1 + 4k frames

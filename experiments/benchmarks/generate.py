@@ -1,0 +1,287 @@
+"""Generation speed on one GPU: image + trajectory + prompt -> 4D scene, end to end and per stage.
+
+Real architectures with random weights: the UMT5-XXL text encoder (5.7 B, bf16; tokenised by a small trained
+tokenizer, since the real one is a file we do not have and tokenising costs < 1 ms), CameraWan on Wan2.2-TI2V-5B
+(the shipped ``ti2v_5b`` config, bf16), the Wan2.2 VAE (bf16), the ``base`` LRDM (latent encoder by default; bf16
+autocast) and the TinyVAE aligner (``wan22``). 49 frames at 352x640 and 480x832, 25 UniPC steps with CFG 5 (both
+branches in one batched forward). Each run is the CLI's own path: ``make_job`` -> ``run_job`` (the pipeline, the
+renders and the files written into a temporary folder that is renamed into place), timed by the pipeline's
+CUDA-synchronised stage timer (``meta.json`` ``timings``): text, encode (first frame), sampling, decode (Wan VAE or
+TinyVAE: ``--decoders``), lrdm, render (gsplat when it imports), write. Median of ``--repeats`` runs after one warm-up,
+peak memory per configuration. Goals: <= 6 s end to end at 352x640x49, <= 12 s at 480x832x49.
+
+The Gaussian count is the LRDM checkpoint's choice; here ``--gaussian-stride 2 --gaussian-frame-step 4`` (one
+Gaussian per 2x2 pixels of every 4th frame: 732 k at 352x640) and one stored query time per latent frame (13), as
+the CLI's defaults do. mp4 files are written when PyAV and Lightning import (the CLI's writer lives in the media
+callback), ``trajectory.png`` when matplotlib imports; otherwise those files are skipped and the results say so.
+
+    python experiments/benchmarks/generate.py [--out experiments/benchmarks/results] [--repeats 3]
+    python experiments/benchmarks/generate.py --tiny --device cpu --out /tmp/bench   # tiny models: any machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+GOALS_S = {(352, 640): 6.0, (480, 832): 12.0}  # end to end at 49 frames
+STAGES = ("text", "encode", "sampling", "decode", "lrdm", "render", "write")
+UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+            "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "is_encoder_decoder": False,
+            "tie_word_embeddings": False}  # fmt: skip
+
+
+def git_commit() -> str:
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def available_outputs() -> tuple[tuple[str, ...], list[str]]:
+    """The CLI outputs this machine can write, and why the others are skipped."""
+    from diff4splat.pipelines.generation import OUTPUTS
+
+    missing = {m for m in ("av", "lightning", "matplotlib") if not importable(m)}
+    skipped = []
+    outputs = list(OUTPUTS)
+    if missing & {"av", "lightning"}:
+        outputs = [o for o in outputs if o not in ("video", "render", "novel", "depth")]
+        skipped.append(f"mp4 files (needs {', '.join(sorted(missing & {'av', 'lightning'}))})")
+    if "matplotlib" in missing:
+        outputs.remove("trajectory")
+        skipped.append("trajectory.png (needs matplotlib)")
+    return tuple(outputs), skipped
+
+
+def build_real(device: torch.device, args: argparse.Namespace) -> Any:
+    """Random weights, real architectures (see the module docstring)."""
+    from diffusers import AutoencoderKLWan
+    from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+
+    from diff4splat.models.alignment import AlignerConfig, LatentAligner
+    from diff4splat.models.camera_wan import CameraWan, CameraWanConfig
+    from diff4splat.models.lrdm import LRDM, lrdm_preset
+    from diff4splat.models.text import TextEncoder, save_tiny_text_encoder
+    from diff4splat.models.wan_convert import vae_config
+    from diff4splat.models.wan_vae import WanVAE
+    from diff4splat.pipelines.generation import Diff4SplatPipeline
+
+    torch.manual_seed(0)
+    camera_wan = CameraWan.from_config(CameraWanConfig(arch="ti2v_5b", init="random", dtype="bfloat16"), device)
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = AutoTokenizer.from_pretrained(str(save_tiny_text_encoder(folder) / "tokenizer"))
+    with torch.device(device):
+        umt5 = UMT5EncoderModel._from_config(UMT5Config(**UMT5_XXL), dtype=torch.bfloat16)
+    text = TextEncoder(umt5, tokenizer, identity="umt5-xxl-random")
+    vae = WanVAE(AutoencoderKLWan(**vae_config()).to(torch.bfloat16))
+    lrdm = LRDM(lrdm_preset("base", encoder=args.lrdm_encoder, gaussian_stride=args.gaussian_stride,
+                            gaussian_frame_step=args.gaussian_frame_step))  # fmt: skip
+    aligner = LatentAligner(AlignerConfig(version="wan22"))
+    aligner.set_normalisation(vae.mean, vae.std)
+    aligner.to(torch.bfloat16)
+    sources = {"kind": "random weights, real architectures", "text_encoder": "UMT5-XXL encoder",
+               "camera_wan": "ti2v_5b", "vae": "Wan2.2 VAE", "lrdm": f"base ({args.lrdm_encoder})",
+               "aligner": "TinyVAE wan22 + linear mappers"}  # fmt: skip
+    return Diff4SplatPipeline(text, camera_wan, vae, lrdm, aligner, device=device, untrained=True, sources=sources)
+
+
+def params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def make_cfg(args: argparse.Namespace, h: int, w: int, decoder: str, out: Path) -> Any:
+    from diff4splat.pipelines.camera_video import SamplingConfig
+    from diff4splat.pipelines.generation import GenerateConfig, LRDMOptions, RenderOptions, TrajectoryOptions
+
+    return GenerateConfig(
+        output_dir=str(out), overwrite=True, tiny=args.tiny, height=h, width=w, decoder=decoder, progress=False,
+        trajectory=TrajectoryOptions(num_frames=args.frames, strength=0.3),
+        sampling=SamplingConfig(steps=args.steps, guidance_scale=args.guidance),
+        lrdm=LRDMOptions(num_times=args.num_times), render=RenderOptions(backend=args.render_backend),
+    )  # fmt: skip
+
+
+def bench_size(pipe: Any, args: argparse.Namespace, h: int, w: int, decoder: str, work: Path,
+               outputs: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    from PIL import Image
+
+    from diff4splat.pipelines.generation import make_job, run_job
+
+    pipe.decoder = decoder
+    image = work / f"input_{h}x{w}.png"
+    y, x = np.mgrid[0:h, 0:w]
+    Image.fromarray(np.stack([x * 255 // w, y * 255 // h, (x // 32 + y // 32) % 2 * 200], -1).astype(np.uint8)).save(
+        image
+    )
+    runs: list[dict[str, float]] = []
+    peak = 0.0
+    for i in range(1 + args.repeats):
+        target = work / f"run_{h}x{w}_{decoder}_{i}"
+        cfg = make_cfg(args, h, w, decoder, target)
+        job = make_job(cfg, image, "orbit", "a drone flies over a lake at sunset", i, target)
+        if pipe.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        folder = run_job(pipe, job, cfg, outputs=outputs)
+        meta = json.loads((folder / "meta.json").read_text())
+        if pipe.device.type == "cuda":
+            peak = max(peak, torch.cuda.max_memory_allocated() / 2**30)
+        n_gauss, n_times = meta["lrdm"]["num_gaussians"], len(meta["lrdm"]["query_times"])
+        size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+        shutil.rmtree(folder)
+        t = {k: meta["timings"][k] for k in STAGES}
+        t["total"] = sum(t.values())
+        t["total_without_write"] = t["total"] - t["write"]
+        print(f"  {h}x{w}x{args.frames} {decoder:<8} run {i}{' (warm-up)' if i == 0 else ''}: "
+              + " ".join(f"{k} {v:.3f}" for k, v in t.items()), flush=True)  # fmt: skip
+        if i > 0:
+            runs.append(t)
+    median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    best = {k: float(np.min([r[k] for r in runs])) for k in runs[0]}
+    goal = GOALS_S.get((h, w)) if args.frames == 49 and not args.tiny else None
+    return {"size": f"{args.frames}x{h}x{w}", "decoder": decoder, "median_s": median, "min_s": best, "runs": runs,
+            "peak_GiB": peak, "num_gaussians": n_gauss, "query_times": n_times, "output_MiB": size_mb,
+            "goal_s": goal, "goal_met": None if goal is None else median["total"] <= goal}  # fmt: skip
+
+
+def markdown(record: dict[str, Any]) -> str:
+    head = "| size | decoder | " + " | ".join(STAGES) + " | total | total w/o write | peak GiB | goal |\n"
+    head += "|---|---|" + "---:|" * (len(STAGES) + 4) + "\n"
+    rows = []
+    for r in record["results"]:
+        m = r["median_s"]
+        goal = "" if r["goal_s"] is None else f"<= {r['goal_s']:.0f} s: {'met' if r['goal_met'] else 'not met'}"
+        rows.append(f"| {r['size']} | {r['decoder']} | " + " | ".join(f"{m[k]:.3f}" for k in STAGES)
+                    + f" | **{m['total']:.2f}** | {m['total_without_write']:.2f} | {r['peak_GiB']:.1f} | {goal} |")  # fmt: skip
+    first = record["results"][0]
+    notes = [f"- Gaussians per scene: {first['num_gaussians']:,} ({first['query_times']} stored query times); "
+             f"files per scene {first['output_MiB']:.0f} MiB.",
+             f"- Outputs written: {', '.join(record['outputs'])}"
+             + (f"; skipped: {'; '.join(record['skipped'])}." if record["skipped"] else "."),
+             f"- Render backend: {record['render_backend']}. Seconds are medians of {record['repeats']} runs after a "
+             "warm-up; model building is not counted."]  # fmt: skip
+    return (f"# Generation: image + trajectory + prompt -> 4D scene, per stage\n\n`{record['command']}` on "
+            f"{record['device']}, {record['date']}, commit {record['commit']}, torch {record['torch']}\n\n"
+            f"{record['models']}\n\n{head}" + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--sizes", nargs="*", default=None, help="HxW (default 352x640 480x832; tiny: 96x160)")
+    p.add_argument("--frames", type=int, default=None, help="1 + 4k (default 49; tiny: 13)")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--decoders", nargs="*", default=["wan", "tiny_vae"], choices=["wan", "tiny_vae"])
+    p.add_argument("--lrdm-encoder", default="latent", choices=["latent", "rgb"])
+    p.add_argument("--gaussian-stride", type=int, default=2)
+    p.add_argument("--gaussian-frame-step", type=int, default=4)
+    p.add_argument("--num-times", type=int, default=None, help="stored query times (default: one per latent frame)")
+    p.add_argument("--render-backend", default="auto", choices=["auto", "gsplat", "torch"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tiny", action="store_true", help="tiny random models (checks the script on any machine)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--work-dir", default=None, help="where scenes are written (default: a temporary folder)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("generate benchmark: --device cuda but CUDA is not available (use --tiny --device cpu to check it)")
+    if not args.tiny and device.type != "cuda":
+        sys.exit("generate benchmark: the real architectures need a CUDA GPU; use --tiny --device cpu on a CPU")
+    args.frames = args.frames or (13 if args.tiny else 49)
+    sizes = [
+        tuple(int(v) for v in s.split("x"))
+        for s in (args.sizes or (["96x160"] if args.tiny else ["352x640", "480x832"]))
+    ]
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+    if not importable("omegaconf"):  # diff4splat.configs (typed configs) is imported by the model modules
+        sys.exit("generate benchmark: needs omegaconf (+ antlr4-python3-runtime, PyYAML): pip install the wheels")
+    from diff4splat.pipelines.generation import Diff4SplatPipeline
+    from diff4splat.rendering.api import resolve_backend
+
+    outputs, skipped = available_outputs()
+    t0 = time.perf_counter()
+    if args.tiny:
+        pipe = Diff4SplatPipeline.tiny(seed=0, lrdm_encoder=args.lrdm_encoder, device=device)
+    else:
+        pipe = build_real(device, args)
+    build_s = time.perf_counter() - t0
+    counts = {name: params(m) for name, m in (("text_encoder", pipe.text_encoder), ("camera_wan", pipe.camera_wan),
+                                              ("vae", pipe.vae), ("lrdm", pipe.lrdm), ("aligner", pipe.aligner))}  # fmt: skip
+    lc = pipe.lrdm.config
+    models = ("Models" + (" (tiny)" if args.tiny else "") + ": " + ", ".join(f"{k} {v / 1e6:,.1f} M" for k, v in counts.items())
+              + f"; LRDM encoder {lc.encoder}, gaussian stride {lc.gaussian_stride}, frame step "
+              f"{lc.gaussian_frame_step}; {args.steps} steps, CFG {args.guidance}.")  # fmt: skip
+    print(f"built in {build_s:.1f} s. {models}", flush=True)
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    record: dict[str, Any] = {
+        "command": " ".join(["python", "experiments/benchmarks/generate.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": name, "torch": torch.__version__, "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
+        "tiny": args.tiny, "models": models, "parameters": counts, "build_s": build_s, "outputs": list(outputs),
+        "skipped": skipped, "repeats": args.repeats, "render_backend": resolve_backend(args.render_backend, device),
+        "results": [],
+    }  # fmt: skip
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="diff4splat-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "tiny_" if args.tiny else ""
+    tag += "h100" if "H100" in name else "h200" if "H200" in name else "gpu" if device.type == "cuda" else "cpu"
+    try:
+        for h, w in sizes:
+            for decoder in args.decoders:
+                try:
+                    record["results"].append(bench_size(pipe, args, h, w, decoder, work, outputs))
+                except torch.OutOfMemoryError as e:
+                    print(f"  {h}x{w} {decoder}: OOM ({str(e).splitlines()[0][:160]})", flush=True)
+                    record.setdefault("errors", []).append({"size": f"{h}x{w}", "decoder": decoder, "error": "OOM"})
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                (out / f"generate_{tag}.json").write_text(json.dumps(record, indent=2))
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if not record["results"]:
+        sys.exit("generate benchmark: no configuration ran (see the errors above)")
+    md = markdown(record)
+    (out / f"generate_{tag}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
