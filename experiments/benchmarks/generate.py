@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from camera_wan import git_commit  # the sibling benchmark's: GIT_COMMIT or `git rev-parse`
 
 GOALS_S = {(352, 640): 6.0, (480, 832): 12.0}  # end to end at 49 frames
 STAGES = ("text", "encode", "sampling", "decode", "lrdm", "render", "write")
@@ -45,16 +45,6 @@ UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "n
             "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
             "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "is_encoder_decoder": False,
             "tie_word_embeddings": False}  # fmt: skip
-
-
-def git_commit() -> str:
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def importable(name: str) -> bool:
