@@ -234,6 +234,9 @@ def test_batch_csv_writes_one_folder_per_row(tmp_path, photo):
     with pytest.raises(InputError, match=r"bad\.csv: line 3: image=.*missing\.jpg: no such file"):
         generate_cli.generate(compose(*FAST, f"batch={bad}", f"output_dir={tmp_path / 'out2'}"))
     assert not (tmp_path / "out2").exists()  # checked before anything was generated
+    bad.write_text(f"image,name\n{photo},../escape\n")
+    with pytest.raises(InputError, match=r"bad\.csv: line 2: field name is '\.\./escape'; expected a plain folder"):
+        generate_cli.generate(compose(*FAST, f"batch={bad}", f"output_dir={tmp_path / 'out2'}"))
 
 
 def test_batch_folder_lists_its_images(tmp_path, photo):
@@ -345,5 +348,6 @@ def test_offload_gives_the_same_scene_and_frees_the_gpu(photo):
         on_gpu = [m for m in (pipe.camera_wan, pipe.vae, pipe.lrdm, pipe.text_encoder)
                   if next(m.parameters()).is_cuda]  # fmt: skip
         assert len(on_gpu) == (0 if offload else 4)
-    torch.testing.assert_close(results[0].latents, results[1].latents)
-    torch.testing.assert_close(results[0].scene.gaussians.canonical.means, results[1].scene.gaussians.canonical.means)
+    torch.testing.assert_close(results[0].latents, results[1].latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(results[0].scene.gaussians.canonical.means, results[1].scene.gaussians.canonical.means,
+                               rtol=1e-4, atol=1e-4)  # fmt: skip

@@ -746,14 +746,15 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
             raise InputError(f"batch={src}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         rows = [(f"batch={src}: {p.name}: ", {"image": str(p)}) for p in images]
     elif src.is_file() and src.suffix.lower() == ".csv":
-        with open(src, newline="", encoding="utf-8") as fh:
+        with open(src, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
             reader = csv.DictReader(fh)
             columns = set(reader.fieldnames or [])
             unknown = columns - {"image", "trajectory", "prompt", "name", "seed"}
             if "image" not in columns or unknown:
                 raise InputError(f"batch={src}: header {sorted(columns)}; expected a column 'image' and optionally "
                                  f"'trajectory', 'prompt', 'name', 'seed'")  # fmt: skip
-            for i, row in enumerate(reader, start=2):
+            for row in reader:
+                i = reader.line_num
                 if not (row.get("image") or "").strip():
                     raise InputError(f"batch={src}: line {i}: field image is empty; expected an image path")
                 image = Path(row["image"].strip())
@@ -769,6 +770,8 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
     jobs, seen = [], {}
     for where, row in rows:
         name = (row.get("name") or "").strip() or Path(row["image"]).stem
+        if Path(name).name != name or name in (".", ".."):
+            raise InputError(f"{where}field name is {name!r}; expected a plain folder name (no path separators)")
         if name in seen:
             raise InputError(f"{where}writes to {out / name}, as does {seen[name]}; give the rows distinct 'name's")
         seen[name] = where.rstrip(": ")
