@@ -121,3 +121,15 @@ def test_preprocess_single_image_trajectory(tmp_path):
         np.testing.assert_allclose(d["C2W"][0], np.eye(4), atol=1e-6)
         assert np.abs(d["C2W"][1:, :3, 3]).max() > 1e-3  # the camera moves
         assert d["fxfycxcy"][0, 1] == pytest.approx(0.5 / np.tan(np.deg2rad(30)), rel=1e-5)
+
+
+def test_depth_to_color_handles_long_high_resolution_sequences():
+    """49 frames at 480x832 (19.6M depths, over torch.quantile's 2^24 limit) colour without error; the nearest 2 %
+    disparity sets the colour map's low end: on a depth ramp the far end is dark blue, the near end dark red."""
+    from diff4splat.pipelines.reconstruction import depth_to_color
+
+    depth = torch.linspace(1.0, 10.0, 480 * 832).reshape(1, 1, 480, 832).expand(49, 1, 480, 832)
+    rgb = depth_to_color(depth)
+    assert rgb.shape == (49, 480, 832, 3) and rgb.dtype == np.uint8
+    far, near = rgb[0, -1, -1], rgb[0, 0, 0]  # the far end (lowest disparity) maps to 0: dark blue, near to 1: red
+    assert tuple(far) == (0, 0, 128) and tuple(near) == (128, 0, 0)

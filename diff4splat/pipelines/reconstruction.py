@@ -129,7 +129,10 @@ def depth_to_color(depth: Tensor) -> np.ndarray:
     """[V, 1, H, W] depth -> (V, H, W, 3) uint8, disparity normalised over the whole sequence (turbo-like map)."""
     disp = 1.0 / depth.clamp_min(1e-6)
     disp = torch.where(depth > 0, disp, torch.zeros_like(disp))
-    lo, hi = torch.quantile(disp[disp > 0], 0.02) if (disp > 0).any() else 0.0, disp.max()
+    pos = disp[disp > 0]
+    # the 2 % quantile by kthvalue: torch.quantile refuses inputs over 2^24 values (49 frames at 480x832 have 19.6M)
+    lo = pos.kthvalue(max(1, int(0.02 * (pos.numel() - 1)) + 1)).values if pos.numel() else 0.0
+    hi = disp.max()
     x = ((disp - lo) / (hi - lo + 1e-8)).clamp(0, 1)[:, 0].cpu().numpy()
     r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
     g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
