@@ -44,23 +44,25 @@ class WanVAE(nn.Module):
         return cls(AutoencoderKLWan.from_pretrained(str(path), torch_dtype=torch_dtype))
 
     @classmethod
-    def tiny(cls, seed: int = 0, z_dim: int = 48, calibrate: bool = False) -> WanVAE:
+    def tiny(cls, seed: int = 0, z_dim: int = 48, calibrate: bool = False, base_dim: int | None = None) -> WanVAE:
         """A small random-weight ``AutoencoderKLWan`` with the Wan2.2 interface (or Wan2.1's with ``z_dim=16``).
 
         ``calibrate``: set the per-channel latent mean/std (``latents_mean``/``latents_std``, which a released VAE
         ships) from a fixed batch of smooth random videos, so normalised latents have unit scale as with the real
         VAE (a random VAE's raw latents have std ~0.2; diffusion on them would be dominated by the noise).
+        ``base_dim``: the encoder/decoder width (default 3 for Wan2.2's, 8 for Wan2.1's: fast, but the Wan2.2 one's
+        3-channel features keep little of the frames; latent alignment uses a wider one).
         """
         from diffusers import AutoencoderKLWan
 
         torch.manual_seed(seed)
         if z_dim == 48:
-            vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
+            vae = AutoencoderKLWan(base_dim=base_dim or 3, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
                                    patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
                                    dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
                                    latents_mean=[0.0] * 48, latents_std=[1.0] * 48)  # fmt: skip
         elif z_dim == 16:
-            vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+            vae = AutoencoderKLWan(base_dim=base_dim or 8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                    temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
                                    latents_std=[1.0] * 16)  # fmt: skip
         else:

@@ -128,6 +128,7 @@ class LatentAlignmentSystem(L.LightningModule):
         taehv_path: str | None = None,
         vae: Literal["pretrained", "tiny"] = "pretrained",
         vae_path: str | None = None,
+        tiny_vae_base_dim: int = 16,
         lrdm: dict[str, Any] | DictConfig | LRDMConfig | None = None,
         lrdm_init_from: str | None = None,
         lrdm_num_input: int = 5,
@@ -147,6 +148,7 @@ class LatentAlignmentSystem(L.LightningModule):
         self.save_hyperparameters({
             "aligner": asdict(self.aligner_cfg), "loss": to_plain(self.loss_cfg), "optim": to_plain(self.optim_cfg),
             "train_parts": to_plain(self.train_cfg), "taehv_path": taehv_path, "vae": vae, "vae_path": vae_path,
+            "tiny_vae_base_dim": tiny_vae_base_dim,
             "lrdm": to_plain(self.lrdm_cfg) if self.lrdm_cfg else None, "lrdm_init_from": lrdm_init_from,
             "lrdm_num_input": lrdm_num_input, "render_views": render_views, "max_steps": max_steps,
         })  # fmt: skip
@@ -162,7 +164,8 @@ class LatentAlignmentSystem(L.LightningModule):
                 raise ValueError("system.vae=pretrained needs system.vae_path (a local diffusers Wan VAE folder)")
             self._vae.append(WanVAE.from_pretrained(vae_path))
         elif vae == "tiny":
-            self._vae.append(WanVAE.tiny(z_dim=self.aligner.latent_channels, calibrate=True))
+            self._vae.append(WanVAE.tiny(z_dim=self.aligner.latent_channels, calibrate=True,
+                                         base_dim=tiny_vae_base_dim))  # fmt: skip
         else:
             raise ValueError(f"system.vae must be 'pretrained' or 'tiny', got {vae!r}")
         wan = self._vae[0]
