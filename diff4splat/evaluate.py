@@ -105,8 +105,8 @@ def shard_paths(specs: list[str]) -> list[str]:
     return sorted(set(out))
 
 
+@torch.no_grad()  # scoped: a global set_grad_enabled(False) leaked into whatever ran next in the process
 def run(args: argparse.Namespace) -> Path:
-    torch.set_grad_enabled(False)
     lpips = make_lpips(args, args.device)
     if args.mode == "clips":
         shards = shard_paths(args.shards)

@@ -268,3 +268,14 @@ def test_scene_folder_errors(tmp_path, capsys):
     assert evaluate.main(["scenes", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-lpips"]) == 2
     assert "nope/scene.safetensors: no scene file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_run_leaves_autograd_enabled():
+    """The CLI evaluates without gradients but must not switch autograd off for the rest of the process (it did:
+    every later test that backpropagated failed)."""
+    from diff4splat.evaluate import parse_args, run
+    from diff4splat.pipelines.inputs import InputError
+
+    with pytest.raises(InputError):
+        run(parse_args(["scenes", "/nonexistent_scene_folder", "--no-lpips", "--out", "/tmp/unused_eval_out"]))
+    assert torch.is_grad_enabled()

@@ -121,7 +121,7 @@ def save_ply(gaussians: Gaussians, path: str | os.PathLike) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(header)
-            f.write(np.ascontiguousarray(data).tobytes())
+            f.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no bytes copy (~75 MB at 732k Gaussians)
 
     return _atomic_write(path, write)
 
@@ -175,12 +175,20 @@ def save_ply_sequence(
     gaussians: DeformableGaussians,
     folder: str | os.PathLike,
     prefix: str = "frame_",
+    workers: int = 4,
 ) -> list[Path]:
-    """One ``.ply`` per stored query time (``frame_0000.ply`` ...) plus ``times.json`` (the times in order)."""
+    """One ``.ply`` per stored query time (``frame_0000.ply`` ...) plus ``times.json`` (the times in order).
+
+    ``workers`` threads write frames concurrently (the tensor work and the file writes release the GIL; a scene of
+    13 frames × 732k Gaussians is ~1 GB of files)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     if gaussians.batch_shape:
         raise ValueError(f"save_ply_sequence({folder}): expected unbatched DeformableGaussians")
     folder = Path(folder)
-    paths = [save_ply(g, folder / f"{prefix}{i:04d}.ply") for i, g in enumerate(gaussians.frames())]
+    frames = list(enumerate(gaussians.frames()))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        paths = list(pool.map(lambda item: save_ply(item[1], folder / f"{prefix}{item[0]:04d}.ply"), frames))
     times = gaussians.times.detach().cpu().double().tolist()
     payload = json.dumps({"times": times, "files": [p.name for p in paths]}, indent=1).encode()
     _atomic_write(folder / "times.json", lambda tmp: tmp.write_bytes(payload))

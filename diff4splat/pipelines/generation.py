@@ -887,9 +887,19 @@ def write_outputs(
             steps.append((name, lambda name=name, frames=frames: _write_video(frames(), folder / name, fps)))
     if "trajectory" in outputs:
         steps.append(("trajectory.png", lambda: _plot(gen, views, folder / "trajectory.png")))
-    with stages("write", total=len(steps), unit="file") as bar:
-        for _, write in steps:
-            write()
+    # the files are independent: written concurrently (encoding, tensor work and file I/O release the GIL); the first
+    # error is raised after every writer has stopped, and the caller removes the temporary folder
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    # (the plot stays on this thread: pyplot is not thread-safe)
+    with stages("write", total=len(steps), unit="file") as bar, ThreadPoolExecutor(len(steps) or 1) as pool:
+        futures = [pool.submit(write) for name, write in steps if name != "trajectory.png"]
+        for name, write in steps:
+            if name == "trajectory.png":
+                write()
+                bar.update(1)
+        for future in as_completed(futures):
+            future.result()
             bar.update(1)
     return [name for name, _ in steps]
 
