@@ -147,3 +147,17 @@ def test_lpips_loads_weights_from_files(tmp_path):
     loaded = LPIPS(pretrained=True, vgg_path=tmp_path / "vgg16.pth", lin_path=tmp_path / "vgg.pth")
     x, y = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     torch.testing.assert_close(loaded(x, y), src(x, y))
+
+
+def test_ssim_after_inference_mode_still_trains():
+    """SSIM's cached window first built under torch.inference_mode (an evaluation loop) must still work in a
+    training step that backpropagates through SSIM (it raised "Inference tensors cannot be saved for backward")."""
+    from diff4splat.losses.photometric import _gaussian_window, ssim
+
+    _gaussian_window.cache_clear()
+    a, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        ssim(a, b)
+    x = a.clone().requires_grad_(True)
+    (1 - ssim(x, b)).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -54,13 +54,15 @@ __all__ = [
 
 @functools.lru_cache(maxsize=64)
 def _k_basis(height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``(A [4, 9], b [9])`` with ``K.flatten() = fxfycxcy @ A + b`` for a (height, width) image."""
-    A = torch.zeros(4, 9, dtype=dtype)
-    A[0, 0] = A[2, 2] = width
-    A[1, 4] = A[3, 5] = height
-    b = torch.zeros(9, dtype=dtype)
-    b[8] = 1.0
-    return A.to(device), b.to(device)
+    """``(A [4, 9], b [9])`` with ``K.flatten() = fxfycxcy @ A + b`` for a (height, width) image. Cached, so built
+    as normal tensors even under torch.inference_mode (an inference tensor here would break later backward passes)."""
+    with torch.inference_mode(False):
+        A = torch.zeros(4, 9, dtype=dtype)
+        A[0, 0] = A[2, 2] = width
+        A[1, 4] = A[3, 5] = height
+        b = torch.zeros(9, dtype=dtype)
+        b[8] = 1.0
+        return A.to(device), b.to(device)
 
 
 def fxfycxcy_to_K(

@@ -17,10 +17,12 @@ def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0) -> Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _gaussian_window(size: int, sigma: float, device: str, dtype: torch.dtype) -> Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = (g / g.sum()).to(device=device, dtype=dtype)
-    return g
+    # cached: always a normal tensor, even when first built under torch.inference_mode (Lightning's evaluation
+    # loops), or every later training step that saves it for backward fails
+    with torch.inference_mode(False):
+        x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        return (g / g.sum()).to(device=device, dtype=dtype)
 
 
 def ssim(
