@@ -31,15 +31,18 @@ def contact_sheet(rows: list[Tensor], pad: int = 2) -> np.ndarray:
     return sheet
 
 
-def write_video(frames: np.ndarray, path: Path, fps: int = 8) -> None:
-    """(F, H, W, 3) uint8 -> H.264 mp4 at ``path`` (sizes padded to even), written atomically."""
+def write_video(frames: np.ndarray, path: Path, fps: int = 8, preset: str = "veryfast", crf: int = 20) -> None:
+    """(F, H, W, 3) uint8 -> H.264 mp4 at ``path`` (sizes padded to even), written atomically.
+
+    ``preset``/``crf``: libx264's speed/size trade-off and constant quality (0 lossless, 23 x264's default). x264's
+    default preset ``medium`` takes 3.5x longer than ``veryfast`` for files of about the same size at crf 20."""
     import av
 
     f, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     tmp = path.with_name(path.name + ".tmp.mp4")
     with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264", rate=fps, options={"preset": preset, "crf": str(crf)})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

@@ -146,6 +146,8 @@ class GenerateConfig:
     low_memory: LowMemoryOptions = field(default_factory=LowMemoryOptions)
     batch: str | None = None  # a folder of images or a CSV with columns image, trajectory, prompt (+ name, seed)
     progress: bool = True
+    compile: bool = False  # torch.compile each CameraWan block (CUDA; the first scene pays the compilation)
+    video_preset: str = "veryfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -464,7 +466,17 @@ class Diff4SplatPipeline:
             pipe = cls._load(cfg, device, kw)
         if lm.vae_tiling:
             pipe.enable_vae_tiling(*lm.vae_tile)
+        if cfg.compile:
+            pipe.compile()
         return pipe
+
+    def compile(self) -> None:
+        """``torch.compile`` every CameraWan transformer block in place (regional: one graph, reused by all blocks;
+        the sampling loop's shapes are fixed, so it compiles once per frame size). Weights and keys are unchanged."""
+        from diff4splat.models.parallel import compile_in_place
+
+        for block in self.camera_wan.transformer.blocks:
+            compile_in_place(block)
 
     @classmethod
     def _load(cls, cfg: GenerateConfig, device: torch.device, kw: dict) -> Diff4SplatPipeline:
@@ -868,9 +880,14 @@ def write_outputs(
     stages: Stages,
     outputs: tuple[str, ...] = OUTPUTS,
     scene_metadata: dict | None = None,
+    video_preset: str = "veryfast",
+    file_timings: dict[str, float] | None = None,
 ) -> list[str]:
     """``outputs`` of ``OUTPUTS`` into ``folder``: scene.safetensors, ply/, video.mp4, render.mp4, novel.mp4,
-    depth.mp4, trajectory.png. Returns the written names. (meta.json is written by the caller, last.)"""
+    depth.mp4, trajectory.png. Returns the written names. (meta.json is written by the caller, last.)
+
+    ``file_timings``: filled with each file's write time in seconds (they overlap: the ``write`` stage is the slowest
+    of them plus the start-up)."""
     from diff4splat.gaussians.io import save_4d, save_ply_sequence
 
     g = gen.scene.gaussians
@@ -884,19 +901,27 @@ def write_outputs(
               "depth": ("depth.mp4", lambda: depth_to_color(views.depth))}  # fmt: skip
     for key, (name, frames) in videos.items():
         if key in outputs:
-            steps.append((name, lambda name=name, frames=frames: _write_video(frames(), folder / name, fps)))
+            steps.append(
+                (name, lambda name=name, frames=frames: _write_video(frames(), folder / name, fps, video_preset))
+            )
     if "trajectory" in outputs:
         steps.append(("trajectory.png", lambda: _plot(gen, views, folder / "trajectory.png")))
     # the files are independent: written concurrently (encoding, tensor work and file I/O release the GIL); the first
     # error is raised after every writer has stopped, and the caller removes the temporary folder
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
+    def timed(name: str, write: Any) -> None:
+        start = time.perf_counter()
+        write()
+        if file_timings is not None:
+            file_timings[name] = time.perf_counter() - start
+
     # (the plot stays on this thread: pyplot is not thread-safe)
     with stages("write", total=len(steps), unit="file") as bar, ThreadPoolExecutor(len(steps) or 1) as pool:
-        futures = [pool.submit(write) for name, write in steps if name != "trajectory.png"]
+        futures = [pool.submit(timed, name, write) for name, write in steps if name != "trajectory.png"]
         for name, write in steps:
             if name == "trajectory.png":
-                write()
+                timed(name, write)
                 bar.update(1)
         for future in as_completed(futures):
             future.result()
@@ -904,10 +929,10 @@ def write_outputs(
     return [name for name, _ in steps]
 
 
-def _write_video(frames: np.ndarray, path: Path, fps: int) -> None:
+def _write_video(frames: np.ndarray, path: Path, fps: int, preset: str = "veryfast") -> None:
     from diff4splat.callbacks.media import write_video  # imports Lightning: only when videos are written
 
-    write_video(frames, path, fps)
+    write_video(frames, path, fps, preset=preset)
 
 
 def _plot(gen: Generation, views: Views, path: Path) -> None:
@@ -995,9 +1020,11 @@ def run_job(pipe: Diff4SplatPipeline, job: Job, cfg: GenerateConfig, load_s: flo
         views = render_outputs(pipe, gen, cfg.render, stages)
         scene_meta = {"image": str(job.image_path), "prompt": job.prompt, "seed": job.seed,
                       "untrained": pipe.untrained}  # fmt: skip
-        files = write_outputs(gen, views, tmp, cfg.fps, stages, outputs, scene_meta)
+        file_timings: dict[str, float] = {}
+        files = write_outputs(gen, views, tmp, cfg.fps, stages, outputs, scene_meta, cfg.video_preset, file_timings)
         gen.timings = dict(stages.timings)
         meta = build_meta(job, pipe, gen, views, cfg, sampling, files, load_s)
+        meta["timings"]["write_files"] = {k: round(v, 6) for k, v in sorted(file_timings.items())}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     t = meta["timings"]
     log.info("%s%d Gaussians, %d query times; %.2f s (%s) -> %s", label, gen.scene.gaussians.num_gaussians,

@@ -116,11 +116,12 @@ def make_cfg(args: argparse.Namespace, h: int, w: int, decoder: str, out: Path) 
         trajectory=TrajectoryOptions(num_frames=args.frames, strength=0.3),
         sampling=SamplingConfig(steps=args.steps, guidance_scale=args.guidance),
         lrdm=LRDMOptions(num_times=args.num_times), render=RenderOptions(backend=args.render_backend),
+        video_preset=args.video_preset,
     )  # fmt: skip
 
 
 def bench_size(pipe: Any, args: argparse.Namespace, h: int, w: int, decoder: str, work: Path,
-               outputs: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+               outputs: tuple[str, ...], compiled: bool = False) -> dict[str, Any]:  # fmt: skip
     from PIL import Image
 
     from diff4splat.pipelines.generation import make_job, run_job
@@ -132,6 +133,7 @@ def bench_size(pipe: Any, args: argparse.Namespace, h: int, w: int, decoder: str
         image
     )
     runs: list[dict[str, float]] = []
+    files: list[dict[str, float]] = []
     peak = 0.0
     for i in range(1 + args.repeats):
         target = work / f"run_{h}x{w}_{decoder}_{i}"
@@ -149,26 +151,31 @@ def bench_size(pipe: Any, args: argparse.Namespace, h: int, w: int, decoder: str
         t = {k: meta["timings"][k] for k in STAGES}
         t["total"] = sum(t.values())
         t["total_without_write"] = t["total"] - t["write"]
-        print(f"  {h}x{w}x{args.frames} {decoder:<8} run {i}{' (warm-up)' if i == 0 else ''}: "
+        print(f"  {h}x{w}x{args.frames} {decoder:<8}{' compiled' if compiled else ''} run {i}"
+              f"{' (warm-up)' if i == 0 else ''}: "
               + " ".join(f"{k} {v:.3f}" for k, v in t.items()), flush=True)  # fmt: skip
         if i > 0:
             runs.append(t)
+            files.append(meta["timings"].get("write_files", {}))
     median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
     best = {k: float(np.min([r[k] for r in runs])) for k in runs[0]}
     goal = GOALS_S.get((h, w)) if args.frames == 49 and not args.tiny else None
-    return {"size": f"{args.frames}x{h}x{w}", "decoder": decoder, "median_s": median, "min_s": best, "runs": runs,
+    file_median = {k: float(np.median([f[k] for f in files])) for k in files[0]} if files and files[0] else {}
+    return {"size": f"{args.frames}x{h}x{w}", "decoder": decoder, "compiled": compiled, "median_s": median,
+            "min_s": best, "runs": runs, "write_files_median_s": file_median,
             "peak_GiB": peak, "num_gaussians": n_gauss, "query_times": n_times, "output_MiB": size_mb,
             "goal_s": goal, "goal_met": None if goal is None else median["total"] <= goal}  # fmt: skip
 
 
 def markdown(record: dict[str, Any]) -> str:
-    head = "| size | decoder | " + " | ".join(STAGES) + " | total | total w/o write | peak GiB | goal |\n"
-    head += "|---|---|" + "---:|" * (len(STAGES) + 4) + "\n"
+    head = "| size | decoder | compiled | " + " | ".join(STAGES) + " | total | total w/o write | peak GiB | goal |\n"
+    head += "|---|---|---|" + "---:|" * (len(STAGES) + 4) + "\n"
     rows = []
     for r in record["results"]:
         m = r["median_s"]
         goal = "" if r["goal_s"] is None else f"<= {r['goal_s']:.0f} s: {'met' if r['goal_met'] else 'not met'}"
-        rows.append(f"| {r['size']} | {r['decoder']} | " + " | ".join(f"{m[k]:.3f}" for k in STAGES)
+        rows.append(f"| {r['size']} | {r['decoder']} | {'yes' if r.get('compiled') else 'no'} | "
+                    + " | ".join(f"{m[k]:.3f}" for k in STAGES)
                     + f" | **{m['total']:.2f}** | {m['total_without_write']:.2f} | {r['peak_GiB']:.1f} | {goal} |")  # fmt: skip
     first = record["results"][0]
     notes = [f"- Gaussians per scene: {first['num_gaussians']:,} ({first['query_times']} stored query times); "
@@ -176,7 +183,14 @@ def markdown(record: dict[str, Any]) -> str:
              f"- Outputs written: {', '.join(record['outputs'])}"
              + (f"; skipped: {'; '.join(record['skipped'])}." if record["skipped"] else "."),
              f"- Render backend: {record['render_backend']}. Seconds are medians of {record['repeats']} runs after a "
-             "warm-up; model building is not counted."]  # fmt: skip
+             "warm-up (the compiled rows' warm-up includes the compilation); model building is not counted.",
+             f"- mp4 files: libx264 preset {record.get('video_preset', 'medium')}. Per-file write seconds (they run "
+             "concurrently; median):"]  # fmt: skip
+    for r in record["results"]:
+        if r.get("write_files_median_s"):
+            slow = sorted(r["write_files_median_s"].items(), key=lambda kv: -kv[1])
+            notes.append(f"  - {r['size']} {r['decoder']}{' compiled' if r.get('compiled') else ''}: "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in slow))  # fmt: skip
     return (f"# Generation: image + trajectory + prompt -> 4D scene, per stage\n\n`{record['command']}` on "
             f"{record['device']}, {record['date']}, commit {record['commit']}, torch {record['torch']}\n\n"
             f"{record['models']}\n\n{head}" + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n")  # fmt: skip
@@ -199,6 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny random models (checks the script on any machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--work-dir", default=None, help="where scenes are written (default: a temporary folder)")
+    p.add_argument(
+        "--compile",
+        default="none",
+        choices=["none", "blocks", "both"],
+        help="torch.compile the CameraWan blocks (both: every configuration eager, then compiled)",
+    )
+    p.add_argument("--video-preset", default="veryfast", help="libx264 preset of the mp4 files (the CLI's default)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -243,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
         "tiny": args.tiny, "models": models, "parameters": counts, "build_s": build_s, "outputs": list(outputs),
         "skipped": skipped, "repeats": args.repeats, "render_backend": resolve_backend(args.render_backend, device),
+        "video_preset": args.video_preset,
         "results": [],
     }  # fmt: skip
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="diff4splat-bench-"))
@@ -251,18 +273,21 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = "tiny_" if args.tiny else ""
     tag += "h100" if "H100" in name else "h200" if "H200" in name else "gpu" if device.type == "cuda" else "cpu"
+    variants = {"none": [False], "blocks": [True], "both": [False, True]}[args.compile]
     try:
-        for h, w in sizes:
-            for decoder in args.decoders:
-                try:
-                    record["results"].append(bench_size(pipe, args, h, w, decoder, work, outputs))
-                except torch.OutOfMemoryError as e:
-                    print(f"  {h}x{w} {decoder}: OOM ({str(e).splitlines()[0][:160]})", flush=True)
-                    record.setdefault("errors", []).append({"size": f"{h}x{w}", "decoder": decoder, "error": "OOM"})
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                (out / f"generate_{tag}.json").write_text(json.dumps(record, indent=2))
+        for compiled, (h, w), decoder in ((c, s, d) for c in variants for s in sizes for d in args.decoders):
+            if compiled and not getattr(pipe, "_compiled", False):
+                pipe.compile()
+                pipe._compiled = True
+            try:
+                record["results"].append(bench_size(pipe, args, h, w, decoder, work, outputs, compiled))
+            except torch.OutOfMemoryError as e:
+                print(f"  {h}x{w} {decoder}: OOM ({str(e).splitlines()[0][:160]})", flush=True)
+                record.setdefault("errors", []).append({"size": f"{h}x{w}", "decoder": decoder, "error": "OOM"})
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            (out / f"generate_{tag}.json").write_text(json.dumps(record, indent=2))
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
