@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -874,7 +874,7 @@ def render_outputs(pipe: Diff4SplatPipeline, gen: Generation, opts: RenderOption
 
 def write_outputs(
     gen: Generation,
-    views: Views,
+    views: Views | Callable[[], Views],
     folder: Path,
     fps: int,
     stages: Stages,
@@ -882,33 +882,36 @@ def write_outputs(
     scene_metadata: dict | None = None,
     video_preset: str = "veryfast",
     file_timings: dict[str, float] | None = None,
-) -> list[str]:
+) -> tuple[list[str], Views]:
     """``outputs`` of ``OUTPUTS`` into ``folder``: scene.safetensors, ply/, video.mp4, render.mp4, novel.mp4,
-    depth.mp4, trajectory.png. Returns the written names. (meta.json is written by the caller, last.)
+    depth.mp4, trajectory.png. Returns the written names and the views. (meta.json is written by the caller, last.)
 
-    ``file_timings``: filled with each file's write time in seconds (they overlap: the ``write`` stage is the slowest
-    of them plus the start-up)."""
+    ``views`` may be a function that renders them: the files that do not need renders (scene, ply frames, the
+    generated video) are then written while it runs. The ``write`` stage counts from the end of rendering to the last
+    file, so the stages still add up to the wall-clock time. ``file_timings``: filled with each file's own write time
+    in seconds (they overlap)."""
+    from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+
     from diff4splat.gaussians.io import save_4d, save_ply_sequence
 
     g = gen.scene.gaussians
-    steps: list[tuple[str, Any]] = []
+    rendered: dict[str, Views] = {}
+    early: list[tuple[str, Any]] = []  # independent of the renders
+    late: list[tuple[str, Any]] = []
     if "scene" in outputs:
-        steps.append(("scene.safetensors", lambda: save_4d(g, folder / "scene.safetensors", scene_metadata)))
+        early.append(("scene.safetensors", lambda: save_4d(g, folder / "scene.safetensors", scene_metadata)))
     if "ply" in outputs:
-        steps.append(("ply/", lambda: save_ply_sequence(g, folder / "ply")))
-    videos = {"video": ("video.mp4", lambda: to_uint8(gen.video)), "render": ("render.mp4", lambda: to_uint8(views.rgb)),
-              "novel": ("novel.mp4", lambda: to_uint8(views.novel)),
-              "depth": ("depth.mp4", lambda: depth_to_color(views.depth))}  # fmt: skip
+        early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply")))
+    videos = {"video": ("video.mp4", lambda: to_uint8(gen.video)),
+              "render": ("render.mp4", lambda: to_uint8(rendered["views"].rgb)),
+              "novel": ("novel.mp4", lambda: to_uint8(rendered["views"].novel)),
+              "depth": ("depth.mp4", lambda: depth_to_color(rendered["views"].depth))}  # fmt: skip
     for key, (name, frames) in videos.items():
         if key in outputs:
-            steps.append(
-                (name, lambda name=name, frames=frames: _write_video(frames(), folder / name, fps, video_preset))
-            )
+            step = (name, lambda name=name, frames=frames: _write_video(frames(), folder / name, fps, video_preset))
+            (early if key == "video" else late).append(step)
     if "trajectory" in outputs:
-        steps.append(("trajectory.png", lambda: _plot(gen, views, folder / "trajectory.png")))
-    # the files are independent: written concurrently (encoding, tensor work and file I/O release the GIL); the first
-    # error is raised after every writer has stopped, and the caller removes the temporary folder
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+        late.append(("trajectory.png", lambda: _plot(gen, rendered["views"], folder / "trajectory.png")))
 
     def timed(name: str, write: Any) -> None:
         start = time.perf_counter()
@@ -916,17 +919,23 @@ def write_outputs(
         if file_timings is not None:
             file_timings[name] = time.perf_counter() - start
 
-    # (the plot stays on this thread: pyplot is not thread-safe)
-    with stages("write", total=len(steps), unit="file") as bar, ThreadPoolExecutor(len(steps) or 1) as pool:
-        futures = [pool.submit(timed, name, write) for name, write in steps if name != "trajectory.png"]
-        for name, write in steps:
-            if name == "trajectory.png":
-                timed(name, write)
+    # the files are independent: written concurrently (encoding, tensor work and file I/O release the GIL); the first
+    # error is raised after every writer has stopped (leaving the pool waits), and the caller removes the folder
+    with ThreadPoolExecutor(max(1, len(early) + len(late))) as pool:
+        futures: dict[Future, str] = {pool.submit(timed, name, write): name for name, write in early}
+        rendered["views"] = views() if callable(views) else views
+        with stages("write", total=len(early) + len(late), unit="file") as bar:
+            for name, write in late:
+                if name != "trajectory.png":  # the plot stays on this thread: pyplot is not thread-safe
+                    futures[pool.submit(timed, name, write)] = name
+            for name, write in late:
+                if name == "trajectory.png":
+                    timed(name, write)
+                    bar.update(1)
+            for future in as_completed(futures):
+                future.result()
                 bar.update(1)
-        for future in as_completed(futures):
-            future.result()
-            bar.update(1)
-    return [name for name, _ in steps]
+    return [name for name, _ in early + late], rendered["views"]
 
 
 def _write_video(frames: np.ndarray, path: Path, fps: int, preset: str = "veryfast") -> None:
@@ -1017,11 +1026,11 @@ def run_job(pipe: Diff4SplatPipeline, job: Job, cfg: GenerateConfig, load_s: flo
                    job.prompt, cfg.negative_prompt, sampling, query_times=_query_times(job, cfg),
                    lrdm_input_frames=cfg.lrdm.input_frames, translation_scale=cfg.lrdm.translation_scale,
                    prune_threshold=cfg.lrdm.prune_threshold, stages=stages)  # fmt: skip
-        views = render_outputs(pipe, gen, cfg.render, stages)
         scene_meta = {"image": str(job.image_path), "prompt": job.prompt, "seed": job.seed,
                       "untrained": pipe.untrained}  # fmt: skip
         file_timings: dict[str, float] = {}
-        files = write_outputs(gen, views, tmp, cfg.fps, stages, outputs, scene_meta, cfg.video_preset, file_timings)
+        files, views = write_outputs(gen, lambda: render_outputs(pipe, gen, cfg.render, stages), tmp, cfg.fps, stages,
+                                     outputs, scene_meta, cfg.video_preset, file_timings)  # fmt: skip
         gen.timings = dict(stages.timings)
         meta = build_meta(job, pipe, gen, views, cfg, sampling, files, load_s)
         meta["timings"]["write_files"] = {k: round(v, 6) for k, v in sorted(file_timings.items())}
