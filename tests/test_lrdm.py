@@ -107,6 +107,33 @@ def test_all_times_batch_matches_at_index():
     assert (allg.means[:, 0] - allg.means[:, 2]).abs().max() > 1e-4
 
 
+def test_means_only_deformation_moves_means_and_keeps_rotation_and_scale():
+    """deformation="means" (the ablation): the head predicts Δμ only; with the Δμ rows of a full head copied in, the
+    means move exactly as the full model's while rotations and scales stay canonical at every query time."""
+    full, means = _model(), _model(deformation="means")
+    with torch.no_grad():
+        full.deform_head.weight.normal_(0, 0.05)
+        full.deform_head.bias.normal_(0, 0.05)
+        full.deform_norm.mod.weight.normal_(0, 0.05)
+    rows = means.deform_head.out_features
+    assert rows * 10 == full.deform_head.out_features * 3  # 3 of the 10 channels per cell
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("deform_head.")}
+    state["deform_head.weight"] = full.deform_head.weight[:rows]  # channel-major blocks: Δμ comes first
+    state["deform_head.bias"] = full.deform_head.bias[:rows]
+    means.load_state_dict(state)
+    images, cams = torch.rand(B, F, 3, H, W), _cams()
+    a, b = _run(full, *cams, images=images).gaussians, _run(means, *cams, images=images).gaussians
+    assert a.delta_means.abs().max() > 1e-3
+    torch.testing.assert_close(b.delta_means, a.delta_means)
+    assert torch.equal(b.delta_quats, torch.tensor([1.0, 0, 0, 0]).expand_as(b.delta_quats))
+    assert torch.count_nonzero(b.delta_log_scales) == 0
+    assert (a.delta_quats[..., 0] - 1).abs().max() > 1e-4 and a.delta_log_scales.abs().max() > 1e-3
+    allg = gaussians_at_all_times(b)
+    torch.testing.assert_close(allg.scales, b.canonical.scales[:, None].expand_as(allg.scales))
+    with pytest.raises(ValueError, match="deformation must be"):
+        _model(deformation="rotations")
+
+
 @pytest.mark.parametrize("channels,stride", [(48, 16), (16, 8)])
 def test_latent_encoder_shapes(channels, stride):
     model = _model(encoder="latent", latent_channels=channels, latent_stride_s=stride)

@@ -56,3 +56,33 @@ def test_static_stage_freezes_deformation_and_nan_is_reported():
     batch["images"][0, -1, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"non-finite loss.*synthetic/"):
         system.training_step(batch, 0)
+
+
+def test_geometry_metrics_agree_with_the_evaluation_metrics():
+    """val/depth_abs_rel equals diff4splat.metrics' AbsRel on the same cells (full and strided Gaussian grids);
+    val/motion_epe of a model that predicts no motion is the mean displacement of the visible track pairs."""
+    from diff4splat.losses.motion import track_motion
+    from diff4splat.metrics import depth_metrics, track_metrics
+    from diff4splat.systems.reconstruction import geometry_metrics
+
+    torch.manual_seed(0)
+    batch = _batch(num_input=3, num_output=3, size=32, frames=9, held_out=True)
+    for stride in (1, 2):
+        system = ReconstructionSystem(model=dict(TINY, dynamic=False, gaussian_stride=stride), loss=dict(lpips=0.0))
+        with torch.no_grad():
+            out, _ = system(batch)
+        m = geometry_metrics(batch, out)
+        gt, valid = batch["depth"][:, out.frame_indices], batch["depth_valid"][:, out.frame_indices]
+        gt, valid = gt[..., ::stride, ::stride], valid[..., ::stride, ::stride]  # nearest sample = cell's top-left
+        ref = depth_metrics(out.depth, gt, valid)["abs_rel"]
+        assert float(m["depth_abs_rel"][0]) == pytest.approx(ref, rel=1e-5) and ref > 0
+        assert int(m["depth_abs_rel"][1]) == depth_metrics(out.depth, gt, valid)["pixels"]
+    args = (out.grid, out.frame_indices, torch.arange(3, 6), batch["tracks_world"], batch["tracks_visible"],
+            batch["c2w"], batch["fxfycxcy"], 32, 32)  # fmt: skip
+    _, target, pairs = track_motion(out.gaussians.delta_means, *args)
+    moving = track_metrics(torch.zeros_like(target), target, pairs)
+    assert moving["pairs"] > 0 and moving["epe"] > 0.01
+    assert float(m["motion_epe"][0]) == pytest.approx(moving["epe"], rel=1e-5)
+    assert int(m["motion_epe"][1]) == moving["pairs"]
+    no_tracks = dict(batch, tracks_visible=torch.zeros_like(batch["tracks_visible"]))
+    assert [float(v) for v in geometry_metrics(no_tracks, out)["motion_epe"]] == [0.0, 0.0]  # weight 0 in the mean

@@ -14,7 +14,8 @@ trunk's output does not depend on the cameras. The trunk alternates frame and gl
 2D RoPE and qk-norm. Heads predict, per Gaussian-grid cell (one per ``gaussian_stride``² pixels of each Gaussian
 frame): z-depth along the pixel ray, colour (or SH), scale, rotation and opacity with the reference's activations;
 the deformation head, conditioned on each query time by AdaLN (zero-initialised, final layer zero-initialised),
-predicts Δμ (3), Δq (4, composed q ⊗ Δq) and Δs (3, log space), so at init every query time sees the static scene.
+predicts Δμ (3), Δq (4, composed q ⊗ Δq) and Δs (3, log space), so at init every query time sees the static scene
+(``deformation="means"``, an ablation: Δμ only, rotation and scale fixed over time).
 Each pixel's Gaussian lives at its own frame's time; Δ(t_q) moves it to the query time (as the reference).
 """
 
@@ -35,6 +36,7 @@ from diff4splat.models.transformer import AttentionPattern, FrameGlobalTrunk, ro
 
 Encoder = Literal["rgb", "latent"]
 ScaleMode = Literal["pixel", "reference"]
+Deformation = Literal["full", "means"]
 
 SH_C0 = 0.28209479177387814
 GAUSSIAN_CHANNELS = 1 + 3 + 4 + 1  # depth, scale, rotation, opacity (+ colour channels, which depend on SH degree)
@@ -63,6 +65,7 @@ class LRDMConfig:
     gaussian_frame_step: int = 1  # every k-th frame emits Gaussians (1 = all frames)
     sh_degree: int = 0
     dynamic: bool = True  # False: static mode, no deformation head
+    deformation: Deformation = "full"  # full: Δμ, Δq, Δs per query time (the paper); means: Δμ only (ablation)
     time_freqs: int = 10  # time embedding: sin/cos(2^k π t), k < time_freqs
     image_shortcut: bool = True  # rgb: the input pixels feed the Gaussian head directly (as the reference)
     depth_min: float = 1e-3
@@ -153,6 +156,8 @@ class LRDM(nn.Module):
         super().__init__()
         self.config = c = config
         d = c.dim
+        if c.deformation not in ("full", "means"):
+            raise ValueError(f"deformation must be 'full' or 'means', got {c.deformation!r}")
         if c.encoder == "rgb":
             self.patch_embed = nn.Conv2d(3, d, c.patch_size, stride=c.patch_size)
             self.plucker_embed = nn.Conv2d(6, d, c.patch_size, stride=c.patch_size)
@@ -195,12 +200,14 @@ class LRDM(nn.Module):
         self.gaussian_head = nn.Conv2d(ch, GAUSSIAN_CHANNELS + self.color_channels, 1)
         if c.dynamic:
             self.deform_norm = AdaLN(d, 2 * c.time_freqs)
-            self.deform_head = nn.Linear(d, st * ss * ss * DEFORMATION_CHANNELS)
+            self.deform_channels = DEFORMATION_CHANNELS if c.deformation == "full" else 3
+            self.deform_head = nn.Linear(d, st * ss * ss * self.deform_channels)
             nn.init.zeros_(self.deform_head.weight)
             nn.init.zeros_(self.deform_head.bias)
         else:
             self.deform_norm = None
             self.deform_head = None
+            self.deform_channels = 0
 
     # ------------------------------------------------------------------------------------------------------------
     def forward(
@@ -284,14 +291,18 @@ class LRDM(nn.Module):
                 cond = time_embedding(query_times[:, k], c.time_freqs).to(tokens.dtype)
                 d_feat = self._decode(self.deform_head(self.deform_norm(tokens, cond)), gh, gw)  # [B, F, 10, h, w]
                 deltas.append(d_feat[:, frame_idx].float().permute(0, 1, 3, 4, 2).reshape(b, fg * h * w, -1))
-            delta = torch.stack(deltas, dim=1)  # [B, T, N, 10]
+            delta = torch.stack(deltas, dim=1)  # [B, T, N, 10] (full) or [B, T, N, 3] (means)
             identity = torch.tensor([1.0, 0.0, 0.0, 0.0], device=delta.device)
+            if c.deformation == "full":
+                dq, ds = quat_normalize(delta[..., 3:7] + identity), delta[..., 7:10]
+            else:  # Δμ only: rotation and scale stay canonical at every query time
+                dq, ds = identity.expand(*delta.shape[:-1], 4).contiguous(), delta.new_zeros(*delta.shape[:-1], 3)
             dg = DeformableGaussians(
                 canonical=canonical,
                 times=query_times.float(),
                 delta_means=delta[..., 0:3],
-                delta_quats=quat_normalize(delta[..., 3:7] + identity),
-                delta_log_scales=delta[..., 7:10],
+                delta_quats=dq,
+                delta_log_scales=ds,
             )
         return LRDMOutput(gaussians=dg, depth=depth, frame_indices=frame_idx, grid=(fg, h, w))
 

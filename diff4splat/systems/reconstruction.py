@@ -5,7 +5,9 @@ Batches follow ``datamodules/batch.py``: frames ``[:num_input]`` are the inputs,
 scene are weighted by the per-dataset ``depth_weight`` / ``motion_weight``. ``stage="static"`` freezes the
 deformation head (the paper's first two stages); ``stage="dynamic"`` trains everything. Logged: ``train/loss`` and
 its parts, ``val/psnr``, ``val/ssim``, ``val/lpips`` and ``val/psnr_nearest_input`` (the baseline that shows each output
-view the input frame whose camera is nearest), and the same under ``test/``.
+view the input frame whose camera is nearest), the loss-independent geometry metrics ``val/depth_abs_rel`` (predicted
+depth of the Gaussian frames against ground truth) and ``val/motion_epe`` (predicted Δμ against the tracks' world
+motion, scene units; batches with tracks only), and the same under ``test/``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from diff4splat.configs import to_dataclass, to_plain
 from diff4splat.losses.geometry import depth_loss_paper, depth_loss_released
@@ -120,6 +123,9 @@ class ReconstructionSystem(L.LightningModule):
             LPIPS(lc.lpips_pretrained, lc.lpips_vgg_path, lc.lpips_lin_path) if lc.lpips > 0 else None
         )  # loss term; also the val/lpips metric when present
         self.register_buffer("background", torch.tensor(self.render_cfg.background), persistent=False)
+        self.geometry_means = nn.ModuleDict(
+            {f"{p}_{n}": MeanMetric() for p in ("val", "test") for n in ("depth_abs_rel", "motion_epe")}
+        )
         self.last_media: dict[str, Tensor] | None = None
         self._compile = compile
         # The frozen Wan VAE (latent encoder only) is kept out of the module tree: it is neither trained, nor
@@ -251,6 +257,10 @@ class ReconstructionSystem(L.LightningModule):
         nearest = nearest_input_frames(batch)
         self.log(f"{prefix}/psnr_nearest_input", psnr(nearest, target), sync_dist=True, batch_size=bs)
         self.log(f"{prefix}/loss", self.compute_losses(batch, out, rgb)["loss"], sync_dist=True, batch_size=bs)
+        for name, (value, count) in geometry_metrics(batch, out).items():
+            metric = self.geometry_means[f"{prefix}_{name}"]  # weighted by pixels/pairs; DDP-safe when count is 0
+            metric.update(value, count)
+            self.log(f"{prefix}/{name}", metric)
         if batch_idx == 0:
             self.last_media = {"pred": rgb[0].float().cpu(), "target": target[0].float().cpu(),
                                "inputs": batch["images"][0, :fi].float().cpu()}  # fmt: skip
@@ -275,6 +285,34 @@ class ReconstructionSystem(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         return {"optimizer": optimizer,
                 "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)}  # fmt: skip
+
+
+def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[Tensor, Tensor]]:
+    """Name -> (mean, count): ``depth_abs_rel``, mean |d̂ - d| / d over the Gaussian cells with ground-truth depth
+    (sampled as the depth loss does), and ``motion_epe``, mean ‖Δμ̂ - Δx‖₂ over the visible track pairs (the pairs
+    of the motion loss). The mean is 0 where the count is 0 (a batch without depth or tracks)."""
+    fi = int(batch["num_input"])
+    h, w = batch["images"].shape[-2:]
+    metrics: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def masked(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        n = m.sum()
+        return torch.where(m, x, 0.0).sum() / n.clamp_min(1), n
+
+    if "depth" in batch:
+        gt = batch["depth"][:, out.frame_indices]
+        valid = batch["depth_valid"][:, out.frame_indices]
+        if tuple(out.depth.shape[-2:]) != (h, w):
+            gt = F.interpolate(gt, size=out.depth.shape[-2:], mode="nearest")
+            valid = F.interpolate(valid.float(), size=out.depth.shape[-2:], mode="nearest") > 0.5
+        metrics["depth_abs_rel"] = masked((out.depth - gt).abs() / gt.clamp_min(1e-8), valid & (gt > 0))
+    if "tracks_world" in batch:
+        dm = out.gaussians.delta_means
+        query_frames = torch.arange(fi, batch["c2w"].shape[1], device=dm.device)
+        pred, target, valid = track_motion(dm, out.grid, out.frame_indices, query_frames, batch["tracks_world"],
+                                           batch["tracks_visible"], batch["c2w"], batch["fxfycxcy"], h, w)  # fmt: skip
+        metrics["motion_epe"] = masked((pred - target).norm(dim=-1), valid)
+    return metrics
 
 
 def nearest_input_frames(batch: dict[str, Any]) -> Tensor:
