@@ -59,6 +59,9 @@ UNTRAINED_LABEL = "UNTRAINED: random-weight models (a smoke test or a benchmark)
 OUTPUTS = ("scene", "ply", "video", "render", "novel", "depth", "trajectory")
 STAGES = ("text", "encode", "sampling", "decode", "lrdm", "render", "write")
 FRAME_STRIDE = 4  # the Wan VAE's temporal stride: videos have 1 + 4k frames
+# compile=null compiles for batches of at least this many scenes: on the H100 compiling costs ~12 s once per frame
+# size and saves ~1.9 s per scene at 352x640x49 (experiments/benchmarks/results/generate_h100.md)
+AUTO_COMPILE_JOBS = 3
 
 DEFAULT_SIZE, DEFAULT_FRAMES = (352, 640), 49  # the reference's generation size
 TINY_SIZE, TINY_FRAMES = (96, 160), 13
@@ -146,7 +149,7 @@ class GenerateConfig:
     low_memory: LowMemoryOptions = field(default_factory=LowMemoryOptions)
     batch: str | None = None  # a folder of images or a CSV with columns image, trajectory, prompt (+ name, seed)
     progress: bool = True
-    compile: bool = False  # torch.compile each CameraWan block (CUDA; the first scene pays the compilation)
+    compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for batches of >= 3 scenes
     video_preset: str = "veryfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
 
 
@@ -1070,6 +1073,10 @@ def generate(cfg: GenerateConfig) -> Path:
         jobs = [make_job(cfg, cfg.image, cfg.camera, cfg.prompt, cfg.seed, out)]
     start = time.perf_counter()
     pipe = Diff4SplatPipeline.from_config(cfg)
+    if cfg.compile is None and pipe.device.type == "cuda" and len(jobs) >= AUTO_COMPILE_JOBS:
+        log.info("compiling the CameraWan blocks for %d scenes (the first one pays ~12 s; compile=false to skip)",
+                 len(jobs))  # fmt: skip
+        pipe.compile()
     load_s = time.perf_counter() - start
     unit = pipe.size_multiple
     if any(j.image.shape[-1] % unit or j.image.shape[-2] % unit for j in jobs):
