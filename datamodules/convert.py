@@ -30,6 +30,7 @@ sequence converted (or was already done), 1 when none did (or none was found), 2
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import importlib
@@ -314,7 +315,18 @@ def _run_parallel(module, root, out, opts, cli, sequences, on_result) -> None:
 def run(cli: dict[str, Any], opts: ConvertOptions, module, progress: bool = True) -> Summary:
     """Convert every selected sequence of ``cli['in']`` into ``cli['out']``; returns the `Summary`."""
     root, out = Path(cli["in"]), Path(cli["out"])
+    made = [p for p in (out, *out.parents) if not p.exists()]
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cli, opts, module, progress, root, out)
+    finally:
+        if made and not any(out.iterdir()):  # nothing converted: leave no empty output folder behind
+            for p in made:  # deepest first
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+
+
+def _run(cli: dict[str, Any], opts: ConvertOptions, module, progress: bool, root: Path, out: Path) -> Summary:
     t0 = time.perf_counter()
     summary = Summary(source=module.NAME, split=opts.split, out=str(out))
     sequences = select_sequences(module, root, opts.split, cli["sequences"], cli["max_sequences"])

@@ -315,7 +315,8 @@ def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
     that were fully validated when they were written.
     """
     key = clip.key
-    _check(isinstance(key, str) and bool(KEY_PATTERN.match(key)), str(key), "key", "must match [A-Za-z0-9_-]+")
+    _check(isinstance(key, str) and bool(KEY_PATTERN.match(key)), str(key), "key",
+           "must match [A-Za-z0-9_-]+ (a flat member name: no folders, dots or path traversal)")  # fmt: skip
     meta = clip.meta
     _check(isinstance(meta, ClipMeta), key, "meta", "must be a ClipMeta")
     _check(meta.spec_version == SPEC_VERSION, key, "meta.spec_version", f"{meta.spec_version!r} != {SPEC_VERSION!r}")

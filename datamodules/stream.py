@@ -38,6 +38,7 @@ import glob
 import logging
 import math
 import os
+import posixpath
 import tarfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -160,7 +161,10 @@ def iter_tar(url: str, stats: SkipStats) -> Iterator[dict[str, Any]]:
     """Samples ({'__key__', '__url__', suffix: bytes}) of one tar shard, grouped by key in member order.
 
     A read error ends the shard: it is counted in `stats.shard_errors`, and a partially read sample is dropped and
-    counted as skipped.
+    counted as skipped. As in WebDataset, a member's key keeps its folder part (``dir/K.c2w.npy`` has key
+    ``dir/K``), so a member name that points outside the shard (``../K.meta.json``, ``/abs/K.meta.json``) gives a key
+    that the clip schema refuses (`datamodules.spec.KEY_PATTERN`): that sample is skipped and counted, and nothing
+    takes a file name from it.
     """
     current: dict[str, Any] | None = None
     try:
@@ -168,10 +172,11 @@ def iter_tar(url: str, stats: SkipStats) -> Iterator[dict[str, Any]]:
             for ti in tf:
                 if not ti.isreg():
                     continue
-                name = os.path.basename(ti.name)
-                key, dot, suffix = name.partition(".")
+                folder, name = posixpath.split(posixpath.normpath(ti.name))
+                stem, dot, suffix = name.partition(".")
                 if not dot:
                     continue
+                key = posixpath.join(folder, stem)
                 data = tf.extractfile(ti).read()  # type: ignore[union-attr]
                 if current is not None and current["__key__"] != key:
                     yield current

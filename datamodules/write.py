@@ -159,7 +159,8 @@ class ShardWriter:
     def write(self, clip: Clip) -> bool:
         """Validate and append a clip. Returns False (and writes nothing) if its key is already done.
 
-        Raises `SpecError` naming the key and field if the clip violates the schema (nothing is written then).
+        Raises `SpecError` naming the key and field if the clip violates the schema (nothing is written then). A write
+        that fails (e.g. a full disk) drops the open shard, whose clips are then not done, and re-raises.
         """
         if clip.key in self.done_keys:
             return False
@@ -171,10 +172,14 @@ class ShardWriter:
             self._finish()
         if self._tar is None:
             self._open()
-        for suffix, data in members.items():
-            ti = tarfile.TarInfo(f"{clip.key}.{suffix}")
-            ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o644, "", ""
-            self._tar.addfile(ti, io.BytesIO(data))  # type: ignore[union-attr]
+        try:
+            for suffix, data in members.items():
+                ti = tarfile.TarInfo(f"{clip.key}.{suffix}")
+                ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o644, "", ""
+                self._tar.addfile(ti, io.BytesIO(data))  # type: ignore[union-attr]
+        except BaseException:  # a failed write (full disk) leaves a partial member: drop the whole open shard
+            self.abort()
+            raise
         info = self._info
         info.clips += 1  # type: ignore[union-attr]
         info.frames += clip.num_frames  # type: ignore[union-attr]
@@ -193,9 +198,14 @@ class ShardWriter:
 
     def _finish(self) -> None:
         assert self._tar is not None and self._tmp is not None and self._info is not None
-        self._tar.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            self._tar.close()
+            with open(self._tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except BaseException:  # e.g. a full disk while writing the end of the archive: drop the shard
+            self._tar = None
+            self.abort()
+            raise
         info = self._info
         info.bytes = self._tmp.stat().st_size
         os.replace(self._tmp, self.out_dir / info.name)
@@ -215,8 +225,12 @@ class ShardWriter:
             manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             _summarise(manifest)
             tmp = self.out_dir / f".{MANIFEST}.tmp{os.getpid()}"
-            tmp.write_text(json.dumps(manifest, indent=1))
-            os.replace(tmp, self.out_dir / MANIFEST)
+            try:
+                tmp.write_text(json.dumps(manifest, indent=1))
+                os.replace(tmp, self.out_dir / MANIFEST)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def close(self) -> None:
         """Finish the open shard (if it holds any clip)."""
@@ -229,11 +243,18 @@ class ShardWriter:
                 self._tar = self._tmp = self._info = None
 
     def abort(self) -> None:
-        """Drop the open shard without finishing it (used when the converter fails mid-shard)."""
-        if self._tar is not None:
-            self._tar.close()
-            self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
-            self._tar = self._tmp = self._info = None
+        """Drop the open shard without finishing it (used when the converter fails mid-shard, or the disk is full)."""
+        tar, tmp, info = self._tar, self._tmp, self._info
+        self._tar = self._tmp = self._info = None
+        if info is not None:  # its clips are not written: a later write() of them (or a rerun) writes them again
+            self.done_keys.difference_update(info.keys)
+            self.written_clips -= info.clips
+        try:
+            if tar is not None:
+                tar.close()  # may fail again on a full disk: the file is deleted all the same
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -12,6 +12,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -114,3 +115,19 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, DictConfig):
         return OmegaConf.to_container(obj, resolve=True)
     return obj
+
+
+def check_top_level_keys(cfg: Mapping[str, Any], train_yaml: str | Path | None = None) -> None:
+    """Fail on a top-level key of a composed training config that ``conf/train.yaml`` does not declare (its own keys
+    and its defaults-list groups). Hydra refuses such a key on the command line, but merges it silently from an
+    experiment file (``optimised_metric: ...`` would otherwise be ignored without a word)."""
+    path = Path(train_yaml) if train_yaml is not None else Path(__file__).resolve().parents[1] / "conf" / "train.yaml"
+    declared = OmegaConf.load(path)
+    known = {str(k) for k in declared if k != "defaults"} | {"hydra"}
+    for entry in declared.get("defaults", []):
+        names = [entry] if isinstance(entry, str) else list(entry.keys())
+        for name in names:
+            known.add(str(name).replace("optional ", "").replace("override ", "").strip("/ "))
+    unknown = sorted(str(k) for k in cfg if str(k) not in known)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown} (not declared in {path}); valid keys: {sorted(known)}")

@@ -11,6 +11,7 @@ Fields: ``images`` (F,3,H,W) float32 in [0,1], ``C2W`` (F,4,4) OpenCV and canoni
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> Path:
         if c2w.shape[0] != images.shape[0]:
             raise InputError(f"{args.poses}: {c2w.shape[0]} cameras for {images.shape[0]} frames in {args.images}")
     else:
+        if args.num_frames < 1:
+            raise InputError(f"--num-frames {args.num_frames}: the trajectory needs at least one frame")
         images = read_frames_single(Path(args.image)).expand(args.num_frames, -1, -1, -1)
         h, w = images.shape[-2:]
         fy = 0.5 / np.tan(np.deg2rad(args.fov) / 2)
@@ -58,10 +61,14 @@ def run(args: argparse.Namespace) -> Path:
     c2w = canonicalize(c2w.double()).float()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, images=images.numpy().astype(np.float32), C2W=c2w.numpy(), fxfycxcy=fx.numpy(),
-             timestep=np.linspace(0, 1, images.shape[0], dtype=np.float32))  # fmt: skip
-    tmp.replace(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
+    try:
+        np.savez(tmp, images=images.numpy().astype(np.float32), C2W=c2w.numpy(), fxfycxcy=fx.numpy(),
+                 timestep=np.linspace(0, 1, images.shape[0], dtype=np.float32))  # fmt: skip
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no half-written file
+        raise
     return out
 
 
@@ -71,8 +78,11 @@ def read_frames_single(path: Path) -> torch.Tensor:
 
     if not path.is_file():
         raise InputError(f"{path}: no such image")
-    with Image.open(path) as im:
-        arr = np.array(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            arr = np.array(im.convert("RGB"))
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated files
+        raise InputError(f"{path}: unreadable image ({e}); expected a PNG/JPEG/WebP file") from e
     return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
 
 

@@ -8,7 +8,8 @@ original system's format, written by ``python -m diff4splat.preprocess``); ``--c
 RealEstate10K .txt) is needed unless the ``.npz`` has them. Writes ``scene.safetensors`` (native 4D), ``ply/``
 (one standard 3DGS ``.ply`` per query time), and videos: ``input.mp4``, ``render_input_cameras.mp4`` (each input
 camera at its own time), ``render_fixed_camera.mp4`` (camera 0, time moving), ``render_fixed_time.mp4`` (last time,
-camera moving through the inputs) and ``depth.mp4``.
+camera moving through the inputs) and ``depth.mp4``. Everything is written into a temporary folder beside ``--out``
+that is renamed into place when complete; an existing non-empty ``--out`` is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import torch
 from diff4splat.callbacks.media import write_video
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
 from diff4splat.pipelines.inputs import InputError, fit_to_multiple, read_cameras, read_frames, read_npz, run_cli
-from diff4splat.pipelines.reconstruction import ReconstructionPipeline, depth_to_color, load_lrdm, to_uint8
+from diff4splat.pipelines.outputs import atomic_output_dir
+from diff4splat.pipelines.reconstruction import (
+    Reconstruction,
+    ReconstructionPipeline,
+    depth_to_color,
+    load_lrdm,
+    to_uint8,
+)
 
 log = logging.getLogger("diff4splat.reconstruct")
 
@@ -34,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input", required=True, help="frames folder, video file or .npz")
     p.add_argument("--cameras", help="cameras: .npz (C2W, fxfycxcy), trajectory .json or RealEstate10K .txt")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W before cropping")
     p.add_argument("--num-frames", type=int, default=0, help="use this many frames spread over the input (0 = all)")
     p.add_argument("--num-times", type=int, default=0, help="query times (0 = the input times)")
@@ -48,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     inp = Path(args.input)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+        raise InputError(f"--out {out}: exists and is not an empty folder; pass --overwrite to replace it")
     if inp.suffix == ".npz":
         views = read_npz(inp)
         images, c2w, fx, times = views.images, views.c2w, views.fxfycxcy, views.times
@@ -76,7 +87,15 @@ def run(args: argparse.Namespace) -> Path:
     query = torch.linspace(0, 1, args.num_times) if args.num_times else None
     rec = pipe(images, c2w, fx, times, query, args.translation_scale, args.prune)
 
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output_dir(out, args.overwrite) as tmp:
+        write_outputs(pipe, rec, images, inp, args, tmp)
+    log.info("%d Gaussians, %d query times -> %s", rec.gaussians.num_gaussians, len(rec.gaussians.times), out)
+    return out
+
+
+def write_outputs(pipe: ReconstructionPipeline, rec: Reconstruction, images: torch.Tensor, inp: Path, args: argparse.Namespace,
+                  out: Path) -> None:  # fmt: skip
+    """scene.safetensors, ply/ and the videos of one reconstruction into ``out``."""
     save_4d(rec.gaussians, out / "scene.safetensors", metadata={"source": str(inp), "weights": str(args.weights)})
     save_ply_sequence(rec.gaussians, out / "ply")
     f = rec.c2w.shape[0]
@@ -91,8 +110,6 @@ def run(args: argparse.Namespace) -> Path:
     write_video(to_uint8(rgb_cam0), out / "render_fixed_camera.mp4", args.fps)
     write_video(to_uint8(rgb_last), out / "render_fixed_time.mp4", args.fps)
     write_video(depth_to_color(depth_in), out / "depth.mp4", args.fps)
-    log.info("%d Gaussians, %d query times -> %s", rec.gaussians.num_gaussians, len(rec.gaussians.times), out)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

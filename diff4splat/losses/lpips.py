@@ -32,11 +32,15 @@ def _vgg16_features() -> nn.Sequential:
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A state dict from ``.safetensors`` or ``torch.load(weights_only=True)``; errors name the file."""
+    from diff4splat.weights import WeightsError, load_safetensors, load_torch_file
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path, "LPIPS weights")[0]
+    state = load_torch_file(path, "LPIPS weights")
+    if not isinstance(state, dict):
+        raise WeightsError(f"LPIPS weights: {path}: expected a state dict, got {type(state).__name__}")
+    return state
 
 
 class LPIPS(nn.Module):
@@ -64,14 +68,17 @@ class LPIPS(nn.Module):
                 f"LPIPS weights not found: {missing}. Put torchvision's vgg16-397923af.pth and LPIPS's vgg.pth "
                 "(or one .safetensors with both) under $CKPT_ROOT/lpips/, or set the LPIPS loss weight to 0."
             )
+        from diff4splat.weights import WeightsError, load_state_checked
+
         vgg = _load_state(Path(vgg_path))
         feats = {k[len("features.") :]: v for k, v in vgg.items() if k.startswith("features.")}
-        self.features.load_state_dict(feats)
+        load_state_checked(self.features, feats, vgg_path, "LPIPS VGG16 weights (features.*)")
         lin = _load_state(Path(lin_path))
         for i, layer in enumerate(self.lins):
             key = f"lin{i}.model.1.weight"
-            if key not in lin:
-                raise KeyError(f"LPIPS weights {lin_path}: missing {key!r}")
+            if key not in lin or not isinstance(lin[key], Tensor) or lin[key].shape != layer.weight.shape:
+                raise WeightsError(f"LPIPS weights: {lin_path}: missing or mis-shaped {key!r}; expected the "
+                                   f"LPIPS vgg.pth linear layers lin0..lin4")  # fmt: skip
             layer.weight.data.copy_(lin[key])
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:

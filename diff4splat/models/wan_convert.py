@@ -304,7 +304,11 @@ def read_safetensors(files: Sequence[Path], dtype: torch.dtype | None = None) ->
     state_dict: dict[str, Tensor] = {}
     where: dict[str, Path] = {}
     for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError / OSError: an unreadable file, named
+            raise CheckpointMismatchError(f"{file}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
+        with handle as f:
             for key in f.keys():
                 if key in state_dict:
                     raise CheckpointMismatchError(f"{key!r} is in both {where[key]} and {file}")
@@ -322,7 +326,9 @@ def read_original_vae(path: PathLike) -> dict[str, Tensor]:
         raise FileNotFoundError(f"Wan VAE weights: {path} does not exist")
     if path.suffix == ".safetensors":
         return read_safetensors([path])
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from diff4splat.weights import load_torch_file
+
+    obj = load_torch_file(path, "Wan VAE weights")
     while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _NEST_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:

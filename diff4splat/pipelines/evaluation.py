@@ -26,12 +26,15 @@ Metric definitions: `diff4splat.metrics`. Results: `write_results`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +47,6 @@ from torch import Tensor
 from datamodules.batch import collate, finish_batch
 from datamodules.spec import Clip, decode_sample, decode_video
 from datamodules.stream import ClipSamplingConfig, ClipTransform, SkipStats, SourceConfig, batch_size_hw, iter_tar
-from diff4splat.gaussians.io import _atomic_write
 from diff4splat.gaussians.types import Gaussians
 from diff4splat.geometry.cameras import unproject_depth
 from diff4splat.losses.lpips import LPIPS
@@ -476,7 +478,9 @@ def _json_safe(value: Any) -> Any:
 
 def write_results(results: Results, out_dir: str | Path) -> list[Path]:
     """``results.csv`` (one row per clip / scene), ``views.csv`` or ``frames.csv``, ``results.md``,
-    ``summary.json`` and the plots, each written atomically (everything is computed before the first write)."""
+    ``summary.json`` and the plots, written together: everything is computed first, each file goes to a temporary
+    name, and the files are renamed into place only when all are written (a failure, e.g. a full disk, removes the
+    temporary files and a folder this made, and leaves earlier results as they were)."""
     out_dir = Path(out_dir)
     detail_name = "views.csv" if results.kind == "clips" else "frames.csv"
     summary = results.summary()
@@ -488,4 +492,25 @@ def write_results(results: Results, out_dir: str | Path) -> list[Path]:
         "summary.json": json.dumps(_json_safe(summary), indent=1).encode(),
         **plots(results),
     }
-    return [_atomic_write(out_dir / name, lambda tmp, data=data: tmp.write_bytes(data)) for name, data in files.items()]
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path, Path]] = []
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        for name, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+            os.close(fd)
+            written.append((Path(tmp), out_dir / name))
+            Path(tmp).write_bytes(data)
+            Path(tmp).chmod(0o666 & ~umask)  # mkstemp makes 0600 files
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        for p in made:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+    for tmp, path in written:
+        os.replace(tmp, path)
+    return [path for _, path in written]

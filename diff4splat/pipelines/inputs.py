@@ -82,7 +82,14 @@ def read_frames(path: str | Path) -> Tensor:
 def _npz_field(data: np.lib.npyio.NpzFile, path: Path, names: tuple[str, ...], required: bool = True):
     for n in names:
         if n in data.files:
-            return np.asarray(data[n])
+            try:
+                a = np.asarray(data[n])
+            except (ValueError, OSError, EOFError) as e:  # object arrays (pickles) are refused; truncated members
+                raise InputError(f"{path}: field {n} is not a plain numeric array ({e}); expected a numeric "
+                                 f"array saved without pickling (np.savez)") from e  # fmt: skip
+            if a.dtype.kind not in "biuf":
+                raise InputError(f"{path}: field {n} has dtype {a.dtype}; expected numbers")
+            return a
     if required:
         raise InputError(f"{path}: missing field {' or '.join(names)} (fields present: {sorted(data.files)})")
     return None
@@ -91,10 +98,18 @@ def _npz_field(data: np.lib.npyio.NpzFile, path: Path, names: tuple[str, ...], r
 def read_npz(path: str | Path) -> Views:
     """The original system's ``.npz`` (``images`` (F,3,H,W) or (F,H,W,3), ``C2W`` (F,4,4), ``fxfycxcy`` (F,4) or
     ``intrinsics`` (F,3,3) in pixels, optional ``timestep`` (F,)); poses-only files give ``images`` = empty."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a readable .npz ({e}); expected np.savez output with C2W, fxfycxcy, ...") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise InputError(f"{path}: a single array, not an .npz archive; expected fields C2W, fxfycxcy (+ images)")
+    with npz as data:
         images = _npz_field(data, path, ("images",), required=False)
         c2w = _npz_field(data, path, ("C2W", "c2w", "pose", "extrinsics"))
         fx = _npz_field(data, path, ("fxfycxcy",), required=False)
@@ -102,8 +117,6 @@ def read_npz(path: str | Path) -> Views:
         t = _npz_field(data, path, ("timestep", "timestamps", "times"), required=False)
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
         raise InputError(f"{path}: field C2W must be (F,4,4), got {c2w.shape}")
-    if not np.isfinite(c2w).all():
-        raise InputError(f"{path}: field C2W has non-finite values")
     imgs = torch.zeros(0)
     if images is not None:
         if images.ndim != 4 or 3 not in (images.shape[1], images.shape[-1]):
@@ -113,6 +126,10 @@ def read_npz(path: str | Path) -> Views:
             imgs = imgs.permute(0, 3, 1, 2)
         if images.dtype == np.uint8:
             imgs = imgs / 255.0
+        if imgs.shape[0] != c2w.shape[0]:
+            raise InputError(f"{path}: field images has {imgs.shape[0]} frames but C2W has {c2w.shape[0]} cameras")
+        if not torch.isfinite(imgs).all():
+            raise InputError(f"{path}: field images has non-finite values; expected colours in [0, 1] (or uint8)")
     if fx is None:
         if K is None:
             raise InputError(f"{path}: missing field fxfycxcy (normalised) or intrinsics (F,3,3 in pixels)")
@@ -122,8 +139,37 @@ def read_npz(path: str | Path) -> Views:
         fx = K_to_fxfycxcy(torch.as_tensor(K, dtype=torch.float64), h, w).numpy()
     if fx.shape != (c2w.shape[0], 4):
         raise InputError(f"{path}: field fxfycxcy must be ({c2w.shape[0]},4), got {fx.shape}")
-    times = torch.as_tensor(t, dtype=torch.float32) if t is not None else None
+    check_poses(torch.as_tensor(c2w, dtype=torch.float64), torch.as_tensor(fx, dtype=torch.float64), path, "C2W")
+    times = None
+    if t is not None:
+        times = torch.as_tensor(t, dtype=torch.float32)
+        if times.shape != (c2w.shape[0],) or not torch.isfinite(times).all():
+            raise InputError(f"{path}: field timestep must be ({c2w.shape[0]},) finite times, got {tuple(t.shape)}")
     return Views(imgs, torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(fx, dtype=torch.float32), times)
+
+
+def check_poses(c2w: Tensor, fxfycxcy: Tensor, path: str | Path, name: str = "c2w") -> None:
+    """At least one camera; every c2w [F, 4, 4] finite and rigid (orthonormal rotation, det +1, last row 0 0 0 1)
+    and every focal length in fxfycxcy [F, 4] finite and > 0. Errors name the file, the field and the frame."""
+    if c2w.shape[0] == 0:
+        raise InputError(f"{path}: field {name} holds zero cameras; expected at least one (F,4,4) pose")
+    bad = ~torch.isfinite(c2w).flatten(1).all(1)
+    if bad.any():
+        raise InputError(f"{path}: field {name}, frame {int(bad.nonzero()[0])}: non-finite values (NaN or inf); "
+                         f"expected a finite OpenCV camera-to-world matrix")  # fmt: skip
+    rot = c2w[:, :3, :3].double()
+    err = (rot.transpose(1, 2) @ rot - torch.eye(3, dtype=rot.dtype)).abs().flatten(1).amax(1)
+    last = (c2w[:, 3].double() - c2w.new_tensor([0.0, 0.0, 0.0, 1.0]).double()).abs().amax(1)
+    bad = (err > 1e-3) | (torch.linalg.det(rot) <= 0) | (last > 1e-6)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise InputError(f"{path}: field {name}, frame {i}: not a rigid pose (|RᵀR - I| = {float(err[i]):.2g}, "
+                         f"det R = {float(torch.linalg.det(rot[i])):.3g}); expected [R t; 0 0 0 1] with R orthonormal, "
+                         f"det +1")  # fmt: skip
+    bad = ~torch.isfinite(fxfycxcy).all(1) | (fxfycxcy[:, :2] <= 0).any(1)
+    if bad.any():
+        raise InputError(f"{path}: field fxfycxcy, frame {int(bad.nonzero()[0])}: expected finite normalised "
+                         f"intrinsics with fx/W, fy/H > 0")  # fmt: skip
 
 
 def read_cameras(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -136,12 +182,13 @@ def read_cameras(path: str | Path) -> tuple[Tensor, Tensor]:
     if path.suffix == ".npz":
         v = read_npz(path)
         return v.c2w, v.fxfycxcy
-    if path.suffix == ".json":
-        traj = read_trajectory_json(path)
-    elif path.suffix == ".txt":
-        traj = read_re10k_txt(path)
-    else:
+    if path.suffix not in (".json", ".txt"):
         raise InputError(f"{path}: cameras must be .npz (C2W, fxfycxcy), .json (trajectory) or .txt (RealEstate10K)")
+    try:
+        traj = read_trajectory_json(path) if path.suffix == ".json" else read_re10k_txt(path)
+    except RuntimeError as e:  # a singular world-to-camera matrix (torch.linalg.LinAlgError) in a .txt
+        raise InputError(f"{path}: a camera matrix cannot be inverted ({e}); expected rigid poses") from e
+    check_poses(traj.c2w.double(), traj.fxfycxcy.double(), path)
     return traj.c2w.float(), traj.fxfycxcy.float()
 
 

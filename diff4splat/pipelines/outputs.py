@@ -1,4 +1,5 @@
-"""Reading what the CLIs write: a scene output folder of ``python -m diff4splat.generate`` or
+"""Writing and reading what the CLIs write: an output folder that appears only when complete (`atomic_output_dir`),
+and a scene output folder of ``python -m diff4splat.generate`` or
 ``python -m diff4splat.reconstruct``, for the viewer, the demo and the evaluation.
 
 A folder holds ``scene.safetensors`` (the native 4D format, `diff4splat.gaussians.io.save_4d`), and, when the
@@ -13,7 +14,12 @@ Every error names the file and the field and says what was expected (`diff4splat
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,44 @@ class SceneOutput:
     cameras: CameraPath | None  # None without meta.json / its "trajectory"
     meta: dict[str, Any]  # the whole meta.json ({} when absent)
     video: Path | None  # video.mp4 when present
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: str | Path, overwrite: bool = False, where: str = "--out",
+                      overwrite_flag: str = "--overwrite") -> Iterator[Path]:  # fmt: skip
+    """A fresh temporary folder beside ``target`` to write into; renamed onto ``target`` when the block succeeds,
+    removed (with any parent folders this made) when it fails, so a failed run leaves nothing behind. An existing
+    non-empty ``target`` is an `InputError` (naming ``where`` and ``overwrite_flag``) unless ``overwrite``; it is
+    then replaced as a whole only after the new folder is complete."""
+    target = Path(target).absolute()
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{where} {target}: exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise InputError(f"{where} {target}: folder exists and is not empty; pass {overwrite_flag} to replace it")
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        for p in tmp.rglob("*"):  # files made through mkstemp (0600) get the usual permissions
+            if p.is_file():
+                p.chmod(0o666 & ~umask)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in made:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
 
 
 def _field(traj: dict[str, Any], name: str, path: Path, shape: tuple[int | None, ...]) -> np.ndarray:

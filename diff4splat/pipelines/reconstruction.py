@@ -33,28 +33,39 @@ class Reconstruction:
 
 
 def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
-    """An LRDM from our ``.safetensors`` export (config in its metadata) or a Lightning ``.ckpt``."""
+    """An LRDM from our ``.safetensors`` export (config in its metadata) or a Lightning ``.ckpt``
+    (``torch.load(weights_only=True)``). Errors (`diff4splat.weights.WeightsError`) name the file and what is wrong."""
+    from diff4splat.configs import ConfigError
+    from diff4splat.weights import WeightsError, load_safetensors, load_state_checked, load_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights: no file at {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        state, meta = load_safetensors(path, "LRDM weights")
         if "hparams" not in meta:
-            raise ValueError(f"{path}: no 'hparams' metadata (not a diff4splat export); cannot tell the model config")
-        model_cfg = json.loads(meta["hparams"]).get("model")
-        state = load_file(str(path))
+            raise WeightsError(
+                f"LRDM weights: {path}: no 'hparams' metadata (not a diff4splat export); cannot tell the model config"
+            )
+        try:
+            model_cfg = json.loads(meta["hparams"]).get("model")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise WeightsError(f"LRDM weights: {path}: metadata 'hparams' is not a JSON object ({e})") from e
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model_cfg = ckpt.get("hyper_parameters", {}).get("model")
+        ckpt = load_torch_file(path, "LRDM weights")
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise WeightsError(f"LRDM weights: {path}: no 'state_dict' mapping; expected a Lightning checkpoint "
+                               "(.ckpt) of a reconstruction run, or a .safetensors export")  # fmt: skip
+        hparams = ckpt.get("hyper_parameters")
+        model_cfg = hparams.get("model") if isinstance(hparams, dict) else None
         state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if not isinstance(model_cfg, dict):
-        raise ValueError(f"{path}: the model config is missing from the file")
-    model = LRDM(to_dataclass(LRDMConfig, model_cfg, f"{path.name}:model"))
-    model.load_state_dict(state)
+        raise WeightsError(f"LRDM weights: {path}: the model config is missing from the file")
+    try:
+        model = LRDM(to_dataclass(LRDMConfig, model_cfg, f"{path.name}:model"))
+    except ConfigError as e:
+        raise WeightsError(f"LRDM weights: {path}: the stored model config does not fit this LRDM ({e})") from e
+    load_state_checked(model, state, path, "LRDM weights")
     return model.to(device).eval()
 
 

@@ -1,0 +1,764 @@
+"""The fault suite: bad inputs through the public entry points (shard tools and the streaming reader, converters,
+the CLIs, configs, weight files), each answered by an error that names the file, the field and the expected form, or
+by a counted skip, and none leaving a partial output behind (output folders absent or unchanged, no temporary files).
+
+Full disks are simulated by a file object that takes a byte budget and then fails every write with ENOSPC, placed
+under the real writers (the shard writer's tar file, the .ply writer, the .npz writer, the results writer).
+Checkpoint security (pickles that would run code) is in ``test_security.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from test_stream import TINY, tiny_clip
+
+from datamodules import convert
+from datamodules.spec import SPEC_VERSION, SpecError, decode_sample, encode_clip, encode_video
+from datamodules.stream import ClipStream, SkipStats, SourceConfig, iter_tar
+from datamodules.verify import verify
+from datamodules.write import ShardWriter, read_manifest
+from diff4splat import evaluate, preprocess, reconstruct, view
+from diff4splat.configs import to_plain
+from diff4splat.gaussians import io as gaussian_io
+from diff4splat.gaussians.io import load_ply, save_ply
+from diff4splat.geometry.trajectories import make_trajectory, write_trajectory_json
+from diff4splat.models.lrdm import LRDM, lrdm_preset
+from diff4splat.pipelines.inputs import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+F, H, W = 5, 36, 44  # reconstruct inputs: not multiples of the patch size (cropped to 32 x 40)
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden and temporary ones included) with its bytes: 'unchanged' means equal."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=a.dtype == object)
+    return buf.getvalue()
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
+    """A tar of (member name prefix, {suffix: bytes}) samples, members named ``<prefix>.<suffix>``."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for prefix, members in samples:
+            for suffix, data in members.items():
+                ti = tarfile.TarInfo(f"{prefix}.{suffix}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+class DiskBudget:
+    """Bytes a simulated disk still takes, shared by every file opened through `opener` (thread-safe): the write
+    that would pass the budget writes what fits and fails with ENOSPC, as do all later ones."""
+
+    def __init__(self, budget: int) -> None:
+        self.left, self.lock, self.failures = budget, threading.Lock(), 0
+
+    def opener(self, real_open=open):
+        budget = self
+
+        class FullDiskFile:
+            def __init__(self, f) -> None:
+                self._f = f
+
+            def write(self, data) -> int:
+                data = memoryview(data).cast("B")
+                with budget.lock:
+                    take = max(0, min(len(data), budget.left))
+                    budget.left -= take
+                if take:
+                    self._f.write(data[:take])
+                if take < len(data):
+                    budget.failures += 1
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return len(data)
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                self._f.close()
+
+        def open_(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            return FullDiskFile(f) if any(c in mode for c in "wax+") else f
+
+        return open_
+
+
+def assert_enospc(info: pytest.ExceptionInfo) -> None:
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC, info.value
+
+
+# ---------------------------------------------------------------------------------------------------- shard samples
+#
+# One bad sample between good ones: `datamodules.verify` reports it with its key and field, and the streaming reader
+# skips and counts it while every good clip still arrives.
+
+
+def _set(name: str, value: np.ndarray):
+    def mutate(key: str, m: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
+        m[f"{name}.npy"] = npy(value)
+        return key, m
+
+    return mutate
+
+
+def _nan_pose(key, m):
+    c2w = np.tile(np.eye(4), (4, 1, 1))
+    c2w[2, 1, 3] = np.nan
+    m["c2w.npy"] = npy(c2w)
+    return key, m
+
+
+def _sheared_pose(key, m):
+    c2w = np.tile(np.eye(4), (4, 1, 1))
+    c2w[1, 0, 1] = 0.3  # a shear: not a rotation
+    m["c2w.npy"] = npy(c2w)
+    return key, m
+
+
+def _drop(member: str):
+    def mutate(key, m):
+        del m[member]
+        return key, m
+
+    return mutate
+
+
+def _meta(edit):
+    def mutate(key, m):
+        meta = json.loads(m["meta.json"])
+        edit(meta)
+        m["meta.json"] = json.dumps(meta).encode()
+        return key, m
+
+    return mutate
+
+
+def _zero_frames(key, m):
+    m = {k: v for k, v in m.items() if not k.endswith(".png")}
+    m.update({"c2w.npy": npy(np.zeros((0, 4, 4))), "fxfycxcy.npy": npy(np.zeros((0, 4))),
+              "timestamps.npy": npy(np.zeros(0))})  # fmt: skip
+    return key, m
+
+
+def _truncated_mp4(key, m):
+    """The clip's frames as one H.264 mp4, cut in half (the moov atom at its end is lost)."""
+    rgb = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    m = {k: v for k, v in m.items() if not k.endswith(".png")}
+    mp4 = encode_video(rgb)
+    m["mp4"] = mp4[: len(mp4) // 2]
+    meta = json.loads(m["meta.json"])
+    meta.update(frame_format="mp4", height=16, width=16)
+    m["meta.json"] = json.dumps(meta).encode()
+    return key, m
+
+
+def _traversal(prefix: str):
+    def mutate(key, m):
+        return prefix + key, m
+
+    return mutate
+
+
+SAMPLE_FAULTS = {
+    "missing member": (_drop("c2w.npy"), "c2w", r"missing member c2w\.npy"),
+    "wrong dtype": (_set("c2w", np.tile(np.eye(4, dtype=np.int64), (4, 1, 1))), "c2w", r"dtype must be of kind 'f'"),
+    "wrong shape": (_set("fxfycxcy", np.ones((4, 3))), "fxfycxcy", r"shape must be \(4, 4\), got \(4, 3\)"),
+    "NaN pose": (_nan_pose, "c2w", r"has non-finite values"),
+    "non-orthonormal pose": (_sheared_pose, "c2w", r"rotation is not orthonormal"),
+    "pickled npy": (_set("timestamps", np.array([{"x": 1}] * 4, dtype=object)), "timestamps", r"not a loadable \.npy"),
+    "bool tracks_visible as float": (_set("tracks_visible", np.ones((4, 3), np.float32)), "tracks_visible",
+                                     r"dtype must be of kind 'b'"),
+    "misspelt meta key": (_meta(lambda d: d.update(is_statc=d.pop("is_static"))), "meta",
+                          r"unknown keys \['is_statc'\]"),
+    "wrong meta version": (_meta(lambda d: d.update(spec_version="0.1")), "meta.spec_version",
+                           rf"'0\.1' != '{SPEC_VERSION}'"),
+    "zero frames": (_zero_frames, "frames", r"no frame members"),
+    "truncated mp4": (_truncated_mp4, "frames", r"mp4 does not decode"),
+    "path traversal": (_traversal("../../"), "key", r"a flat member name: no folders, dots or path traversal"),
+    "absolute path": (_traversal("/tmp/"), "key", r"a flat member name"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", list(SAMPLE_FAULTS))
+def test_bad_sample_is_reported_by_verify_and_skipped_by_the_stream(tmp_path, fault):
+    mutate, field, message = SAMPLE_FAULTS[fault]
+    samples = [(f"good{i}", encode_clip(tiny_clip(f"good{i}", seed=i))) for i in range(3)]
+    bad_key, bad = mutate("bad0", encode_clip(tiny_clip("bad0", seed=7)))
+    samples.insert(1, (bad_key, bad))
+    shard = write_tar(tmp_path / "val-000000.tar", samples)
+    before = snapshot(tmp_path)
+
+    report = verify([str(shard)])
+    assert report["clips"] == 3 and len(report["bad"]) == 1, report["bad"]
+    _, key, text = report["bad"][0]
+    assert key == bad_key.lstrip("./") or key == bad_key or key == os.path.normpath(bad_key)
+    assert f"field {field!r}" in text and key in text, text
+    assert re.search(message, text), text
+
+    src = SourceConfig("pointodyssey", "unused", val_shards=str(shard), max_gap=4)
+    stream = ClipStream([src], TINY, batch_size=1, batches_per_epoch=3, train=False, max_skip_rate=0.5)
+    keys = [b["key"][0] for b in stream]
+    assert keys == ["pointodyssey/good0", "pointodyssey/good1", "pointodyssey/good2"]
+    assert (stream.stats.good, stream.stats.skipped, stream.stats.shard_errors) == (3, 1, 0)
+    assert len(stream.stats.reasons) == 1 and key in stream.stats.reasons[0], stream.stats.reasons
+    assert snapshot(tmp_path) == before  # the readers write nothing
+
+
+def test_path_traversal_member_names_never_become_keys_of_good_clips(tmp_path):
+    """A member name that climbs out of the shard keeps its folder part in the key (as in WebDataset), so it is
+    refused by the key pattern instead of passing as ``escape_000000`` (what a basename would give)."""
+    members = encode_clip(tiny_clip("escape_000000", seed=1))
+    shard = write_tar(tmp_path / "t.tar", [("../../escape_000000", members), ("./fine_000000", members)])
+    stats = SkipStats()
+    keys = [s["__key__"] for s in iter_tar(str(shard), stats)]
+    assert keys == ["../../escape_000000", "fine_000000"]  # "./x" is normalised; "../" stays and is refused
+    with pytest.raises(SpecError, match=r"sample '\.\./\.\./escape_000000', field 'key'"):
+        decode_sample(next(iter_tar(str(shard), stats)))
+
+
+# ---------------------------------------------------------------------------------------------------- whole shards
+
+
+def _two_shards(folder: Path) -> list[Path]:
+    with ShardWriter(folder, source="faults", split="val", maxcount=3) as w:
+        for i in range(6):
+            w.write(tiny_clip(f"c{i}", seed=i))
+    return sorted(folder.glob("val-*.tar"))
+
+
+def _truncate(path: Path) -> str:
+    with tarfile.open(path) as tf:
+        cut = next(m for m in tf.getmembers() if m.name == "c4.c2w.npy").offset_data + 10
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    return "truncated"
+
+
+@pytest.mark.parametrize(
+    ("damage", "good", "reason"),
+    [
+        (_truncate, 4, r"shard .*val-000001\.tar: ReadError: unexpected end of data"),
+        (lambda p: p.write_bytes(np.random.default_rng(0).bytes(20000)), 3, r"shard .*val-000001\.tar: ReadError"),
+        (lambda p: p.write_bytes(b""), 3, r"shard .*val-000001\.tar: ReadError: empty file"),
+    ],
+    ids=["truncated shard", "corrupt shard", "empty shard"],
+)  # fmt: skip
+def test_broken_shard_is_reported_and_counted(tmp_path, damage, good, reason):
+    shards = _two_shards(tmp_path)
+    damage(shards[1])
+    report = verify([str(tmp_path)])
+    assert report["clips"] == good
+    problems = [m for _, _, m in report["bad"]]
+    assert any(re.search(reason, m) for m in problems), problems
+    assert f"manifest lists 3 clips, {good - 3} valid" in " ".join(problems)  # the manifest no longer matches
+
+    src = SourceConfig("pointodyssey", "unused", val_shards=str(tmp_path / "val-*.tar"), max_gap=4)
+    stream = ClipStream([src], TINY, batch_size=1, batches_per_epoch=good + 1, train=False, max_skip_rate=0.5)
+    keys = [b["key"][0].split("/")[1] for b in stream]
+    assert keys == [f"c{i}" for i in range(good)] + ["c0"]  # every readable clip, then the slice again from the start
+    assert stream.stats.shard_errors == 1 and re.search(reason, stream.stats.reasons[0]), stream.stats.reasons
+    assert stream.stats.skipped == (1 if good == 4 else 0)  # the clip cut in half is dropped and counted
+
+
+def test_skip_rate_over_the_threshold_stops_training(tmp_path):
+    from datamodules.stream import DataSkipRateError
+
+    samples = [(f"b{i}", {**encode_clip(tiny_clip(f"b{i}", seed=i)), "meta.json": b"{broken"}) for i in range(4)]
+    samples.append(("ok0", encode_clip(tiny_clip("ok0"))))
+    write_tar(tmp_path / "train-000000.tar", samples)
+    src = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
+    stream = ClipStream([src], TINY, batch_size=2, batches_per_epoch=10, max_skip_rate=0.2, skip_rate_min_samples=10,
+                        shuffle_buffer=1)  # fmt: skip
+    with pytest.raises(DataSkipRateError, match=r"skipped \d+ of \d+ samples \(\d+\.\d% > max_skip_rate 20\.0%\)"):
+        list(stream)
+
+
+def test_negative_and_zero_depth(tmp_path):
+    """Refused at write time when marked valid, reported by verify in a foreign shard, and never used as valid depth
+    by the stream when the clip has no validity mask."""
+    clip = tiny_clip("d0", seed=1)
+    clip.depth[:, :, :4] = -1.0
+    clip.depth[:, :, 4:8] = 0.0
+    clip.depth_valid = np.ones_like(clip.depth, dtype=bool)
+    out = tmp_path / "shards"
+    with pytest.raises(SpecError, match=r"sample 'd0', field 'depth_valid': marks pixels whose depth is not finite"):
+        with ShardWriter(out, source="faults", split="val") as w:
+            w.write(clip)
+    assert snapshot(out) == {}  # no shard, no temporary file, no manifest
+
+    members = encode_clip(tiny_clip("d0", seed=1))
+    members["depth.npy"] = npy(clip.depth)
+    members["depth_valid.npy"] = npy(clip.depth_valid)
+    write_tar(tmp_path / "val-000000.tar", [("d0", members)])
+    bad = verify([str(tmp_path / "val-000000.tar")])["bad"]
+    assert len(bad) == 1 and "field 'depth_valid'" in bad[0][2]
+
+    del members["depth_valid.npy"]  # no mask: validity is "finite and > 0"
+    write_tar(tmp_path / "val-000000.tar", [("d0", members)])
+    src = SourceConfig("pointodyssey", "unused", val_shards=str(tmp_path / "val-000000.tar"), max_gap=4)
+    batch = next(iter(ClipStream([src], TINY, batch_size=1, batches_per_epoch=1, train=False)))
+    valid = batch["depth_valid"][0]
+    assert valid.shape[-2:] == (16, 16)
+    assert not valid[..., :8].any() and valid[..., 8:].all()  # the 8 columns of depth <= 0 are invalid, the rest not
+    assert (batch["depth"][0][..., :8] == 0).all() and (batch["depth"][0][..., 8:] > 0).all()
+
+
+@pytest.mark.parametrize("when", ["mid-clip", "closing the shard"])
+def test_full_disk_while_writing_a_shard_leaves_nothing(tmp_path, monkeypatch, when):
+    out = tmp_path / "shards"
+    with ShardWriter(out, source="faults", split="train", maxcount=2) as w:  # one finished shard from earlier
+        for i in range(2):
+            w.write(tiny_clip(f"old{i}", seed=i))
+    before = snapshot(out)
+    shard_bytes = len(before["train-000000.tar"])
+    budget = DiskBudget(shard_bytes // 3 if when == "mid-clip" else shard_bytes - 1024)
+    monkeypatch.setattr(tarfile, "bltn_open", budget.opener())
+    with pytest.raises(OSError) as info:
+        with ShardWriter(out, source="faults", split="train", maxcount=2) as w:
+            for i in range(2):
+                w.write(tiny_clip(f"new{i}", seed=10 + i))
+            assert when == "closing the shard"  # mid-clip fails inside write()
+    assert_enospc(info)
+    assert budget.failures >= 1
+    assert snapshot(out) == before  # no new shard, no temporary file, the manifest as it was
+    monkeypatch.undo()
+    with ShardWriter(out, source="faults", split="train", maxcount=2) as w:  # a rerun writes the lost clips
+        assert not w.is_done("new0") and w.write(tiny_clip("new0", seed=10))
+    assert sorted(k for s in read_manifest(out)["shards"] for k in s["keys"]) == ["new0", "old0", "old1"]
+
+
+def test_a_failed_write_does_not_corrupt_later_clips(tmp_path, monkeypatch):
+    """After a write fails mid-member the open shard is dropped: later clips go to a fresh, readable shard."""
+    out = tmp_path / "shards"
+    real = tarfile.copyfileobj
+    calls = {"n": 0}
+
+    def flaky_copy(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "copyfileobj", flaky_copy)
+    with ShardWriter(out, source="faults", split="train", maxcount=10) as w:
+        with pytest.raises(OSError):
+            w.write(tiny_clip("lost", seed=1))
+        assert not w.is_done("lost")
+        w.write(tiny_clip("after", seed=2))
+    r = verify([str(out)])
+    assert (r["clips"], r["bad"]) == (1, [])
+    assert [k for s in read_manifest(out)["shards"] for k in s["keys"]] == ["after"]
+
+
+# ---------------------------------------------------------------------------------------------------- converters
+
+
+@pytest.fixture
+def re10k_native(shared_fixtures, tmp_path) -> tuple[Path, str]:
+    """One real RealEstate10K clip (pose file + mp4) in the CameraCtrl layout, copied so a test can break it."""
+    clip = "0bf152ef84195293"
+    root = tmp_path / "native"
+    for sub, ext in (("pose_files", "txt"), ("videos", "mp4")):
+        (root / sub).mkdir(parents=True)
+        shutil.copy(shared_fixtures / "re10k" / sub / f"{clip}.{ext}", root / sub)
+    return root, clip
+
+
+def _convert(root: Path, out: Path, *extra: str) -> convert.Summary:
+    cli, opts, module = convert.parse_args(["source=re10k", f"in={root}", f"out={out}", "max_side=64", *extra])
+    return convert.run(cli, opts, module, progress=False)
+
+
+def test_converter_truncated_mp4_fails_the_sequence_and_writes_nothing(re10k_native, tmp_path):
+    root, clip = re10k_native
+    video = root / "videos" / f"{clip}.mp4"
+    video.write_bytes(video.read_bytes()[:50_000])
+    out = tmp_path / "out" / "re10k"
+    summary = _convert(root, out)
+    assert (summary.converted, summary.clips, summary.exit_code) == (0, 0, 1)
+    assert summary.failed[clip].startswith(f"bad input: {video}: video does not decode")
+    assert not (tmp_path / "out").exists()  # no empty output folder either
+
+
+def test_converter_non_orthonormal_pose_names_file_and_frame(re10k_native, tmp_path):
+    root, clip = re10k_native
+    poses = root / "pose_files" / f"{clip}.txt"
+    lines = poses.read_text().splitlines()
+    cols = lines[4].split()
+    cols[7] = str(2 * float(cols[7]))  # R[0,0] of row 3 doubled: not a rotation
+    lines[4] = " ".join(cols)
+    poses.write_text("\n".join(lines) + "\n")
+    summary = _convert(root, tmp_path / "out")
+    assert summary.failed[clip].startswith(f"bad input: {poses}: rotation of frame 3 is not orthonormal")
+    assert not (tmp_path / "out").exists()
+    shutil.copy(ROOT.parent / "shared" / "fixtures" / "re10k" / "pose_files" / f"{clip}.txt", poses)
+    assert _convert(root, tmp_path / "out", "max_clips=1", "clip_length=4").clips == 1  # control: the original works
+
+
+def test_converter_misspelt_key_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "in").mkdir()
+    assert convert.main(["source=re10k", f"in={tmp_path / 'in'}", f"out={out}", "clip_lenght=5"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) clip_lenght; valid keys:" in err and "clip_length" in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- reconstruct
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """A tiny LRDM export, F frames (png folder) and their trajectory, and broken variants of each."""
+    d = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    cfg = lrdm_preset("tiny", dim=48, depth=2, num_heads=4, decoder_channels=8)
+    state = {k: v.contiguous() for k, v in LRDM(cfg).state_dict().items()}
+    meta = {"hparams": json.dumps({"model": to_plain(cfg)})}
+    save_file(state, str(d / "lrdm.safetensors"), metadata=meta)
+    raw = (d / "lrdm.safetensors").read_bytes()
+    (d / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
+    save_file({**state, "pose_token": torch.zeros(7)}, str(d / "misshaped.safetensors"), metadata=meta)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (F, H, W, 3), dtype=np.uint8)
+    (d / "frames").mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(d / "frames" / f"{i:03d}.png")
+    traj = make_trajectory("orbit", F, strength=0.3)
+    write_trajectory_json(traj, d / "cams.json")
+    (d / "zero.json").write_text('{"format": "diff4splat-trajectory", "version": 1, "frames": []}')
+    c2w, fx = traj.c2w.numpy(), traj.fxfycxcy.numpy()
+    images = frames.transpose(0, 3, 1, 2)
+    nan = c2w.copy()
+    nan[2, 0, 3] = np.nan
+    sheared = c2w.copy()
+    sheared[1, :3, :3] *= 1.5  # a scaled rotation
+    np.savez(d / "nan.npz", images=images, C2W=nan, fxfycxcy=fx)
+    np.savez(d / "sheared.npz", images=images, C2W=sheared, fxfycxcy=fx)
+    np.savez(d / "strings.npz", images=images, C2W=np.full((F, 4, 4), "x"), fxfycxcy=fx)
+    np.savez(d / "pickled.npz", images=np.array([{"payload": 1}] * F, dtype=object), C2W=c2w, fxfycxcy=fx)
+    np.savez(d / "short.npz", images=images[:3], C2W=c2w, fxfycxcy=fx)
+    mp4 = encode_video(np.ascontiguousarray(frames[:, :32, :40]))
+    (d / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])
+    return {p.name: p for p in d.iterdir()}
+
+
+def fill(arg: str, paths: dict[str, Path]) -> str:
+    """``{name}`` -> the path of that name (names hold dots, so not str.format)."""
+    for name, path in paths.items():
+        arg = arg.replace("{" + name + "}", str(path))
+    return arg
+
+
+def cli_error(main, argv: list[str], capsys) -> str:
+    """Run a CLI's ``main``; it must exit with code 2 and one ``error:`` line; returns that line."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "{nan.npz}"], r"nan\.npz: field C2W, frame 2: non-finite values \(NaN or inf\); expected a finite"),
+        (["--input", "{sheared.npz}"], r"sheared\.npz: field C2W, frame 1: not a rigid pose .*expected \[R t; 0 0 0 1\]"),
+        (["--input", "{strings.npz}"], r"strings\.npz: field C2W has dtype <U1; expected numbers"),
+        (["--input", "{pickled.npz}"], r"pickled\.npz: field images is not a plain numeric array \(Object arrays cannot "
+                                       r"be loaded when allow_pickle=False\)"),
+        (["--input", "{short.npz}"], r"short\.npz: field images has 3 frames but C2W has 5 cameras"),
+        (["--input", "{truncated.mp4}", "--cameras", "{cams.json}"], r"truncated\.mp4: cannot decode video"),
+        (["--input", "{frames}", "--cameras", "{zero.json}"], r"zero\.json\): field 'frames' must be a non-empty list"),
+        (["--input", "{frames}", "--cameras", "{cams.json}", "--weights", "{truncated.safetensors}"],
+         r"LRDM weights: .*truncated\.safetensors: not a readable \.safetensors file \(SafetensorError"),
+        (["--input", "{frames}", "--cameras", "{cams.json}", "--weights", "{misshaped.safetensors}"],
+         r"misshaped\.safetensors: the weights do not match the model \(LRDM\): shape mismatches: pose_token \(7,\) "
+         r"\(model \(48,\)\)"),
+    ],
+    ids=["NaN pose", "non-orthonormal pose", "wrong dtype", "pickled array", "frame count", "truncated mp4",
+         "zero-frame trajectory", "truncated weights", "mis-shaped weights"],
+)  # fmt: skip
+def test_reconstruct_bad_input(tmp_path, inputs, capsys, args, message):
+    argv = ["--weights", str(inputs["lrdm.safetensors"]), *args, "--out", str(tmp_path / "o" / "out"),
+            "--device", "cpu"]  # fmt: skip
+    argv = [fill(a, inputs) for a in argv]
+    err = cli_error(reconstruct.main, argv, capsys)
+    assert re.search(message, err), err
+    assert list(tmp_path.iterdir()) == []  # no output folder, no temporary folder
+
+
+def test_reconstruct_full_disk_while_exporting_leaves_no_folder(tmp_path, inputs, monkeypatch):
+    out = tmp_path / "runs" / "out"
+    budget = DiskBudget(100_000)  # scene.safetensors fits; the first .ply frames do not
+    monkeypatch.setattr(gaussian_io, "open", budget.opener(), raising=False)
+    args = reconstruct.parse_args(["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"]),
+                                   "--cameras", str(inputs["cams.json"]), "--out", str(out), "--device", "cpu",
+                                   "--num-times", "2"])  # fmt: skip
+    with pytest.raises(OSError) as info:
+        reconstruct.run(args)
+    assert_enospc(info)
+    assert budget.failures >= 1 and budget.left == 0  # it failed mid-way through a .ply
+    assert list(tmp_path.iterdir()) == []  # neither the folder, its temporary twin, nor the parent it made
+
+
+def test_reconstruct_refuses_a_non_empty_output_folder(tmp_path, inputs, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"]), "--cameras",
+            str(inputs["cams.json"]), "--out", str(out)]  # fmt: skip
+    err = cli_error(reconstruct.main, argv, capsys)
+    assert f"--out {out}: exists and is not an empty folder; pass --overwrite to replace it" in err
+    assert snapshot(out) == {"notes.txt": b"mine"}
+
+
+# ---------------------------------------------------------------------------------------------------- preprocess
+
+
+def test_preprocess_full_disk_leaves_no_npz(tmp_path, inputs, monkeypatch):
+    out = tmp_path / "scene.npz"
+    budget = DiskBudget(20_000)
+    real_savez = np.savez
+    opener = budget.opener()
+
+    def savez_on_full_disk(file, **arrays):
+        with opener(file, "wb") as f:
+            real_savez(f, **arrays)
+
+    monkeypatch.setattr(preprocess.np, "savez", savez_on_full_disk)
+    args = preprocess.parse_args(["--images", str(inputs["frames"]), "--poses", str(inputs["cams.json"]),
+                                  "--out", str(out)])  # fmt: skip
+    with pytest.raises(OSError) as info:
+        preprocess.run(args)
+    assert_enospc(info)
+    assert budget.left == 0 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image", "{img}", "--num-frames", "0"], r"--num-frames 0: the trajectory needs at least one frame"),
+        (["--image", "{broken}"], r"broken\.png: unreadable image .*expected a PNG/JPEG/WebP file"),
+        (["--images", "{frames}", "--poses", "{zero.json}"], r"zero\.json\): field 'frames' must be a non-empty list"),
+        (["--images", "{frames}", "--poses", "{nan.npz}"], r"nan\.npz: field C2W, frame 2: non-finite values"),
+    ],
+    ids=["zero frames", "unreadable image", "zero-frame trajectory", "NaN pose"],
+)  # fmt: skip
+def test_preprocess_bad_input(tmp_path, inputs, capsys, args, message):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    paths = {"img": inputs["frames"] / "000.png", "broken": tmp_path / "broken.png", **inputs}
+    argv = [fill(a, paths) for a in args] + ["--out", str(tmp_path / "o" / "scene.npz")]
+    err = cli_error(preprocess.main, argv, capsys)
+    assert re.search(message, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png"]
+
+
+# ---------------------------------------------------------------------------------------------------- generate
+
+
+def _generate_config(*overrides: str):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diff4splat import generate
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return generate.to_config(compose(config_name="generate.yaml", overrides=list(overrides)))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_generate_non_orthonormal_trajectory_fails_before_any_model(tmp_path, inputs):
+    from diff4splat.pipelines.generation import generate
+
+    traj = make_trajectory("orbit", 13, strength=0.2)
+    traj.c2w[4, :3, :3] *= 1.2
+    write_trajectory_json(traj, tmp_path / "scaled.json")
+    before = snapshot(tmp_path)
+    cfg = _generate_config("tiny=true", f"image={inputs['frames'] / '000.png'}", f"camera={tmp_path / 'scaled.json'}",
+                           f"output_dir={tmp_path / 'out'}")  # fmt: skip
+    with pytest.raises(InputError, match=r"scaled\.json: frame 4: field c2w: its rotation is not orthonormal; "
+                                         r"expected a rigid OpenCV camera-to-world matrix"):  # fmt: skip
+        generate(cfg)
+    assert snapshot(tmp_path) == before
+
+
+def test_generate_misspelt_key_names_it():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'sampling\.stepz'"):
+        _generate_config("tiny=true", "sampling.stepz=3")
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate / view
+
+
+def test_evaluate_scene_with_nan_trajectory_is_clear_and_writes_nothing(tmp_path, capsys):
+    from scene_outputs import write_scene_output
+
+    folder, _ = write_scene_output(tmp_path / "scene", frames=3, height=16, width=16)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["trajectory"]["c2w"][1][0][0] = float("nan")
+    (folder / "meta.json").write_text(json.dumps(meta))  # json writes NaN, as a careless writer would
+    out = tmp_path / "results"
+    err = cli_error(evaluate.main, ["scenes", str(folder), "--out", str(out), "--no-lpips", "--device", "cpu"], capsys)
+    assert f"{folder / 'meta.json'}: field trajectory.c2w has non-finite values" in err
+    assert not out.exists()
+
+
+def test_evaluate_full_disk_keeps_the_previous_results(tmp_path, monkeypatch):
+    from diff4splat.pipelines import evaluation
+
+    rows = [{c: 1.0 for c in evaluation.SCENE_COLUMNS} | {"scene": "a"}]
+    details = [{c: 1.0 for c in evaluation.FRAME_COLUMNS} | {"scene": "a", "frame": k} for k in range(3)]
+    old = evaluation.Results("scenes", rows, details, "before")
+    out = tmp_path / "results"
+    evaluation.write_results(old, out)
+    before = snapshot(out)
+    budget = DiskBudget(1500)  # the first files fit, a later one does not
+    monkeypatch.setattr(evaluation.Path, "write_bytes", lambda self, data: _write_via(budget, self, data))
+    new = evaluation.Results("scenes", [{**rows[0], "psnr": 30.0}], details, "after")
+    assert len(snapshot(out)) >= 5 and budget.left < sum(map(len, before.values()))  # the budget ends mid-way
+    with pytest.raises(OSError) as info:
+        evaluation.write_results(new, out)
+    assert_enospc(info)
+    assert snapshot(out) == before  # every file as it was, no temporary file
+    with pytest.raises(OSError):
+        evaluation.write_results(new, tmp_path / "fresh" / "results")
+    assert not (tmp_path / "fresh").exists()
+
+
+def _write_via(budget: DiskBudget, path: Path, data: bytes) -> int:
+    with budget.opener()(path, "wb") as f:
+        return f.write(data)
+
+
+def test_view_refuses_a_pickle_posing_as_a_scene(tmp_path, capsys):
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    torch.save({"canonical.means": torch.zeros(3, 3)}, folder / "scene.safetensors")
+    err = cli_error(view.main, [str(folder), "--port", "0"], capsys)
+    assert f"load_4d({folder / 'scene.safetensors'}): not a readable safetensors file" in err
+
+
+def test_truncated_ply_names_the_file(tmp_path):
+    from diff4splat.gaussians import Gaussians
+
+    n = 50
+    g = Gaussians(torch.randn(n, 3), torch.tensor([1.0, 0, 0, 0]).repeat(n, 1), torch.full((n, 3), 0.1),
+                  torch.full((n,), 0.5), torch.rand(n, 3))  # fmt: skip
+    path = save_ply(g, tmp_path / "g.ply")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=rf"load_ply\({path}\): not a readable PLY file"):
+        load_ply(path)
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+
+
+def test_misspelt_trainer_key_on_the_command_line_names_it(make_cfg):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"Could not override 'trainer\.max_step'"):
+        make_cfg("experiment=fit_synthetic", "trainer.max_step=5")
+
+
+@pytest.fixture
+def conf_copy(tmp_path, monkeypatch) -> Path:
+    """A copy of conf/ the test can add experiment files to, used by `compose_cfg` (the shared checkout's conf/
+    is not touched)."""
+    import conftest
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf, ignore=shutil.ignore_patterns("local"))
+    (conf / "local").mkdir()
+    monkeypatch.setattr(conftest, "CONF", conf)
+    return conf
+
+
+def _experiment(conf: Path, name: str, body: str) -> None:
+    (conf / "experiment" / f"{name}.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /data: scene_synthetic\n  - override /model: gaussian_field\n"
+        "  - override /system: scene_fit\ntask_name: faults\n" + body
+    )
+
+
+def test_misspelt_trainer_key_in_an_experiment_file_names_it(conf_copy, make_cfg):
+    from hydra.errors import InstantiationException
+
+    from diff4splat.train import train
+
+    _experiment(conf_copy, "typo_trainer", "trainer:\n  max_step: 5\n")
+    cfg = make_cfg("experiment=typo_trainer", "data.height=16", "data.width=16", "model.num_gaussians=50")
+    with pytest.raises(InstantiationException, match=r"unexpected keyword argument 'max_step'"):
+        train(cfg)
+    assert not Path(cfg.paths.output_dir).exists() or not any(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+
+
+def test_misspelt_model_key_in_an_experiment_file_names_it(conf_copy, make_cfg):
+    from hydra.errors import InstantiationException
+
+    from diff4splat.train import train
+
+    _experiment(conf_copy, "typo_model", "model:\n  num_gausians: 50\n")
+    cfg = make_cfg("experiment=typo_model", "data.height=16", "data.width=16")
+    with pytest.raises(InstantiationException) as info:
+        train(cfg)
+    assert "system.model: unknown key(s) ['num_gausians'] for GaussianFieldConfig" in str(info.value.__cause__)
+
+
+def test_top_level_keys_check_names_a_misspelt_key(conf_copy, make_cfg):
+    from diff4splat.configs import ConfigError, check_top_level_keys
+
+    _experiment(conf_copy, "typo_top", "optimised_metric: val/psnr\n")
+    cfg = make_cfg("experiment=typo_top")
+    with pytest.raises(ConfigError, match=r"unknown top-level key\(s\) \['optimised_metric'\].*optimized_metric"):
+        check_top_level_keys(cfg, conf_copy / "train.yaml")
+    check_top_level_keys(make_cfg("experiment=fit_synthetic"), conf_copy / "train.yaml")  # a correct one passes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="train() does not check top-level keys yet: diff4splat/train.py (owned elsewhere) should call "
+    "diff4splat.configs.check_top_level_keys(cfg) before instantiating anything",
+)
+def test_misspelt_top_level_key_in_an_experiment_file_fails_training(conf_copy, make_cfg):
+    from diff4splat.train import train
+
+    _experiment(conf_copy, "typo_top", "optimised_metric: val/psnr\ntrain: false\ntest: false\n")
+    with pytest.raises(ValueError, match="optimised_metric"):
+        train(make_cfg("experiment=typo_top", "data.height=16", "data.width=16", "model.num_gaussians=50"))
