@@ -86,3 +86,12 @@ def test_geometry_metrics_agree_with_the_evaluation_metrics():
     assert int(m["motion_epe"][1]) == moving["pairs"]
     no_tracks = dict(batch, tracks_visible=torch.zeros_like(batch["tracks_visible"]))
     assert [float(v) for v in geometry_metrics(no_tracks, out)["motion_epe"]] == [0.0, 0.0]  # weight 0 in the mean
+
+
+def test_compiled_blocks_keep_the_state_dict_keys():
+    plain = ReconstructionSystem(model=TINY, loss=dict(lpips=0.0))
+    compiled = ReconstructionSystem(model=TINY, loss=dict(lpips=0.0), compile=True)
+    compiled.configure_model()
+    assert all(hasattr(b.forward, "_torchdynamo_orig_callable") for b in compiled.model.trunk.blocks)  # compiled
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # exports and checkpoints load uncompiled
+    compiled.load_state_dict(plain.state_dict())

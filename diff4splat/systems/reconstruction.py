@@ -146,9 +146,11 @@ class ReconstructionSystem(L.LightningModule):
                 )
 
     def configure_model(self) -> None:
-        if self._compile:
-            for i, block in enumerate(self.model.trunk.blocks):
-                self.model.trunk.blocks[i] = torch.compile(block)
+        if self._compile:  # in place: no `_orig_mod.` wrapper, so checkpoints and exports keep the model's keys
+            from diff4splat.models.parallel import compile_in_place
+
+            for block in self.model.trunk.blocks:
+                compile_in_place(block)
 
     # --- forward ---------------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any]) -> tuple[LRDMOutput, Tensor]:
