@@ -213,14 +213,12 @@ class LatentAligner(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> LatentAligner:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from diff4splat.weights import load_safetensors
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"LatentAligner.load: no file at {path}")
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        state, meta = load_safetensors(path, "LatentAligner weights")
         if meta.get("format") == "diff4splat.latent_aligner":
             cfg = json.loads(meta["config"])
         elif meta.get("format") == "diff4splat-weights" and meta.get("export_prefix") == "aligner.":
@@ -229,7 +227,7 @@ class LatentAligner(nn.Module):
             raise ValueError(f"{path}: not a LatentAligner export (metadata format {meta.get('format')!r}, "
                              f"prefix {meta.get('export_prefix')!r})")  # fmt: skip
         model = cls(AlignerConfig(**cfg))
-        result = model.load_state_dict(load_file(str(path)), strict=False)
+        result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(f"{path}: missing {result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}")
         return model
