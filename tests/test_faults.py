@@ -13,6 +13,7 @@ import errno
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import tarfile
@@ -753,6 +754,7 @@ def test_top_level_keys_check_names_a_misspelt_key(conf_copy, make_cfg):
 
 @pytest.mark.xfail(
     strict=True,
+    raises=pytest.fail.Exception,  # DID NOT RAISE
     reason="train() does not check top-level keys yet: diff4splat/train.py (owned elsewhere) should call "
     "diff4splat.configs.check_top_level_keys(cfg) before instantiating anything",
 )
@@ -762,3 +764,45 @@ def test_misspelt_top_level_key_in_an_experiment_file_fails_training(conf_copy, 
     _experiment(conf_copy, "typo_top", "optimised_metric: val/psnr\ntrain: false\ntest: false\n")
     with pytest.raises(ValueError, match="optimised_metric"):
         train(make_cfg("experiment=typo_top", "data.height=16", "data.width=16", "model.num_gaussians=50"))
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+#
+# Pickles that would run code are refused everywhere (test_security.py). Two refusals still surface torch's own
+# message, which names no file and suggests weights_only=False; their fixes belong to files owned elsewhere.
+
+
+@pytest.fixture
+def pickle_ckpt(tmp_path) -> Path:
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"model.x": torch.zeros(1)}, "callback": threading.Lock}, path)  # a class: refused
+    return path
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pickle.UnpicklingError,
+    reason="diff4splat/train.py (owned elsewhere) lets torch's UnpicklingError from trainer.fit(ckpt_path=...) "
+    "through; it should re-raise it as diff4splat.weights.WeightsError naming ckpt_path",
+)
+def test_resume_from_a_foreign_pickle_names_the_checkpoint(pickle_ckpt, make_cfg):
+    from diff4splat.train import train
+
+    cfg = make_cfg("experiment=fit_synthetic", f"ckpt_path={pickle_ckpt}", "data.height=16", "data.width=16",
+                   "model.num_gaussians=50", "callbacks=none", "test=false")  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(str(pickle_ckpt))):
+        train(cfg)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=pickle.UnpicklingError,
+    reason="diff4splat/systems/reconstruction.py (owned elsewhere): load_lrdm_weights calls torch.load directly; "
+    "it should use diff4splat.weights.load_torch_file(path, 'init_from'), whose error names the file",
+)
+def test_init_from_a_foreign_pickle_names_the_file(pickle_ckpt):
+    from diff4splat.systems.reconstruction import load_lrdm_weights
+
+    model = LRDM(lrdm_preset("tiny", dim=48, depth=1, num_heads=4, decoder_channels=8))
+    with pytest.raises(ValueError, match=rf"init_from: {re.escape(str(pickle_ckpt))}: refused to load"):
+        load_lrdm_weights(model, pickle_ckpt)
