@@ -794,12 +794,6 @@ def test_resume_from_a_foreign_pickle_names_the_checkpoint(pickle_ckpt, make_cfg
         train(cfg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pickle.UnpicklingError,
-    reason="diff4splat/systems/reconstruction.py (owned elsewhere): load_lrdm_weights calls torch.load directly; "
-    "it should use diff4splat.weights.load_torch_file(path, 'init_from'), whose error names the file",
-)
 def test_init_from_a_foreign_pickle_names_the_file(pickle_ckpt):
     from diff4splat.systems.reconstruction import load_lrdm_weights
 

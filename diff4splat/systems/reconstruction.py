@@ -337,12 +337,15 @@ def load_lrdm_weights(model: LRDM, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_from: no weights file at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from diff4splat.weights import WeightsError, load_safetensors, load_torch_file
 
-        state = load_file(str(path))
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path, "init_from")[0]
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(path, "init_from")
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise WeightsError(f"init_from: {path}: expected a Lightning checkpoint with a 'state_dict' (or a "
+                               ".safetensors export)")  # fmt: skip
         state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
