@@ -10,8 +10,9 @@
 Every batch follows the contract of `datamodules.batch` after `on_after_batch_transfer` (`finish_batch`: images
 become float there, and with `sampling.augment_on="device"` the per-pixel crop/resize runs there, on the GPU in
 training).
-The stream is seeded per (seed, rank, worker, epoch); the epoch counter is part of the DataModule state saved in
-checkpoints, so a resumed run continues with new samples instead of replaying the first epochs.
+The stream is seeded per (seed, rank, worker, epoch); the epoch counter and the global step are part of the
+DataModule state saved in checkpoints, and a run resumed at step S draws its training clips from (seed, S) instead of
+seed (`resume_seed`), so a restart continues with new samples instead of replaying those it saw before the stop.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -106,6 +108,7 @@ class ClipDataModule(L.LightningDataModule):
         self._train: ClipStream | None = None
         self._val: ClipStream | None = None
         self._epoch = 0
+        self._resume_step = 0  # global step of the checkpoint this run resumed from (0: a fresh run)
 
     # ------------------------------------------------------------------ streams
 
@@ -129,7 +132,8 @@ class ClipDataModule(L.LightningDataModule):
             rank, world = self._rank()
             sources = [s for s in self.sources if s.weight > 0]
             self._train = ClipStream(
-                sources, self.sampling, self.batch_size, self.batches_per_epoch, train=True, seed=self.seed,
+                sources, self.sampling, self.batch_size, self.batches_per_epoch, train=True,
+                seed=resume_seed(self.seed, self._resume_step),
                 shuffle_buffer=self.shuffle_buffer, max_skip_rate=self.max_skip_rate,
                 skip_rate_min_samples=self.skip_rate_min_samples, rank=rank, world_size=world,
                 sample_sources=self._sample_sources(True),
@@ -179,12 +183,27 @@ class ClipDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         epoch = self._train.epoch if self._train is not None else self._epoch
-        return {"next_epoch": int(epoch) + 1}
+        state = {"next_epoch": int(epoch) + 1}
+        trainer = getattr(self, "trainer", None)
+        step = int(trainer.global_step) if trainer is not None else self._resume_step
+        if step:
+            state["global_step"] = step
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._epoch = int(state_dict.get("next_epoch", 0))
+        self._resume_step = int(state_dict.get("global_step", 0))
         if self._train is not None:
             self._train.set_epoch(self._epoch)
+            self._train.seed = resume_seed(self.seed, self._resume_step)
+
+
+def resume_seed(seed: int, step: int) -> int:
+    """The training stream's base seed for a run resumed at global ``step``: ``seed`` itself for a fresh run (step 0),
+    else a seed drawn from (seed, step); the stream adds (rank, worker, epoch) to it."""
+    if step <= 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, np.uint32)[0])
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:

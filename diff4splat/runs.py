@@ -1,15 +1,27 @@
-"""Run bookkeeping for the entry points: run ids, config printing and saving, instantiating callbacks and loggers.
+"""Run bookkeeping for the entry points: run ids, config printing and saving, instantiating callbacks and loggers,
+and where a run resumes from.
 
-The run id names output folders and W&B runs. It must be the same in every process of one run (Lightning's DDP
-launcher re-executes the script per rank; multi-node jobs start one process per GPU on every node), so it is taken,
-in order, from ``DIFF4SPLAT_RUN_ID``, the SLURM job id, the torchrun rendezvous id, or made once per process tree
-and handed to child processes through the environment.
+The run id names output folders (``<task>/runs/<run id>``) and W&B runs. It must be the same in every process of one
+run (Lightning's DDP launcher re-executes the script per rank; torchrun and srun start one process per GPU on every
+node), and a restarted job should get the same one so that it lands in the same folder and continues from its
+``last.ckpt`` (``ckpt_path=auto``). In order:
+
+1. ``DIFF4SPLAT_RUN_ID`` (set it to make any run resumable by re-running the same command);
+2. the SLURM job id (``slurm<job>[_<array task>]``; it survives requeueing) in a batch job; interactive allocations
+   (job name ``bash`` / ``interactive``, as Lightning decides) are skipped;
+3. the torchrun rendezvous id (``tr<rdzv id>``; with ``--rdzv-id`` fixed it is stable across restarts);
+4. a new one, ``<date>_<time>_<8 hex>``; without a rendezvous id, torchrun's workers on one node share
+   ``tr<agent pid>-<port>`` instead.
+
+The first process to resolve the id exports it as ``DIFF4SPLAT_RUN_ID``, so processes it starts (Lightning's DDP
+children, submitit jobs, which inherit the environment on SLURM too) agree with it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -31,22 +43,57 @@ def run_id() -> str:
     """The id shared by all processes of this run (see the module docstring)."""
     if os.environ.get(RUN_ID_ENV):
         return os.environ[RUN_ID_ENV]
-    if os.environ.get("SLURM_JOB_ID"):
-        job = os.environ["SLURM_JOB_ID"]
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        rid = f"slurm{job}" + (f"_{task}" if task else "")
-    elif os.environ.get("TORCHELASTIC_RUN_ID", "none") not in ("", "none"):
-        rid = "tr" + os.environ["TORCHELASTIC_RUN_ID"]
-    else:
-        rid = uuid.uuid4().hex[:8]
-    os.environ[RUN_ID_ENV] = rid  # inherited by the DDP child processes Lightning starts
+    rid = stable_run_id()
+    if rid is None:
+        if os.environ.get("TORCHELASTIC_RUN_ID"):  # torchrun without --rdzv-id: the local workers share the agent
+            rid = f"tr{os.getppid()}-{os.environ.get('MASTER_PORT', '0')}"
+        else:
+            rid = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{uuid.uuid4().hex[:8]}"
+    os.environ[RUN_ID_ENV] = rid  # inherited by the DDP child processes Lightning starts and by submitit jobs
     return rid
+
+
+def stable_run_id() -> str | None:
+    """The id a restart of the same job gets again (SLURM batch job, torchrun with a rendezvous id), else None."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"slurm{job}" + (f"_{task}" if task else "")
+    rdzv = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if rdzv not in ("", "none"):
+        return f"tr{rdzv}"
+    return None
+
+
+def env_rank() -> int:
+    """This process's global rank as the launcher announced it (before any process group exists): torchrun's RANK,
+    srun's SLURM_PROCID, Lightning's LOCAL_RANK for the DDP children it starts; 0 otherwise."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(key)
+        if value not in (None, ""):
+            return int(value)
+    return 0
+
+
+def _rank_zero_value(value: Any = None) -> Any:
+    """``${rank_zero_only:X}``: X on rank 0, null on the other ranks (e.g. Hydra's ``output_subdir``)."""
+    return value if env_rank() == 0 else None
+
+
+def _rank_suffix() -> str:
+    """``${rank_suffix:}``: "" on rank 0, ``_rank<r>`` elsewhere (per-rank log files)."""
+    rank = env_rank()
+    return "" if rank == 0 else f"_rank{rank}"
 
 
 def register_resolvers() -> None:
     """Register the OmegaConf resolvers our configs use (idempotent)."""
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+    if not OmegaConf.has_resolver("rank_zero_only"):
+        OmegaConf.register_new_resolver("rank_zero_only", _rank_zero_value)
+    if not OmegaConf.has_resolver("rank_suffix"):
+        OmegaConf.register_new_resolver("rank_suffix", _rank_suffix)
 
 
 def apply_extras(cfg: DictConfig) -> None:
@@ -124,23 +171,49 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     return _instantiate_group(cfg, "logger")
 
 
+LAST = "last.ckpt"
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """Turn ``ckpt_path=last`` into the newest ``last.ckpt`` of this task's runs; check explicit paths exist."""
+    """Where ``trainer.fit`` resumes from, by ``ckpt_path``:
+
+    - ``auto`` (the default): this run folder's ``checkpoints/last.ckpt`` when it exists (a restarted job with a
+      stable run id, see `run_id`), else a fresh start;
+    - ``last``: the newest ``last.ckpt`` of any run of this task;
+    - a path: that checkpoint (a file, or a distributed checkpoint's folder), which must exist;
+    - null: a fresh start.
+    """
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
         return None
+    if ckpt == "auto":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / LAST
+        _recover_swapped(last)
+        if last.exists():
+            log.info("ckpt_path=auto: resuming this run from %s", last)
+            return str(last)
+        return None
     if ckpt == "last":
         root = Path(cfg.paths.output_root) / cfg.task_name
-        candidates = sorted(root.glob("runs/*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        candidates += sorted(root.glob("multiruns/*/*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        candidates = list(root.glob("runs/*/checkpoints/last*.ckpt"))
+        candidates += list(root.glob("multiruns/*/*/checkpoints/last*.ckpt"))
         if not candidates:
             raise FileNotFoundError(f"ckpt_path=last: no last.ckpt under {root}/runs/*/checkpoints/")
         newest = max(candidates, key=lambda p: p.stat().st_mtime)
         log.info("Resuming from %s", newest)
         return str(newest)
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt!r}")
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt!r} (expected a .ckpt file or folder, "
+                                "'auto', 'last' or null)")  # fmt: skip
     return str(ckpt)
+
+
+def _recover_swapped(path: Path) -> None:
+    """Finish a replacement of a checkpoint folder that was interrupted between its two renames (see
+    `diff4splat.callbacks.checkpoint.atomic_save_checkpoint`): the previous version is put back."""
+    from diff4splat.callbacks.checkpoint import recover_interrupted_replace
+
+    recover_interrupted_replace(path)
 
 
 def log_hyperparameters(cfg: DictConfig, loggers: list[Logger], system: Any) -> None:

@@ -2,6 +2,11 @@
 
 Linear wiring, in this order: seed -> datamodule -> system -> callbacks -> loggers -> trainer -> fit -> test.
 Returns the value of ``optimized_metric`` so Hydra sweepers (multirun ablations, Optuna) can optimise it.
+
+Resuming: with ``ckpt_path=auto`` (the default) a run whose folder already holds ``checkpoints/last.ckpt`` continues
+from it, so re-running the same command with the same run id (``DIFF4SPLAT_RUN_ID``, or the SLURM job id of a
+requeued job; see `diff4splat.runs`) continues the run. A run stopped by SIGTERM or the requeue signal saves
+``last.ckpt`` first and exits with status 143 (`diff4splat.callbacks.preemption`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from diff4splat.callbacks.preemption import PREEMPTED_EXIT_CODE
 from diff4splat.runs import (
     apply_extras,
     instantiate_callbacks,
@@ -100,6 +107,10 @@ def main(cfg: DictConfig) -> float | None:
     apply_extras(cfg)
     try:
         metrics, _ = train(cfg)
+    except SIGTERMException:
+        log.warning("Stopped by a signal; last.ckpt is saved in %s/checkpoints: re-run the same command (same run id) "
+                    "to continue.", cfg.paths.output_dir)  # fmt: skip
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     finally:
         _finish_wandb()
     return metric_value(metrics, cfg.get("optimized_metric"))

@@ -1,10 +1,23 @@
-"""Lightning checkpoints with the trained model's weights exported next to each as ``.safetensors``.
+"""Lightning checkpoints, written atomically, with the trained model's weights exported next to each as
+``.safetensors``.
 
 ``step_0001000.ckpt`` gets ``step_0001000.safetensors`` (and ``last.ckpt`` gets ``last.safetensors``): the weights
 of the system's exported module (``system.export_prefix``, e.g. ``"model."``, stripped from the keys), taken from the
 EMA callback when there is one, with the system class, step and config as safetensors metadata. These files are what
 ``pipelines`` load: no pickles, no Lightning needed. When Lightning deletes a checkpoint (top-k rotation) its
-sidecar goes too.
+sidecar goes too. Sharded parameters (FSDP2 DTensors) are gathered for the export, so it is a plain single-device
+state dict under every strategy.
+
+Atomic writes: every checkpoint is written under a hidden temporary name in its own folder, flushed to disk (fsync)
+and renamed over the old one, so an interrupted write (an exception, a full disk, a SIGKILL) leaves the previous
+checkpoint intact and the new one absent, never half of it. Lightning's own writer stages files in the system's temp
+folder and moves them, which is a copy (not atomic) when that folder is on another disk, as on clusters. A
+distributed checkpoint (a folder) replaces the old folder by two renames (old aside, new in place);
+`recover_interrupted_replace` puts the old one back if a kill falls between them.
+
+``last.ckpt`` is what a restarted run continues from (``ckpt_path=auto``): the ``last_checkpoint`` callback writes it
+every ``every_n_train_steps`` steps, at the end of training, and when the run is stopped by a signal (see
+`diff4splat.callbacks.preemption`).
 """
 
 from __future__ import annotations
@@ -12,15 +25,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import save_file
 from torch import Tensor
 
-from diff4splat.callbacks.ema import EMA
+from diff4splat.callbacks.ema import EMA, full_tensor
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +45,129 @@ def sidecar_path(ckpt_path: str | os.PathLike) -> Path:
     return Path(ckpt_path).with_suffix(".safetensors")
 
 
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _aside_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or every file of a folder and the folder itself, to disk."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                fsync_path(child)
+    else:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(path if path.is_dir() else path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Persist the entries (renames) of a folder; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_path(tmp: Path, path: Path) -> None:
+    """Move the complete ``tmp`` (file or folder) to ``path``: one atomic rename for a file over a file; otherwise
+    the old entry is renamed aside first and removed after the new one is in place."""
+    if tmp.is_file() and (path.is_file() or not path.exists()):
+        os.replace(tmp, path)
+    else:
+        aside = _aside_name(path)
+        _remove(aside)
+        if path.exists() or path.is_symlink():
+            os.replace(path, aside)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        _remove(aside)
+    fsync_dir(path.parent)
+
+
+def recover_interrupted_replace(path: str | os.PathLike) -> None:
+    """If a `replace_path` was killed between its renames (``path`` missing, the old version aside), restore it."""
+    path = Path(path)
+    aside = _aside_name(path)
+    if not path.exists() and aside.exists():
+        try:
+            os.replace(aside, path)
+            log.warning("restored %s from %s (a checkpoint replacement was interrupted)", path, aside.name)
+        except FileNotFoundError:  # another rank restored it first
+            pass
+
+
+def atomic_save_checkpoint(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint(filepath)`` through a temporary name in the same folder, fsync and rename.
+
+    Call it on every rank (distributed strategies write shards from every rank). On failure the temporary file is
+    removed and the previous checkpoint at ``filepath`` is untouched."""
+    path = Path(filepath)
+    tmp = _temp_name(path)
+    if trainer.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(tmp)  # the leftover of a write that was killed
+    trainer.strategy.barrier("atomic_save_checkpoint:start")
+    try:
+        trainer.save_checkpoint(tmp, weights_only)
+    except BaseException:
+        if trainer.is_global_zero:
+            _remove(tmp)
+        raise
+    if trainer.is_global_zero:
+        fsync_path(tmp)
+        replace_path(tmp, path)
+    trainer.strategy.barrier("atomic_save_checkpoint:end")
+
+
+def atomic_save_safetensors(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` through a temporary name, fsync and rename."""
+    path = Path(path)
+    tmp = _temp_name(path)
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
 def exportable_state_dict(trainer: L.Trainer, system: L.LightningModule, use_ema: bool = True) -> dict[str, Tensor]:
-    """The weights to export: EMA values if an EMA callback runs, restricted to ``system.export_prefix``."""
+    """The weights to export: EMA values if an EMA callback runs, restricted to ``system.export_prefix``.
+
+    Sharded tensors are gathered, so every rank must call this; the full tensors are kept on rank 0 only (other
+    ranks get an empty dict)."""
     ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None) if use_ema else None
     state = ema.ema_state_dict(system) if ema is not None and ema.shadow else system.state_dict()
     prefix = getattr(system, "export_prefix", "")
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    # safetensors refuses shared storage and non-contiguous views: give every tensor its own memory.
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        full = full_tensor(v.detach())  # a collective for DTensors: every rank, same order
+        if trainer.is_global_zero:
+            # safetensors refuses shared storage and non-contiguous views: give every tensor its own memory.
+            out[k] = full.to("cpu").contiguous().clone()
+    return out
 
 
 def export_metadata(trainer: L.Trainer, system: L.LightningModule, used_ema: bool) -> dict[str, str]:
@@ -54,29 +183,74 @@ def export_metadata(trainer: L.Trainer, system: L.LightningModule, used_ema: boo
 
 
 class CheckpointWithExport(ModelCheckpoint):
-    """``ModelCheckpoint`` that also writes the (EMA) model weights as ``.safetensors`` beside each checkpoint."""
+    """``ModelCheckpoint`` that writes atomically, exports the (EMA) model weights as ``.safetensors`` beside each
+    checkpoint, and (with ``save_last``) leaves ``last.ckpt`` at the final step when training ends."""
 
     def __init__(self, *args: Any, export_safetensors: bool = True, export_ema: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.export_safetensors = export_safetensors
         self.export_ema = export_ema
 
+    @property
+    def state_key(self) -> str:
+        # Two callbacks may differ only in what they save (`last` vs top-k): keep their states apart.
+        return self._generate_state_key(
+            monitor=self.monitor,
+            mode=self.mode,
+            every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs,
+            train_time_interval=self._train_time_interval,
+            save_last=bool(self.save_last),
+            save_top_k=self.save_top_k,
+        )
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        if not self.export_safetensors:
-            return
+        atomic_save_checkpoint(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+        if self.export_safetensors:
+            self._export(trainer, filepath)
+
+    def _export(self, trainer: L.Trainer, filepath: str) -> None:
         system = trainer.lightning_module
         state = exportable_state_dict(trainer, system, self.export_ema)
         if trainer.is_global_zero:
             used_ema = self.export_ema and any(isinstance(c, EMA) and c.shadow for c in trainer.callbacks)
-            target = sidecar_path(filepath)
-            tmp = target.with_name(target.name + ".tmp")
-            save_file(state, str(tmp), metadata=export_metadata(trainer, system, used_ema))
-            tmp.replace(target)
-        trainer.strategy.barrier()
+            atomic_save_safetensors(state, sidecar_path(filepath), export_metadata(trainer, system, used_ema))
+        trainer.strategy.barrier("export_safetensors")
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
         sidecar = sidecar_path(filepath)
         if trainer.is_global_zero and sidecar.is_file():
             sidecar.unlink()
+
+    def save_last_now(self, trainer: L.Trainer) -> str | None:
+        """Write ``last.ckpt`` for the current step unless this callback already saved this step (all ranks)."""
+        if not self.save_last or self._last_global_step_saved == trainer.global_step:
+            return self.last_model_path or None
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return self.last_model_path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and not trainer.fast_dev_run and trainer.global_step > 0:
+            self.save_last_now(trainer)
+
+
+def last_checkpoint_callback(trainer: L.Trainer) -> CheckpointWithExport | None:
+    """The callback that writes ``last.ckpt`` (the first `CheckpointWithExport` with ``save_last``)."""
+    return next((c for c in trainer.callbacks if isinstance(c, CheckpointWithExport) and c.save_last), None)
+
+
+__all__ = [
+    "CheckpointWithExport",
+    "atomic_save_checkpoint",
+    "atomic_save_safetensors",
+    "exportable_state_dict",
+    "last_checkpoint_callback",
+    "recover_interrupted_replace",
+    "sidecar_path",
+]

@@ -5,6 +5,10 @@ plus floating-point buffers. Decay warms up as ``min(decay, 1 - (1 + step) ** -p
 power 0.75), so early steps are not dominated by the random initialisation. The shadow weights can be swapped in
 for validation and test, are saved in the Lightning checkpoint (resume continues the same average), and are what
 the safetensors export writes.
+
+Sharded parameters (FSDP2 DTensors) get sharded shadows with the same placements, so the average costs no
+communication; the checkpoint holds full tensors (gathered to rank 0 when saving, re-sharded when resuming), so it
+does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,28 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor, nn
+
+
+def is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "full_tensor")
+
+
+def full_tensor(t: Tensor) -> Tensor:
+    """The whole tensor of a DTensor (a collective: call it on every rank), or ``t`` itself."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def _like(full: Tensor, ref: Tensor) -> Tensor:
+    """``full`` (float32) on ``ref``'s device, sharded like ``ref`` when ``ref`` is a DTensor."""
+    full = full.to(device=ref.device, dtype=torch.float32)
+    if not is_dtensor(ref):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    try:  # every rank holds the same full tensor (from the checkpoint): take the local shard, no communication
+        return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
+    except TypeError:  # torch without src_data_rank
+        return distribute_tensor(full, ref.device_mesh, ref.placements)
 
 
 class EMA(L.Callback):
@@ -60,7 +86,7 @@ class EMA(L.Callback):
                 raise KeyError(
                     f"EMA state from the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}"
                 )
-            self.shadow = {n: self.shadow[n].to(device=t.device, dtype=torch.float32) for n, t in tracked.items()}
+            self.shadow = {n: _like(self.shadow[n], t) for n, t in tracked.items()}
         else:
             self.shadow = {n: t.detach().float().clone() for n, t in tracked.items()}
 
@@ -115,6 +141,9 @@ class EMA(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._swap_out(pl_module)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._swap_out(pl_module)  # stopped during validation: the module gets its trained weights back
+
     def ema_state_dict(self, pl_module: nn.Module) -> dict[str, Tensor]:
         """The module's state dict with the EMA values in place of the tracked tensors (float32 shadow cast back)."""
         state = {k: v.detach() for k, v in pl_module.state_dict().items()}
@@ -125,7 +154,14 @@ class EMA(L.Callback):
 
     # --- checkpointing -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"shadow": {k: v.cpu() for k, v in self.shadow.items()}, "num_updates": self.num_updates}
+        """Full float32 tensors on the CPU. Sharded shadows are gathered (every rank takes part) and kept on rank 0
+        only, the one that writes the checkpoint; other ranks return the names with empty tensors."""
+        rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        shadow = {}
+        for k, v in self.shadow.items():
+            full = full_tensor(v)
+            shadow[k] = full.cpu() if rank0 or not is_dtensor(v) else torch.empty(0)
+        return {"shadow": shadow, "num_updates": self.num_updates}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.shadow = dict(state_dict["shadow"])

@@ -1,0 +1,142 @@
+"""Stopping a run on a signal with a fresh ``last.ckpt``, so that re-running the same command continues it.
+
+- **SIGTERM** (cluster pre-emption, ``scancel``, torchrun or srun forwarding a stop, ``kill``): the run stops after
+  the current training step — every rank at the same step, because Lightning broadcasts rank 0's flag at the start
+  of each step — writes ``last.ckpt`` (atomically, with its ``.safetensors``) and the process exits with status 143
+  (128 + SIGTERM; see ``diff4splat.train``). Nothing is saved mid-step.
+- **The requeue signal** (``SIGUSR1`` by default; ``#SBATCH --signal=USR1@120`` when srun starts the training
+  processes itself): the same, and then rank 0 requeues the SLURM job (``scontrol requeue $SLURM_JOB_ID``). The
+  requeued job keeps its job id, hence its run id and run folder, and ``ckpt_path=auto`` resumes it.
+  ``experiments/slurm/train.sbatch`` (srun → torchrun) instead catches the signal in the batch script, forwards
+  SIGTERM and requeues there, because torchrun does not forward SIGUSR1 to its workers.
+- **SIGKILL** cannot be caught: the restart continues from the latest periodic ``last.ckpt``
+  (``callbacks.last_checkpoint.every_n_train_steps``).
+
+Lightning's own SIGTERM handler also broadcasts from inside the signal handler, which can interleave with the
+collectives of the step being computed; ours only sets the flag, which Lightning then broadcasts at the next step
+boundary. Lightning's SLURM auto-requeue (a checkpoint written from inside the signal handler, mid-step, to
+``hpc_ckpt_N.ckpt``) is left unregistered: the handler for the requeue signal is installed before Lightning
+registers its own, and Lightning keeps handlers that are already there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+from types import FrameType
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from diff4splat.callbacks.checkpoint import atomic_save_checkpoint, last_checkpoint_callback
+
+log = logging.getLogger(__name__)
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process stopped by SIGTERM
+
+
+class Preemption(L.Callback):
+    """Save ``last.ckpt`` when a run is stopped by SIGTERM or the requeue signal, and requeue on the latter.
+
+    Args:
+        requeue_signal: signal name that means "save, stop and requeue" (None: only SIGTERM is handled).
+        requeue: run ``scontrol requeue`` on rank 0 after saving, when in a SLURM job.
+        save_on_sigterm: write ``last.ckpt`` when stopped by SIGTERM.
+    """
+
+    def __init__(self, requeue_signal: str | None = "SIGUSR1", requeue: bool = True, save_on_sigterm: bool = True):
+        if requeue_signal is not None and not hasattr(signal, requeue_signal):
+            raise ValueError(f"callbacks.preemption.requeue_signal: no signal named {requeue_signal!r} (e.g. SIGUSR1)")
+        self.requeue_signal = requeue_signal
+        self.requeue = requeue
+        self.save_on_sigterm = save_on_sigterm
+        self.requeue_requested = False
+        self.saved_path: str | None = None
+        self._trainer: L.Trainer | None = None
+        self._previous: dict[int, Any] = {}
+
+    # --- signals -------------------------------------------------------------------------------------------------
+    def _install(self, signum: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signum not in self._previous:
+            self._previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only set flags here: the step in progress finishes, then the training loop raises SIGTERMException.
+        if self.requeue_signal is not None and signum == getattr(signal, self.requeue_signal):
+            self.requeue_requested = True
+        trainer = self._trainer
+        if trainer is not None:
+            trainer._signal_connector.received_sigterm = True
+        log.info("received %s: stopping after this step", signal.Signals(signum).name)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        if stage == "fit" and self.requeue_signal is not None:
+            self._install(getattr(signal, self.requeue_signal))  # before Lightning's SLURM handler
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning registered its SIGTERM handler (in Trainer._run): replace it by the flag-only one.
+        self._install(signal.SIGTERM)
+        if trainer.global_step > 0:
+            log.info("Resumed at global step %d (epoch %d)", trainer.global_step, trainer.current_epoch)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    # --- stopping -----------------------------------------------------------------------------------------------
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self.save_on_sigterm or self.requeue_requested:
+            self.saved_path = self._save_last(trainer)
+            log.info("stopped by a signal at global step %d; saved %s", trainer.global_step, self.saved_path)
+        if self.requeue_requested and self.requeue and trainer.is_global_zero:
+            requeue_slurm_job()
+
+    def _save_last(self, trainer: L.Trainer) -> str | None:
+        for cb in trainer.callbacks:  # an EMA swapped in for validation goes out first (EMA.on_exception)
+            if hasattr(cb, "_swap_out"):
+                cb._swap_out(trainer.lightning_module)
+        callback = last_checkpoint_callback(trainer)
+        if callback is not None:
+            return callback.save_last_now(trainer)
+        path = os.path.join(trainer.default_root_dir, "checkpoints", "last.ckpt")
+        atomic_save_checkpoint(trainer, path)
+        return path
+
+
+def slurm_job_id() -> str | None:
+    """The id ``scontrol requeue`` takes: ``<array job>_<task>`` for array jobs, else ``SLURM_JOB_ID``."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return job if job and re.fullmatch(r"[0-9_]+", job) else None
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue`` this SLURM job; False (with a warning) outside SLURM or when it fails."""
+    job = slurm_job_id()
+    if job is None:
+        log.warning("requeue requested but this is not a SLURM job: not requeued")
+        return False
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("scontrol requeue %s failed: %s", job, e)
+        return False
+    if result.returncode != 0:
+        log.warning("scontrol requeue %s failed (%d): %s", job, result.returncode, result.stderr.strip())
+        return False
+    log.info("requeued SLURM job %s", job)
+    return True
