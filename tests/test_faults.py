@@ -800,3 +800,20 @@ def test_init_from_a_foreign_pickle_names_the_file(pickle_ckpt):
     model = LRDM(lrdm_preset("tiny", dim=48, depth=1, num_heads=4, decoder_channels=8))
     with pytest.raises(ValueError, match=rf"init_from: {re.escape(str(pickle_ckpt))}: refused to load"):
         load_lrdm_weights(model, pickle_ckpt)
+
+
+def test_camera_weights_that_are_a_pickle_or_of_another_lora_rank_name_the_file(tmp_path, pickle_ckpt):
+    from diff4splat.models.camera_wan import CameraWan, CameraWanConfig
+    from diff4splat.weights import WeightsError
+
+    tiny = dict(arch="tiny", arch_overrides={"in_channels": 16, "out_channels": 16}, vae_stride=(4, 8, 8))
+    disguised = tmp_path / "camera.safetensors"
+    disguised.write_bytes(pickle_ckpt.read_bytes())  # a pickle with the right suffix
+    model = CameraWan.from_config(CameraWanConfig(**tiny, lora_rank=4))
+    with pytest.raises(WeightsError, match=rf"camera weights: {re.escape(str(disguised))}: not a readable"):
+        model.load_camera_weights(disguised)
+    path = model.save_camera_weights(tmp_path / "rank4.safetensors")
+    with pytest.raises(
+        WeightsError, match=rf"camera weights: {re.escape(str(path))}: \d+ tensors of another shape.*LoRA rank"
+    ):
+        CameraWan.from_config(CameraWanConfig(**tiny, lora_rank=2)).load_camera_weights(path)

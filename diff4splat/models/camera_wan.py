@@ -340,14 +340,12 @@ class CameraWan(nn.Module):
 
     def load_camera_weights(self, path: str | os.PathLike) -> None:
         """Load a file written by ``save_camera_weights``; a clear error when it does not fit this model."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from diff4splat.weights import WeightsError, load_safetensors
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"camera weights: no file at {path}")
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        state, meta = load_safetensors(path, "camera weights")
         if meta.get("format") != CAMERA_FORMAT:
             raise ValueError(f"{path}: not a CameraWan camera-weights file (metadata format {meta.get('format')!r})")
         if meta.get("camera_injection") != self.camera.injection or int(meta.get("dim", -1)) != self.dim:
@@ -355,19 +353,24 @@ class CameraWan(nn.Module):
                 f"{path}: camera weights for injection={meta.get('camera_injection')} dim={meta.get('dim')}, "
                 f"this model has injection={self.camera.injection} dim={self.dim}"
             )
-        state = load_file(str(path))
         own = self.camera_state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise KeyError(f"{path}: missing {missing[:8]}, unexpected {unexpected[:8]} (LoRA rank differs?)")
+            raise WeightsError(f"camera weights: {path}: missing {missing[:8]}, unexpected {unexpected[:8]} "
+                               "(LoRA rank differs?)")  # fmt: skip
+        mismatched = sorted(k for k, v in own.items() if v.shape != state[k].shape)
+        if mismatched:
+            k = mismatched[0]
+            raise WeightsError(f"camera weights: {path}: {len(mismatched)} tensors of another shape, e.g. {k} "
+                               f"{tuple(state[k].shape)} vs {tuple(own[k].shape)} here (LoRA rank differs?)")  # fmt: skip
         cam = {k[len("camera.") :]: v for k, v in state.items() if k.startswith("camera.")}
         self.camera.load_state_dict(cam)
         lora = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
         if lora:
             result = self.transformer.load_state_dict(lora, strict=False)
             if result.unexpected_keys:
-                raise KeyError(f"{path}: unexpected LoRA keys {result.unexpected_keys[:8]}")
+                raise WeightsError(f"camera weights: {path}: unexpected LoRA keys {result.unexpected_keys[:8]}")
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split into ``camera`` (camera branch and LoRA: full lr) and ``base`` (the DiT)."""
