@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import platform
-import shutil
 import tempfile
 import time
 import uuid
@@ -809,39 +808,12 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
 
 @contextlib.contextmanager
 def atomic_output_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """A fresh temporary folder beside ``target``; renamed onto ``target`` when the block succeeds, removed (with any
-    parent folders this made) when it fails. An existing ``target`` is replaced only with ``overwrite``."""
-    target = Path(target).absolute()
-    check_target(target, overwrite)
-    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    """``pipelines.outputs.atomic_output_dir`` with this CLI's checks and messages (``output_dir=``, ``overwrite=true``)."""
+    from diff4splat.pipelines import outputs
+
+    check_target(Path(target).absolute(), overwrite)
+    with outputs.atomic_output_dir(target, overwrite=True) as tmp:  # (checked above: replacing is allowed now)
         yield tmp
-        _umask_permissions(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in made:  # deepest first
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-
-
-def _umask_permissions(folder: Path) -> None:
-    """Files written through temporary files (``mkstemp``: 0600) get the usual permissions (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in folder.rglob("*"):
-        if p.is_file():
-            p.chmod(0o666 & ~umask)
 
 
 @dataclass
