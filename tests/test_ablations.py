@@ -119,6 +119,8 @@ def test_mean_and_std_over_seeds_and_the_noise_rule(sweep):
     twins[3].metrics["m"] = 9.9  # one seed disagrees in sign: within noise
     (c,) = s.compare(twins, s.aggregate(twins, ["m"]), "r", ["m"])
     assert not c.beyond_noise
+    (c,) = s.compare(twins[:3], s.aggregate(twins[:3], ["m"]), "r", ["m"])  # x ran seed 0 only: Δ over seed 0
+    assert c.paired == [1.0] and c.diff == 1.0 and not c.beyond_noise
 
 
 def test_bad_input_fails_clearly_and_writes_nothing(sweep, tmp_path):

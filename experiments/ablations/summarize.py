@@ -6,8 +6,8 @@ Reads every job folder ``<sweep>/<n>/`` (``summary.json`` with the final metrics
 ablation and the seed, ``csv/**/metrics.csv`` for the curves) and writes, each file atomically:
 
 - ``results.md``: the command, the commit, the date; one row per job (ablation, seed, final metrics); mean ± sample std
-  over seeds per ablation; each ablation against ``--reference`` (difference of the means, the per-seed paired
-  differences, and whether the difference is beyond the seed noise); the hand-written ``notes.md`` of that folder
+  over seeds per ablation; each ablation against ``--reference`` (the per-seed paired differences, their mean, and
+  whether the difference is beyond the seed noise); the hand-written ``notes.md`` of that folder
   when there is one (what the numbers show);
 - ``results.csv``: one row per job, every final metric at full precision (``repr`` of the float in summary.json);
 - ``curves.png``: validation curves (``--curves``, default ``val/psnr`` and ``val/loss``) per ablation, one thin line
@@ -18,7 +18,7 @@ between jobs; its seed is the ``seed=`` override, else the ``seed`` of its ``.hy
 gap=val/loss_shuffled_cameras-val/loss`` adds a metric computed per job as the difference of two metrics.
 
 "Beyond noise" is a deliberately simple rule for a handful of seeds: every per-seed paired difference has the same
-sign and the absolute difference of the means exceeds the larger of the two arms' seed standard deviations.
+sign and the absolute mean difference exceeds the larger of the two arms' seed standard deviations.
 """
 
 from __future__ import annotations
@@ -200,10 +200,10 @@ def add_derived(jobs: Sequence[Job], derived: Sequence[str]) -> list[str]:
     return names
 
 
-def sweep_command(sweep: Path, jobs: Sequence[Job]) -> str:
+def sweep_command(sweep: Path, jobs: Sequence[Job]) -> tuple[str, bool]:
     """The multirun command: from Hydra's ``multirun.yaml`` of this sweep (Hydra writes it in the sweep folder of
     the primary config, which is ``outputs/train/multiruns/<stamp>`` when the experiments set their own task_name),
-    else rebuilt from the jobs' overrides."""
+    else rebuilt from the jobs' overrides. Returns (command, whether it came from multirun.yaml)."""
     candidates = [
         sweep / "multirun.yaml",
         *sorted(sweep.parent.parent.parent.glob(f"*/multiruns/{sweep.name}/multirun.yaml")),
@@ -215,13 +215,15 @@ def sweep_command(sweep: Path, jobs: Sequence[Job]) -> str:
                 task = data["hydra"]["overrides"]["task"]  # type: ignore[index]
             except (KeyError, TypeError):
                 continue
-            return "python -m diff4splat.train -m " + " ".join(shlex.quote(str(t)) for t in task)
+            return "python -m diff4splat.train -m " + " ".join(shlex.quote(str(t)) for t in task), True
+    # no multirun.yaml: the sweep as the jobs' overrides describe it (Hydra's normalised spelling of each value)
     keys: dict[str, list[str]] = {}
     for j in jobs:
         for k, v in j.overrides.items():
             if v not in keys.setdefault(k, []):
                 keys[k].append(v)
-    return "python -m diff4splat.train -m " + " ".join(shlex.quote(f"{k}={','.join(v)}") for k, v in keys.items())
+    rebuilt = " ".join(shlex.quote(f"{k}={','.join(v)}") for k, v in keys.items())
+    return f"python -m diff4splat.train -m {rebuilt}", False
 
 
 # ---------------------------------------------------------------------------------------------------------- numbers
@@ -252,7 +254,7 @@ def aggregate(jobs: Sequence[Job], metrics: Sequence[str]) -> list[Aggregate]:
 class Comparison:
     ablation: str
     metric: str
-    diff: float  # mean(ablation) - mean(reference)
+    diff: float  # mean over common seeds of (ablation - reference); the difference of the means without any
     paired: list[float]  # per common seed, ablation - reference
     beyond_noise: bool
 
@@ -272,7 +274,7 @@ def compare(jobs: Sequence[Job], aggs: Sequence[Aggregate], reference: str, metr
         for m in metrics:
             paired = [mine[s].metrics[m] - ref_jobs[s].metrics[m] for s in sorted(mine)
                       if s in ref_jobs and m in mine[s].metrics and m in ref_jobs[s].metrics]  # fmt: skip
-            diff = a.mean[m] - ref.mean[m]
+            diff = statistics.fmean(paired) if paired else a.mean[m] - ref.mean[m]
             spread = max((x for x in (a.std[m], ref.std[m]) if not math.isnan(x)), default=math.nan)
             same_sign = len(paired) > 1 and (all(p > 0 for p in paired) or all(p < 0 for p in paired))
             beyond = bool(same_sign and not math.isnan(spread) and abs(diff) > spread)
@@ -319,11 +321,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int
             *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
 
 
-def results_md(name: str, sweep: Path, command: str, summarize_command: str, commit: str, date: str,
+def results_md(name: str, sweep: Path, command: tuple[str, bool], summarize_command: str, commit: str, date: str,
                jobs: Sequence[Job], metrics: Sequence[str], aggs: Sequence[Aggregate],
                comparisons: Sequence[Comparison], reference: str | None, notes: str | None) -> str:  # fmt: skip
     lines = [f"# Ablations: {name}", ""]
-    lines += [f"- Command: `{command}`", f"- Summary: `{summarize_command}`", f"- Commit: `{commit}`",
+    note = "" if command[1] else " (rebuilt from the jobs' overrides: the sweep's multirun.yaml was not found)"
+    lines += [f"- Command: `{command[0]}`{note}", f"- Summary: `{summarize_command}`", f"- Commit: `{commit}`",
               f"- Date: {date}", f"- Sweep folder: `{sweep}` ({len(jobs)} jobs)", ""]  # fmt: skip
     walls = [j.wall_s for j in jobs if j.wall_s is not None]
     if walls:
@@ -337,9 +340,9 @@ def results_md(name: str, sweep: Path, command: str, summarize_command: str, com
     lines += _table(["ablation", "seeds", *metrics], rows, right_from=2) + [""]
     if reference:
         lines += [f"## Against the reference `{reference}`", "",
-                  "Δ = mean(ablation) − mean(reference); per seed: the paired differences; beyond noise: every "
-                  "paired difference has the same sign and |Δ| exceeds the larger seed std of the two arms. "
-                  f"Lower is better for metrics containing {', '.join(LOWER_IS_BETTER)}.", ""]  # fmt: skip
+                  "Δ = ablation − reference, averaged over the seeds both ran (in brackets: per seed); beyond "
+                  "noise: every paired difference has the same sign and |Δ| exceeds the larger seed std of the two "
+                  f"arms. Lower is better for metrics containing {', '.join(LOWER_IS_BETTER)}.", ""]  # fmt: skip
         rows = []
         for abl in dict.fromkeys(c.ablation for c in comparisons):
             cs = [c for c in comparisons if c.ablation == abl]
