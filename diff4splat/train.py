@@ -67,8 +67,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     metrics: dict[str, Any] = {}
     if cfg.get("train", True):
-        trainer.fit(system, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=True)
+        ckpt_path = resolve_ckpt_path(cfg)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(_floats(trainer.callback_metrics))
+        if ckpt_path is not None:  # a resumed run keeps the metrics of its earlier parts that it did not recompute
+            metrics = {**read_summary(cfg), **metrics}
 
     if cfg.get("test", False):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
@@ -95,6 +98,18 @@ def write_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"task_name": cfg.task_name, "metrics": metrics}, indent=2, sort_keys=True))
     tmp.replace(path)
+
+
+def read_summary(cfg: DictConfig) -> dict[str, float]:
+    """The metrics of this run folder's ``summary.json`` (a run that finished before), or {}."""
+    import json
+    from pathlib import Path
+
+    path = Path(cfg.paths.output_dir) / "summary.json"
+    try:
+        return dict(json.loads(path.read_text()).get("metrics", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

@@ -5,6 +5,7 @@ reseeded, and a loss curve without a jump. Checkpoint writes are atomic."""
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 from pathlib import Path
@@ -108,6 +109,30 @@ def test_loss_continues_without_a_jump(runs):
     print(f"initial {initial:.3f}, reference at {step1}..{step1 + 5}: {ref_level:.3f}, resumed {resumed:.3f}")
     assert [after[s] for s in window] != [reference[s] for s in window], "the restarted run replayed the same data"
     assert abs(resumed - ref_level) < 0.3 * (initial - ref_level), (initial, ref_level, resumed)
+
+
+def test_requeue_signal_saves_stops_and_requeues_the_slurm_job(tmp_path):
+    """SIGUSR2 (what submitit and ``#SBATCH --signal=USR2@120`` send before the time limit) in a SLURM job: stop
+    after the step, save last.ckpt, then ``scontrol requeue <job id>`` (a stand-in scontrol records the call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    env = train_env(tmp_path / "out", "requeued", SLURM_JOB_ID="4242", SLURM_JOB_NAME="train",
+                    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # fmt: skip
+    cmd = train_cmd(*TINY_LRDM, "trainer.max_steps=200", "trainer.val_check_interval=200",
+                    "callbacks.last_checkpoint.every_n_train_steps=2")  # fmt: skip
+    run = tmp_path / "out" / "smoke" / "runs" / "requeued"
+    proc = start(cmd, env, tmp_path / "run.log")
+    wait_for_step(run / "checkpoints" / "last.safetensors", 2, proc)
+    proc.send_signal(signal.SIGUSR2)
+    assert finish(proc) == 143, (tmp_path / "run.log").read_text()[-3000:]
+    step = exported_step(run / "checkpoints" / "last.safetensors")
+    assert 2 <= step < 200
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step
+    assert calls.read_text().split() == ["requeue", "4242"]
 
 
 # --- in process: what a resume restores, atomic checkpoint writes, reseeded data ---------------------------------------

@@ -204,6 +204,13 @@ class CheckpointWithExport(ModelCheckpoint):
             save_top_k=self.save_top_k,
         )
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # What `diff4splat.checkpoints consolidate` needs to export a checkpoint without the training code.
+        checkpoint["diff4splat"] = {
+            "system": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "export_prefix": getattr(pl_module, "export_prefix", ""),
+        }
+
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         atomic_save_checkpoint(trainer, filepath, self.save_weights_only)
         self._last_global_step_saved = trainer.global_step

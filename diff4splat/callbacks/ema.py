@@ -8,7 +8,8 @@ the safetensors export writes.
 
 Sharded parameters (FSDP2 DTensors) get sharded shadows with the same placements, so the average costs no
 communication; the checkpoint holds full tensors (gathered to rank 0 when saving, re-sharded when resuming), so it
-does not depend on the number of processes.
+does not depend on the number of processes. Shadow names are the state-dict names (no activation-checkpoint or
+compile wrapper prefixes).
 """
 
 from __future__ import annotations
@@ -32,15 +33,39 @@ def full_tensor(t: Tensor) -> Tensor:
 
 def _like(full: Tensor, ref: Tensor) -> Tensor:
     """``full`` (float32) on ``ref``'s device, sharded like ``ref`` when ``ref`` is a DTensor."""
+    if is_dtensor(full) or not is_dtensor(ref):
+        return full.to(device=ref.device, dtype=torch.float32)
     full = full.to(device=ref.device, dtype=torch.float32)
-    if not is_dtensor(ref):
-        return full
     from torch.distributed.tensor import distribute_tensor
 
     try:  # every rank holds the same full tensor (from the checkpoint): take the local shard, no communication
         return distribute_tensor(full, ref.device_mesh, ref.placements, src_data_rank=None)
     except TypeError:  # torch without src_data_rank
         return distribute_tensor(full, ref.device_mesh, ref.placements)
+
+
+_WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
+
+
+def state_dict_key(name: str) -> str:
+    """A parameter name as ``state_dict`` spells it: without the prefixes that activation-checkpoint, compile and
+    FSDP wrappers add to ``named_parameters`` (their state-dict hooks strip them)."""
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def reshard(module: nn.Module) -> None:
+    """Put FSDP2 units back in their sharded state (a local operation). After an evaluation forward the root unit
+    (``reshard_after_forward=False``) keeps its unsharded parameters registered, so ``named_parameters()`` would give
+    plain tensors instead of the DTensors the shadow mirrors."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 class EMA(L.Callback):
@@ -66,29 +91,37 @@ class EMA(L.Callback):
     # --- bookkeeping -------------------------------------------------------------------------------------------
     @staticmethod
     def _tracked(module: nn.Module) -> dict[str, Tensor]:
+        reshard(module)
         tensors: dict[str, Tensor] = {}
         for name, p in module.named_parameters():
             if p.requires_grad:
-                tensors[name] = p
+                tensors[state_dict_key(name)] = p
         for name, b in module.named_buffers():
             if b.is_floating_point():
-                tensors[name] = b
+                tensors[state_dict_key(name)] = b
         return tensors
 
     def current_decay(self) -> float:
         return min(self.decay, 1.0 - (1.0 + self.num_updates) ** -self.power)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bind(pl_module)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Strategies that restore checkpoints after setup (FSDP2's ModelParallelStrategy) load the EMA state after
+        # on_fit_start: place the restored shadow now.
+        self._bind(pl_module)
+
+    def _bind(self, pl_module: nn.Module) -> None:
+        """Start the shadow from the weights, or put a restored one on the weights' devices (and shards)."""
         tracked = self._tracked(pl_module)
-        if self.shadow:  # restored from a checkpoint: move to the module's devices
-            missing = set(tracked) - set(self.shadow)
-            if missing:
-                raise KeyError(
-                    f"EMA state from the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}"
-                )
-            self.shadow = {n: _like(self.shadow[n], t) for n, t in tracked.items()}
-        else:
+        if not self.shadow:
             self.shadow = {n: t.detach().float().clone() for n, t in tracked.items()}
+            return
+        missing = set(tracked) - set(self.shadow)
+        if missing:
+            raise KeyError(f"EMA state from the checkpoint lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        self.shadow = {n: _like(self.shadow[n], t) for n, t in tracked.items()}
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -146,10 +179,12 @@ class EMA(L.Callback):
 
     def ema_state_dict(self, pl_module: nn.Module) -> dict[str, Tensor]:
         """The module's state dict with the EMA values in place of the tracked tensors (float32 shadow cast back)."""
+        reshard(pl_module)
         state = {k: v.detach() for k, v in pl_module.state_dict().items()}
         for name, value in self.shadow.items():
-            if name in state:
-                state[name] = value.to(state[name].dtype)
+            key = state_dict_key(name)
+            if key in state:
+                state[key] = value.to(state[key].dtype)
         return state
 
     # --- checkpointing -------------------------------------------------------------------------------------------

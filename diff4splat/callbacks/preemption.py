@@ -4,19 +4,20 @@
   the current training step — every rank at the same step, because Lightning broadcasts rank 0's flag at the start
   of each step — writes ``last.ckpt`` (atomically, with its ``.safetensors``) and the process exits with status 143
   (128 + SIGTERM; see ``diff4splat.train``). Nothing is saved mid-step.
-- **The requeue signal** (``SIGUSR1`` by default; ``#SBATCH --signal=USR1@120`` when srun starts the training
-  processes itself): the same, and then rank 0 requeues the SLURM job (``scontrol requeue $SLURM_JOB_ID``). The
-  requeued job keeps its job id, hence its run id and run folder, and ``ckpt_path=auto`` resumes it.
-  ``experiments/slurm/train.sbatch`` (srun → torchrun) instead catches the signal in the batch script, forwards
-  SIGTERM and requeues there, because torchrun does not forward SIGUSR1 to its workers.
+- **A requeue signal** (``SIGUSR2``, what submitit and ``#SBATCH --signal=USR2@120`` send before the time limit, and
+  ``SIGUSR1``, Lightning's choice): the same, and then rank 0 requeues the SLURM job (``scontrol requeue
+  $SLURM_JOB_ID``). The requeued job keeps its job id, hence its run id and run folder, and ``ckpt_path=auto``
+  resumes it. ``experiments/slurm/train.sbatch`` (srun → torchrun) instead catches the signal in the batch script,
+  forwards SIGTERM and requeues there, because torchrun does not forward user signals to its workers.
 - **SIGKILL** cannot be caught: the restart continues from the latest periodic ``last.ckpt``
   (``callbacks.last_checkpoint.every_n_train_steps``).
 
 Lightning's own SIGTERM handler also broadcasts from inside the signal handler, which can interleave with the
 collectives of the step being computed; ours only sets the flag, which Lightning then broadcasts at the next step
 boundary. Lightning's SLURM auto-requeue (a checkpoint written from inside the signal handler, mid-step, to
-``hpc_ckpt_N.ckpt``) is left unregistered: the handler for the requeue signal is installed before Lightning
-registers its own, and Lightning keeps handlers that are already there.
+``hpc_ckpt_N.ckpt``) and submitit's (which exits from inside the handler) are left out: the handlers for the requeue
+signals are installed when training is set up, after submitit's and before Lightning's, and Lightning keeps handlers
+that are already there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import re
 import signal
 import subprocess
 import threading
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -42,18 +44,24 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process s
 
 
 class Preemption(L.Callback):
-    """Save ``last.ckpt`` when a run is stopped by SIGTERM or the requeue signal, and requeue on the latter.
+    """Save ``last.ckpt`` when a run is stopped by SIGTERM or a requeue signal, and requeue on the latter.
 
     Args:
-        requeue_signal: signal name that means "save, stop and requeue" (None: only SIGTERM is handled).
+        requeue_signals: signal names that mean "save, stop and requeue" (empty: only SIGTERM is handled).
         requeue: run ``scontrol requeue`` on rank 0 after saving, when in a SLURM job.
         save_on_sigterm: write ``last.ckpt`` when stopped by SIGTERM.
     """
 
-    def __init__(self, requeue_signal: str | None = "SIGUSR1", requeue: bool = True, save_on_sigterm: bool = True):
-        if requeue_signal is not None and not hasattr(signal, requeue_signal):
-            raise ValueError(f"callbacks.preemption.requeue_signal: no signal named {requeue_signal!r} (e.g. SIGUSR1)")
-        self.requeue_signal = requeue_signal
+    def __init__(
+        self,
+        requeue_signals: Sequence[str] = ("SIGUSR2", "SIGUSR1"),
+        requeue: bool = True,
+        save_on_sigterm: bool = True,
+    ) -> None:
+        bad = [s for s in requeue_signals if not isinstance(getattr(signal, str(s), None), signal.Signals)]
+        if bad:
+            raise ValueError(f"callbacks.preemption.requeue_signals: no signal named {bad} (expected e.g. SIGUSR2)")
+        self.requeue_signals = [getattr(signal, s) for s in requeue_signals]
         self.requeue = requeue
         self.save_on_sigterm = save_on_sigterm
         self.requeue_requested = False
@@ -71,7 +79,7 @@ class Preemption(L.Callback):
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only set flags here: the step in progress finishes, then the training loop raises SIGTERMException.
-        if self.requeue_signal is not None and signum == getattr(signal, self.requeue_signal):
+        if signum in self.requeue_signals:
             self.requeue_requested = True
         trainer = self._trainer
         if trainer is not None:
@@ -80,13 +88,14 @@ class Preemption(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
-        if stage == "fit" and self.requeue_signal is not None:
-            self._install(getattr(signal, self.requeue_signal))  # before Lightning's SLURM handler
+        if stage == "fit":
+            for signum in self.requeue_signals:
+                self._install(signum)  # before Lightning's SLURM handler
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning registered its SIGTERM handler (in Trainer._run): replace it by the flag-only one.
         self._install(signal.SIGTERM)
-        if trainer.global_step > 0:
+        if trainer.global_step > 0 and trainer.is_global_zero:
             log.info("Resumed at global step %d (epoch %d)", trainer.global_step, trainer.current_epoch)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -104,6 +113,7 @@ class Preemption(L.Callback):
             log.info("stopped by a signal at global step %d; saved %s", trainer.global_step, self.saved_path)
         if self.requeue_requested and self.requeue and trainer.is_global_zero:
             requeue_slurm_job()
+        self.teardown(trainer, pl_module, "fit")
 
     def _save_last(self, trainer: L.Trainer) -> str | None:
         for cb in trainer.callbacks:  # an EMA swapped in for validation goes out first (EMA.on_exception)

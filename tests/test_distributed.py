@@ -1,0 +1,228 @@
+"""Distributed training on a CPU: DDP with two gloo processes (Lightning's launcher, and torchrun), FSDP2 with two
+gloo processes (sharded checkpoints that consolidate into single-device weights and resume), the submitit launcher
+through its local executor, and the multi-GPU trainer configs composing for all three systems.
+
+Every run checks its ranks with `diff4splat.callbacks.distributed.RankConsistency`: bitwise-equal weights and EMA,
+equal batch counts per epoch, different data per rank."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train_runs import ROOT, TINY_LRDM, train_cmd, train_env
+
+RANK_CHECK = "+callbacks.rank_check._target_=diff4splat.callbacks.distributed.RankConsistency"
+CPU_2 = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+         "+trainer.strategy.process_group_backend=gloo"]  # fmt: skip
+# camctrl_tiny, smaller: one scene's worth of clips (pool 8 is a multiple of its trajectories per scene), one
+# validation clip, 2-step sampling.
+TINY_CAMCTRL = ["experiment=camctrl_tiny", "logger=csv", "extras.print_config=false", "~callbacks.progress_bar",
+                "~callbacks.media", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+                "test=false", "data.pool=8", "data.val_pool=1", "data.batch_size=1", "data.batches_per_epoch=2",
+                "data.val_batches=1", "system.sampling.steps=2", "callbacks.ema.decay=0.5"]  # fmt: skip
+TINY_ALIGN = ["experiment=latent_align_tiny", "logger=csv", "extras.print_config=false", "~callbacks.progress_bar",
+              "~callbacks.media", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+              "test=false", "data.pool=4", "data.val_pool=2", "data.batch_size=1", "data.batches_per_epoch=2",
+              "data.val_batches=1"]  # fmt: skip
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+    return proc
+
+
+def _reports(run: Path) -> list[dict]:
+    return [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _assert_ranks_agree(run: Path, steps: int, batches: dict[str, int], same_data: bool = False) -> None:
+    r0, r1 = _reports(run)
+    assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
+    assert r0["global_step"] == r1["global_step"] == steps
+    assert r0["params"] == r1["params"], "the ranks' weights differ after training"
+    assert r0["ema"] == r1["ema"] and r0["ema"] is not None
+    assert r0["batches_per_epoch"] == r1["batches_per_epoch"] == batches
+    if not same_data:
+        assert r0["first_batch"] != r1["first_batch"], "both ranks trained on the same batch"
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# --- DDP -------------------------------------------------------------------------------------------------------------
+
+
+def test_ddp_sim_lrdm_ranks_agree_and_only_rank0_writes(tmp_path):
+    """Two gloo processes (Lightning starts the second) train the LRDM past an epoch boundary (3 batches per epoch,
+    5 steps): equal weights, equal batch counts, different clips; one run folder, one config, one summary, the
+    media of the one validation once, and rank 1's log apart."""
+    lrdm = [o for o in TINY_LRDM if o != "~callbacks.media"]
+    cmd = train_cmd(*lrdm, "trainer=ddp_sim", "trainer.max_steps=5", "trainer.val_check_interval=5",
+                    "data.batches_per_epoch=3", RANK_CHECK)  # fmt: skip
+    proc = _run(cmd, train_env(tmp_path, "ddp"))
+    run = tmp_path / "smoke" / "runs" / "ddp"
+    _assert_ranks_agree(run, 5, {"0": 3, "1": 2})
+    assert "rank check: 2 ranks agree" in proc.stdout + proc.stderr
+    assert [p.name for p in (tmp_path / "smoke" / "runs").iterdir()] == ["ddp"]
+    files = _files(run)
+    assert files.count("config.yaml") == 1 and files.count("summary.json") == 1
+    assert [f for f in files if f.startswith(".hydra/")] == [".hydra/config.yaml", ".hydra/hydra.yaml",
+                                                             ".hydra/overrides.yaml"]  # fmt: skip
+    assert [f for f in files if f.startswith("media/")] == ["media/val_0000005.mp4", "media/val_0000005.png"]
+    assert {"train.log", "train_ddp_process_1_rank1.log"} <= set(files)
+    assert {"checkpoints/last.ckpt", "checkpoints/last.safetensors"} <= set(files)
+    assert json.loads((run / "summary.json").read_text())["metrics"]["train/loss"] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun() -> list[str]:
+    """``torchrun --nproc_per_node 2 -m diff4splat.train`` (both processes start at once, unlike Lightning's launcher,
+    which starts rank 1 only when rank 0 reaches ``fit``)."""
+    torchrun = str(Path(train_cmd()[0]).with_name("torchrun"))
+    return [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "diff4splat.train"]
+
+
+def test_torchrun_two_processes_share_one_run_folder(tmp_path):
+    """``torchrun --nproc_per_node 2 -m diff4splat.train trainer=ddp_sim``: Lightning takes torchrun's processes,
+    both ranks resolve the same run folder (no rendezvous id: the agent's pid and port), rank 0 writes the config."""
+    cmd = [*_torchrun(), *TINY_LRDM, "trainer=ddp_sim", "trainer.max_steps=3", "trainer.val_check_interval=3",
+           "data.batches_per_epoch=3", RANK_CHECK]  # fmt: skip
+    _run(cmd, train_env(tmp_path))
+    runs = list((tmp_path / "smoke" / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("tr"), runs
+    _assert_ranks_agree(runs[0], 3, {"0": 3})
+    files = _files(runs[0])
+    assert files.count("config.yaml") == 1 and ".hydra/config.yaml" in files
+    assert {"train.log", "train_rank1.log"} <= set(files)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", ["diffusion", "alignment"])
+def test_ddp_sim_diffusion_and_alignment_ranks_agree(tmp_path, system):
+    overrides = TINY_CAMCTRL if system == "diffusion" else TINY_ALIGN
+    cmd = train_cmd(*overrides, "trainer=ddp_sim", "trainer.max_steps=3", "trainer.val_check_interval=3", RANK_CHECK)
+    _run(cmd, train_env(tmp_path, "ddp"))
+    task = "camctrl_tiny" if system == "diffusion" else "latent_align_tiny"
+    # datamodules.video.SyntheticVideoDataModule samples without the rank: both ranks draw the same clips
+    _assert_ranks_agree(tmp_path / task / "runs" / "ddp", 3, {"0": 2, "1": 1}, same_data=True)
+
+
+# --- FSDP2 -----------------------------------------------------------------------------------------------------------
+
+
+def test_fsdp2_sharded_checkpoint_consolidates_to_single_device_weights_and_resumes(tmp_path):
+    """CameraWan under ``trainer=fsdp2`` on two gloo processes (torchrun) writes a distributed checkpoint folder. Consolidated
+    (`diff4splat.checkpoints`), it equals the gathered .safetensors export bitwise, loads strictly into a one-process
+    CameraWan, and its camera weights load into a fresh one. Re-running the command one step longer resumes from the shards:
+    the next EMA is exactly one update away from the restored one."""
+    from diff4splat.checkpoints import consolidate, load_camera_wan, main
+    from diff4splat.models.camera_wan import CameraWan
+
+    cmd = [*_torchrun(), *TINY_CAMCTRL, "trainer=fsdp2", *CPU_2, "system.scale.param_dtype=float32",
+           "trainer.max_steps=3", "trainer.val_check_interval=3", RANK_CHECK]  # fmt: skip
+    env = train_env(tmp_path, "fsdp2")
+    _run(cmd, env)
+    run = tmp_path / "camctrl_tiny" / "runs" / "fsdp2"
+    _assert_ranks_agree(run, 3, {"0": 2, "1": 1}, same_data=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_dir() and (ckpt / ".metadata").is_file() and len(list(ckpt.glob("*.distcp"))) == 2
+
+    ema, meta = consolidate(ckpt)
+    exported = load_file(run / "checkpoints" / "last.safetensors")
+    assert meta["ema"] == "true" and meta["global_step"] == "3" and meta["export_prefix"] == "model."
+    assert ema.keys() == exported.keys() and all(torch.equal(ema[k], exported[k]) for k in ema)
+    raw, raw_meta = consolidate(ckpt, use_ema=False)
+    assert raw_meta["ema"] == "false" and any(not torch.equal(raw[k], ema[k]) for k in raw)
+
+    model = load_camera_wan(raw, raw_meta)  # strict: every key, every shape
+    assert isinstance(model, CameraWan) and all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())
+    out, cam = tmp_path / "camctrl.safetensors", tmp_path / "camera.safetensors"
+    assert main(["consolidate", str(ckpt), str(out), "--camera-weights", str(cam)]) == 0
+    assert load_file(out).keys() == ema.keys()
+    fresh = load_camera_wan(raw, raw_meta)
+    fresh.load_camera_weights(cam)
+    cams = {k: v for k, v in fresh.state_dict().items() if k.startswith("camera.")}
+    assert cams and all(torch.equal(v, ema[k]) for k, v in cams.items())
+
+    # the same command, one step longer: resumes at step 3 from the shards (model, optimiser, EMA re-sharded)
+    proc = _run([*cmd, "trainer.max_steps=4"], env)
+    assert "Resumed at global step 3" in proc.stdout + proc.stderr
+    ema4, meta4 = consolidate(ckpt)
+    raw4, _ = consolidate(ckpt, use_ema=False)
+    assert meta4["global_step"] == "4" and any(not torch.equal(raw4[k], raw[k]) for k in raw)
+    # one EMA step (decay 0.5 at update 4) from the restored average: exact when the shards were restored right
+    for k in ema:
+        torch.testing.assert_close(ema4[k], ema[k] + 0.5 * (raw4[k] - ema[k]), rtol=0, atol=2e-7)
+
+
+def test_consolidate_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
+    from diff4splat.checkpoints import main
+
+    (tmp_path / "folder").mkdir()
+    assert main(["consolidate", str(tmp_path / "folder"), str(tmp_path / "o.safetensors")]) == 1
+    assert "no meta.pt" in capsys.readouterr().err
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["consolidate", str(bad), str(tmp_path / "o.safetensors")]) == 1
+    assert "not a loadable Lightning checkpoint" in capsys.readouterr().err
+    assert main(["consolidate", str(bad), str(tmp_path / "o.bin")]) == 2
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+# --- launchers -------------------------------------------------------------------------------------------------------
+
+
+def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path):
+    """``-m hydra/launcher=submitit_local``: the sweep is submitted through submitit (the path ``launcher=slurm``
+    takes), the job runs in a separate process, in the sweep folder the submitter made, and finishes."""
+    cmd = train_cmd("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY_LRDM,
+                    "trainer.max_steps=2", "trainer.val_check_interval=2")  # fmt: skip
+    proc = _run(cmd, train_env(tmp_path))
+    sweeps = list((tmp_path / "smoke" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps  # the job resolved the submitter's sweep folder (inherited run id)
+    summary = json.loads((sweeps[0] / "0" / "summary.json").read_text())
+    assert summary["task_name"] == "smoke" and summary["metrics"]["train/loss"] > 0
+    logs = list((sweeps[0] / ".submitit").glob("*/*_0_log.out"))
+    assert len(logs) == 1 and "Submitit 'local' sweep output dir" in proc.stdout + proc.stderr
+    job_pid = int(logs[0].name.split("_")[0])  # the local executor's job id is the job process's pid
+    assert job_pid != 0 and (sweeps[0] / "0" / "checkpoints" / "last.ckpt").is_file()
+
+
+# --- configs ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "camctrl_tiny", "latent_align_tiny"])
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp", "fsdp2", "multinode"])
+def test_multi_gpu_trainers_compose_for_every_system(make_cfg, experiment, trainer, monkeypatch):
+    """Each multi-GPU trainer composes with each system and its strategy instantiates (the GPU accelerator itself
+    needs a GPU, so the trainer is built with accelerator=cpu); multinode reads the node count from SLURM."""
+    import hydra
+
+    monkeypatch.setenv("SLURM_NNODES", "4")
+    cfg = make_cfg(f"experiment={experiment}", f"trainer={trainer}", tiny=False)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.use_distributed_sampler is False
+    strategy = hydra.utils.instantiate(cfg.trainer.strategy)
+    expected = {"ddp": "DDPStrategy", "multinode": "DDPStrategy", "fsdp": "FSDPStrategy", "fsdp2": "FSDP2Strategy"}
+    assert type(strategy).__name__ == expected[trainer]
+    if trainer == "multinode":
+        assert cfg.trainer.num_nodes == 4
+    if trainer == "fsdp":
+        from diff4splat.distributed import BlockWrapPolicy
+
+        policy = strategy.kwargs["auto_wrap_policy"] if "auto_wrap_policy" in strategy.kwargs else None
+        policy = policy or getattr(strategy, "_auto_wrap_policy", None)
+        assert isinstance(policy, BlockWrapPolicy) and {"Block", "WanTransformerBlock"} <= policy.names
