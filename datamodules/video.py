@@ -9,12 +9,18 @@ training draws ``batches_per_epoch`` batches from the pool with a seeded sampler
 films each scene along that many different camera paths (identical first frames: only the cameras tell the clips
 apart, which is what camera control must learn); ``trajectory_strength`` fixes the paths' strength (default: the
 seed's random one in [0.3, 1]).
+
+``holdout`` chooses what validation holds out: ``scenes`` (other seeds, filmed like the training scenes) or
+``paths``: the training scenes themselves, each filmed along ``val_pool / scenes`` camera presets that none of its
+training clips uses (a scene's presets are a seeded permutation of ``datamodules.synthetic.TRAJECTORIES``: the first
+``trajectories_per_scene`` train, the next ones are held out). Held-out paths measure whether a model reads the
+cameras rather than memorising clips: same first frame, new camera motion.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -40,19 +46,29 @@ def video_sample(
     }
 
 
+def scene_presets(seed: int) -> list[str]:
+    """The camera presets a scene is filmed along, in order: a seeded permutation of ``TRAJECTORIES``."""
+    return [TRAJECTORIES[i] for i in np.random.default_rng([seed, 77]).permutation(len(TRAJECTORIES))]
+
+
 class _Pool(Dataset):
-    """``scenes`` scenes, each filmed along ``per_scene`` different camera paths (scene-major order)."""
+    """Clips of ``scenes`` filmed along their presets ``first .. first + per_scene - 1`` (scene-major order); with
+    ``per_scene`` 1 and ``first`` None, each scene along its seed's own random path."""
 
     def __init__(
-        self, cfg: SyntheticConfig, seeds: list[int], per_scene: int = 1, strength: float | None = None
+        self,
+        cfg: SyntheticConfig,
+        seeds: list[int],
+        per_scene: int = 1,
+        strength: float | None = None,
+        first: int | None = None,
     ) -> None:
-        if per_scene == 1:
+        if per_scene == 1 and first is None:
             self.samples = [video_sample(cfg, s, strength=strength) for s in seeds]
             return
-        self.samples = []
-        for s in seeds:
-            order = np.random.default_rng([s, 77]).permutation(len(TRAJECTORIES))[:per_scene]
-            self.samples += [video_sample(cfg, s, TRAJECTORIES[i], strength) for i in order]
+        first = first or 0
+        self.samples = [video_sample(cfg, s, name, strength) for s in seeds
+                        for name in scene_presets(s)[first : first + per_scene]]  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -83,6 +99,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         num_workers: int = 0,
         trajectories_per_scene: int = 1,
         trajectory_strength: float | None = None,
+        holdout: Literal["scenes", "paths"] = "scenes",
     ) -> None:
         super().__init__()
         self.cfg = SyntheticConfig(**{"num_frames": 9, "height": 64, "width": 64, **dict(synthetic or {})})
@@ -93,26 +110,41 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         if not 1 <= trajectories_per_scene <= len(TRAJECTORIES):
             raise ValueError(f"data.trajectories_per_scene must be in [1, {len(TRAJECTORIES)}], got "
                              f"{trajectories_per_scene}")  # fmt: skip
-        if pool % trajectories_per_scene or val_pool % trajectories_per_scene:
+        if holdout not in ("scenes", "paths"):
+            raise ValueError(f"data.holdout must be 'scenes' or 'paths', got {holdout!r}")
+        if pool % trajectories_per_scene or (holdout == "scenes" and val_pool % trajectories_per_scene):
             raise ValueError(f"data.pool ({pool}) and data.val_pool ({val_pool}) must be multiples of "
                              f"data.trajectories_per_scene ({trajectories_per_scene})")  # fmt: skip
-        self.per_scene, self.strength = trajectories_per_scene, trajectory_strength
+        scenes = pool // trajectories_per_scene
+        if holdout == "paths":
+            if val_pool % scenes or trajectories_per_scene + val_pool // scenes > len(TRAJECTORIES):
+                raise ValueError(
+                    f"data.holdout=paths films each of the {scenes} training scenes along data.val_pool / {scenes} "
+                    f"presets unused in training: data.val_pool ({val_pool}) must be a multiple of {scenes} and "
+                    f"data.trajectories_per_scene + data.val_pool / {scenes} at most {len(TRAJECTORIES)}"
+                )
+        self.per_scene, self.strength, self.holdout = trajectories_per_scene, trajectory_strength, holdout
         self.pool, self.val_pool = pool, val_pool
         self.batch_size, self.batches_per_epoch, self.val_batches = batch_size, batches_per_epoch, val_batches
         self.seed, self.num_workers = seed, num_workers
-        self.save_hyperparameters({"synthetic": asdict(self.cfg), "pool": pool, "val_pool": val_pool})
+        self.save_hyperparameters({"synthetic": asdict(self.cfg), "pool": pool, "val_pool": val_pool,
+                                   "trajectories_per_scene": trajectories_per_scene,
+                                   "trajectory_strength": trajectory_strength, "holdout": holdout})  # fmt: skip
         self._train: _Pool | None = None
         self._val: _Pool | None = None
 
     def setup(self, stage: str | None = None) -> None:
+        scenes = self.pool // self.per_scene
+        train_seeds = [self.seed * 100_000 + i for i in range(scenes)]
+        paths = self.holdout == "paths"
         if self._train is None and stage in (None, "fit"):
-            scenes = self.pool // self.per_scene
-            self._train = _Pool(self.cfg, [self.seed * 100_000 + i for i in range(scenes)], self.per_scene,
-                                self.strength)  # fmt: skip
+            self._train = _Pool(self.cfg, train_seeds, self.per_scene, self.strength, 0 if paths else None)
         if self._val is None and self.val_pool and stage in (None, "fit", "validate", "test"):
-            scenes = self.val_pool // self.per_scene
-            seeds = [VAL_SEED_OFFSET + self.seed * 100_000 + i for i in range(scenes)]
-            self._val = _Pool(self.cfg, seeds, self.per_scene, self.strength)
+            if paths:
+                self._val = _Pool(self.cfg, train_seeds, self.val_pool // scenes, self.strength, self.per_scene)
+            else:
+                seeds = [VAL_SEED_OFFSET + self.seed * 100_000 + i for i in range(self.val_pool // self.per_scene)]
+                self._val = _Pool(self.cfg, seeds, self.per_scene, self.strength)
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)

@@ -110,42 +110,133 @@ def test_cfg_dropout_drops_prompt_and_cameras_together() -> None:
     assert 0.05 < float(frac) < 0.16
 
 
-def test_short_training_lowers_the_loss() -> None:
-    """Two procedural scenes, each filmed along four camera paths (identical first frames), encoded by the tiny VAE:
-    a short training of the flow-matching objective halves the loss at σ = 0.5 (fixed noise)."""
-    from datamodules.video import SyntheticVideoDataModule, collate_videos
+def test_video_datamodule_holds_out_paths_of_the_training_scenes(tmp_path) -> None:
+    """holdout=paths: validation films the training scenes from the same first frame along presets that no training
+    clip of that scene uses; a pool that cannot be split that way is refused, naming the fields."""
+    from datamodules.video import SyntheticVideoDataModule
 
-    torch.manual_seed(0)
-    dm = SyntheticVideoDataModule(synthetic={"height": 32, "width": 32, "dynamic": False}, pool=8, val_pool=0,
-                                  trajectories_per_scene=4, trajectory_strength=1.0)  # fmt: skip
+    small = {"height": 16, "width": 16, "dynamic": False, "ground_grid": 6, "wall_grid": 4, "num_blobs": 1,
+             "num_rigid": 0}  # fmt: skip
+    dm = SyntheticVideoDataModule(synthetic=small, pool=6, val_pool=4, trajectories_per_scene=3,
+                                  trajectory_strength=2.0, holdout="paths")  # fmt: skip
     dm.setup("fit")
-    batch = dm.on_after_batch_transfer(collate_videos(dm._train.samples), 0)
-    arch = {"num_attention_heads": 8, "attention_head_dim": 16, "ffn_dim": 256}
-    system = CameraDiffusionSystem(model={**TINY, "arch_overrides": arch}, vae="tiny", vae_z_dim=16, text_len=8,
-                                   optim={"lr": 2e-3, "base_lr_mult": 1.0, "warmup_steps": 20})  # fmt: skip
-    system.configure_model()
-    optimizer = system.configure_optimizers()["optimizer"]
-    x0 = system.batch_latents(batch)
-    cams = system.plucker(batch, x0)
+    train, val = dm._train.samples, dm._val.samples
+    scene = [s["key"].split("-")[1] for s in train]
+    assert scene == ["00000000"] * 3 + ["00000001"] * 3
+    assert [s["key"].split("-")[1] for s in val] == ["00000000"] * 2 + ["00000001"] * 2
+    for sid in set(scene):
+        tr = [s for s in train if s["key"].split("-")[1] == sid]
+        va = [s for s in val if s["key"].split("-")[1] == sid]
+        assert not {s["key"] for s in tr} & {s["key"] for s in va}
+        for s in tr[1:] + va:  # one first frame per scene, different motion after it
+            assert torch.equal(s["frames"][0], tr[0]["frames"][0])
+            assert not torch.equal(s["c2w"], tr[0]["c2w"]) or not torch.equal(s["fxfycxcy"], tr[0]["fxfycxcy"])
+    with pytest.raises(ValueError, match="data.val_pool"):
+        SyntheticVideoDataModule(synthetic=small, pool=6, val_pool=3, trajectories_per_scene=3, holdout="paths")
+    with pytest.raises(ValueError, match="at most 13"):
+        SyntheticVideoDataModule(synthetic=small, pool=6, val_pool=22, trajectories_per_scene=3, holdout="paths")
+    with pytest.raises(ValueError, match="data.holdout"):
+        SyntheticVideoDataModule(synthetic=small, pool=6, holdout="clips")
+
+
+CAMERA_SIGMAS = (0.25, 0.5, 0.75, 1.0)
+
+
+def _other_path_of_the_same_scene(keys: list[str]) -> torch.Tensor:
+    """A derangement of clips: each clip gets the cameras of the next clip of its own scene (keys
+    ``synthetic-<seed>-<preset>``), so the first frame still matches and only the camera path is wrong."""
+    scenes: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        scenes.setdefault(key.split("-")[1], []).append(i)
+    perm = torch.arange(len(keys))
+    for idx in scenes.values():
+        assert len(idx) > 1, keys
+        perm[idx] = torch.tensor(idx).roll(-1)
+    return perm
+
+
+def _fixed_flow_loss(system: CameraDiffusionSystem, batch: dict, x0: torch.Tensor, cams: torch.Tensor) -> float:
+    """Mean flow loss over σ ∈ CAMERA_SIGMAS x 2 fixed noises, no CFG dropout (the same draws for every call)."""
     n = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     keep = torch.zeros(n, dtype=torch.bool)
+    losses = []
+    with torch.no_grad():
+        for i, sigma in enumerate(CAMERA_SIGMAS):
+            for k in range(2):
+                noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(100 * i + k))
+                losses.append(system.flow_loss(batch, torch.full((n,), sigma), noise, keep, cams, x0)[0].mean())
+    return float(torch.stack(losses).mean())
 
-    def loss_at_half() -> float:
-        with torch.no_grad():
-            return float(system.flow_loss(batch, torch.full((n,), 0.5), noise, keep, cams, x0)[0].mean())
 
-    start = loss_at_half()
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize("injection", ["add", pytest.param("concat", marks=pytest.mark.slow)])
+def test_camctrl_tiny_learns_and_uses_its_cameras(make_cfg, injection: str) -> None:
+    """The camctrl_tiny setup (tiny Wan2.2-layout VAE, scenes filmed along strong camera presets from one first
+    frame), two scenes x 8 presets: 600 real training steps (``training_step`` with its CFG dropout, the configured
+    AdamW and warm-up schedule) lower the flow loss ~10x, and the loss with the true Plücker cameras is at most 0.9x
+    the loss with cameras from another path of the same scene (same σ, same noise), on the training clips and on 4
+    held-out presets per scene that training never saw; the true cameras also beat zeroed ones (CFG's null cameras).
+    Measured (add / concat): true / shuffled 0.47 / 0.53 on the training clips, 0.64 / 0.74 on the held-out presets;
+    the loss falls from 2.34 to 0.18 / 0.15."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and far faster on a loaded machine
+    try:
+        _train_and_compare_cameras(make_cfg, injection)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_compare_cameras(make_cfg, injection: str) -> None:
+    from hydra.utils import instantiate
+
+    from datamodules.video import collate_videos
+
+    steps = 600
+    cfg = make_cfg("experiment=camctrl_tiny", f"model.camera_injection={injection}", f"trainer.max_steps={steps}",
+                   "data.pool=16", "data.val_pool=8")  # fmt: skip
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    system = instantiate(cfg.system)
+    torch.manual_seed(0)
+    system.configure_model()
+    sets = {}
+    for name, pool in (("train", dm._train), ("held_out", dm._val)):
+        batch = dm.on_after_batch_transfer(collate_videos(pool.samples), 0)
+        x0 = system.batch_latents(batch)  # the frozen VAE once: training_step would encode the same latents
+        sets[name] = (batch, x0, system.plucker(batch, x0), _other_path_of_the_same_scene(batch["key"]))
+    assert [len(v[0]["key"]) for v in sets.values()] == [16, 8]
+    train, x_train, cams_train, perm_train = sets["train"]
+    # the latent space keeps the camera motion: two paths of a scene differ by 14 % of the latent variance (pixels:
+    # 150 %; the Wan2.1-layout tiny VAE of 16 channels: 1 %, too little for any model to show a camera gap)
+    moved = x_train[:, :, 1:]
+    spread = float((moved - moved[perm_train]).square().mean() / moved.var())
+    assert spread > 0.1, spread
+    before = _fixed_flow_loss(system, train, x_train, cams_train)
+
+    opt = system.configure_optimizers()
+    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    system.train()
     g = torch.Generator().manual_seed(1)
-    for _ in range(300):
-        idx = torch.randint(0, n, (8,), generator=g)
-        sub = {"c2w": batch["c2w"][idx], "fxfycxcy": batch["fxfycxcy"][idx]}
-        loss = system.flow_loss(sub, latents=x0[idx], plucker=cams[idx])[0].mean()
+    for step in range(steps):  # Lightning's automatic optimisation, with the latents precomputed
+        idx = torch.randint(0, x_train.shape[0], (cfg.data.batch_size,), generator=g)
+        batch = {"latents": x_train[idx], "c2w": train["c2w"][idx], "fxfycxcy": train["fxfycxcy"][idx],
+                 "key": [train["key"][i] for i in idx]}  # fmt: skip
+        loss = system.training_step(batch, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    end = loss_at_half()
-    assert end < 0.5 * start, (start, end)
+        scheduler.step()
+    system.eval()
+
+    result = {}
+    for name, (batch, x0, cams, perm) in sets.items():
+        result[name] = {"true": _fixed_flow_loss(system, batch, x0, cams),
+                        "shuffled": _fixed_flow_loss(system, batch, x0, cams[perm]),
+                        "none": _fixed_flow_loss(system, batch, x0, torch.zeros_like(cams))}  # fmt: skip
+    assert result["train"]["true"] < 0.2 * before, (before, result)
+    for name in sets:
+        assert result[name]["true"] <= 0.9 * result[name]["shuffled"], (name, result)
+        assert result[name]["true"] < result[name]["none"], (name, result)
 
 
 def test_sampling_is_deterministic_per_seed_and_decodes() -> None:
