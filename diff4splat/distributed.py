@@ -1,26 +1,71 @@
-"""Distributed-training pieces the trainer configs name (``conf/trainer/``): an FSDP2 strategy whose data-parallel
-size fills the job, and the FSDP (v1) wrap policy by block class names.
+"""The FSDP strategy the trainer configs name (``trainer=fsdp``, ``trainer=fsdp2``): FSDP2 (``fully_shard``) through
+Lightning's ``ModelParallelStrategy``, for every system.
 
-The systems apply parallelism themselves (``configure_model``: FSDP2 per transformer block for CameraWan, see
-`diff4splat.models.parallel`); these only adapt Lightning's strategies to that.
+A system that shards itself in ``configure_model`` (the diffusion system: CameraWan per ``WanTransformerBlock``, with
+activation checkpointing and compile, `diff4splat.models.parallel`) is left as it is. Any other system is sharded
+here, from outside: one FSDP unit per block (modules whose class is in ``shard_blocks``, the models'
+``_no_split_modules``), then one per remaining module that owns trainable parameters (`shard_by_blocks`). Parameters are then DTensors; checkpoints are distributed-checkpoint folders (``last.ckpt/``) that
+``python -m diff4splat.checkpoints consolidate`` turns into single-device weights, and the ``.safetensors`` export
+next to each checkpoint is gathered.
+
+Lightning's ``data_parallel_size="auto"`` is one data-parallel group per node, which with ``tensor_parallel_size=1``
+fails on any node with more than one GPU; here ``auto`` is every process of the job not used for tensor parallelism.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import types
+from collections.abc import Sequence
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def _is_dtensor(t: Any) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+def shard_by_blocks(module: nn.Module, names: Sequence[str], mesh: Any, reshard_after_forward: bool = True) -> int:
+    """``fully_shard`` each submodule whose class name is in ``names``, then, bottom-up, every other submodule that
+    owns trainable parameters itself (not inside a block). Returns the number of block units.
+
+    FSDP2 gathers a unit's parameters when its ``forward`` runs; the models are entered through other methods too
+    (``LatentAligner.decode``), so the rest is not one unit per top-level model but one per parameter owner, whose
+    ``forward`` is what uses them."""
+    from torch.distributed.fsdp import fully_shard
+
+    wanted = set(names)
+    blocks = [m for m in module.modules() if type(m).__name__ in wanted and m is not module]
+    inside = {id(sub) for b in blocks for sub in b.modules()}
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    owners = [m for m in module.modules() if m is not module and id(m) not in inside
+              and any(p.requires_grad for p in m.parameters(recurse=False))]  # fmt: skip
+    for owner in reversed(owners):  # modules() is pre-order: reversed, children come before their parents
+        fully_shard(owner, mesh=mesh, reshard_after_forward=False)
+    return len(blocks)
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    """``ModelParallelStrategy`` (FSDP2 through ``configure_model``) whose ``data_parallel_size="auto"`` means every
-    process of the job not used for tensor parallelism: ``nodes × devices / tensor_parallel_size``.
+    """``ModelParallelStrategy`` that shards systems which do not shard themselves, with a job-wide ``auto``
+    data-parallel size (see the module docstring).
 
-    Lightning's own ``auto`` is one data-parallel group per node (``data_parallel_size = num_nodes``), which with
-    ``tensor_parallel_size=1`` fails on any node with more than one GPU ("multiplied should equal the world size").
+    Args:
+        shard_blocks: class names of the blocks that become FSDP units when the system left its model unsharded
+            (empty: such a system is an error with more than one process, since nothing would synchronise it).
+        **kwargs: ``ModelParallelStrategy`` arguments (``data_parallel_size``, ``tensor_parallel_size``,
+            ``save_distributed_checkpoint``, ``process_group_backend``, ``timeout``).
     """
+
+    def __init__(self, shard_blocks: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard_blocks = list(shard_blocks)
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto" and self._tensor_parallel_size != "auto":
@@ -32,21 +77,23 @@ class FSDP2Strategy(ModelParallelStrategy):
             self._data_parallel_size = processes // tp
         super().setup_environment()
 
-
-class BlockWrapPolicy:
-    """FSDP (v1) ``auto_wrap_policy``: one FSDP unit per module whose class name is listed (the models' transformer
-    blocks, their ``_no_split_modules``), the rest in the root unit.
-
-    A callable with FSDP's ``(module, recurse, nonwrapped_numel)`` signature, so the configs can name classes without
-    importing them: ``auto_wrap_policy: {_target_: diff4splat.distributed.BlockWrapPolicy, names: [Block]}``.
-    """
-
-    def __init__(self, names: Iterable[str]) -> None:
-        self.names = frozenset(names)
-        if not self.names:
-            raise ValueError("BlockWrapPolicy: give at least one module class name (e.g. Block, WanTransformerBlock)")
-
-    def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int, **kwargs: Any) -> bool:
-        if recurse:
-            return True
-        return type(module).__name__ in self.names
+    def setup(self, trainer: L.Trainer) -> None:
+        module = self.model
+        assert module is not None
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if self.world_size > 1 and not any(_is_dtensor(p) for _, p in trainable):
+            if not self.shard_blocks:
+                raise RuntimeError(f"{type(module).__name__} did not shard its model in configure_model and "
+                                   "trainer.strategy.shard_blocks is empty: nothing would keep the ranks in sync "
+                                   "(use trainer=fsdp, which shards any system, or trainer=ddp)")  # fmt: skip
+            mesh = self.device_mesh["data_parallel"]
+            n = shard_by_blocks(module, self.shard_blocks, mesh)
+            log.info("FSDP2: %d block units (%s) in %s", n, ", ".join(self.shard_blocks), type(module).__name__)
+            unsharded = [n for n, p in module.named_parameters() if p.requires_grad and not _is_dtensor(p)]
+            if unsharded:
+                raise RuntimeError(f"FSDP2: trainable parameters outside any FSDP unit (registered on the system "
+                                   f"itself?): {unsharded[:5]}")  # fmt: skip
+            if not is_overridden("configure_model", module):
+                # Lightning requires the parallelisation in configure_model; it was applied here instead.
+                module.configure_model = types.MethodType(lambda self: None, module)
+        super().setup(trainer)
