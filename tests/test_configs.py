@@ -29,6 +29,9 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment):
         if key != "hydra":
             OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
     assert cfg.task_name != "train" or experiment == "default", "experiments name their task (groups W&B runs)"
+    for group in ("callbacks", "logger"):  # an override of an entry that does not exist would be silently ignored
+        dangling = [k for k, v in (cfg.get(group) or {}).items() if v is not None and "_target_" not in v]
+        assert not dangling, f"experiment {experiment}: {group}.{dangling} set no _target_ (a renamed entry?)"
     shrink_for_cpu(cfg)
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
     system = hydra.utils.instantiate(cfg.system, _recursive_=False)
