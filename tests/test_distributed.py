@@ -91,25 +91,55 @@ def test_ddp_sim_lrdm_ranks_agree_and_only_rank0_writes(ddp_lrdm):
     assert json.loads((run / "summary.json").read_text())["metrics"]["train/loss"] > 0
 
 
-def test_fsdp_trains_the_lrdm_like_ddp(ddp_lrdm, tmp_path):
-    """``trainer=fsdp`` shards the LRDM from outside (a unit per transformer block, FSDP2) on two gloo processes:
-    the ranks agree, the checkpoint is a sharded folder, and the trained weights equal DDP's to float rounding (a
-    wrong or missing gradient reduction would be off by the size of an update, ~1e-2 here)."""
-    from diff4splat.checkpoints import consolidate
+def test_fsdp_trains_the_lrdm_like_ddp_and_consolidates_for_inference(ddp_lrdm, tmp_path):
+    """``torchrun --nproc_per_node 2 ... trainer=fsdp``: the LRDM sharded from outside (a unit per transformer block,
+    FSDP2) on two gloo processes. Both ranks find one run folder without being given a run id (torchrun without a
+    rendezvous id: the agent's pid and port), the ranks agree, the checkpoint is a sharded folder, the trained
+    weights equal DDP's to float rounding (a wrong or missing gradient reduction would be off by the size of an
+    update, ~1e-2 here), the consolidated weights load into the single-device inference loader, and re-running the
+    command resumes from the shards."""
+    from diff4splat.checkpoints import consolidate, save
+    from diff4splat.pipelines.reconstruction import load_lrdm
 
     cmd = [*_torchrun(), *TINY_LRDM, "trainer=fsdp", *CPU_2, "trainer.max_steps=5", "trainer.val_check_interval=5",
            "data.batches_per_epoch=3", RANK_CHECK]  # fmt: skip
-    proc = _run(cmd, train_env(tmp_path, "fsdp"))
+    proc = _run(cmd, train_env(tmp_path))
     assert "FSDP2: 1 block units" in proc.stdout + proc.stderr
-    run = tmp_path / "smoke" / "runs" / "fsdp"
+    runs = list((tmp_path / "smoke" / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("tr"), runs
+    run = runs[0]
+    files = _files(run)
+    assert files.count("config.yaml") == 1 and ".hydra/config.yaml" in files
+    assert {"train.log", "train_rank1.log"} <= set(files)
     _assert_ranks_agree(run, 5, {"0": 3, "1": 2})
-    assert (run / "checkpoints" / "last.ckpt" / ".metadata").is_file()
-    fsdp, _ = consolidate(run / "checkpoints" / "last.ckpt", use_ema=False)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert (ckpt / ".metadata").is_file() and len(list(ckpt.glob("*.distcp"))) == 2
+
+    fsdp, _ = consolidate(ckpt, use_ema=False)
     ddp, _ = consolidate(ddp_lrdm[0] / "smoke" / "runs" / "ddp" / "checkpoints" / "last.ckpt", use_ema=False)
     assert fsdp.keys() == ddp.keys()
     worst = max(float((fsdp[k] - ddp[k]).abs().max()) for k in fsdp)
     print(f"max |FSDP - DDP| after 5 steps: {worst:.2e}")
     assert worst < 1e-5
+
+    ema, meta = consolidate(ckpt)
+    exported = load_file(run / "checkpoints" / "last.safetensors")  # gathered during training
+    assert meta["ema"] == "true" and ema.keys() == exported.keys()
+    assert all(torch.equal(ema[k], exported[k]) for k in ema)
+    model = load_lrdm(save(ema, meta, tmp_path / "lrdm.safetensors"))  # the reconstruct CLI's loader
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+
+    # the same command one step longer, with the run id it got: resumes from the shards (model, optimiser and EMA
+    # re-sharded); the next EMA is exactly one update (decay min(0.99, 1 - 6^-0.75) = 0.739) from the restored one
+    proc = _run([*_torchrun(), *cmd[len(_torchrun()) :], "trainer.max_steps=6"],
+                train_env(tmp_path, run.name))  # fmt: skip
+    assert "Resumed at global step 5" in proc.stdout + proc.stderr
+    ema6, meta6 = consolidate(ckpt)
+    raw6, _ = consolidate(ckpt, use_ema=False)
+    assert meta6["global_step"] == "6"  # (the weights stay: the cosine schedule's last step has lr 0)
+    decay = min(0.99, 1 - 6**-0.75)
+    for k in ema:
+        torch.testing.assert_close(ema6[k], ema[k] + (1 - decay) * (raw6[k] - ema[k]), rtol=0, atol=1e-6)
 
 
 def _free_port() -> int:
@@ -123,20 +153,6 @@ def _torchrun() -> list[str]:
     which starts rank 1 only when rank 0 reaches ``fit``)."""
     torchrun = str(Path(train_cmd()[0]).with_name("torchrun"))
     return [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "diff4splat.train"]
-
-
-def test_torchrun_two_processes_share_one_run_folder(tmp_path):
-    """``torchrun --nproc_per_node 2 -m diff4splat.train trainer=ddp_sim``: Lightning takes torchrun's processes,
-    both ranks resolve the same run folder (no rendezvous id: the agent's pid and port), rank 0 writes the config."""
-    cmd = [*_torchrun(), *TINY_LRDM, "trainer=ddp_sim", "trainer.max_steps=3", "trainer.val_check_interval=3",
-           "data.batches_per_epoch=3", RANK_CHECK]  # fmt: skip
-    _run(cmd, train_env(tmp_path))
-    runs = list((tmp_path / "smoke" / "runs").iterdir())
-    assert len(runs) == 1 and runs[0].name.startswith("tr"), runs
-    _assert_ranks_agree(runs[0], 3, {"0": 3})
-    files = _files(runs[0])
-    assert files.count("config.yaml") == 1 and ".hydra/config.yaml" in files
-    assert {"train.log", "train_rank1.log"} <= set(files)
 
 
 @pytest.mark.slow
@@ -158,6 +174,7 @@ def test_diffusion_and_alignment_ranks_agree(tmp_path, system, trainer):
 # --- FSDP2 -----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fsdp2_sharded_checkpoint_consolidates_to_single_device_weights_and_resumes(tmp_path):
     """CameraWan under ``trainer=fsdp2`` on two gloo processes (torchrun) writes a distributed checkpoint folder. Consolidated
     (`diff4splat.checkpoints`), it equals the gathered .safetensors export bitwise, loads strictly into a one-process
@@ -234,6 +251,46 @@ def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path):
     assert len(logs) == 1 and "Submitit 'local' sweep output dir" in proc.stdout + proc.stderr
     job_pid = int(logs[0].name.split("_")[0])  # the local executor's job id is the job process's pid
     assert job_pid != 0 and (sweeps[0] / "0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_sbatch_template_stops_the_step_and_requeues_on_the_time_limit_signal(tmp_path):
+    """``experiments/slurm/train.sbatch`` run by bash with stand-ins for srun (runs its command) and scontrol
+    (records calls) in a one-node, two-"GPU" SLURM environment: srun -> torchrun (c10d rendezvous on the job id) ->
+    two workers in run folder slurm<job id>. USR2 to the script (``--signal=B:USR2@300``) makes it forward SIGTERM to
+    the step; the workers stop after the same step, write last.ckpt and exit, and the script requeues the job."""
+    import signal
+    import time
+
+    from tests.train_runs import exported_step, finish, start, wait_for_step
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "srun").write_text('#!/bin/bash\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; '
+                                      f'else echo "$@" >> {calls}; fi\n')  # fmt: skip
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    venv_bin = Path(train_cmd()[0]).parent
+    env = train_env(tmp_path / "out", PATH=f"{bin_dir}:{venv_bin}:/usr/bin:/bin", SLURM_JOB_ID="777",
+                    SLURM_NNODES="1", SLURM_JOB_NODELIST="node1", SLURM_GPUS_ON_NODE="2", SLURM_JOB_NAME="train",
+                    TRAINER="ddp_sim", MASTER_PORT=str(_free_port()))  # fmt: skip
+    env.pop("DIFF4SPLAT_RUN_ID")  # the script sets it from the job id
+    cmd = ["bash", "experiments/slurm/train.sbatch", *TINY_LRDM, "trainer.max_steps=500",
+           "trainer.val_check_interval=500", "callbacks.last_checkpoint.every_n_train_steps=2"]  # fmt: skip
+    run = tmp_path / "out" / "smoke" / "runs" / "slurm777"
+    proc = start(cmd, env, tmp_path / "job.log")
+    wait_for_step(run / "checkpoints" / "last.safetensors", 2, proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR2)
+    status = finish(proc)
+    log = (tmp_path / "job.log").read_text()
+    assert status != 0 and "requeued job 777" in log, log[-3000:]
+    assert calls.read_text().split() == ["requeue", "777"]
+    step = exported_step(run / "checkpoints" / "last.safetensors")
+    assert 2 <= step < 500 and f"stopped by a signal at global step {step}" in log
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step
+    assert not (run / "summary.json").exists()
 
 
 # --- configs ---------------------------------------------------------------------------------------------------------
