@@ -186,7 +186,7 @@ def test_camctrl_tiny_learns_and_uses_its_cameras(make_cfg, injection: str) -> N
         torch.set_num_threads(threads)
 
 
-def _train_and_compare_cameras(make_cfg, injection: str) -> None:
+def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[str, dict[str, float]]]:
     from hydra.utils import instantiate
 
     from datamodules.video import collate_videos
@@ -237,6 +237,7 @@ def _train_and_compare_cameras(make_cfg, injection: str) -> None:
     for name in sets:
         assert result[name]["true"] <= 0.9 * result[name]["shuffled"], (name, result)
         assert result[name]["true"] < result[name]["none"], (name, result)
+    return before, result
 
 
 def test_sampling_is_deterministic_per_seed_and_decodes() -> None:
