@@ -29,6 +29,11 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment):
         if key != "hydra":
             OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
     assert cfg.task_name != "train" or experiment == "default", "experiments name their task (groups W&B runs)"
+    best = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if best is not None and best.get("monitor") and "loss" in str(cfg.optimized_metric):
+        assert best.mode == "min", (
+            f"experiment {experiment}: keeps the checkpoints of the highest {cfg.optimized_metric}"
+        )
     for group in ("callbacks", "logger"):  # an override of an entry that does not exist would be silently ignored
         dangling = [k for k, v in (cfg.get(group) or {}).items() if v is not None and "_target_" not in v]
         assert not dangling, f"experiment {experiment}: {group}.{dangling} set no _target_ (a renamed entry?)"
