@@ -81,7 +81,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         module = self.model
         assert module is not None
         trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        if self.world_size > 1 and not any(_is_dtensor(p) for _, p in trainable):
+        # sharded on one process too: a checkpoint is then the same distributed-checkpoint folder at any scale, and
+        # Lightning restores such a folder only into FSDP2 modules (an unsharded 1-GPU run could save, not resume)
+        if not any(_is_dtensor(p) for _, p in trainable) and (self.shard_blocks or self.world_size > 1):
             if not self.shard_blocks:
                 raise RuntimeError(f"{type(module).__name__} did not shard its model in configure_model and "
                                    "trainer.strategy.shard_blocks is empty: nothing would keep the ranks in sync "
