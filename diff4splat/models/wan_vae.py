@@ -55,21 +55,25 @@ class WanVAE(nn.Module):
         """
         from diffusers import AutoencoderKLWan
 
-        torch.manual_seed(seed)
-        if z_dim == 48:
-            vae = AutoencoderKLWan(base_dim=base_dim or 3, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
-                                   patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
-                                   dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-                                   latents_mean=[0.0] * 48, latents_std=[1.0] * 48)  # fmt: skip
-        elif z_dim == 16:
-            vae = AutoencoderKLWan(base_dim=base_dim or 8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                   temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
-                                   latents_std=[1.0] * 16)  # fmt: skip
-        else:
-            raise ValueError(f"WanVAE.tiny: z_dim must be 48 (Wan2.2) or 16 (Wan2.1), got {z_dim}")
-        out = cls(vae)
-        if calibrate:
-            out.calibrate(smooth_random_videos(4, 9, 32 * out.stride_s // 8, 32 * out.stride_s // 8, seed=seed))
+        # seeded weights without resetting the caller's random stream (a global reseed here made every run that
+        # builds a tiny VAE draw the same noise and initialisation whatever its seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if z_dim == 48:
+                vae = AutoencoderKLWan(base_dim=base_dim or 3, z_dim=48, in_channels=12, out_channels=12,
+                                       is_residual=True, patch_size=2, scale_factor_spatial=16,
+                                       scale_factor_temporal=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                       temperal_downsample=[False, True, True], latents_mean=[0.0] * 48,
+                                       latents_std=[1.0] * 48)  # fmt: skip
+            elif z_dim == 16:
+                vae = AutoencoderKLWan(base_dim=base_dim or 8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                       temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
+                                       latents_std=[1.0] * 16)  # fmt: skip
+            else:
+                raise ValueError(f"WanVAE.tiny: z_dim must be 48 (Wan2.2) or 16 (Wan2.1), got {z_dim}")
+            out = cls(vae)
+            if calibrate:
+                out.calibrate(smooth_random_videos(4, 9, 32 * out.stride_s // 8, 32 * out.stride_s // 8, seed=seed))
         return out
 
     @torch.no_grad()
