@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,30 @@ def test_requeue_signal_saves_stops_and_requeues_the_slurm_job(tmp_path):
     assert 2 <= step < 200
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step
     assert calls.read_text().split() == ["requeue", "4242"]
+
+
+def test_sigterm_to_one_ddp_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """``trainer=ddp_sim``: SIGTERM to rank 0 only (Lightning's launcher process); rank 1 never sees it. The ranks
+    agree at the end of the step, both stop after the same step, last.ckpt holds it, and the run exits 143 (a rank
+    stopping alone would leave the other blocked in its next collective)."""
+    cmd = train_cmd(*TINY_LRDM, "trainer=ddp_sim", "trainer.max_steps=500", "trainer.val_check_interval=500",
+                    "callbacks.last_checkpoint.every_n_train_steps=2")  # fmt: skip
+    run = tmp_path / "smoke" / "runs" / "ddp"
+    proc = start(cmd, train_env(tmp_path, "ddp"), tmp_path / "run.log")
+    wait_for_step(run / "checkpoints" / "last.safetensors", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    status = finish(proc, timeout=180)
+    step = exported_step(run / "checkpoints" / "last.safetensors")
+    stopped = f"stopped by a signal at global step {step}"
+    for _ in range(300):  # rank 1 (a child of rank 0) may finish writing its log line a moment later
+        log = (tmp_path / "run.log").read_text()
+        if log.count(stopped) >= 2:
+            break
+        time.sleep(0.1)
+    assert status == 143, log[-3000:]
+    assert log.count(stopped) == 2, log[-3000:]  # rank 0 and rank 1
+    assert log.count("received SIGTERM") == 1
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step
 
 
 # --- in process: what a resume restores, atomic checkpoint writes, reseeded data ---------------------------------------

@@ -1,8 +1,8 @@
 """Stopping a run on a signal with a fresh ``last.ckpt``, so that re-running the same command continues it.
 
 - **SIGTERM** (cluster pre-emption, ``scancel``, torchrun or srun forwarding a stop, ``kill``): the run stops after
-  the current training step — every rank at the same step, because Lightning broadcasts rank 0's flag at the start
-  of each step — writes ``last.ckpt`` (atomically, with its ``.safetensors``) and the process exits with status 143
+  the current training step — every rank after the same step: the ranks combine their flags at the end of each step
+  (one all-reduce of two numbers), so one rank receiving the signal is enough — writes ``last.ckpt`` (atomically, with its ``.safetensors``) and the process exits with status 143
   (128 + SIGTERM; see ``diff4splat.train``). Nothing is saved mid-step.
 - **A requeue signal** (``SIGUSR2``, what submitit and ``#SBATCH --signal=USR2@120`` send before the time limit, and
   ``SIGUSR1``, Lightning's choice): the same, and then rank 0 requeues the SLURM job (``scontrol requeue
@@ -12,9 +12,9 @@
 - **SIGKILL** cannot be caught: the restart continues from the latest periodic ``last.ckpt``
   (``callbacks.last_checkpoint.every_n_train_steps``).
 
-Lightning's own SIGTERM handler also broadcasts from inside the signal handler, which can interleave with the
-collectives of the step being computed; ours only sets the flag, which Lightning then broadcasts at the next step
-boundary. Lightning's SLURM auto-requeue (a checkpoint written from inside the signal handler, mid-step, to
+Lightning's own SIGTERM handler broadcasts from inside the signal handler, which can interleave with the
+collectives of the step being computed, and its training loop stops a rank as soon as that rank's flag is set; ours
+only sets a flag, and the ranks agree at the end of the step. Lightning's SLURM auto-requeue (a checkpoint written from inside the signal handler, mid-step, to
 ``hpc_ckpt_N.ckpt``) and submitit's (which exits from inside the handler) are left out: the handlers for the requeue
 signals are installed when training is set up, after submitit's and before Lightning's, and Lightning keeps handlers
 that are already there.
@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -65,6 +66,7 @@ class Preemption(L.Callback):
         self.requeue = requeue
         self.save_on_sigterm = save_on_sigterm
         self.requeue_requested = False
+        self.stop_requested = False
         self.saved_path: str | None = None
         self._trainer: L.Trainer | None = None
         self._previous: dict[int, Any] = {}
@@ -78,13 +80,24 @@ class Preemption(L.Callback):
         signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Only set flags here: the step in progress finishes, then the training loop raises SIGTERMException.
+        # Only set a flag here; ranks agree on stopping at the end of a step (on_train_batch_end).
         if signum in self.requeue_signals:
             self.requeue_requested = True
-        trainer = self._trainer
-        if trainer is not None:
-            trainer._signal_connector.received_sigterm = True
+        self.stop_requested = True
         log.info("received %s: stopping after this step", signal.Signals(signum).name)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        """Agree across ranks (a max all-reduce of the flags) and hand the decision to Lightning, whose training loop
+        then raises SIGTERMException on every rank after this same step. Lightning's own flag is not set from the
+        handler: a rank that saw the signal would stop alone and the others would block in the next collective."""
+        stop, requeue = self.stop_requested, self.requeue_requested
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flags = torch.tensor([int(stop), int(requeue)], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            stop, requeue = bool(flags[0]), bool(flags[1])
+        self.stop_requested, self.requeue_requested = stop, requeue
+        if stop:
+            trainer._signal_connector.received_sigterm = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
