@@ -346,6 +346,8 @@ def test_offload_gives_the_same_scene_and_frees_the_gpu(photo):
     job_cfg = compose(*FAST, "device=cuda", f"image={photo}", "output_dir=unused")
     job = gen_mod.make_job(job_cfg, photo, "orbit", "p", 0, Path("unused"))
     results = []
+    # the same kernels in both runs (cuDNN autotuning may pick others; random weights amplify the differences)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     for offload in (False, True):
         pipe = Diff4SplatPipeline.tiny(seed=0, device="cuda", offload=offload)
         g = pipe(job.image, job.cameras.c2w.float(), job.cameras.fxfycxcy.float(), job.cameras.times.float(), "p",
@@ -354,6 +356,7 @@ def test_offload_gives_the_same_scene_and_frees_the_gpu(photo):
         on_gpu = [m for m in (pipe.camera_wan, pipe.vae, pipe.lrdm, pipe.text_encoder)
                   if next(m.parameters()).is_cuda]  # fmt: skip
         assert len(on_gpu) == (0 if offload else 4)
+    print("max |latents offload - resident|:", float((results[0].latents - results[1].latents).abs().max()))
     torch.testing.assert_close(results[0].latents, results[1].latents, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(results[0].scene.gaussians.canonical.means, results[1].scene.gaussians.canonical.means,
                                rtol=1e-4, atol=1e-4)  # fmt: skip
