@@ -100,7 +100,7 @@ camwan)
   run=$RUNS/camctrl_5b/runs/$DIFF4SPLAT_RUN_ID
   cmd=($PY -m diff4splat.train experiment=camctrl_5b model.init=random model.lora_rank=32 "${COMMON[@]}"
        data=synthetic_video data.synthetic.num_frames=49 data.synthetic.height=352 data.synthetic.width=640
-       data.synthetic.device=cuda data.pool=2 data.val_pool=1 data.batch_size=1 data.batches_per_epoch=1000
+       +data.synthetic.device=cuda data.pool=2 data.val_pool=1 data.batch_size=1 data.batches_per_epoch=1000
        data.val_batches=1 data.num_workers=0 system.vae=tiny system.vae_z_dim=48 system.text_cache=null
        trainer.devices=1 trainer.max_steps=$STEPS trainer.val_check_interval=1000
        callbacks.last_checkpoint.every_n_train_steps=2 callbacks.ema.decay=0.99 ${TRAINER_EXTRA:-})
