@@ -379,7 +379,7 @@ def curves_png(jobs: Sequence[Job], curves: Sequence[str], title: str) -> bytes:
             common = sorted(set.intersection(*(set(s) for s in series))) if series else []
             if common:
                 ax.plot(common, [statistics.fmean(s[k] for s in series) for k in common], color=color, linewidth=2.2,
-                        label=f"{abl} (n={len(series)})")  # fmt: skip
+                        marker="o", markersize=3, label=f"{abl} (n={len(series)})")  # fmt: skip
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
