@@ -415,3 +415,18 @@ def test_prepare_blocks_compiles_inside_the_checkpoint_and_keeps_keys():
     y_ref.square().sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
     assert torch._dynamo.utils.counters["frames"]["ok"] >= 1
+
+
+def test_gradient_clipping_with_a_fused_optimizer_clips_the_global_norm() -> None:
+    """Lightning refuses to clip for fused AdamW under mixed precision (found with camctrl_5b on the H100); the
+    system clips the global norm itself."""
+    system = CameraDiffusionSystem(model=TINY, text_len=8)
+    system.configure_model()
+    params = [p for p in system.model.parameters() if p.requires_grad]
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, 0.1 * (i % 3 + 1))
+    optimizer = torch.optim.AdamW([{"params": params, "fused": True}], lr=1e-3)  # (the flag is what is read)
+    before = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    system.configure_gradient_clipping(optimizer, gradient_clip_val=1.0)
+    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert before > 10 and after == pytest.approx(1.0, rel=1e-4)

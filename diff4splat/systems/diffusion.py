@@ -318,3 +318,20 @@ class CameraDiffusionSystem(L.LightningModule):
                                       eps=o.eps, fused=fused)  # fmt: skip
         return {"optimizer": optimizer,
                 "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)}  # fmt: skip
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip by the global norm ourselves: Lightning refuses to clip for a fused AdamW under mixed precision (it
+        assumes a gradient scaler the optimizer unscales). With bf16 there is no scaler, so the gradients are already
+        true; FSDP2's DTensor gradients are reduced across shards by ``clip_grad_norm_``. float16 keeps Lightning's
+        path (its scaler must unscale first)."""
+        if not gradient_clip_val:
+            return
+        precision = str(getattr(getattr(self, "_trainer", None), "precision", ""))
+        fused = any(g.get("fused") for g in optimizer.param_groups)
+        if precision.startswith("16") or not fused or (gradient_clip_algorithm or "norm") != "norm":
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
