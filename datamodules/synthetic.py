@@ -32,7 +32,7 @@ from datamodules.spec import Clip, ClipMeta, encode_clip, encode_frames
 from diff4splat.gaussians.types import Gaussians
 from diff4splat.geometry.cameras import project_points
 from diff4splat.geometry.rotations import axis_angle_to_matrix, matrix_to_quat
-from diff4splat.geometry.trajectories import make_trajectory
+from diff4splat.geometry.trajectories import PRESETS, make_trajectory
 from diff4splat.rendering.api import render
 
 TRAJECTORIES = ("arc_left", "arc_right", "dolly_in", "dolly_out", "pan_left", "pan_right", "truck_left",
@@ -56,6 +56,35 @@ class SyntheticConfig:
     frame_format: Literal["jpg", "png"] = "jpg"
     jpeg_quality: int = 95
     device: str = "cpu"  # where scenes are rendered: "cuda" renders with gsplat (the shard CLI on a GPU machine)
+    # Content and camera options (the defaults are the original scenes; `smoke` uses smoother textures and wider
+    # camera motion so that held-out views differ from the nearest input frame):
+    texture: Literal["checker", "smooth"] = "checker"  # smooth: a bilinear field of texture_cells² random colours
+    texture_cells: int = 3  # smooth: control colours per side of the ground (the wall gets as many per unit length)
+    trajectories: tuple[str, ...] | None = None  # camera presets drawn from (None: TRAJECTORIES)
+    strength_range: tuple[float, float] = (0.3, 1.0)  # camera motion strength, drawn uniformly
+
+    def __post_init__(self) -> None:
+        if self.texture not in ("checker", "smooth"):
+            raise ValueError(f"SyntheticConfig.texture: expected 'checker' or 'smooth', got {self.texture!r}")
+        if self.texture_cells < 2:
+            raise ValueError(f"SyntheticConfig.texture_cells: expected an integer >= 2, got {self.texture_cells!r}")
+        if self.trajectories is not None:
+            if isinstance(self.trajectories, str) or not len(self.trajectories):
+                raise ValueError("SyntheticConfig.trajectories: expected a non-empty list of preset names from "
+                                 f"{sorted(PRESETS)}, got {self.trajectories!r}")  # fmt: skip
+            self.trajectories = tuple(str(t) for t in self.trajectories)
+            unknown = [t for t in self.trajectories if t.replace("-", "_").lower() not in PRESETS]
+            if unknown:
+                raise ValueError(f"SyntheticConfig.trajectories: unknown preset(s) {unknown}; expected names from "
+                                 f"{sorted(PRESETS)}")  # fmt: skip
+        try:
+            lo, hi = (float(x) for x in self.strength_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"SyntheticConfig.strength_range: expected [low, high] numbers, "
+                             f"got {self.strength_range!r}") from None  # fmt: skip
+        if not 0 <= lo <= hi:
+            raise ValueError(f"SyntheticConfig.strength_range: expected 0 <= low <= high, got {self.strength_range!r}")
+        self.strength_range = (lo, hi)
 
 
 def _grid_plane(n_u: int, n_v: int, origin, du, dv, normal_axis: int, colors: np.ndarray) -> dict[str, np.ndarray]:
@@ -77,16 +106,35 @@ def _texture(rng: np.random.Generator, n_u: int, n_v: int) -> np.ndarray:
     return np.clip(np.where(check, a, b) + grad + rng.normal(0, 0.03, (n_v, n_u, 3)), 0, 1)
 
 
+def _smooth_texture(rng: np.random.Generator, n_u: int, n_v: int, cells_u: int, cells_v: int) -> np.ndarray:
+    """(n_v, n_u, 3) colours: a (cells_v × cells_u) grid of random colours, bilinearly interpolated (low frequency:
+    a tiny model at low resolution can reconstruct it, yet a shifted view of it differs visibly)."""
+    ctrl = rng.uniform(0.1, 0.95, (cells_v, cells_u, 3))
+    fv = np.linspace(0, cells_v - 1, n_v)
+    fu = np.linspace(0, cells_u - 1, n_u)
+    v0, u0 = np.minimum(fv.astype(int), cells_v - 2), np.minimum(fu.astype(int), cells_u - 2)
+    wv, wu = (fv - v0)[:, None, None], (fu - u0)[None, :, None]
+    c = ctrl[v0][:, u0] * (1 - wv) * (1 - wu) + ctrl[v0 + 1][:, u0] * wv * (1 - wu)
+    c = c + ctrl[v0][:, u0 + 1] * (1 - wv) * wu + ctrl[v0 + 1][:, u0 + 1] * wv * wu
+    return np.clip(c + rng.normal(0, 0.01, (n_v, n_u, 3)), 0, 1)
+
+
 class _Scene:
     """Static part + moving parts; `at(t)` gives all Gaussians at time t ∈ [0, 1]."""
 
     def __init__(self, cfg: SyntheticConfig, rng: np.random.Generator):
         g, w = cfg.ground_grid, cfg.wall_grid
         wh = max(2, w * 3 // 4)
+        if cfg.texture == "smooth":  # ground 6 × 6 units, wall 7 × 4: the same colour frequency on both
+            n = cfg.texture_cells
+            ground_tex = _smooth_texture(rng, g, g, n, n)
+            wall_tex = _smooth_texture(rng, w, wh, max(2, round(n * 7 / 6)), max(2, round(n * 4 / 6)))
+        else:
+            ground_tex, wall_tex = _texture(rng, g, g), _texture(rng, w, wh)
         ground = _grid_plane(g, g, np.array([-3.0, 1.0, 0.3]), np.array([6.0 / g, 0, 0]), np.array([0, 0, 6.0 / g]),
-                             1, _texture(rng, g, g))  # fmt: skip
+                             1, ground_tex)  # fmt: skip
         wall = _grid_plane(w, wh, np.array([-3.5, -3.0, 6.2]), np.array([7.0 / w, 0, 0]), np.array([0, 4.0 / wh, 0]),
-                           2, _texture(rng, w, wh))  # fmt: skip
+                           2, wall_tex)  # fmt: skip
         self.static = {k: np.concatenate([ground[k], wall[k]]) for k in ground}
         nb = cfg.num_blobs
         self.blob_c0 = np.stack([rng.uniform(-1.2, 1.2, nb), rng.uniform(-0.2, 0.7, nb), rng.uniform(2.0, 4.5, nb)], 1)
@@ -151,10 +199,10 @@ def generate_arrays(
     rng = np.random.default_rng([seed, 4242])
     scene = _Scene(cfg, rng)
     F, H, W = cfg.num_frames, cfg.height, cfg.width
-    name = str(rng.choice(TRAJECTORIES))
+    name = str(rng.choice(TRAJECTORIES if cfg.trajectories is None else cfg.trajectories))
     fx = float(rng.uniform(0.8, 1.2))
     K = (fx, fx * W / H, 0.5, 0.5)
-    drawn_strength = float(rng.uniform(0.3, 1.0))
+    drawn_strength = float(rng.uniform(*cfg.strength_range))
     name = name if trajectory is None else trajectory
     strength = drawn_strength if strength is None else float(strength)
     traj = make_trajectory(name, F, strength=strength, look_at=3.0, fxfycxcy=K)

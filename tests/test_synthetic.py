@@ -9,7 +9,7 @@ import torch
 from datamodules.batch import check_batch, to_float_images
 from datamodules.datamodule import ClipDataModule
 from datamodules.spec import decode_frames, validate_clip
-from datamodules.synthetic import SyntheticConfig, generate_clip, main
+from datamodules.synthetic import SyntheticConfig, generate_arrays, generate_clip, main
 from datamodules.write import read_manifest
 from diff4splat.geometry.cameras import project_points
 
@@ -98,3 +98,61 @@ def test_in_process_synthetic_datamodule():
     v2 = next(iter(dm.val_dataloader()))
     assert v1["key"] == v2["key"]  # the validation view is fixed
     torch.testing.assert_close(v1["c2w"], v2["c2w"])
+
+
+def test_explicit_default_options_give_the_original_clip():
+    from datamodules.synthetic import TRAJECTORIES
+
+    a = generate_clip(SyntheticConfig(**SMALL), 11)
+    b = generate_clip(SyntheticConfig(texture="checker", trajectories=list(TRAJECTORIES), strength_range=[0.3, 1.0],
+                                      **SMALL), 11)  # fmt: skip
+    assert a.frames == b.frames
+    np.testing.assert_array_equal(a.c2w, b.c2w)
+
+
+def _ground_colours(texture: str, seed: int) -> np.ndarray:
+    """(g, g, 3) colours of the ground's Gaussian grid of a scene."""
+    from datamodules.synthetic import _Scene
+
+    cfg = SyntheticConfig(texture=texture)
+    g = cfg.ground_grid
+    return _Scene(cfg, np.random.default_rng([seed, 4242])).static["colors"][: g * g].reshape(g, g, 3)
+
+
+def test_smooth_texture_is_lower_frequency_than_the_checkerboard():
+    def variation(c: np.ndarray) -> float:  # mean absolute difference of neighbouring Gaussians' colours
+        return float(np.abs(np.diff(c, axis=0)).mean() + np.abs(np.diff(c, axis=1)).mean())
+
+    smooth = [_ground_colours("smooth", s) for s in range(6)]
+    checker = [_ground_colours("checker", s) for s in range(6)]
+    assert max(map(variation, smooth)) < 0.5 * min(map(variation, checker))
+    assert min(c.std(axis=(0, 1)).max() for c in smooth) > 0.05  # still a texture, not a flat colour
+
+
+def test_trajectory_and_strength_options_set_the_camera_path():
+    from diff4splat.geometry.trajectories import make_trajectory
+
+    cfg = SyntheticConfig(**SMALL, trajectories=["truck_left"], strength_range=[2.0, 2.0])
+    clip = generate_clip(cfg, 4)
+    assert clip.meta.extra["trajectory"] == "truck_left"
+    expected = make_trajectory("truck_left", SMALL["num_frames"], strength=2.0, look_at=3.0).c2w.numpy()
+    np.testing.assert_allclose(clip.c2w, expected, atol=1e-6)
+    np.testing.assert_allclose(clip.c2w[-1, :3, 3], [-3.0, 0.0, 0.0], atol=1e-6)  # 0.5 · strength · look-at distance
+    tiny = SyntheticConfig(num_frames=2, height=8, width=8, trajectories=["arc_left", "zoom_in"])
+    assert {generate_arrays(tiny, s)["trajectory"] for s in range(8)} == {"arc_left", "zoom_in"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("texture", "noise", "SyntheticConfig.texture: expected 'checker' or 'smooth', got 'noise'"),
+        ("texture_cells", 1, "SyntheticConfig.texture_cells: expected an integer >= 2"),
+        ("trajectories", ["arc_left", "warp"], r"SyntheticConfig.trajectories: unknown preset\(s\) \['warp'\]"),
+        ("trajectories", "arc_left", "SyntheticConfig.trajectories: expected a non-empty list"),
+        ("strength_range", [2.0, 1.0], r"SyntheticConfig.strength_range: expected 0 <= low <= high"),
+        ("strength_range", [1.0], r"SyntheticConfig.strength_range: expected \[low, high\] numbers"),
+    ],
+)
+def test_bad_options_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticConfig(**{field: value})

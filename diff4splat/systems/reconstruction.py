@@ -75,6 +75,7 @@ class ReconOptim:
 class ReconRender:
     backend: str = "auto"
     background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    tile_size: int = 16  # rasteriser tile side; small images render faster on the torch backend with 4-8
 
 
 class ReconstructionSystem(L.LightningModule):
@@ -180,7 +181,7 @@ class ReconstructionSystem(L.LightningModule):
         """Render output view k at query time k, all in one call: [B, F_out, 3, H, W]."""
         g = gaussians_at_all_times(out.gaussians)  # batch [B, F_out]
         r = render(g, c2w[:, :, None], fxfycxcy[:, :, None], h, w, backend=self.render_cfg.backend,
-                   background=self.background)  # fmt: skip
+                   background=self.background, tile_size=self.render_cfg.tile_size)  # fmt: skip
         return r.rgb[:, :, 0]
 
     # --- losses ----------------------------------------------------------------------------------------------------
