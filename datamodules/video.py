@@ -25,7 +25,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from datamodules.synthetic import TRAJECTORIES, SyntheticConfig, generate_arrays
 
@@ -86,6 +86,21 @@ def collate_videos(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class _RankOffset(Sampler):
+    """The same random draws on every rank, shifted by ``rank × ⌊n / world⌋`` (mod n): at every step the ranks train
+    on different clips (when the pool has at least as many clips as ranks), with one shared seed."""
+
+    def __init__(self, base: Sampler, n: int, rank: int, world: int) -> None:
+        self.base, self.n = base, n
+        self.offset = rank * max(1, n // world)
+
+    def __iter__(self):
+        return ((int(i) + self.offset) % self.n for i in self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
 class SyntheticVideoDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -132,6 +147,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
                                    "trajectory_strength": trajectory_strength, "holdout": holdout})  # fmt: skip
         self._train: _Pool | None = None
         self._val: _Pool | None = None
+        self._resume_step = 0  # global step of the checkpoint this run resumed from (0: a fresh run)
 
     def setup(self, stage: str | None = None) -> None:
         scenes = self.pool // self.per_scene
@@ -146,10 +162,27 @@ class SyntheticVideoDataModule(L.LightningDataModule):
                 seeds = [VAL_SEED_OFFSET + self.seed * 100_000 + i for i in range(self.val_pool // self.per_scene)]
                 self._val = _Pool(self.cfg, seeds, self.per_scene, self.strength)
 
+    def train_seed(self) -> int:
+        """The training sampler's seed: ``seed`` for a fresh run, else drawn from (seed, resume step), so a resumed
+        run does not replay the clips of its first steps. (Ranks share it and differ by an offset: `_RankOffset`.)"""
+        if self._resume_step == 0:
+            return int(self.seed)
+        return int(np.random.SeedSequence([int(self.seed), self._resume_step]).generate_state(1, np.uint32)[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "trainer", None)
+        return {"global_step": int(trainer.global_step) if trainer is not None else self._resume_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_step = int(state_dict.get("global_step", 0))
+
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.train_seed())
         sampler = RandomSampler(self._train, replacement=True, num_samples=self.batches_per_epoch * self.batch_size,
                                 generator=gen)  # fmt: skip
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and int(getattr(trainer, "world_size", 1)) > 1:
+            sampler = _RankOffset(sampler, len(self._train), int(trainer.global_rank), int(trainer.world_size))
         return DataLoader(self._train, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_videos,
                           num_workers=self.num_workers, drop_last=True)  # fmt: skip
 

@@ -430,3 +430,29 @@ def test_gradient_clipping_with_a_fused_optimizer_clips_the_global_norm() -> Non
     system.configure_gradient_clipping(optimizer, gradient_clip_val=1.0)
     after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
     assert before > 10 and after == pytest.approx(1.0, rel=1e-4)
+
+
+def test_video_datamodule_draws_per_rank_and_after_a_resume() -> None:
+    from types import SimpleNamespace
+
+    from datamodules.video import SyntheticVideoDataModule
+
+    small = {"num_frames": 5, "height": 16, "width": 16, "dynamic": False, "ground_grid": 6, "wall_grid": 4,
+             "num_blobs": 1, "num_rigid": 0}  # fmt: skip
+
+    def first_indices(rank: int = 0, resume_step: int = 0) -> list[int]:
+        dm = SyntheticVideoDataModule(synthetic=small, pool=16, val_pool=0, batch_size=2, batches_per_epoch=4, seed=3)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, global_step=resume_step)
+        if resume_step:
+            dm.load_state_dict({"global_step": resume_step})
+        dm.setup("fit")
+        return list(dm.train_dataloader().sampler)
+
+    fresh = first_indices()
+    assert fresh == first_indices()  # deterministic
+    assert fresh == list(torch.utils.data.RandomSampler(range(16), True, 8, torch.Generator().manual_seed(3)))
+    assert all(a != b for a, b in zip(first_indices(rank=1), fresh, strict=True))  # ranks: other clips at every step
+    assert first_indices(resume_step=40) != fresh  # a resumed run does not replay the first steps' clips
+    dm = SyntheticVideoDataModule(synthetic=small, pool=16, val_pool=0, seed=3)
+    dm.trainer = SimpleNamespace(global_rank=0, global_step=40)
+    assert dm.state_dict() == {"global_step": 40}

@@ -43,15 +43,14 @@ def _reports(run: Path) -> list[dict]:
     return [json.loads((run / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
-def _assert_ranks_agree(run: Path, steps: int, batches: dict[str, int], same_data: bool = False) -> None:
+def _assert_ranks_agree(run: Path, steps: int, batches: dict[str, int]) -> None:
     r0, r1 = _reports(run)
     assert (r0["rank"], r1["rank"], r0["world_size"]) == (0, 1, 2)
     assert r0["global_step"] == r1["global_step"] == steps
     assert r0["params"] == r1["params"], "the ranks' weights differ after training"
     assert r0["ema"] == r1["ema"] and r0["ema"] is not None
     assert r0["batches_per_epoch"] == r1["batches_per_epoch"] == batches
-    if not same_data:
-        assert r0["first_batch"] != r1["first_batch"], "both ranks trained on the same batch"
+    assert r0["first_batch"] != r1["first_batch"], "both ranks trained on the same batch"
 
 
 def _files(root: Path) -> list[str]:
@@ -167,8 +166,7 @@ def test_diffusion_and_alignment_ranks_agree(tmp_path, system, trainer):
            RANK_CHECK]  # fmt: skip
     _run(cmd, train_env(tmp_path, "run"))
     task = "camctrl_tiny" if system == "diffusion" else "latent_align_tiny"
-    # datamodules.video.SyntheticVideoDataModule samples without the rank: both ranks draw the same clips
-    _assert_ranks_agree(tmp_path / task / "runs" / "run", 3, {"0": 2, "1": 1}, same_data=True)
+    _assert_ranks_agree(tmp_path / task / "runs" / "run", 3, {"0": 2, "1": 1})  # the ranks draw different clips
 
 
 # --- FSDP2 -----------------------------------------------------------------------------------------------------------
@@ -188,7 +186,7 @@ def test_fsdp2_sharded_checkpoint_consolidates_to_single_device_weights_and_resu
     env = train_env(tmp_path, "fsdp2")
     _run(cmd, env)
     run = tmp_path / "camctrl_tiny" / "runs" / "fsdp2"
-    _assert_ranks_agree(run, 3, {"0": 2, "1": 1}, same_data=True)
+    _assert_ranks_agree(run, 3, {"0": 2, "1": 1})
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir() and (ckpt / ".metadata").is_file() and len(list(ckpt.glob("*.distcp"))) == 2
 
