@@ -12,6 +12,7 @@ requeued job; see `diff4splat.runs`) continues the run. A run stopped by SIGTERM
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any
 
 import hydra
@@ -41,6 +42,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     Returns ``(metrics, objects)``: every metric logged by the trainer (fit and test, as floats) and the instantiated
     ``datamodule``, ``system``, ``trainer``, ``callbacks`` and ``loggers``.
     """
+    from diff4splat.configs import check_top_level_keys
+
+    check_top_level_keys(cfg)  # a misspelt key in an experiment file is merged silently by Hydra
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -68,7 +72,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics: dict[str, Any] = {}
     if cfg.get("train", True):
         ckpt_path = resolve_ckpt_path(cfg)
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refused an object in the checkpoint: name the file
+            from diff4splat.weights import WeightsError
+
+            raise WeightsError(f"ckpt_path={ckpt_path}: refused to load: the checkpoint holds Python objects other "
+                               f"than tensors and plain containers ({str(e).strip().splitlines()[-1]}); expected "
+                               "a checkpoint written by this project's training") from e  # fmt: skip
         metrics.update(_floats(trainer.callback_metrics))
         if ckpt_path is not None:  # a resumed run keeps the metrics of its earlier parts that it did not recompute
             metrics = {**read_summary(cfg), **metrics}
