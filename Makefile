@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-gpu test-all lint format train bench clean
+.PHONY: help install test test-slow test-gpu test-all lint format train bench clean
 
 help: ## Show this list of targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ format: $(STAMP) ## Format and auto-fix with ruff
 
 test: $(STAMP) lint ## Lint, then the fast CPU test suite (the CI command)
 	$(PY) -m pytest -q
+
+test-slow: $(STAMP) ## The slow CPU tests (`slow` marker: multi-process FSDP/DDP runs, ...); CI runs them after `make test`
+	$(PY) -m pytest -q -m slow
 
 test-gpu: $(STAMP) ## The GPU tests (`gpu` marker); run on a CUDA machine
 	$(PY) -m pytest -q -m gpu
