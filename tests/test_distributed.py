@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_runs import ROOT, TINY_LRDM, train_cmd, train_env
+from tests.train_runs import TINY_LRDM, run_group, train_cmd, train_env
 
 RANK_CHECK = "+callbacks.rank_check._target_=diff4splat.callbacks.distributed.RankConsistency"
 CPU_2 = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
@@ -34,7 +34,7 @@ TINY_ALIGN = ["experiment=latent_align_tiny", "logger=csv", "extras.print_config
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = run_group(cmd, env, timeout)  # a rank that hangs fails the test rather than hanging the suite
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     return proc
 

@@ -111,3 +111,36 @@ def csv_losses(run_dir: Path) -> list[dict[int, float]]:
         with open(f) as fh:
             out.append({int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")})
     return out
+
+
+def run_group(
+    cmd: list[str], env: dict[str, str], timeout: float = 600, grace: float = 60
+) -> subprocess.CompletedProcess:
+    """Run a (possibly multi-process) training command in its own process group, output into files (not pipes, which
+    a rank left behind would hold open): wait for the main process up to ``timeout``, give the other processes of the
+    group ``grace`` seconds to finish, then kill whatever is left. A hung rank fails the test instead of hanging it."""
+    import signal
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = -9
+        deadline = time.monotonic() + (grace if rc != -9 else 0)
+        while True:
+            try:
+                os.killpg(proc.pid, 0)  # any process of the group still there?
+            except ProcessLookupError:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.5)
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            cmd, rc, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        )
