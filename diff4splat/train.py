@@ -75,11 +75,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         try:
             trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except pickle.UnpicklingError as e:  # weights_only refused an object in the checkpoint: name the file
-            from diff4splat.weights import WeightsError
+            from diff4splat.weights import WeightsError, refused_global
 
             raise WeightsError(f"ckpt_path={ckpt_path}: refused to load: the checkpoint holds Python objects other "
-                               f"than tensors and plain containers ({str(e).strip().splitlines()[-1]}); expected "
-                               "a checkpoint written by this project's training") from e  # fmt: skip
+                               f"than tensors and plain containers ({refused_global(str(e))}); expected a "
+                               "checkpoint written by this project's training") from e  # fmt: skip
         metrics.update(_floats(trainer.callback_metrics))
         if ckpt_path is not None:  # a resumed run keeps the metrics of its earlier parts that it did not recompute
             metrics = {**read_summary(cfg), **metrics}

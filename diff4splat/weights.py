@@ -23,7 +23,7 @@ class WeightsError(ValueError):
     """A weight file cannot be used: names the file and what is wrong."""
 
 
-def _blocked_global(message: str) -> str:
+def refused_global(message: str) -> str:
     """The line of torch's weights-only error that names the refused global (``GLOBAL posix.system``)."""
     for line in message.splitlines():
         if "GLOBAL" in line or "Unsupported global" in line:
@@ -44,7 +44,7 @@ def load_torch_file(path: str | os.PathLike, what: str) -> Any:
     except pickle.UnpicklingError as e:
         raise WeightsError(
             f"{what}: {path}: refused to load: the pickle holds Python objects other than tensors and plain "
-            f"containers ({_blocked_global(str(e))}); expected a state dict saved with torch.save or a .safetensors "
+            f"containers ({refused_global(str(e))}); expected a state dict saved with torch.save or a .safetensors "
             f"file (pickles that need code to load are never unpickled)"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:

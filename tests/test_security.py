@@ -281,7 +281,9 @@ def test_resuming_from_a_malicious_checkpoint_is_refused(evil, make_cfg):
 
     cfg = make_cfg("experiment=fit_synthetic", f"ckpt_path={evil['evil.ckpt']}", "data.height=16", "data.width=16",
                    "model.num_gaussians=50", "callbacks=none", "test=false")  # fmt: skip
-    _refused(evil, lambda: train(cfg), pickle.UnpicklingError, match="Weights only load failed")
+    from diff4splat.weights import WeightsError
+
+    _refused(evil, lambda: train(cfg), WeightsError, match=r"ckpt_path=.*evil\.ckpt: refused to load.*GLOBAL")
 
 
 # ---------------------------------------------------------------------------------------------------- bind addresses
