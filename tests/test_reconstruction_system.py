@@ -16,8 +16,9 @@ from diff4splat.systems.reconstruction import ReconstructionSystem
 TINY = dict(dim=64, depth=2, num_heads=4, decoder_channels=16, patch_size=8)
 
 
-def _batch(num_input=4, num_output=4, size=32, frames=13, seed=3, held_out=False, dynamic=True):
-    clip = generate_clip(SyntheticConfig(num_frames=frames, height=size, width=size, dynamic=dynamic), seed=seed)
+def _batch(num_input=4, num_output=4, size=32, frames=13, seed=3, held_out=False, dynamic=True, texture="checker"):
+    clip = generate_clip(SyntheticConfig(num_frames=frames, height=size, width=size, dynamic=dynamic, texture=texture),
+                         seed=seed)  # fmt: skip
     sampling = ClipSamplingConfig(num_input=num_input, num_output=num_output, resolution=size, size_divisor=8,
                                   random_aspect=False, crop_scale=(1.0, 1.0),
                                   eval_outputs="held_out" if held_out else "uniform")  # fmt: skip
@@ -45,6 +46,32 @@ def test_latent_path_with_tiny_wan_vae_trains():
         losses.append(loss.item())
     assert out.grid == (5, 32, 32)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+def test_tiny_model_overfits_one_clip_to_30_db():
+    """The whole training path (model, render, losses, optimiser groups) can fit one dynamic clip: 4 input frames,
+    the 3 frames between them as targets, >= 30 dB after 500 steps (32.4 dB measured; 29 dB at 300, 31.5 at 450)."""
+    torch.manual_seed(0)
+    batch = _batch(num_input=4, num_output=3, size=32, frames=7, held_out=True, texture="smooth")
+    fi = int(batch["num_input"])
+    system = ReconstructionSystem(model=TINY, loss=dict(lpips=0.0, depth=0.1), optim=dict(lr=3e-3, warmup_steps=10),
+                                  render_cfg=dict(tile_size=4))  # fmt: skip
+    opt = system.configure_optimizers()["optimizer"]
+
+    def psnr(rgb: torch.Tensor) -> float:
+        return float(-10 * torch.log10(((rgb.detach().clamp(0, 1) - batch["images"][:, fi:]) ** 2).mean()))
+
+    first = None
+    for _ in range(500):
+        out, rgb = system(batch)
+        loss = system.compute_losses(batch, out, rgb)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = psnr(rgb) if first is None else first
+    with torch.no_grad():
+        _, rgb = system(batch)
+    assert first < 15 and psnr(rgb) >= 30.0, (first, psnr(rgb))
 
 
 def test_static_stage_freezes_deformation_and_nan_is_reported():
