@@ -308,14 +308,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--maxcount", type=int, default=64)
     p.add_argument("--format", choices=["jpg", "png"], default="jpg")
     p.add_argument("--device", default="cpu", help="render on this device (cuda: gsplat)")
+    p.add_argument("--texture", choices=["checker", "smooth"], default="checker")
+    p.add_argument("--texture-cells", type=int, default=3, help="smooth: control colours per side of the ground")
+    p.add_argument("--strength", type=float, nargs=2, default=[0.3, 1.0], metavar=("LOW", "HIGH"),
+                   help="camera motion strength range")
+    p.add_argument("--trajectories", nargs="+", default=None, help="camera presets to draw from (default: all)")
     args = p.parse_args(argv)
     from datamodules.write import ShardWriter
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     H, W = (args.size[0], args.size[0]) if len(args.size) == 1 else args.size[:2]
-    cfg = SyntheticConfig(num_frames=args.frames, height=H, width=W, dynamic=args.dynamic, frame_format=args.format,
-                          device=args.device)  # fmt: skip
-    source = f"datamodules.synthetic seed={args.seed} dynamic={args.dynamic} frames={args.frames} size={H}x{W}"
+    try:
+        cfg = SyntheticConfig(num_frames=args.frames, height=H, width=W, dynamic=args.dynamic, frame_format=args.format,
+                              device=args.device, texture=args.texture, texture_cells=args.texture_cells,
+                              strength_range=tuple(args.strength), trajectories=args.trajectories)  # fmt: skip
+    except ValueError as e:
+        p.error(str(e))
+    source = (f"datamodules.synthetic seed={args.seed} dynamic={args.dynamic} frames={args.frames} size={H}x{W} "
+              f"texture={args.texture} strength={args.strength[0]:g}-{args.strength[1]:g}"
+              + (f" trajectories={','.join(args.trajectories)}" if args.trajectories else ""))  # fmt: skip
     with ShardWriter(args.out, source=source, split=args.split, maxcount=args.maxcount) as writer:
         for i in range(args.clips):
             key = f"synth{'dyn' if args.dynamic else 'static'}_{args.seed:04d}_{i:06d}"

@@ -8,7 +8,8 @@ import torch
 
 from datamodules.batch import check_batch, to_float_images
 from datamodules.datamodule import ClipDataModule
-from datamodules.spec import decode_frames, validate_clip
+from datamodules.spec import decode_frames, decode_sample, validate_clip
+from datamodules.stream import SkipStats, iter_tar
 from datamodules.synthetic import SyntheticConfig, generate_arrays, generate_clip, main
 from datamodules.write import read_manifest
 from diff4splat.geometry.cameras import project_points
@@ -82,6 +83,30 @@ def test_cli_shards_stream_through_the_pipeline(tmp_path):
     for b in batches:
         check_batch(b)
         assert b["has_dynamic_mask"].all() and b["tracks_visible"].any()
+
+
+def test_cli_scene_options_write_the_configured_scenes(tmp_path, capsys):
+    args = ["--clips", "2", "--frames", "5", "--size", "32", "--seed", "2", "--static", "--texture", "smooth",
+            "--strength", "1", "2", "--trajectories", "truck_left", "dolly_in"]  # fmt: skip
+    main(["--out", str(tmp_path / "a"), *args])
+    m = read_manifest(tmp_path / "a")
+    assert m["sources"] == ["datamodules.synthetic seed=2 dynamic=False frames=5 size=32x32 texture=smooth "
+                            "strength=1-2 trajectories=truck_left,dolly_in"]  # fmt: skip
+    cfg = SyntheticConfig(num_frames=5, height=32, width=32, dynamic=False, texture="smooth", strength_range=(1, 2),
+                          trajectories=("truck_left", "dolly_in"))  # fmt: skip
+    stats = SkipStats()
+    clips = [decode_sample(x) for x in iter_tar(str(tmp_path / "a" / "train-000000.tar"), stats)]
+    assert [c.key for c in clips] == ["synthstatic_0002_000000", "synthstatic_0002_000001"]
+    for i, clip in enumerate(clips):
+        want = generate_clip(cfg, seed=2 * 1_000_003 + i)
+        assert clip.meta.extra["trajectory"] in ("truck_left", "dolly_in")
+        assert clip.meta.extra["trajectory"] == want.meta.extra["trajectory"]
+        np.testing.assert_array_equal(clip.c2w, want.c2w)
+        np.testing.assert_array_equal(decode_frames(clip), decode_frames(want))
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "b"), "--clips", "1", "--strength", "2", "1"])
+    assert e.value.code == 2 and "strength_range: expected 0 <= low <= high" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 def test_in_process_synthetic_datamodule():

@@ -86,6 +86,17 @@ def test_encode_matches_diffusers_and_is_zero_beyond_each_prompt(encoder):
     torch.testing.assert_close(encoder.encode(["close up of coloured blobs & a wall"])[0], emb[3], atol=0, rtol=0)
 
 
+def test_tiny_encoders_built_alike_are_identical(tmp_path, encoder):
+    """Two tiny encoders of one seed tokenize and embed alike (the tokenizer is built, not trained: tokenizers'
+    UnigramTrainer gave a different vocabulary per run, so offloaded and resident tiny pipelines disagreed)."""
+    other = TextEncoder.tiny(tmp_path / "again", seed=0)
+    assert other.tokenizer.get_vocab() == encoder.tokenizer.get_vocab()
+    ids, _ = other.tokenize(PROMPTS)
+    assert torch.equal(ids, encoder.tokenize(PROMPTS)[0])
+    assert (ids[2] == 2).sum() == 0  # the negative prompt's characters are all in the vocabulary (no <unk>)
+    torch.testing.assert_close(other.encode(PROMPTS), encoder.encode(PROMPTS), rtol=0, atol=0)
+
+
 def test_loading_errors_name_the_folder(tmp_path, encoder_dir):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         TextEncoder.from_pretrained(tmp_path)

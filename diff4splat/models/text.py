@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -212,6 +213,32 @@ _TINY_CORPUS = [
 ]
 
 
+def tiny_unigram_vocab(corpus: Sequence[str], vocab_size: int) -> list[tuple[str, float]]:
+    """A Unigram vocabulary of `vocab_size` (piece, log-probability) pairs from `corpus`, the same on every call.
+
+    Pieces: the specials (pad 0, EOS 1, unk 2), then the most frequent characters of the Metaspace-split words, then
+    the most frequent whole words (ties broken by the piece itself). `tokenizers`' UnigramTrainer is not used: its
+    result changes from run to run (hash-map order), so two tiny encoders built alike would tokenize differently.
+    """
+    import unicodedata
+    from collections import Counter
+
+    words = Counter("\u2581" + w for text in corpus for w in unicodedata.normalize("NFKC", text).split())
+    chars = Counter()
+    for w, n in words.items():
+        for ch in w:
+            chars[ch] += n
+    room = vocab_size - 3
+    if room < 1:
+        raise ValueError(f"tiny tokenizer: vocab_size must be at least 4, got {vocab_size}")
+    ranked_chars = sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))[:room]
+    ranked_words = sorted(((w, n) for w, n in words.items() if len(w) > 1 and w not in chars),
+                          key=lambda kv: (-kv[1], kv[0]))[: room - len(ranked_chars)]  # fmt: skip
+    total = sum(chars.values()) + sum(words.values())
+    pieces = [(p, math.log(n / total)) for p, n in ranked_chars + ranked_words]
+    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces]
+
+
 def save_tiny_text_encoder(
     folder: str | os.PathLike,
     *,
@@ -223,19 +250,16 @@ def save_tiny_text_encoder(
     vocab_size: int = 160,
     corpus: Iterable[str] | None = None,
 ) -> Path:
-    """Write a tiny random UMT5 encoder (`folder/text_encoder`) and a Unigram tokenizer trained on `corpus`
+    """Write a tiny random UMT5 encoder (`folder/text_encoder`) and a Unigram tokenizer built from `corpus`
     (`folder/tokenizer`, T5-style ids: pad 0, EOS 1, unk 2; EOS appended) in the diffusers layout. Returns `folder`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     folder = Path(folder)
-    tok = Tokenizer(models.Unigram())
+    tok = Tokenizer(models.Unigram(tiny_unigram_vocab(list(corpus or _TINY_CORPUS), vocab_size), unk_id=2))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", max_piece_length=8, show_progress=False)  # fmt: skip
-    tok.train_from_iterator(list(corpus or _TINY_CORPUS), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", tok.token_to_id("</s>"))])  # fmt: skip
     assert (tok.token_to_id("<pad>"), tok.token_to_id("</s>"), tok.token_to_id("<unk>")) == (0, 1, 2)
