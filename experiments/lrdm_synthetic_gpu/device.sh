@@ -1,44 +1,63 @@
 #!/usr/bin/env bash
 # The GPU work of issue [5/9], as run on the lent H100 (see README.md beside this file for the results).
-#   bash experiments/lrdm_synthetic_gpu/device.sh prepare   # wheels, gsplat JIT build + GPU tests, benchmark
-#   bash experiments/lrdm_synthetic_gpu/device.sh shards    # synthetic 256x256 shards rendered with gsplat
-#   bash experiments/lrdm_synthetic_gpu/device.sh train     # static and dynamic runs side by side, then test
+#   bash experiments/lrdm_synthetic_gpu/device.sh setup    # wheels, gsplat JIT build (through the GPU render tests)
+#   bash experiments/lrdm_synthetic_gpu/device.sh shards   # 256x256 procedural shards rendered with gsplat
+#   bash experiments/lrdm_synthetic_gpu/device.sh train    # static and dynamic runs side by side, each then tested
+# Environment: OUT (logs and results; /tmp/out), DATA_ROOT (/tmp/data), RUNS (/tmp/runs), MAX_TIME (training time of
+# each run, D:HH:MM:SS; a second `train` with a larger MAX_TIME continues the same runs from their last.ckpt),
+# WORKERS (loader workers per run; 6).
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 WANDB_MODE=offline
 OUT=${OUT:-/tmp/out}
-SH=/tmp/shards
+export DATA_ROOT=${DATA_ROOT:-/tmp/data}
+RUNS=${RUNS:-/tmp/runs}
+PRESETS="arc_left arc_right truck_left truck_right dolly_in dolly_out pan_left pan_right zoom_in zoom_out spiral"
+SCENES="--size 256 --texture smooth --strength 0.5 1.0 --device cuda --trajectories $PRESETS"
+mkdir -p "$OUT"
 case "$1" in
-prepare)
+setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  python3 -m pytest tests/test_render_gpu.py -q -m gpu --noconftest -p no:cacheprovider 2>&1 | tail -3  # builds gsplat
-  python3 experiments/benchmarks/lrdm.py --out $OUT
+  python3 -m pytest tests/test_render_gpu.py -q -m gpu -p no:cacheprovider 2>&1 | tail -3  # builds gsplat
   ;;
 shards)
-  rm -rf $SH
-  # synthetic 256x256 clips, 13 frames: 7 writers per kind, and held-out scenes (other seeds) for validation/test
-  for k in 0 1 2 3 4 5 6; do
-    python3 -m datamodules.synthetic --out $SH/static_$k --clips 48 --static --size 256 --seed $k --device cuda > /dev/null &
-    python3 -m datamodules.synthetic --out $SH/dynamic_$k --clips 48 --size 256 --seed $((100 + k)) --device cuda > /dev/null &
+  for kind in static dynamic; do
+    flag=$([ $kind = static ] && echo --static || echo --dynamic)
+    base=$([ $kind = static ] && echo 0 || echo 100)
+    for k in 0 1 2 3 4 5 6 7; do
+      python3 -m datamodules.synthetic --out $DATA_ROOT/shards/synthetic_${kind}_256/w$k --clips 64 $flag \
+        --seed $((base + k)) $SCENES > /dev/null &
+    done
+    python3 -m datamodules.synthetic --out $DATA_ROOT/shards/synthetic_${kind}_256/val --clips 32 $flag \
+      --seed $((base + 900)) --split test $SCENES > /dev/null &
   done
-  python3 -m datamodules.synthetic --out $SH/static_val --clips 16 --static --size 256 --seed 900 --split test --device cuda &
-  python3 -m datamodules.synthetic --out $SH/dynamic_val --clips 16 --size 256 --seed 901 --split test --device cuda &
   wait
-  du -sh $SH
+  du -sh $DATA_ROOT/shards/*
   ;;
 train)
   for kind in static dynamic; do
-    python3 -m diff4splat.train experiment=lrdm_synthetic_${kind}_gpu logger=csv extras.print_config=false \
-      ~callbacks.media ~callbacks.progress_bar +trainer.enable_progress_bar=false paths.output_root=/tmp/runs \
-      "data.synthetic={}" "data.sources.synthetic.shards=$SH/${kind}_*/train-*.tar" \
-      "data.sources.synthetic.val_shards=$SH/${kind}_val/test-*.tar" trainer.max_time=${MAX_TIME:-00:00:07:00} \
-      > $OUT/train_${kind}.log 2>&1 &
+    DIFF4SPLAT_RUN_ID=h100_$kind python3 -m diff4splat.train experiment=lrdm_synthetic_${kind}_gpu logger=csv \
+      extras.print_config=false "~callbacks.media" "~callbacks.progress_bar" +trainer.enable_progress_bar=false \
+      paths.output_root=$RUNS data.num_workers=${WORKERS:-6} trainer.max_time=${MAX_TIME:-00:00:05:00} \
+      >> $OUT/train_${kind}.log 2>&1 &
   done
   wait
   for kind in static dynamic; do
-    run=$(ls -d /tmp/runs/lrdm_synthetic_${kind}_gpu/runs/*/ | head -1)
-    cp $run/summary.json $OUT/summary_${kind}.json
-    cp $run/csv/metrics.csv $OUT/metrics_${kind}.csv
+    run=$RUNS/lrdm_synthetic_${kind}_gpu/runs/h100_$kind
+    cp $run/summary.json $OUT/summary_${kind}.json || true
+    python3 - $run/csv $OUT/val_${kind}.txt <<'EOF'
+import csv, glob, sys
+rows = [r for f in sorted(glob.glob(sys.argv[1] + "/**/metrics.csv", recursive=True)) for r in csv.DictReader(open(f))]
+with open(sys.argv[2], "w") as out:
+    for r in rows:
+        if r.get("val/psnr"):
+            print("step", r["step"], "val/psnr", r["val/psnr"], "nearest", r.get("val/psnr_nearest_input"),
+                  "ssim", r.get("val/ssim"), "depth_abs_rel", r.get("val/depth_abs_rel"), file=out)
+        if r.get("test/psnr"):
+            print("TEST psnr", r["test/psnr"], "nearest", r.get("test/psnr_nearest_input"), "ssim", r.get("test/ssim"),
+                  file=out)
+EOF
+    cat $OUT/val_${kind}.txt
   done
   ;;
 esac
