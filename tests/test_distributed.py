@@ -278,16 +278,23 @@ def test_sbatch_template_stops_the_step_and_requeues_on_the_time_limit_signal(tm
            "trainer.val_check_interval=500", "callbacks.last_checkpoint.every_n_train_steps=2"]  # fmt: skip
     run = tmp_path / "out" / "smoke" / "runs" / "slurm777"
     proc = start(cmd, env, tmp_path / "job.log")
-    wait_for_step(run / "checkpoints" / "last.safetensors", 2, proc)
+    try:
+        wait_for_step(run / "checkpoints" / "last.safetensors", 2, proc)
+    except AssertionError as e:  # the job's own log says why (seen once, under load, in a CI run)
+        proc.kill()
+        finish(proc)
+        raise AssertionError(f"{e}\n--- job log ---\n{(tmp_path / 'job.log').read_text()[-4000:]}") from None
     time.sleep(0.2)
     proc.send_signal(signal.SIGUSR2)
     status = finish(proc)
     log = (tmp_path / "job.log").read_text()
-    assert status != 0 and "requeued job 777" in log, log[-3000:]
-    assert calls.read_text().split() == ["requeue", "777"]
+    tail = f"status {status}\n--- job log ---\n{log[-4000:]}"
+    assert status != 0 and "requeued job 777" in log, tail
+    assert calls.read_text().split() == ["requeue", "777"], tail
     step = exported_step(run / "checkpoints" / "last.safetensors")
-    assert 2 <= step < 500 and f"stopped by a signal at global step {step}" in log
-    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step
+    assert step is not None and 2 <= step < 500 and f"stopped by a signal at global step {step}" in log, (step, tail)
+    ckpt_step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert ckpt_step == step, (ckpt_step, step, tail)
     assert not (run / "summary.json").exists()
 
 
