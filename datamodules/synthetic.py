@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--texture", choices=["checker", "smooth"], default="checker")
     p.add_argument("--texture-cells", type=int, default=3, help="smooth: control colours per side of the ground")
     p.add_argument("--strength", type=float, nargs=2, default=[0.3, 1.0], metavar=("LOW", "HIGH"),
-                   help="camera motion strength range")
+                   help="camera motion strength range")  # fmt: skip
     p.add_argument("--trajectories", nargs="+", default=None, help="camera presets to draw from (default: all)")
     args = p.parse_args(argv)
     from datamodules.write import ShardWriter
