@@ -199,10 +199,12 @@ class TinyVAE(nn.Module):
     # --- constructors ----------------------------------------------------------------------------------------------
     @classmethod
     def tiny(cls, version: str = "wan22", width: int = 8, seed: int = 0) -> TinyVAE:
-        """A narrow random-weight instance of the same layout (tests, CPU runs)."""
-        torch.manual_seed(seed)
-        return cls(TinyVAEConfig.preset(version, encoder_width=width,
-                                        decoder_widths=[4 * width, 2 * width, width, width]))  # fmt: skip
+        """A narrow random-weight instance of the same layout (tests, CPU runs), seeded by ``seed`` without touching
+        the caller's random stream (as ``WanVAE.tiny``)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(TinyVAEConfig.preset(version, encoder_width=width,
+                                            decoder_widths=[4 * width, 2 * width, width, width]))  # fmt: skip
 
     @classmethod
     def from_taehv(cls, path: str | Path, version: str | None = None, **overrides) -> TinyVAE:
