@@ -29,21 +29,29 @@ def _batch(num_input=4, num_output=4, size=32, frames=13, seed=3, held_out=False
     return to_float_images(collate([sample], num_input))
 
 
-def test_latent_path_with_tiny_wan_vae_trains():
-    torch.manual_seed(0)
-    batch = _batch(num_input=5, num_output=2, size=32, held_out=True)
-    model = dict(TINY, encoder="latent", latent_channels=48, latent_stride_s=16)
-    system = ReconstructionSystem(model=model, loss=dict(lpips=0.0), vae="tiny", optim=dict(lr=2e-3, warmup_steps=1))
-    assert not any(n.startswith("_vae") for n, _ in system.named_parameters())  # frozen VAE is not a submodule
+def _train(system: ReconstructionSystem, batch: dict, steps: int) -> tuple[list[float], object, list[torch.Tensor]]:
+    """``steps`` optimiser steps on one batch: the losses, the last model output, the first and last renders."""
     opt = system.configure_optimizers()["optimizer"]
-    losses = []
-    for _ in range(25):
+    losses, renders = [], []
+    for i in range(steps):
         out, rgb = system(batch)
         loss = system.compute_losses(batch, out, rgb)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if i in (0, steps - 1):
+            renders.append(rgb.detach())
+    return losses, out, renders
+
+
+def test_latent_path_with_tiny_wan_vae_trains():
+    torch.manual_seed(0)
+    batch = _batch(num_input=5, num_output=2, size=32, held_out=True)
+    model = dict(TINY, encoder="latent", latent_channels=48, latent_stride_s=16)
+    system = ReconstructionSystem(model=model, loss=dict(lpips=0.0), vae="tiny", optim=dict(lr=2e-3, warmup_steps=1))
+    assert not any(n.startswith("_vae") for n, _ in system.named_parameters())  # frozen VAE is not a submodule
+    losses, out, _ = _train(system, batch, 25)
     assert out.grid == (5, 32, 32)
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
 
@@ -56,19 +64,12 @@ def test_tiny_model_overfits_one_clip_to_30_db():
     fi = int(batch["num_input"])
     system = ReconstructionSystem(model=TINY, loss=dict(lpips=0.0, depth=0.1), optim=dict(lr=3e-3, warmup_steps=10),
                                   render_cfg=dict(tile_size=4))  # fmt: skip
-    opt = system.configure_optimizers()["optimizer"]
 
     def psnr(rgb: torch.Tensor) -> float:
         return float(-10 * torch.log10(((rgb.detach().clamp(0, 1) - batch["images"][:, fi:]) ** 2).mean()))
 
-    first = None
-    for _ in range(500):
-        out, rgb = system(batch)
-        loss = system.compute_losses(batch, out, rgb)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = psnr(rgb) if first is None else first
+    _, _, renders = _train(system, batch, 500)
+    first = psnr(renders[0])
     with torch.no_grad():
         _, rgb = system(batch)
     assert first < 15 and psnr(rgb) >= 30.0, (first, psnr(rgb))
