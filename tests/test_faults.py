@@ -519,18 +519,24 @@ def test_reconstruct_bad_input(tmp_path, inputs, capsys, args, message):
     assert list(tmp_path.iterdir()) == []  # no output folder, no temporary folder
 
 
-def test_reconstruct_full_disk_while_exporting_leaves_no_folder(tmp_path, inputs, monkeypatch):
+def test_reconstruct_full_disk_while_exporting_leaves_no_folder(tmp_path, inputs, monkeypatch, capsys):
     out = tmp_path / "runs" / "out"
     budget = DiskBudget(100_000)  # scene.safetensors fits; the first .ply frames do not
     monkeypatch.setattr(gaussian_io, "open", budget.opener(), raising=False)
-    args = reconstruct.parse_args(["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"]),
-                                   "--cameras", str(inputs["cams.json"]), "--out", str(out), "--device", "cpu",
-                                   "--num-times", "2"])  # fmt: skip
+    argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"]), "--cameras",
+            str(inputs["cams.json"]), "--out", str(out), "--device", "cpu", "--num-times", "2"]  # fmt: skip
+    args = reconstruct.parse_args(argv)
     with pytest.raises(OSError) as info:
         reconstruct.run(args)
     assert_enospc(info)
     assert budget.failures >= 1 and budget.left == 0  # it failed mid-way through a .ply
     assert list(tmp_path.iterdir()) == []  # neither the folder, its temporary twin, nor the parent it made
+    # the command line: one error line and exit status 1 (not a traceback)
+    monkeypatch.setattr(gaussian_io, "open", DiskBudget(100_000).opener(), raising=False)
+    assert reconstruct.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: No space left on device (the disk is full; nothing partial was left)", err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reconstruct_refuses_a_non_empty_output_folder(tmp_path, inputs, capsys):
