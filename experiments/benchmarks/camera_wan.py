@@ -16,6 +16,8 @@ Training configurations (``name:batch``; each builds a fresh model):
   ``WanTransformerBlock`` on a one-GPU mesh, activation checkpointing full, selective or none, ``torch.compile`` per
   block inside the checkpoint wrapper; ``_eager``: not compiled; ``_around``: compiled around the wrapper),
   ``flow_loss`` (per-sample σ, Plücker rays from cameras at 352×640, CFG dropout) and its AdamW groups.
+- ``camerawan_single``: the same training path without a device mesh (what a one-GPU, single-device run builds): no
+  FSDP2, no checkpointing, blocks compiled.
 
 A step is forward + backward + optimizer step. Model FLOPs = 3 × the forward FLOPs counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on one forward of the same model (recomputation is not counted: it is
@@ -163,8 +165,10 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
         params = sum(p.numel() for p in model.parameters())
     else:
         base = name.removesuffix("_eager").removesuffix("_around")
-        mode = {"camerawan_full": "full", "camerawan_selective": "selective", "camerawan_nockpt": "none"}[base]
-        system = system_for(args, mode, not name.endswith("_eager"), mesh, device, not name.endswith("_around"))
+        mode = {"camerawan_full": "full", "camerawan_selective": "selective", "camerawan_nockpt": "none",
+                "camerawan_single": "none"}[base]  # fmt: skip
+        system = system_for(args, mode, not name.endswith("_eager"), None if base == "camerawan_single" else mesh,
+                            device, not name.endswith("_around"))  # fmt: skip
         model = system.model
         optimizer = system.configure_optimizers()["optimizer"]
         batch = make_batch(b, args, model.text_dim, model.latent_channels, device)
