@@ -333,6 +333,30 @@ def test_latent_datamodule_batches_with_cached_prompts(tmp_path, latent_shards, 
     assert b["prompt_embeds"].shape == (2, 512, 8) and not b["prompt_embeds"].any()
 
 
+def test_latent_datamodule_resumes_with_the_next_epochs_stream(latent_shards):
+    """A resumed run (Lightning restores the datamodule's state: the epoch after the checkpoint's) draws a fresh
+    stream, not the interrupted epoch's batches again, and the same one whenever it is resumed from that state."""
+    from datamodules.latents import LatentDataModule
+
+    def module(state: dict | None = None) -> LatentDataModule:
+        dm = LatentDataModule(str(latent_shards / "train-*.tar"), batch_size=2, num_workers=0, batches_per_epoch=6,
+                              text_cache=None, text_dim=8, seed=5)  # fmt: skip
+        if state is not None:
+            dm.load_state_dict(state)
+        return dm
+
+    def keys(dm: LatentDataModule) -> list[list[str]]:
+        return [b["key"] for b in dm.train_dataloader()]
+
+    first = module()
+    epoch0 = keys(first)
+    state = first.state_dict()
+    assert state == {"next_epoch": 1}
+    resumed = keys(module(state))
+    assert resumed != epoch0 and resumed == keys(module(state))
+    assert keys(module()) == epoch0  # a fresh run repeats epoch 0 exactly
+
+
 def test_latents_synthetic_config_instantiates(tmp_path, latent_shards, clip_shards, encoder_dir):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
