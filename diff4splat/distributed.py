@@ -15,8 +15,12 @@ fails on any node with more than one GPU; here ``auto`` is every process of the 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
+import time
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -25,6 +29,39 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+
+def exit_with_launcher(interval: float = 2.0, grace: float = 60.0, env: Mapping[str, str] | None = None
+                       ) -> threading.Thread | None:  # fmt: skip
+    """In a process another training process launched, exit (status 1) once the launcher has been gone ``grace`` s.
+
+    Lightning starts ranks > 0 from rank 0's process, and torchrun starts every rank from its agent. If that parent
+    dies (rank 0 failed, the agent was killed), a rank left behind would wait in its next collective forever, holding
+    its GPU and the job's output. A daemon thread polls the parent pid every ``interval`` seconds; once it has changed,
+    the process gets ``grace`` seconds (a rank that is only finishing after rank 0 ended normally is done by then) and
+    is then ended. Started only for such launched processes (``LOCAL_RANK`` > 0, or any torchrun worker); a rank 0
+    run from a shell keeps running when the shell goes (``nohup``). Returns the thread, or None when not started.
+    """
+    env = os.environ if env is None else env
+    launched = "TORCHELASTIC_RUN_ID" in env or int(env.get("LOCAL_RANK", "0") or 0) > 0
+    if not launched:
+        return None
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                time.sleep(grace)
+                msg = (f"rank {env.get('RANK', env.get('LOCAL_RANK', '?'))}: the process that launched this rank "
+                       f"(pid {parent}) exited {grace:g} s ago; stopping instead of waiting in a collective")  # fmt: skip
+                log.error(msg)
+                print(f"error: {msg}", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-launcher", daemon=True)
+    thread.start()
+    return thread
 
 
 def _is_dtensor(t: Any) -> bool:

@@ -298,6 +298,45 @@ def test_sbatch_template_stops_the_step_and_requeues_on_the_time_limit_signal(tm
     assert not (run / "summary.json").exists()
 
 
+def test_a_rank_whose_launcher_died_exits_instead_of_hanging(tmp_path):
+    """`exit_with_launcher` (started by train()): a process launched as rank 1 ends with status 1 and one error line
+    once its launcher (rank 0 / torchrun's agent) has been gone for the grace period; a process not launched as a
+    rank (run from a shell) does not start the watch."""
+    import os
+    import sys
+    import time
+
+    from diff4splat.distributed import exit_with_launcher
+    from tests.train_runs import ROOT
+
+    assert exit_with_launcher(env={}) is None and exit_with_launcher(env={"LOCAL_RANK": "0"}) is None
+    child = ("import time; from diff4splat.distributed import exit_with_launcher; "
+             "exit_with_launcher(interval=0.05, grace=0.3); print('watching', flush=True); time.sleep(60)")  # fmt: skip
+    launcher = ("import os, subprocess, sys; "
+                "p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=open(sys.argv[2], 'w'), "
+                "stderr=subprocess.STDOUT, env={**os.environ, 'LOCAL_RANK': '1', 'RANK': '1'}); "
+                "print(p.pid, flush=True); "
+                "[__import__('time').sleep(0.1) for _ in range(300) if 'watching' not in open(sys.argv[2]).read()]; "
+                "os._exit(0)")  # fmt: skip
+    log = tmp_path / "rank1.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", launcher, child, str(log)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        if state in ("gone", "Z"):
+            break
+        time.sleep(0.1)
+    text = log.read_text()
+    assert state in ("gone", "Z"), (state, text)
+    assert "error: rank 1: the process that launched this rank" in text and "exited 0.3 s ago" in text, text
+
+
 @pytest.mark.gpu
 def test_two_gpus_ddp_and_fsdp_train_the_same_lrdm(tmp_path):
     """On two CUDA GPUs (NCCL): the LRDM under trainer=ddp and trainer=fsdp (fp32, to compare) reaches the same
