@@ -308,9 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--maxcount", type=int, default=64)
     p.add_argument("--format", choices=["jpg", "png"], default="jpg")
     p.add_argument("--device", default="cpu", help="render on this device (cuda: gsplat)")
-    p.add_argument("--texture", choices=["checker", "smooth"], default="checker")
-    p.add_argument("--texture-cells", type=int, default=3, help="smooth: control colours per side of the ground")
-    p.add_argument("--strength", type=float, nargs=2, default=[0.3, 1.0], metavar=("LOW", "HIGH"),
+    d = SyntheticConfig()  # the CLI's defaults are the config's
+    p.add_argument("--texture", choices=["checker", "smooth"], default=d.texture)
+    p.add_argument("--texture-cells", type=int, default=d.texture_cells,
+                   help="smooth: control colours per side of the ground")  # fmt: skip
+    p.add_argument("--strength", type=float, nargs=2, default=list(d.strength_range), metavar=("LOW", "HIGH"),
                    help="camera motion strength range")  # fmt: skip
     p.add_argument("--trajectories", nargs="+", default=None, help="camera presets to draw from (default: all)")
     args = p.parse_args(argv)

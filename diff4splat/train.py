@@ -43,10 +43,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ``datamodule``, ``system``, ``trainer``, ``callbacks`` and ``loggers``.
     """
     from diff4splat.configs import check_top_level_keys
-
-    check_top_level_keys(cfg)  # a misspelt key in an experiment file is merged silently by Hydra
     from diff4splat.distributed import exit_with_launcher
 
+    check_top_level_keys(cfg)  # a misspelt key in an experiment file is merged silently by Hydra
     exit_with_launcher()  # a rank whose launcher (rank 0, torchrun's agent) died exits instead of hanging
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

@@ -232,7 +232,7 @@ def tiny_unigram_vocab(corpus: Sequence[str], vocab_size: int) -> list[tuple[str
     if room < 1:
         raise ValueError(f"tiny tokenizer: vocab_size must be at least 4, got {vocab_size}")
     ranked_chars = sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))[:room]
-    ranked_words = sorted(((w, n) for w, n in words.items() if len(w) > 1 and w not in chars),
+    ranked_words = sorted(((w, n) for w, n in words.items() if len(w) > 1),
                           key=lambda kv: (-kv[1], kv[0]))[: room - len(ranked_chars)]  # fmt: skip
     total = sum(chars.values()) + sum(words.values())
     pieces = [(p, math.log(n / total)) for p, n in ranked_chars + ranked_words]
