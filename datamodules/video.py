@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from datamodules.datamodule import resume_seed
 from datamodules.synthetic import TRAJECTORIES, SyntheticConfig, generate_arrays
 
 VAL_SEED_OFFSET = 1_000_003
@@ -165,9 +166,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
     def train_seed(self) -> int:
         """The training sampler's seed: ``seed`` for a fresh run, else drawn from (seed, resume step), so a resumed
         run does not replay the clips of its first steps. (Ranks share it and differ by an offset: `_RankOffset`.)"""
-        if self._resume_step == 0:
-            return int(self.seed)
-        return int(np.random.SeedSequence([int(self.seed), self._resume_step]).generate_state(1, np.uint32)[0])
+        return resume_seed(self.seed, self._resume_step)
 
     def state_dict(self) -> dict[str, Any]:
         trainer = getattr(self, "trainer", None)
