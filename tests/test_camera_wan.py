@@ -388,7 +388,7 @@ def test_causal_conv_as_patchify_matmul_equals_the_convolution(kernel, shape):
 
 
 def test_prepare_blocks_compiles_inside_the_checkpoint_and_keeps_keys():
-    """Blocks are compiled for real (dynamo captures their frames; `nn.Module.compile()` silently did not) and then
+    """Blocks are compiled for real (dynamo captures their frames) and then
     wrapped for checkpointing; outputs, gradients and state-dict keys equal the eager blocks'."""
     import torch._dynamo
 
@@ -415,6 +415,32 @@ def test_prepare_blocks_compiles_inside_the_checkpoint_and_keeps_keys():
     y_ref.square().sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
     assert torch._dynamo.utils.counters["frames"]["ok"] >= 1
+
+
+def test_forward_flops_counts_eagerly_and_leaves_compiled_blocks_compiling() -> None:
+    """FLOPs counted before training must not disable the blocks' compilation (a compiled function first met inside
+    ``FlopCounterMode`` stays eager for good: the benchmark's runs 1-4 timed eager blocks that way); all blocks of a
+    real diffusers Wan model share one compiled frame, and the count equals the uncompiled model's."""
+    import torch._dynamo
+    from diffusers import WanTransformer3DModel
+
+    from diff4splat.models.parallel import compile_in_place, forward_flops
+
+    kw = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 4,
+          "out_channels": 4, "text_dim": 32, "freq_dim": 32, "ffn_dim": 64, "num_layers": 4, "rope_max_seq_len": 32}  # fmt: skip
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(**kw)
+    x, t, text = torch.randn(1, 4, 3, 8, 8), torch.tensor([500.0]), torch.randn(1, 7, 32)
+    eager_flops = forward_flops(lambda: model(x, t, text))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for block in model.blocks:
+        compile_in_place(block, backend="eager")
+    assert forward_flops(lambda: model(x, t, text)) == eager_flops > 1e6
+    assert torch._dynamo.utils.counters["frames"]["ok"] == 0  # counting compiled nothing...
+    model(x, t, text, return_dict=False)[0].square().mean().backward()
+    assert torch._dynamo.utils.counters["frames"]["ok"] == 1  # ...and the training forward then compiled, once
+    torch._dynamo.reset()
 
 
 def test_gradient_clipping_with_a_fused_optimizer_clips_the_global_norm() -> None:

@@ -75,13 +75,28 @@ def select_blocks(num_blocks: int, checkpoint_blocks: int) -> list[int]:
 
 
 def compile_in_place(module: nn.Module, backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` ``module.forward`` in place: hooks (FSDP2's), wrappers and state-dict keys are unchanged.
+    """``torch.compile`` ``module.forward`` in place: hooks (FSDP2's), wrappers and state-dict keys are unchanged
+    (``nn.Module.compile()`` compiles too, and keeps the keys, but routes through ``_compiled_call_impl``).
 
-    Not ``nn.Module.compile()``: in torch 2.11 (the H100) and 2.13 (CPU) it leaves the module eager — no frame is
-    compiled (checked with ``torch._dynamo.utils.counters``), which is why the first benchmark runs' "compiled"
-    configurations ran eager kernels."""
+    All instances of one block class share one compiled graph (dynamo guards on the class, not the instance: 1 frame
+    for 12 diffusers Wan blocks, checked with ``torch._dynamo.utils.counters``). Running a compiled function first
+    under a ``TorchDispatchMode`` such as ``FlopCounterMode`` makes dynamo skip its code for good — count FLOPs with
+    ``forward_flops``, which runs eagerly."""
     module.forward = torch.compile(module.forward, backend=backend)
     return module
+
+
+def forward_flops(fn: Any) -> float:
+    """FLOPs of ``fn()`` under ``FlopCounterMode`` without gradients, compiled code run eagerly (``force_eager``).
+
+    Calling a ``torch.compile``'d function for the first time inside a dispatch mode makes dynamo mark its code as
+    skipped, after which it stays eager outside the mode too: the CameraWan benchmark's runs 1-4 counted FLOPs
+    that way before timing and so timed eager blocks in every "compiled" configuration."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.compiler.set_stance("force_eager"), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def prepare_blocks(

@@ -17,11 +17,14 @@ Training configurations (``name:batch``; each builds a fresh model):
   block inside the checkpoint wrapper; ``_eager``: not compiled; ``_around``: compiled around the wrapper),
   ``flow_loss`` (per-sample σ, Plücker rays from cameras at 352×640, CFG dropout) and its AdamW groups.
 - ``camerawan_single``: the same training path without a device mesh (what a one-GPU, single-device run builds): no
-  FSDP2, no checkpointing, blocks compiled.
+  FSDP2, no checkpointing, blocks compiled; ``camerawan_single_full`` / ``camerawan_single_selective`` (also
+  ``_eager`` / ``_around``): the same with full or selective activation checkpointing.
 
 A step is forward + backward + optimizer step. Model FLOPs = 3 × the forward FLOPs counted by
-``torch.utils.flop_counter.FlopCounterMode`` on one forward of the same model (recomputation is not counted: it is
-what checkpointing costs); MFU = model FLOP/s / 798 TFLOP/s (dense bf16 peak used by the issue).
+``torch.utils.flop_counter.FlopCounterMode`` on one forward of the same model, run eagerly
+(``diff4splat.models.parallel.forward_flops``; recomputation is not counted: it is what checkpointing costs); MFU =
+model FLOP/s / 798 TFLOP/s (dense bf16 peak used by the issue). Each row records how many frames dynamo compiled
+(``compiled_frames``; 0 means the configuration ran eager) and its graph breaks.
 
 Inference: one denoising step of a CFG batch (2 samples) in bf16 without gradients: the base transformer vs CameraWan
 with the camera tokens encoded once per sampling run (what ``sample_latents`` does) and vs re-encoding the Plücker
@@ -86,14 +89,6 @@ def make_batch(b: int, args: argparse.Namespace, text_dim: int, latent_channels:
     }
 
 
-def count_forward_flops(fn: Any) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
 def system_for(args: argparse.Namespace, mode: str, compile_blocks: bool, mesh: Any, device: torch.device,
                inside: bool = True) -> Any:  # fmt: skip
     from diff4splat.systems.diffusion import CameraDiffusionSystem
@@ -123,8 +118,13 @@ def base_transformer(args: argparse.Namespace, device: torch.device) -> Any:
 
 
 def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device: torch.device) -> dict[str, Any]:
-    from diff4splat.models.camera_wan import flow_sigmas_shift, masked_flow_loss
+    import torch._dynamo
 
+    from diff4splat.models.camera_wan import flow_sigmas_shift, masked_flow_loss
+    from diff4splat.models.parallel import forward_flops
+
+    torch._dynamo.reset()  # each configuration compiles its own blocks; counters below are per configuration
+    torch._dynamo.utils.counters.clear()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     t_build = time.perf_counter()
@@ -166,9 +166,11 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
     else:
         base = name.removesuffix("_eager").removesuffix("_around")
         mode = {"camerawan_full": "full", "camerawan_selective": "selective", "camerawan_nockpt": "none",
-                "camerawan_single": "none"}[base]  # fmt: skip
-        system = system_for(args, mode, not name.endswith("_eager"), None if base == "camerawan_single" else mesh,
-                            device, not name.endswith("_around"))  # fmt: skip
+                "camerawan_single": "none", "camerawan_single_full": "full",
+                "camerawan_single_selective": "selective"}[base]  # fmt: skip
+        single = base.startswith("camerawan_single")
+        system = system_for(args, mode, not name.endswith("_eager"), None if single else mesh, device,
+                            not name.endswith("_around"))  # fmt: skip
         model = system.model
         optimizer = system.configure_optimizers()["optimizer"]
         batch = make_batch(b, args, model.text_dim, model.latent_channels, device)
@@ -188,7 +190,7 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
 
         params = sum(p.numel() for p in model.parameters())
     build_s = time.perf_counter() - t_build
-    fwd_flops = count_forward_flops(forward_once)
+    fwd_flops = forward_flops(forward_once)
     times: list[float] = []
     fb_times: list[float] = []
     compile_s = 0.0
@@ -234,6 +236,8 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
         "mfu": model_flops / med / (PEAK_TFLOPS * 1e12), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "fwd_bwd_ms_median": fb_med * 1000, "mfu_fwd_bwd": model_flops / fb_med / (PEAK_TFLOPS * 1e12),
         "build_s": build_s, "first_step_s": compile_s, "final_loss": float(loss),
+        "compiled_frames": int(torch._dynamo.utils.counters["frames"]["ok"]),
+        "graph_breaks": int(sum(torch._dynamo.utils.counters["graph_break"].values())),
     }  # fmt: skip
     return out
 
@@ -284,15 +288,15 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> None:
     lines = [f"# CameraWan (Wan2.2-TI2V-5B) training MFU and camera overhead ({record['date']}, commit "
              f"{record['commit']})", "", f"Command: `{record['command']}`  ", f"Device: {record['device']}  ",
              f"Size: {record['size']}; MFU against {PEAK_TFLOPS:.0f} TFLOP/s bf16", "",
-             "| config | batch | step ms (median) | model TFLOP/s | MFU | fwd+bwd ms | MFU fwd+bwd | peak GiB | first step s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| config | batch | step ms (median) | model TFLOP/s | MFU | fwd+bwd ms | MFU fwd+bwd | peak GiB | first step s "
+             "| compiled frames |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in record["training"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['batch']} | {r['error']} | | | | | | |")
+            lines.append(f"| {r['config']} | {r['batch']} | {r['error']} | | | | | | | |")
             continue
         lines.append(f"| {r['config']} | {r['batch']} | {r['step_ms_median']:.0f} | {r['model_tflops_per_s']:.0f} | "
                      f"{100 * r['mfu']:.1f} % | {r['fwd_bwd_ms_median']:.0f} | {100 * r['mfu_fwd_bwd']:.1f} % | "
-                     f"{r['peak_mem_gib']:.1f} | {r['first_step_s']:.0f} |")  # fmt: skip
+                     f"{r['peak_mem_gib']:.1f} | {r['first_step_s']:.0f} | {r['compiled_frames']} |")  # fmt: skip
     inf = record.get("inference")
     if inf:
         lines += ["", "Inference, one denoising step of a CFG batch (2 × 2860 tokens), bf16:", "",
