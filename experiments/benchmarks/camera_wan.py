@@ -5,7 +5,8 @@
 Everything at the reference's training size: 352×640, 49 frames -> latents 48×13×22×40, 2860 DiT tokens, 512 text
 tokens of 4096; random weights of the real 5B architecture (the shipped config), bf16 parameters.
 
-Training configurations (``name:batch``; each builds a fresh model):
+Training configurations (``name:batch`` or ``name:batchxN``: N micro-batches of ``batch`` per optimizer step, as
+Lightning's ``accumulate_grad_batches``; each builds a fresh model):
 
 - ``diffusers_plain``: diffusers' ``WanTransformer3DModel`` alone, no checkpointing, no FSDP (the baseline the issue
   quotes at 51 % MFU).
@@ -17,8 +18,7 @@ Training configurations (``name:batch``; each builds a fresh model):
   block inside the checkpoint wrapper; ``_eager``: not compiled; ``_around``: compiled around the wrapper),
   ``flow_loss`` (per-sample σ, Plücker rays from cameras at 352×640, CFG dropout) and its AdamW groups.
 - ``camerawan_single``: the same training path without a device mesh (what a one-GPU, single-device run builds): no
-  FSDP2, no checkpointing, blocks compiled; ``camerawan_single_full`` / ``camerawan_single_selective`` (also
-  ``_eager`` / ``_around``): the same with full or selective activation checkpointing.
+  FSDP2, no checkpointing (``system.scale``'s checkpointing applies to the FSDP2 path), blocks compiled.
 
 A step is forward + backward + optimizer step. Model FLOPs = 3 × the forward FLOPs counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on one forward of the same model, run eagerly
@@ -117,7 +117,8 @@ def base_transformer(args: argparse.Namespace, device: torch.device) -> Any:
     return build_transformer(cfg, device).train()
 
 
-def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device: torch.device) -> dict[str, Any]:
+def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device: torch.device,
+                 accum: int = 1) -> dict[str, Any]:  # fmt: skip
     import torch._dynamo
 
     from diff4splat.models.camera_wan import flow_sigmas_shift, masked_flow_loss
@@ -166,9 +167,8 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
     else:
         base = name.removesuffix("_eager").removesuffix("_around")
         mode = {"camerawan_full": "full", "camerawan_selective": "selective", "camerawan_nockpt": "none",
-                "camerawan_single": "none", "camerawan_single_full": "full",
-                "camerawan_single_selective": "selective"}[base]  # fmt: skip
-        single = base.startswith("camerawan_single")
+                "camerawan_single": "none"}[base]  # fmt: skip
+        single = base == "camerawan_single"
         system = system_for(args, mode, not name.endswith("_eager"), None if single else mesh, device,
                             not name.endswith("_around"))  # fmt: skip
         model = system.model
@@ -197,8 +197,9 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
     for i in range(args.warmup + args.steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = step_loss()
-        loss.backward()
+        for _ in range(accum):  # micro-batches of one optimizer step (Lightning's accumulate_grad_batches)
+            loss = step_loss()
+            (loss / accum).backward()
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -211,7 +212,7 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
         if i >= args.warmup:
             times.append(dt)
             fb_times.append(t1 - t0)
-        print(f"  {name}:{b} step {i} {dt * 1000:.0f} ms (fwd+bwd {1000 * (t1 - t0):.0f}) loss {float(loss.detach()):.4f}",
+        print(f"  {name}:{b}x{accum} step {i} {dt * 1000:.0f} ms (fwd+bwd {1000 * (t1 - t0):.0f}) loss {float(loss.detach()):.4f}",
               flush=True)  # fmt: skip
     if args.profile_dir:
         from torch.profiler import ProfilerActivity, profile
@@ -229,9 +230,9 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
     fb_times.sort()
     med = times[len(times) // 2]
     fb_med = fb_times[len(fb_times) // 2]
-    model_flops = 3 * fwd_flops * b
+    model_flops = 3 * fwd_flops * b * accum
     out = {
-        "config": name, "batch": b, "params": params, "step_ms_median": med * 1000, "step_ms_best": times[0] * 1000,
+        "config": name, "batch": b, "accumulate": accum, "params": params, "step_ms_median": med * 1000, "step_ms_best": times[0] * 1000,
         "forward_tflop_per_sample": fwd_flops / 1e12, "model_tflops_per_s": model_flops / med / 1e12,
         "mfu": model_flops / med / (PEAK_TFLOPS * 1e12), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "fwd_bwd_ms_median": fb_med * 1000, "mfu_fwd_bwd": model_flops / fb_med / (PEAK_TFLOPS * 1e12),
@@ -288,13 +289,13 @@ def write_results(out_dir: Path, record: dict[str, Any]) -> None:
     lines = [f"# CameraWan (Wan2.2-TI2V-5B) training MFU and camera overhead ({record['date']}, commit "
              f"{record['commit']})", "", f"Command: `{record['command']}`  ", f"Device: {record['device']}  ",
              f"Size: {record['size']}; MFU against {PEAK_TFLOPS:.0f} TFLOP/s bf16", "",
-             "| config | batch | step ms (median) | model TFLOP/s | MFU | fwd+bwd ms | MFU fwd+bwd | peak GiB | first step s "
+             "| config | batch × accumulation | step ms (median) | model TFLOP/s | MFU | fwd+bwd ms | MFU fwd+bwd | peak GiB | first step s "
              "| compiled frames |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in record["training"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['batch']} | {r['error']} | | | | | | | |")
+            lines.append(f"| {r['config']} | {r['batch']} × {r.get('accumulate', 1)} | {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['config']} | {r['batch']} | {r['step_ms_median']:.0f} | {r['model_tflops_per_s']:.0f} | "
+        lines.append(f"| {r['config']} | {r['batch']} × {r['accumulate']} | {r['step_ms_median']:.0f} | {r['model_tflops_per_s']:.0f} | "
                      f"{100 * r['mfu']:.1f} % | {r['fwd_bwd_ms_median']:.0f} | {100 * r['mfu_fwd_bwd']:.1f} % | "
                      f"{r['peak_mem_gib']:.1f} | {r['first_step_s']:.0f} | {r['compiled_frames']} |")  # fmt: skip
     inf = record.get("inference")
@@ -342,14 +343,16 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(record["inference"]), flush=True)
         write_results(out_dir, record)
     for spec in args.configs:
-        name, _, b = spec.partition(":")
+        name, _, size = spec.partition(":")
+        b, _, accum = (size or "1").partition("x")
+        b, accum = int(b), int(accum or 1)
         try:
-            r = run_training(name, int(b or 1), args, mesh, device)
+            r = run_training(name, b, args, mesh, device, accum)
         except torch.OutOfMemoryError as e:
-            r = {"config": name, "batch": int(b or 1), "error": "OOM"}
+            r = {"config": name, "batch": b, "accumulate": accum, "error": "OOM"}
             print(f"  {spec}: OOM ({str(e).splitlines()[0][:120]})", flush=True)
         except Exception as e:  # record and go on with the other configurations
-            r = {"config": name, "batch": int(b or 1), "error": f"{type(e).__name__}: {str(e)[:200]}"}
+            r = {"config": name, "batch": b, "accumulate": accum, "error": f"{type(e).__name__}: {str(e)[:200]}"}
             print(f"  {spec}: {r['error']}", flush=True)
             gc.collect()
             torch.cuda.empty_cache()
