@@ -223,7 +223,7 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=60)
         Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.profile_dir) / f"profile_{name}_{b}.txt").write_text(table)
     times.sort()
