@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -90,3 +91,50 @@ def test_ema_rejects_bad_decay():
 
     with pytest.raises(ValueError, match="decay"):
         EMA(decay=1.0)
+
+
+class _RegressionWithFlops(_Regression):
+    def model_flops(self, batch):
+        x, _ = batch
+        return 3 * 2 * self.net.in_features * self.net.out_features * x.shape[0]  # 3 x forward (multiply-adds x 2)
+
+
+def test_throughput_windows_count_accumulated_samples_and_log_mfu(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from diff4splat.callbacks.throughput import Throughput
+
+    torch.manual_seed(0)
+    tp = Throughput(window=3, warmup_steps=1, peak_tflops=1e-9)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = L.Trainer(max_steps=10, callbacks=[tp], logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        accumulate_grad_batches=2, log_every_n_steps=50)  # fmt: skip
+    trainer.fit(_RegressionWithFlops(), _loader())
+    assert tp.flops_per_sample == 18  # counted on one sample of the first batch
+    assert [step for step, _ in tp.history] == [4, 7, 10]  # windows start after the warm-up step
+    for _, m in tp.history:
+        # 2 micro-batches of 8 samples per optimizer step, whatever the timing
+        assert m["perf/samples_per_s"] * m["perf/step_time_s"] == pytest.approx(16, rel=1e-9)
+        assert m["perf/model_tflops"] == pytest.approx(18 * m["perf/samples_per_s"] / 1e12, rel=1e-12)
+        assert m["perf/mfu"] == pytest.approx(m["perf/model_tflops"] / 1e-9, rel=1e-12)
+    logger.save()
+    import csv
+
+    rows = [r for r in csv.DictReader(open(f"{logger.log_dir}/metrics.csv")) if r.get("perf/mfu")]
+    assert [int(r["step"]) for r in rows] == [4, 7, 10]  # logged at the window's step, not log_every_n_steps'
+
+
+def test_throughput_rejects_bad_settings_and_tells_batch_sizes():
+    from diff4splat.callbacks.throughput import Throughput, batch_size_of, first_sample
+
+    with pytest.raises(ValueError, match="window"):
+        Throughput(window=0)
+    with pytest.raises(ValueError, match="peak_tflops"):
+        Throughput(peak_tflops=0)
+    batch = {"key": ["a", "b", "c"], "num_input": 2, "x": torch.zeros(3, 4), "meta": {"y": torch.zeros(5)}}
+    assert batch_size_of(batch) == 3
+    one = first_sample(batch)
+    assert one["key"] == ["a"] and one["x"].shape == (1, 4) and one["num_input"] == 2
+    with pytest.raises(ValueError, match="batch size"):
+        batch_size_of({"key": "a"})

@@ -443,6 +443,26 @@ def test_forward_flops_counts_eagerly_and_leaves_compiled_blocks_compiling() -> 
     torch._dynamo.reset()
 
 
+def test_model_flops_is_three_training_forwards_and_linear_in_the_batch() -> None:
+    """What the throughput callback's MFU divides by: 3 × the FLOPs of the training forward (``flow_loss``, camera
+    branch included) of the given samples."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diff4splat.callbacks.throughput import first_sample
+
+    torch.manual_seed(0)
+    system = CameraDiffusionSystem(model=TINY, text_len=8)
+    system.configure_model()
+    x, text, c2w, k = _inputs()
+    batch = {"latents": x, "c2w": c2w, "fxfycxcy": k, "prompt_embeds": text, "key": ["a", "b"]}
+    one = first_sample(batch)
+    cams = system.plucker(one, one["latents"])  # the rays' 3x3 rotations are input preparation, not model work
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        system.flow_loss(one, plucker=cams)
+    assert system.model_flops(one) == 3 * counter.get_total_flops() > 1e6
+    assert system.model_flops(batch) == 2 * system.model_flops(one)
+
+
 def test_gradient_clipping_with_a_fused_optimizer_clips_the_global_norm() -> None:
     """Lightning refuses to clip for fused AdamW under mixed precision (found with camctrl_5b on the H100); the
     system clips the global norm itself."""

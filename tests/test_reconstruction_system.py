@@ -123,3 +123,20 @@ def test_compiled_blocks_keep_the_state_dict_keys():
     assert all(hasattr(b.forward, "_torchdynamo_orig_callable") for b in compiled.model.trunk.blocks)  # compiled
     assert list(compiled.state_dict()) == list(plain.state_dict())  # exports and checkpoints load uncompiled
     compiled.load_state_dict(plain.state_dict())
+
+
+def test_model_flops_counts_the_network_per_sample():
+    """The throughput callback's FLOPs for the LRDM: 3 × the network's forward (no rasterisation), linear in the
+    batch."""
+    torch.manual_seed(0)
+    one = _batch(num_input=3, num_output=2, size=32)
+    two = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.dim() and v.shape[0] == 1 else v for k, v in one.items()}
+    system = ReconstructionSystem(model=TINY, loss=dict(lpips=0.0))
+    f1 = system.model_flops(one)
+    assert f1 > 1e6 and system.model_flops(two) == 2 * f1
+    with torch.no_grad():
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            system.predict(one, None)
+    assert f1 == 3 * counter.get_total_flops()

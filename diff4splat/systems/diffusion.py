@@ -203,6 +203,20 @@ class CameraDiffusionSystem(L.LightningModule):
             raise ValueError(f"diffusion batch: {c2w.shape[1]} cameras for {t} latent frames (expected {frames})")
         return plucker_for_latents(c2w, k, h * sh, w * sw)
 
+    @torch.no_grad()
+    def model_flops(self, batch: dict[str, Any]) -> float:
+        """Training FLOPs of ``batch`` for the throughput callback: 3 × CameraWan's forward FLOPs at σ = 0.5
+        (camera branch included; online VAE encoding is not counted)."""
+        from diff4splat.models.parallel import forward_flops
+
+        x0 = self.batch_latents(batch)
+        b = x0.shape[0]
+        cams = self.plucker(batch, x0)
+        t = self.model.token_timesteps(torch.full((b,), 500.0, device=x0.device), x0.shape,
+                                       self.objective.num_cond_frames)  # fmt: skip
+        text = self.batch_text(batch, b, x0.device)
+        return 3 * forward_flops(lambda: self.model(x0, t, text, cams))
+
     def sample_sigmas(self, b: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         o = self.objective
         if o.timestep_sampling == "uniform":

@@ -157,25 +157,42 @@ class ReconstructionSystem(L.LightningModule):
     def forward(self, batch: dict[str, Any]) -> tuple[LRDMOutput, Tensor]:
         """Predict Gaussians from the input frames and render every output view: (output, rgb [B, F_out, 3, H, W])."""
         fi = int(batch["num_input"])
-        images = batch["images"]
-        h, w = images.shape[-2:]
+        h, w = batch["images"].shape[-2:]
+        out = self.predict(batch, self.input_latents(batch))
+        rgb = self.render_outputs(out, batch["c2w"][:, fi:], batch["fxfycxcy"][:, fi:], h, w)
+        return out, rgb
+
+    def input_latents(self, batch: dict[str, Any]) -> Tensor | None:
+        """The input frames' latents of a latent-encoder LRDM: the batch's, or encoded online by the frozen VAE."""
         latents = batch.get("latents")
         if self.model_cfg.encoder == "latent" and latents is None:
             if not self._vae:
                 raise ValueError("LRDM(encoder='latent'): the batch has no 'latents' and system.vae is 'none'")
-            vae = self._vae[0].to(images.device)
-            latents = vae.encode(images[:, :fi])
-        out = self.model(
+            images = batch["images"]
+            latents = self._vae[0].to(images.device).encode(images[:, : int(batch["num_input"])])
+        return latents
+
+    def predict(self, batch: dict[str, Any], latents: Tensor | None) -> LRDMOutput:
+        fi = int(batch["num_input"])
+        images = batch["images"]
+        return self.model(
             c2w=batch["c2w"][:, :fi],
             fxfycxcy=batch["fxfycxcy"][:, :fi],
             input_times=batch["timestamps"][:, :fi],
             query_times=batch["timestamps"][:, fi:],
             images=images[:, :fi] if self.model_cfg.encoder == "rgb" else None,
             latents=latents,
-            image_size=(h, w),
+            image_size=tuple(images.shape[-2:]),
         )
-        rgb = self.render_outputs(out, batch["c2w"][:, fi:], batch["fxfycxcy"][:, fi:], h, w)
-        return out, rgb
+
+    @torch.no_grad()
+    def model_flops(self, batch: dict[str, Any]) -> float:
+        """Training FLOPs of ``batch`` for the throughput callback: 3 × the LRDM network's forward FLOPs (online VAE
+        encoding and Gaussian rasterisation are not counted)."""
+        from diff4splat.models.parallel import forward_flops
+
+        latents = self.input_latents(batch)
+        return 3 * forward_flops(lambda: self.predict(batch, latents))
 
     def render_outputs(self, out: LRDMOutput, c2w: Tensor, fxfycxcy: Tensor, h: int, w: int) -> Tensor:
         """Render output view k at query time k, all in one call: [B, F_out, 3, H, W]."""
