@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
               "commit": os.environ.get("GIT_COMMIT", "unknown"), "results": []}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| run (B×N) | step s | samples/s | model TFLOP/s | MFU | MFU per window |", "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| run (B×N) | step s | samples/s | model TFLOP/s | MFU | MFU per window |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for spec in args.runs:
         r = run(spec, args)
         record["results"].append(r)
