@@ -48,8 +48,7 @@ from typing import Any
 import torch
 
 PEAK_TFLOPS = 798.0
-DEFAULT_CONFIGS = ["camerawan_selective:2", "camerawan_full:4", "diffusers_plain:1", "diffusers_ckpt:4",
-                   "camerawan_selective:4"]  # fmt: skip
+DEFAULT_CONFIGS = ["camerawan_single:2x4", "camerawan_single:3", "diffusers_compile:2x4", "camerawan_selective:4"]
 
 
 def git_commit() -> str:

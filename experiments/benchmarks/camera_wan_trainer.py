@@ -1,10 +1,11 @@
 """CameraWan MFU measured in the real trainer: ``python -m diff4splat.train experiment=camctrl_5b`` on one GPU, read
 back from the throughput callback's ``perf/*`` metrics (diff4splat/callbacks/throughput.py).
 
-    python experiments/benchmarks/camera_wan_trainer.py --latents DIR [--out DIR] [--runs 2x4 3x1] [--steps 14]
+    python experiments/benchmarks/camera_wan_trainer.py [--latents DIR] [--out DIR] [--runs 2x4 3x1] [--steps 14]
 
 DIR holds latent shards at the reference's training size (48×13×22×40; any content: throughput does not depend on
-it), e.g. from procedural clips through the random tiny Wan VAE:
+it). Without ``--latents`` they are made first (in ``--runs-root``), from procedural clips through the random tiny
+Wan VAE:
 
     python -m datamodules.synthetic --out /tmp/clips --clips 6 --frames 49 --size 352 640 --texture smooth
     python -m datamodules.encode_latents --shards /tmp/clips --out DIR --vae tiny --num-frames 49 --height 352 \\
@@ -53,7 +54,8 @@ def run(spec: str, args: argparse.Namespace) -> dict:
     tail = (proc.stdout + proc.stderr)[-3000:]
     if proc.returncode != 0:
         print(tail, flush=True)
-        return {"run": spec, "error": f"exit {proc.returncode}", "tail": tail[-600:]}
+        error = "OOM" if "OutOfMemoryError" in tail else f"exit {proc.returncode}"
+        return {"run": spec, "error": error, "tail": tail[-600:]}
     rows = []
     for f in run_root.glob(f"**/{run_id}/csv/*/metrics.csv"):
         rows += [r for r in csv.DictReader(open(f)) if r.get("perf/mfu")]
@@ -71,11 +73,24 @@ def run(spec: str, args: argparse.Namespace) -> dict:
             "mfu_per_window": [float(r["perf/mfu"]) for r in rows]}  # fmt: skip
 
 
+def make_latents(root: Path) -> Path:
+    """Latent shards of 6 procedural 49×352×640 clips through the random tiny Wan VAE (the docstring's commands)."""
+    clips, latents = root / "clips", root / "latents"
+    if not list(latents.glob("*.tar")):
+        for cmd in (["-m", "datamodules.synthetic", "--out", str(clips), "--clips", "6", "--frames", "49", "--size",
+                     "352", "640", "--texture", "smooth"],
+                    ["-m", "datamodules.encode_latents", "--shards", str(clips), "--out", str(latents), "--vae", "tiny",
+                     "--num-frames", "49", "--height", "352", "--width", "640", "--dtype", "fp32", "--batch-size", "1",
+                     "--device", "cuda"]):  # fmt: skip
+            subprocess.run([sys.executable, *cmd], check=True)
+    return latents
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--latents", required=True, help="folder of latent shards at 48x13x22x40")
+    p.add_argument("--latents", default=None, help="folder of latent shards at 48x13x22x40 (default: make them)")
     p.add_argument("--out", default="experiments/benchmarks/results")
-    p.add_argument("--runs", nargs="+", default=["2x4", "3x1"], help="BxN: micro-batch B, N micro-batches per step")
+    p.add_argument("--runs", nargs="+", default=["2x4"], help="BxN: micro-batch B, N micro-batches per step")
     p.add_argument("--steps", type=int, default=14)
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--peak-tflops", type=float, default=798.0)
@@ -91,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
               "commit": os.environ.get("GIT_COMMIT", "unknown"), "results": []}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.latents is None:
+        args.latents = str(make_latents(Path(args.runs_root) / "data"))
     lines = [
         "| run (B×N) | step s | samples/s | model TFLOP/s | MFU | MFU per window |",
         "|---|---:|---:|---:|---:|---|",
