@@ -120,6 +120,7 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
                  accum: int = 1) -> dict[str, Any]:  # fmt: skip
     import torch._dynamo
 
+    from diff4splat.callbacks.throughput import first_sample
     from diff4splat.models.camera_wan import flow_sigmas_shift, masked_flow_loss
     from diff4splat.models.parallel import forward_flops
 
@@ -158,9 +159,9 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
                              return_dict=False)[0]  # fmt: skip
             return masked_flow_loss(pred, noise - x0).mean()
 
-        def forward_once() -> None:
-            model(x0[:1].bfloat16(), token_t(torch.full((1,), 500.0, device=device)), batch["prompt_embeds"][:1],
-                  return_dict=False)  # fmt: skip
+        def sample_flops() -> float:
+            return forward_flops(lambda: model(x0[:1].bfloat16(), token_t(torch.full((1,), 500.0, device=device)),
+                                               batch["prompt_embeds"][:1], return_dict=False))  # fmt: skip
 
         params = sum(p.numel() for p in model.parameters())
     else:
@@ -178,18 +179,13 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return system.flow_loss(batch)[0].mean()
 
-        one = {k: (v[:1] if torch.is_tensor(v) else v[:1]) for k, v in batch.items()}
-
-        def forward_once() -> None:
-            x0 = one["latents"]
-            cams = system.plucker(one, x0)
-            t = model.token_timesteps(torch.full((1,), 500.0, device=device), x0.shape)
+        def sample_flops() -> float:  # what the trainer's throughput callback counts
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                model(x0, t, one["prompt_embeds"], cams)
+                return system.model_flops(first_sample(batch)) / 3
 
         params = sum(p.numel() for p in model.parameters())
     build_s = time.perf_counter() - t_build
-    fwd_flops = forward_flops(forward_once)
+    fwd_flops = sample_flops()
     times: list[float] = []
     fb_times: list[float] = []
     compile_s = 0.0
