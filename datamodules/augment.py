@@ -89,8 +89,9 @@ def augment_pixels(batch: dict[str, Any], float_resize: bool | None = None) -> d
         f, flip = index[b], bool(px["flip"][b])
         # 1. Images: antialiased bilinear resize of the clip's unique frames, then its F frames by index
         x = px["images"][b].permute(0, 3, 1, 2)  # (U,3,h,w), channels-last memory
-        x = tnf.interpolate(x.float() if float_resize else x, size=(H, W), mode="bilinear", antialias=True,
-                            align_corners=False)  # fmt: skip
+        x = tnf.interpolate(
+            x.float() if float_resize else x, size=(H, W), mode="bilinear", antialias=True, align_corners=False
+        )
         x = x.permute(0, 2, 3, 1)  # (U,H,W,3) contiguous: whole-frame copies below
         torch.index_select(x.flip(2) if flip else x, 0, f, out=frames[b])
         # 2. Depth and masks: nearest resize = one gather of source pixels per frame (flat row/column index; a
@@ -126,9 +127,16 @@ def augment_pixels(batch: dict[str, Any], float_resize: bool | None = None) -> d
     if mode != "none":
         n = batch["num_input"]
         flip = torch.tensor(px["flip"], device=dev)
-        s = scene_scale(depth.view(B, F, H, W)[:, :n], valid.view(B, F, H, W)[:, :n], batch["c2w"][:, :n],
-                        batch["fxfycxcy"][:, :n], batch["tracks_world"][:, :n], batch["tracks_visible"][:, :n],
-                        flip, mode)  # fmt: skip
+        s = scene_scale(
+            depth.view(B, F, H, W)[:, :n],
+            valid.view(B, F, H, W)[:, :n],
+            batch["c2w"][:, :n],
+            batch["fxfycxcy"][:, :n],
+            batch["tracks_world"][:, :n],
+            batch["tracks_visible"][:, :n],
+            flip,
+            mode,
+        )
         depth.mul_(s.to(torch.float32)[:, None, None])
         c2w = batch["c2w"].clone()
         c2w[..., :3, 3] = (c2w[..., :3, 3].double() * s[:, None, None]).float()
@@ -201,8 +209,15 @@ def scene_scale(
     return torch.where((mean > 1e-8) & mean.isfinite(), 1.0 / mean, 1.0)
 
 
-def _depth_sum(depth: torch.Tensor, valid: torch.Tensor, c2w: torch.Tensor, fxfycxcy: torch.Tensor,
-               flip: torch.Tensor, mode: str, stride: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _depth_sum(
+    depth: torch.Tensor,
+    valid: torch.Tensor,
+    c2w: torch.Tensor,
+    fxfycxcy: torch.Tensor,
+    flip: torch.Tensor,
+    mode: str,
+    stride: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) float64 sum of the z-depths ("mean_depth") or point distances ("mean_xyz") and (B,) count of the valid
     pixels (i, j) ≡ stride // 2 (mod stride) of the unflipped (B,n,H,W) frames (column W - 1 - j of a flipped one)."""
     B, n, H, W = depth.shape

@@ -48,10 +48,26 @@ import torch
 from datamodules.augment import PIXELS, augment_pixels, collate_pixels
 
 BATCH_KEYS = (
-    "images", "num_input", "c2w", "metric_c2w", "fxfycxcy", "timestamps", "depth", "depth_valid", "tracks_world",
-    "tracks_visible", "dynamic_mask", "has_dynamic_mask", "metric_scale", "depth_weight", "motion_weight",
-    "is_static", "key", "dataset", "num_skipped",
-)  # fmt: skip
+    "images",
+    "num_input",
+    "c2w",
+    "metric_c2w",
+    "fxfycxcy",
+    "timestamps",
+    "depth",
+    "depth_valid",
+    "tracks_world",
+    "tracks_visible",
+    "dynamic_mask",
+    "has_dynamic_mask",
+    "metric_scale",
+    "depth_weight",
+    "motion_weight",
+    "is_static",
+    "key",
+    "dataset",
+    "num_skipped",
+)
 
 
 def finish_batch(batch: dict[str, Any]) -> dict[str, Any]:
@@ -84,13 +100,21 @@ class BatchBuffers:
     def slot(self, i: int) -> dict[str, Any]:
         """Clip i: images (F,H,W,3) uint8 tensor; depth (F,H,W) float32, depth_valid and dynamic_mask (F,H,W) bool
         numpy views."""
-        return {"images": self.images[i], "depth": self.depth[i].numpy(), "depth_valid": self.depth_valid[i].numpy(),
-                "dynamic_mask": self.dynamic_mask[i].numpy()}  # fmt: skip
+        return {
+            "images": self.images[i],
+            "depth": self.depth[i].numpy(),
+            "depth_valid": self.depth_valid[i].numpy(),
+            "dynamic_mask": self.dynamic_mask[i].numpy(),
+        }
 
     def tensors(self, n: int) -> dict[str, torch.Tensor]:
         """The first n clips in the batch contract's shapes."""
-        return {"images": self.images[:n].permute(0, 1, 4, 2, 3), "depth": self.depth[:n],
-                "depth_valid": self.depth_valid[:n], "dynamic_mask": self.dynamic_mask[:n]}  # fmt: skip
+        return {
+            "images": self.images[:n].permute(0, 1, 4, 2, 3),
+            "depth": self.depth[:n],
+            "depth_valid": self.depth_valid[:n],
+            "dynamic_mask": self.dynamic_mask[:n],
+        }
 
 
 def collate(
@@ -122,9 +146,13 @@ def collate(
         tracks[i, :, :k] = s["tracks_world"]
         visible[i, :, :k] = s["tracks_visible"]
     out["tracks_world"], out["tracks_visible"] = tracks, visible
-    for name, dtype in (("metric_scale", torch.float32), ("depth_weight", torch.float32),
-                        ("motion_weight", torch.float32), ("is_static", torch.bool),
-                        ("has_dynamic_mask", torch.bool)):  # fmt: skip
+    for name, dtype in (
+        ("metric_scale", torch.float32),
+        ("depth_weight", torch.float32),
+        ("motion_weight", torch.float32),
+        ("is_static", torch.bool),
+        ("has_dynamic_mask", torch.bool),
+    ):
         out[name] = torch.tensor([s[name] for s in samples], dtype=dtype)
     out["key"] = [s["key"] for s in samples]
     out["dataset"] = [s["dataset"] for s in samples]
@@ -141,11 +169,22 @@ def check_batch(batch: dict[str, Any]) -> None:
     B, F, C, H, W = batch["images"].shape
     n = batch["tracks_world"].shape[2]
     expect = {
-        "images": (B, F, 3, H, W), "c2w": (B, F, 4, 4), "metric_c2w": (B, F, 4, 4), "fxfycxcy": (B, F, 4),
-        "timestamps": (B, F), "depth": (B, F, H, W), "depth_valid": (B, F, H, W), "tracks_world": (B, F, n, 3),
-        "tracks_visible": (B, F, n), "dynamic_mask": (B, F, H, W), "has_dynamic_mask": (B,), "metric_scale": (B,),
-        "depth_weight": (B,), "motion_weight": (B,), "is_static": (B,),
-    }  # fmt: skip
+        "images": (B, F, 3, H, W),
+        "c2w": (B, F, 4, 4),
+        "metric_c2w": (B, F, 4, 4),
+        "fxfycxcy": (B, F, 4),
+        "timestamps": (B, F),
+        "depth": (B, F, H, W),
+        "depth_valid": (B, F, H, W),
+        "tracks_world": (B, F, n, 3),
+        "tracks_visible": (B, F, n),
+        "dynamic_mask": (B, F, H, W),
+        "has_dynamic_mask": (B,),
+        "metric_scale": (B,),
+        "depth_weight": (B,),
+        "motion_weight": (B,),
+        "is_static": (B,),
+    }
     for k, shape in expect.items():
         if tuple(batch[k].shape) != shape:
             raise ValueError(f"batch[{k!r}] has shape {tuple(batch[k].shape)}, expected {shape}")

@@ -102,8 +102,10 @@ class ClipDataModule(L.LightningDataModule):
         self.synthetic = {k: dict(v) for k, v in (synthetic or {}).items()}
         self.synthetic_pool, self.synthetic_val_pool = synthetic_pool, synthetic_val_pool
         if sharing_strategy is not None and sharing_strategy not in torch.multiprocessing.get_all_sharing_strategies():
-            raise ValueError(f"data.sharing_strategy: expected one of "
-                             f"{sorted(torch.multiprocessing.get_all_sharing_strategies())}, got {sharing_strategy!r}")  # fmt: skip
+            raise ValueError(
+                f"data.sharing_strategy: expected one of "
+                f"{sorted(torch.multiprocessing.get_all_sharing_strategies())}, got {sharing_strategy!r}"
+            )
         self.sharing_strategy = sharing_strategy
         self._train: ClipStream | None = None
         self._val: ClipStream | None = None
@@ -124,20 +126,29 @@ class ClipDataModule(L.LightningDataModule):
         from datamodules.synthetic import SyntheticConfig, SyntheticSource
 
         pool = self.synthetic_pool if train else self.synthetic_val_pool
-        return {k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000), pool=pool)
-                for k, v in self.synthetic.items()}  # fmt: skip
+        return {
+            k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000), pool=pool)
+            for k, v in self.synthetic.items()
+        }
 
     def train_stream(self) -> ClipStream:
         if self._train is None:
             rank, world = self._rank()
             sources = [s for s in self.sources if s.weight > 0]
             self._train = ClipStream(
-                sources, self.sampling, self.batch_size, self.batches_per_epoch, train=True,
+                sources,
+                self.sampling,
+                self.batch_size,
+                self.batches_per_epoch,
+                train=True,
                 seed=resume_seed(self.seed, self._resume_step),
-                shuffle_buffer=self.shuffle_buffer, max_skip_rate=self.max_skip_rate,
-                skip_rate_min_samples=self.skip_rate_min_samples, rank=rank, world_size=world,
+                shuffle_buffer=self.shuffle_buffer,
+                max_skip_rate=self.max_skip_rate,
+                skip_rate_min_samples=self.skip_rate_min_samples,
+                rank=rank,
+                world_size=world,
                 sample_sources=self._sample_sources(True),
-            )  # fmt: skip
+            )
             self._train.set_epoch(self._epoch)
         return self._train
 
@@ -156,15 +167,24 @@ class ClipDataModule(L.LightningDataModule):
                 if s.weight <= 0:
                     s.weight = 1.0
             self._val = ClipStream(
-                sources, self.val_sampling, self.batch_size, self.val_batches, train=False, seed=self.seed,
-                max_skip_rate=self.max_skip_rate, skip_rate_min_samples=self.skip_rate_min_samples,
-                rank=rank, world_size=world, sample_sources=self._sample_sources(False),
-            )  # fmt: skip
+                sources,
+                self.val_sampling,
+                self.batch_size,
+                self.val_batches,
+                train=False,
+                seed=self.seed,
+                max_skip_rate=self.max_skip_rate,
+                skip_rate_min_samples=self.skip_rate_min_samples,
+                rank=rank,
+                world_size=world,
+                sample_sources=self._sample_sources(False),
+            )
         return self._val
 
     def _loader(self, stream: ClipStream, persistent: bool) -> DataLoader:
-        return make_loader(stream, self.num_workers, self.pin_memory, self.prefetch_factor, persistent,
-                           self.sharing_strategy)  # fmt: skip
+        return make_loader(
+            stream, self.num_workers, self.pin_memory, self.prefetch_factor, persistent, self.sharing_strategy
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_stream(), self.persistent_workers)
@@ -233,5 +253,6 @@ def make_loader(
             # have a small /dev/shm, where large batches kill the workers ("DataLoader worker exited unexpectedly").
             torch.multiprocessing.set_sharing_strategy(sharing_strategy)
         kw = dict(prefetch_factor=prefetch_factor, persistent_workers=persistent)
-    return _EpochLoader(stream, batch_size=None, num_workers=num_workers,
-                        pin_memory=pin_memory and torch.cuda.is_available(), **kw)  # fmt: skip
+    return _EpochLoader(
+        stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory and torch.cuda.is_available(), **kw
+    )

@@ -128,8 +128,10 @@ def encode_latents(
             f"--height/--width {height}x{width} must be multiples of the VAE's spatial stride {vae.stride_s}"
         )
     if stride < 1 or windows_per_clip < 1 or batch_size < 1:
-        raise ValueError(f"--stride, --windows-per-clip and --batch-size must be >= 1, got {stride}, "
-                         f"{windows_per_clip}, {batch_size}")  # fmt: skip
+        raise ValueError(
+            f"--stride, --windows-per-clip and --batch-size must be >= 1, got {stride}, "
+            f"{windows_per_clip}, {batch_size}"
+        )
     device = next(vae.parameters()).device
     counts = {"clips": 0, "written": 0, "too_short": 0, "corrupt": 0, "done": 0}
     source = f"datamodules.encode_latents vae={vae_identity} frames={num_frames} size={height}x{width} stride={stride}"
@@ -142,8 +144,11 @@ def encode_latents(
         latents = vae.encode(frames).cpu().numpy().astype(np.float16)
         for w, z in zip(pending, latents, strict=True):
             w.meta.latent_shape = list(z.shape)
-            writer.write(LatentSample(key=w.key, latents=z, c2w=w.c2w, fxfycxcy=w.fxfycxcy,
-                                      first_frame=_jpeg(w.frames[0]), meta=w.meta))  # fmt: skip
+            writer.write(
+                LatentSample(
+                    key=w.key, latents=z, c2w=w.c2w, fxfycxcy=w.fxfycxcy, first_frame=_jpeg(w.frames[0]), meta=w.meta
+                )
+            )
             counts["written"] += 1
         pending.clear()
 
@@ -170,11 +175,21 @@ def encode_latents(
                         continue
                     idx = list(range(s, s + (num_frames - 1) * stride + 1, stride))
                     frames, c2w, K = prepare_window(clip, idx, height, width)
-                    meta = LatentMeta(dataset=clip.meta.dataset, sequence=clip.meta.sequence, clip_key=clip.key,
-                                      frame_indices=idx, height=height, width=width, num_frames=num_frames,
-                                      latent_shape=[], vae=vae_identity, caption=caption,
-                                      metric_scale=float(clip.meta.metric_scale), is_static=bool(clip.meta.is_static),
-                                      source_shard=Path(url).name)  # fmt: skip
+                    meta = LatentMeta(
+                        dataset=clip.meta.dataset,
+                        sequence=clip.meta.sequence,
+                        clip_key=clip.key,
+                        frame_indices=idx,
+                        height=height,
+                        width=width,
+                        num_frames=num_frames,
+                        latent_shape=[],
+                        vae=vae_identity,
+                        caption=caption,
+                        metric_scale=float(clip.meta.metric_scale),
+                        is_static=bool(clip.meta.is_static),
+                        source_shard=Path(url).name,
+                    )
                     pending.append(Window(key, frames, c2w, K, meta))
                     if len(pending) >= batch_size:
                         flush(writer)
@@ -214,13 +229,26 @@ def run(args: argparse.Namespace) -> str:
         raise FileNotFoundError(f"--shards: no .tar shards in {args.shards}")
     captions = load_captions(args.captions, args.caption_field) if args.captions else None
     vae, identity = load_vae(args.vae, args.device, _DTYPES[args.dtype])
-    counts = encode_latents(shards, args.out, vae, identity, num_frames=args.num_frames, height=args.height,
-                            width=args.width, stride=args.stride, windows_per_clip=args.windows_per_clip,
-                            batch_size=args.batch_size, captions=captions, split=args.split,
-                            maxcount=args.maxcount)  # fmt: skip
-    return (f"{counts['clips']} clips in {len(shards)} shards: wrote {counts['written']} latent samples to "
-            f"{args.out}; {counts['done']} already done, {counts['too_short']} clips too short for "
-            f"{args.num_frames} frames at stride {args.stride}, {counts['corrupt']} corrupt skipped")  # fmt: skip
+    counts = encode_latents(
+        shards,
+        args.out,
+        vae,
+        identity,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        stride=args.stride,
+        windows_per_clip=args.windows_per_clip,
+        batch_size=args.batch_size,
+        captions=captions,
+        split=args.split,
+        maxcount=args.maxcount,
+    )
+    return (
+        f"{counts['clips']} clips in {len(shards)} shards: wrote {counts['written']} latent samples to "
+        f"{args.out}; {counts['done']} already done, {counts['too_short']} clips too short for "
+        f"{args.num_frames} frames at stride {args.stride}, {counts['corrupt']} corrupt skipped"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,8 +39,10 @@ def load_captions(path: str | Path, field: str | None = None) -> dict[str, str]:
     for seq, value in data.items():
         if isinstance(value, dict):
             if field is None:
-                raise ValueError(f"{path}: sequence {seq!r} maps to an object with fields {sorted(value)}; "
-                                 f"pick one with --caption-field")  # fmt: skip
+                raise ValueError(
+                    f"{path}: sequence {seq!r} maps to an object with fields {sorted(value)}; "
+                    f"pick one with --caption-field"
+                )
             if field not in value:
                 raise ValueError(f"{path}: sequence {seq!r} has no field {field!r} (fields: {sorted(value)})")
             value = value[field]
@@ -78,8 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", required=True, help="prompt cache folder")
     p.add_argument("--captions", default=None, help="JSON {sequence id: caption}")
     p.add_argument("--caption-field", default=None, help="field of the caption when the JSON values are objects")
-    p.add_argument("--negative", action=argparse.BooleanOptionalAction, default=True,
-                   help="also cache Wan's standard negative prompt (default: on)")  # fmt: skip
+    p.add_argument(
+        "--negative",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also cache Wan's standard negative prompt (default: on)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="encoder dtype (default: bf16 on CUDA, fp32 elsewhere)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -102,9 +108,11 @@ def run(args: argparse.Namespace) -> str:
     encoder = TextEncoder.from_pretrained(args.encoder, device=args.device, dtype=args.dtype)
     cache = PromptCache(args.cache, encoder_id=encoder.identity)
     n = cache.fill(encoder, prompts, batch_size=args.batch_size)
-    return (f"{clips} clips in {len(shards)} shards ({len(from_shards)} captions), {len(from_file)} captions from "
-            f"{args.captions or 'no file'}: {len(prompts)} unique prompts, {len(prompts) - n} already cached, "
-            f"{n} encoded into {args.cache} (encoder {encoder.identity})")  # fmt: skip
+    return (
+        f"{clips} clips in {len(shards)} shards ({len(from_shards)} captions), {len(from_file)} captions from "
+        f"{args.captions or 'no file'}: {len(prompts)} unique prompts, {len(prompts) - n} already cached, "
+        f"{n} encoded into {args.cache} (encoder {encoder.identity})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

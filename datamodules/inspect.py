@@ -60,9 +60,14 @@ def summarise(paths: list[str], max_clips: int | None = None) -> tuple[dict, lis
             "with_dynamic_mask": float(np.mean(d["dyn"])),
             "camera_path_length": float(np.mean(d["path"])),
         }
-    summary = {"shards": len(shards), "clips": sum(t["clips"] for t in table.values()),
-               "frames": sum(t["frames"] for t in table.values()), "skipped": stats.skipped,
-               "shard_errors": stats.shard_errors, "datasets": table}  # fmt: skip
+    summary = {
+        "shards": len(shards),
+        "clips": sum(t["clips"] for t in table.values()),
+        "frames": sum(t["frames"] for t in table.values()),
+        "skipped": stats.skipped,
+        "shard_errors": stats.shard_errors,
+        "datasets": table,
+    }
     return summary, clips
 
 

@@ -135,17 +135,26 @@ class LatentSample:
             raise LatentSpecError(key, "key", "must be non-empty without dots or slashes")
         C, T, h, w = m.latent_shape
         checks = [
-            ("latents.npy", self.latents.shape == (C, T, h, w) and self.latents.dtype == np.float16,
-             f"must be float16 {tuple(m.latent_shape)}, got {self.latents.dtype} {self.latents.shape}"),
+            (
+                "latents.npy",
+                self.latents.shape == (C, T, h, w) and self.latents.dtype == np.float16,
+                f"must be float16 {tuple(m.latent_shape)}, got {self.latents.dtype} {self.latents.shape}",
+            ),
             ("latents.npy", bool(np.isfinite(self.latents).all()), "has non-finite values"),
-            ("c2w.npy", self.c2w.shape == (m.num_frames, 4, 4) and self.c2w.dtype == np.float32,
-             f"must be float32 ({m.num_frames},4,4), got {self.c2w.dtype} {self.c2w.shape}"),
+            (
+                "c2w.npy",
+                self.c2w.shape == (m.num_frames, 4, 4) and self.c2w.dtype == np.float32,
+                f"must be float32 ({m.num_frames},4,4), got {self.c2w.dtype} {self.c2w.shape}",
+            ),
             ("c2w.npy", bool(np.isfinite(self.c2w).all()), "has non-finite values"),
-            ("fxfycxcy.npy", self.fxfycxcy.shape == (m.num_frames, 4) and self.fxfycxcy.dtype == np.float32,
-             f"must be float32 ({m.num_frames},4), got {self.fxfycxcy.dtype} {self.fxfycxcy.shape}"),
+            (
+                "fxfycxcy.npy",
+                self.fxfycxcy.shape == (m.num_frames, 4) and self.fxfycxcy.dtype == np.float32,
+                f"must be float32 ({m.num_frames},4), got {self.fxfycxcy.dtype} {self.fxfycxcy.shape}",
+            ),
             ("meta.json", len(m.frame_indices) == m.num_frames, "frame_indices must list num_frames frames"),
             ("first_frame.jpg", self.first_frame[:3] == b"\xff\xd8\xff", "must be a JPEG"),
-        ]  # fmt: skip
+        ]
         for member, ok, message in checks:
             if not ok:
                 raise LatentSpecError(key, member, message)
@@ -153,9 +162,13 @@ class LatentSample:
     def members(self) -> dict[str, bytes]:
         """Validated tar members {suffix: bytes}."""
         self.validate()
-        return {"latents.npy": _npy_bytes(self.latents), "c2w.npy": _npy_bytes(self.c2w),
-                "fxfycxcy.npy": _npy_bytes(self.fxfycxcy), "first_frame.jpg": self.first_frame,
-                "meta.json": self.meta.to_json()}  # fmt: skip
+        return {
+            "latents.npy": _npy_bytes(self.latents),
+            "c2w.npy": _npy_bytes(self.c2w),
+            "fxfycxcy.npy": _npy_bytes(self.fxfycxcy),
+            "first_frame.jpg": self.first_frame,
+            "meta.json": self.meta.to_json(),
+        }
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -181,9 +194,14 @@ def decode_latent_sample(sample: Mapping[str, Any]) -> LatentSample:
     if "first_frame.jpg" not in sample:
         raise LatentSpecError(key, "first_frame.jpg", "missing")
     meta = LatentMeta.from_json(sample["meta.json"], key)
-    out = LatentSample(key=key, latents=_npy(sample, key, "latents.npy"), c2w=_npy(sample, key, "c2w.npy"),
-                       fxfycxcy=_npy(sample, key, "fxfycxcy.npy"), first_frame=sample["first_frame.jpg"],
-                       meta=meta)  # fmt: skip
+    out = LatentSample(
+        key=key,
+        latents=_npy(sample, key, "latents.npy"),
+        c2w=_npy(sample, key, "c2w.npy"),
+        fxfycxcy=_npy(sample, key, "fxfycxcy.npy"),
+        first_frame=sample["first_frame.jpg"],
+        meta=meta,
+    )
     out.validate()
     return out
 
@@ -225,8 +243,15 @@ class LatentShardWriter:
     are skipped (`is_done`), unfinished temporary shards are deleted; on an exception the open shard is dropped.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, *, source: str, split: str = "train", maxcount: int = 100,
-                 maxsize: int = 1 << 30):  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        source: str,
+        split: str = "train",
+        maxcount: int = 100,
+        maxsize: int = 1 << 30,
+    ):
         if maxcount < 1 or maxsize < 1:
             raise ValueError(f"maxcount and maxsize must be >= 1, got {maxcount}, {maxsize}")
         if not split.replace("_", "").isalnum():
@@ -236,8 +261,10 @@ class LatentShardWriter:
         self.source, self.split, self.maxcount, self.maxsize = source, split, maxcount, maxsize
         manifest = read_latent_manifest(self.out_dir)
         if manifest.get("spec_version") != LATENT_SPEC_VERSION:
-            raise ValueError(f"{self.out_dir / MANIFEST}: spec version {manifest.get('spec_version')!r} is not "
-                             f"{LATENT_SPEC_VERSION!r} (a clip shard folder? write latents to their own folder)")  # fmt: skip
+            raise ValueError(
+                f"{self.out_dir / MANIFEST}: spec version {manifest.get('spec_version')!r} is not "
+                f"{LATENT_SPEC_VERSION!r} (a clip shard folder? write latents to their own folder)"
+            )
         mine = [s for s in manifest["shards"] if s["split"] == split and self._index(s["name"]) is not None]
         self.done_keys: set[str] = {k for s in mine for k in s["keys"]}
         self.next_index = max((self._index(s["name"]) for s in mine), default=-1) + 1
@@ -295,8 +322,9 @@ class LatentShardWriter:
         os.replace(self._tmp, self.out_dir / info.name)
         with _locked(self.out_dir):
             manifest = read_latent_manifest(self.out_dir)
-            manifest["shards"] = sorted([s for s in manifest["shards"] if s["name"] != info.name] + [info.__dict__],
-                                        key=lambda s: s["name"])  # fmt: skip
+            manifest["shards"] = sorted(
+                [s for s in manifest["shards"] if s["name"] != info.name] + [info.__dict__], key=lambda s: s["name"]
+            )
             if self.source not in manifest["sources"]:
                 manifest["sources"].append(self.source)
             manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -376,8 +404,12 @@ class PromptEmbeddings:
         return emb
 
 
-def collate_latents(samples: list[LatentSample], prompts: PromptEmbeddings, num_skipped: int = 0,
-                    embeds_dtype: torch.dtype = torch.float32) -> dict[str, Any]:  # fmt: skip
+def collate_latents(
+    samples: list[LatentSample],
+    prompts: PromptEmbeddings,
+    num_skipped: int = 0,
+    embeds_dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
     """Stack samples of one size into the batch contract (module docstring)."""
     from PIL import Image
 
@@ -385,8 +417,10 @@ def collate_latents(samples: list[LatentSample], prompts: PromptEmbeddings, num_
 
     shapes = {(s.latents.shape, s.c2w.shape, s.meta.height, s.meta.width) for s in samples}
     if len(shapes) > 1:
-        raise ValueError(f"latent batch mixes sample sizes {sorted(map(str, shapes))} "
-                         f"(keys {[s.key for s in samples]}): use one latent folder per size")  # fmt: skip
+        raise ValueError(
+            f"latent batch mixes sample sizes {sorted(map(str, shapes))} "
+            f"(keys {[s.key for s in samples]}): use one latent folder per size"
+        )
     frames = []
     for s in samples:
         with Image.open(io.BytesIO(s.first_frame)) as im:
@@ -483,8 +517,10 @@ class LatentStream(IterableDataset):
 
     def _check_rate(self, stats: SkipStats) -> None:
         if stats.seen >= self.skip_rate_min_samples and stats.rate() > self.max_skip_rate:
-            raise DataSkipRateError(f"latent data: skipped {stats.skipped} of {stats.seen} samples "
-                                    f"(> {self.max_skip_rate:.1%}); first reasons: {stats.reasons[:5]}")  # fmt: skip
+            raise DataSkipRateError(
+                f"latent data: skipped {stats.skipped} of {stats.seen} samples "
+                f"(> {self.max_skip_rate:.1%}); first reasons: {stats.reasons[:5]}"
+            )
 
     def _samples(self, urls: list[str], rng: np.random.Generator, stats: SkipStats) -> Iterator[dict[str, Any]]:
         return shard_samples(urls, rng, stats, self.train, self.shuffle_buffer, "latent data")
@@ -558,10 +594,20 @@ class LatentDataModule(L.LightningDataModule):
     def _stream(self, shards: str | list[str], batches: int, train: bool) -> LatentStream:
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (None, None)
-        return LatentStream(shards, self.prompt_embeddings(), self.batch_size, batches, train=train, seed=self.seed,
-                            shuffle_buffer=self.shuffle_buffer, max_skip_rate=self.max_skip_rate,
-                            skip_rate_min_samples=self.skip_rate_min_samples, embeds_dtype=self.embeds_dtype,
-                            rank=rank, world_size=world)  # fmt: skip
+        return LatentStream(
+            shards,
+            self.prompt_embeddings(),
+            self.batch_size,
+            batches,
+            train=train,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            max_skip_rate=self.max_skip_rate,
+            skip_rate_min_samples=self.skip_rate_min_samples,
+            embeds_dtype=self.embeds_dtype,
+            rank=rank,
+            world_size=world,
+        )
 
     def train_stream(self) -> LatentStream:
         if self._train is None:
@@ -580,8 +626,9 @@ class LatentDataModule(L.LightningDataModule):
         return self._val
 
     def _loader(self, stream: LatentStream, persistent: bool) -> DataLoader:
-        return make_loader(stream, self.num_workers, self.pin_memory, self.prefetch_factor, persistent,
-                           self.sharing_strategy)  # fmt: skip
+        return make_loader(
+            stream, self.num_workers, self.pin_memory, self.prefetch_factor, persistent, self.sharing_strategy
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_stream(), self.persistent_workers)
@@ -603,5 +650,15 @@ class LatentDataModule(L.LightningDataModule):
             self._train.set_epoch(self._epoch)
 
 
-__all__ = ["LATENT_SPEC_VERSION", "LatentDataModule", "LatentMeta", "LatentSample", "LatentShardWriter",
-           "LatentSpecError", "LatentStream", "PromptEmbeddings", "collate_latents", "decode_latent_sample"]  # fmt: skip
+__all__ = [
+    "LATENT_SPEC_VERSION",
+    "LatentDataModule",
+    "LatentMeta",
+    "LatentSample",
+    "LatentShardWriter",
+    "LatentSpecError",
+    "LatentStream",
+    "PromptEmbeddings",
+    "collate_latents",
+    "decode_latent_sample",
+]

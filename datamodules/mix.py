@@ -30,12 +30,24 @@ from collections.abc import Sequence
 import numpy as np
 
 REFERENCE_SEQUENCES = {
-    "re10k": 63134, "tartanair": 686, "matrixcity": 4266, "dynamicreplica": 483, "pointodyssey": 109,
-    "vkitti2": 90, "spring": 34, "stereo4d": 98262,
-}  # fmt: skip
+    "re10k": 63134,
+    "tartanair": 686,
+    "matrixcity": 4266,
+    "dynamicreplica": 483,
+    "pointodyssey": 109,
+    "vkitti2": 90,
+    "spring": 34,
+    "stereo4d": 98262,
+}
 MIX_STATIC_REPEATS = {"re10k": 1, "tartanair": 100, "matrixcity": 10}
-MIX_ALL_REPEATS = {"stereo4d": 1, "dynamicreplica": 100, "pointodyssey": 1000, "vkitti2": 500, "spring": 2000,
-                   **MIX_STATIC_REPEATS}  # fmt: skip
+MIX_ALL_REPEATS = {
+    "stereo4d": 1,
+    "dynamicreplica": 100,
+    "pointodyssey": 1000,
+    "vkitti2": 500,
+    "spring": 2000,
+    **MIX_STATIC_REPEATS,
+}
 
 
 def repeats_to_weights(repeats: dict[str, int], sizes: dict[str, int] = REFERENCE_SEQUENCES) -> dict[str, float]:

@@ -102,8 +102,9 @@ class SceneDataModule(L.LightningDataModule):
         if self.source == "synthetic":
             from datamodules.synthetic import SyntheticConfig, generate_clip
 
-            cfg = SyntheticConfig(num_frames=self.num_frames, height=self.height, width=self.width,
-                                  dynamic=self.dynamic)  # fmt: skip
+            cfg = SyntheticConfig(
+                num_frames=self.num_frames, height=self.height, width=self.width, dynamic=self.dynamic
+            )
             return generate_clip(cfg, seed=self.synthetic_seed)
         return read_clip_from_tar(self.source, self.key)
 
@@ -129,8 +130,9 @@ class SceneDataModule(L.LightningDataModule):
         f = clip.num_frames
         self.val_indices = list(range(1, f, self.holdout_every))
         self.train_indices = [i for i in range(f) if i not in self.val_indices]
-        log.info("scene %s: %d training views, %d held-out views", clip.key, len(self.train_indices),
-                 len(self.val_indices))  # fmt: skip
+        log.info(
+            "scene %s: %d training views, %d held-out views", clip.key, len(self.train_indices), len(self.val_indices)
+        )
 
     def views(self, indices: list[int]) -> dict[str, Any]:
         idx = torch.as_tensor(indices)
@@ -167,8 +169,9 @@ class SceneDataModule(L.LightningDataModule):
     # --- loaders -------------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return DataLoader(_ViewSampler(self, self.steps_per_epoch, self.seed), batch_size=None,
-                          num_workers=self.num_workers)  # fmt: skip
+        return DataLoader(
+            _ViewSampler(self, self.steps_per_epoch, self.seed), batch_size=None, num_workers=self.num_workers
+        )
 
     def _eval_loader(self) -> DataLoader:
         self.setup()

@@ -50,8 +50,17 @@ SPEC_VERSION = "1.0"
 FrameFormat = Literal["jpg", "png", "mp4"]
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
-ARRAY_FIELDS = ("c2w", "fxfycxcy", "timestamps", "depth", "depth_valid", "tracks_world", "tracks_visible", "flow",
-                "dynamic_mask")  # fmt: skip
+ARRAY_FIELDS = (
+    "c2w",
+    "fxfycxcy",
+    "timestamps",
+    "depth",
+    "depth_valid",
+    "tracks_world",
+    "tracks_visible",
+    "flow",
+    "dynamic_mask",
+)
 REQUIRED_ARRAYS = ("c2w", "fxfycxcy", "timestamps")
 OPTIONAL_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "flow", "dynamic_mask")
 _FRAME_MEMBER = re.compile(r"^(\d{3,})\.(jpg|jpeg|png)$")
@@ -315,8 +324,12 @@ def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
     that were fully validated when they were written.
     """
     key = clip.key
-    _check(isinstance(key, str) and bool(KEY_PATTERN.match(key)), str(key), "key",
-           "must match [A-Za-z0-9_-]+ (a flat member name: no folders, dots or path traversal)")  # fmt: skip
+    _check(
+        isinstance(key, str) and bool(KEY_PATTERN.match(key)),
+        str(key),
+        "key",
+        "must match [A-Za-z0-9_-]+ (a flat member name: no folders, dots or path traversal)",
+    )
     meta = clip.meta
     _check(isinstance(meta, ClipMeta), key, "meta", "must be a ClipMeta")
     _check(meta.spec_version == SPEC_VERSION, key, "meta.spec_version", f"{meta.spec_version!r} != {SPEC_VERSION!r}")

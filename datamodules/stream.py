@@ -327,8 +327,17 @@ class ClipTransform:
         is_static = meta.is_static if source.is_static is None else source.is_static
         F = clip.num_frames
         min_gap = cfg.num_input if source.min_gap is None else source.min_gap
-        inp, outp = sample_frames(rng, F, cfg.num_input, cfg.num_output, min_gap, source.max_gap, train,
-                                  cfg.include_input_prob, cfg.eval_outputs)  # fmt: skip
+        inp, outp = sample_frames(
+            rng,
+            F,
+            cfg.num_input,
+            cfg.num_output,
+            min_gap,
+            source.max_gap,
+            train,
+            cfg.include_input_prob,
+            cfg.eval_outputs,
+        )
         idx = np.concatenate([inp, outp])
         uniq, pos = np.unique(idx, return_inverse=True)
         H, W = out_hw
@@ -431,13 +440,17 @@ class ClipTransform:
             pixels["flip"], pixels["scale_norm"] = flipped, cfg.scale_norm
             sample["pixels"] = pixels
         else:
-            sample.update(images=out["images"].permute(0, 3, 1, 2), depth=torch.from_numpy(out["depth"]),
-                          depth_valid=torch.from_numpy(out["depth_valid"]),
-                          dynamic_mask=torch.from_numpy(out["dynamic_mask"]))  # fmt: skip
+            sample.update(
+                images=out["images"].permute(0, 3, 1, 2),
+                depth=torch.from_numpy(out["depth"]),
+                depth_valid=torch.from_numpy(out["depth_valid"]),
+                dynamic_mask=torch.from_numpy(out["dynamic_mask"]),
+            )
         return sample
 
-    def _worker_pixels(self, clip: Clip, idx: np.ndarray, box: tuple[int, int, int, int], out_hw: tuple[int, int],
-                       out: dict[str, Any]) -> bool:  # fmt: skip
+    def _worker_pixels(
+        self, clip: Clip, idx: np.ndarray, box: tuple[int, int, int, int], out_hw: tuple[int, int], out: dict[str, Any]
+    ) -> bool:
         """Depth (not yet zeroed where invalid), depth_valid and dynamic_mask of the frames `idx`, cropped to `box`
         and nearest-resized to `out_hw`, written into the `BatchBuffers.slot` `out`; returns has_dynamic_mask."""
         top, left, ch, cw = box
@@ -458,8 +471,14 @@ class ClipTransform:
                 masks.append(clip.dynamic_mask)
                 dyn = out["dynamic_mask"].reshape(len(idx), -1)
             if len(masks) == 2:  # both masks in one gather of 2-bit codes
-                code = _gather_codes(masks[0], masks[1], idx, lin, scratch.get("code", depth.shape, np.uint8),
-                                     scratch.get("src", masks[0].shape[1:], np.uint8))  # fmt: skip
+                code = _gather_codes(
+                    masks[0],
+                    masks[1],
+                    idx,
+                    lin,
+                    scratch.get("code", depth.shape, np.uint8),
+                    scratch.get("src", masks[0].shape[1:], np.uint8),
+                )
                 valid &= np.bitwise_and(code, 1, out=scratch.get("tmp", depth.shape, np.uint8)).view(bool)
                 np.right_shift(code, 1, out=dyn.view(np.uint8))
             elif clip.depth_valid is not None:
@@ -475,9 +494,16 @@ class ClipTransform:
             out["dynamic_mask"].fill(False)
         return dyn is not None
 
-    def _deferred_pixels(self, clip: Clip, idx: np.ndarray, uniq: np.ndarray, pos: np.ndarray,
-                         box: tuple[int, int, int, int], out_hw: tuple[int, int],
-                         images: torch.Tensor) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    def _deferred_pixels(
+        self,
+        clip: Clip,
+        idx: np.ndarray,
+        uniq: np.ndarray,
+        pos: np.ndarray,
+        box: tuple[int, int, int, int],
+        out_hw: tuple[int, int],
+        images: torch.Tensor,
+    ) -> tuple[dict[str, Any], bool]:
         """The per-pixel payload of `augment_on="device"` and its has_dynamic_mask.
 
         The nearest resize of depth and masks is a pair of row and column index maps (`_nearest_source_index`).
@@ -530,8 +556,9 @@ class ClipTransform:
         }
         return pixels, clip.dynamic_mask is not None
 
-    def _tracks(self, clip: Clip, idx: np.ndarray, w2c_ref: np.ndarray,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def _tracks(
+        self, clip: Clip, idx: np.ndarray, w2c_ref: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Canonical tracks (F,N,3) float64, NaN where invisible, and visibility (F,N) of the frames `idx` (at most
         `max_tracks` of those visible in some frame, drawn at random); `w2c_ref` (4,4) maps the world to canonical."""
         if clip.tracks_world is None:
@@ -604,8 +631,9 @@ class ClipTransform:
         mode = self.cfg.scale_norm
         if mode == "none":
             return 1.0
-        return self._scale_from_mean(_depth_mean(depth, valid, c2w, K, mode, scale_sample_stride(*depth.shape)),
-                                     c2w, tracks, visible)  # fmt: skip
+        return self._scale_from_mean(
+            _depth_mean(depth, valid, c2w, K, mode, scale_sample_stride(*depth.shape)), c2w, tracks, visible
+        )
 
     def _scale_from_mean(self, mean: float | None, c2w, tracks, visible) -> float:
         """s = 1 / the depth mean; without depth (None) from the tracks' or the cameras' mean distance."""
@@ -620,8 +648,9 @@ class ClipTransform:
         return 1.0 / mean if mean > 1e-8 and math.isfinite(mean) else 1.0
 
 
-def _depth_mean(depth: np.ndarray, valid: np.ndarray, c2w: torch.Tensor, K: torch.Tensor, mode: str,
-                stride: int) -> float | None:  # fmt: skip
+def _depth_mean(
+    depth: np.ndarray, valid: np.ndarray, c2w: torch.Tensor, K: torch.Tensor, mode: str, stride: int
+) -> float | None:
     """Mean z-depth ("mean_depth") or mean distance of the unprojected points from the first camera ("mean_xyz",
     = `unproject_depth(depth, c2w, K)[valid].norm(-1).mean()`) over the valid pixels of the (F,H,W) depth, taken
     on the pixels (i, j) with i ≡ j ≡ stride // 2 (mod stride). The mean over such a regular subsample estimates the
@@ -636,8 +665,16 @@ def _depth_mean(depth: np.ndarray, valid: np.ndarray, c2w: torch.Tensor, K: torc
     return _sampled_depth_mean(depth[:, o::stride, o::stride], v, (H, W), o, stride, c2w, K, mode)
 
 
-def _sampled_depth_mean(d: np.ndarray, v: np.ndarray, out_hw: tuple[int, int], o: int, stride: int,
-                        c2w: torch.Tensor, K: torch.Tensor, mode: str) -> float | None:  # fmt: skip
+def _sampled_depth_mean(
+    d: np.ndarray,
+    v: np.ndarray,
+    out_hw: tuple[int, int],
+    o: int,
+    stride: int,
+    c2w: torch.Tensor,
+    K: torch.Tensor,
+    mode: str,
+) -> float | None:
     """`_depth_mean` on its subsample: d, v (F,h,w) = depth and validity of the output pixels (o + stride·i,
     o + stride·j) of (F,H,W) frames; d may hold anything (NaN, inf) where not v. None when no pixel is valid."""
     count = int(np.count_nonzero(v))
@@ -682,8 +719,9 @@ def _crop_resize_index(width: int, top: int, left: int, ch: int, cw: int, H: int
     return (rows[:, None] * width + cols[None, :]).reshape(-1)
 
 
-def _gather_codes(low: np.ndarray, high: np.ndarray, frames: np.ndarray, lin: np.ndarray, out: np.ndarray,
-                  src: np.ndarray) -> np.ndarray:  # fmt: skip
+def _gather_codes(
+    low: np.ndarray, high: np.ndarray, frames: np.ndarray, lin: np.ndarray, out: np.ndarray, src: np.ndarray
+) -> np.ndarray:
     """`_gather` of the 2-bit codes low | high << 1 of two (F_src,Hs,Ws) bool masks (one gather instead of two)."""
     lo, hi = low.reshape(len(low), -1).view(np.uint8), high.reshape(len(high), -1).view(np.uint8)
     src = src.reshape(-1)
@@ -814,8 +852,12 @@ class ClipStream(IterableDataset):
                 continue
             urls = slot_shards(self.urls[s.name], slot, num_slots)
             if len(self.urls[s.name]) < num_slots and self.train:
-                log.warning("source %s: %d shards for %d (rank, worker) slots: slots share shards",
-                            s.name, len(self.urls[s.name]), num_slots)  # fmt: skip
+                log.warning(
+                    "source %s: %d shards for %d (rank, worker) slots: slots share shards",
+                    s.name,
+                    len(self.urls[s.name]),
+                    num_slots,
+                )
             iters.append(self._source_samples(s.name, urls, src_rng, stats))
         choose = WeightedChoice([s.weight for s in self.sources], rng)
         for _ in range(self.num_batches(worker, num_workers)):
@@ -834,8 +876,11 @@ class ClipStream(IterableDataset):
                     stats.good += 1
                 except Exception as e:  # any corrupt sample: skip, count, go on
                     stats.skipped += 1
-                    _note(stats, f"{self.sources[i].name} sample {raw.get('__key__')!r} "
-                                 f"({raw.get('__url__')}): {type(e).__name__}: {e}")  # fmt: skip
+                    _note(
+                        stats,
+                        f"{self.sources[i].name} sample {raw.get('__key__')!r} "
+                        f"({raw.get('__url__')}): {type(e).__name__}: {e}",
+                    )
                 self._check_rate(stats)
             yield collate(samples, self.sampling.num_input, num_skipped=stats.skipped, buffers=buffers)
 
@@ -850,8 +895,9 @@ class ClipStream(IterableDataset):
         self, name: str, urls: list[str], rng: np.random.Generator, stats: SkipStats
     ) -> Iterator[dict[str, Any]]:
         """Endless raw samples of one source's shard slice: resampled + shuffle buffer (train) or cycled in order."""
-        return shard_samples(urls, rng, stats, self.train, self.shuffle_buffer, f"source {name!r}",
-                             lambda: self._check_rate(stats))  # fmt: skip
+        return shard_samples(
+            urls, rng, stats, self.train, self.shuffle_buffer, f"source {name!r}", lambda: self._check_rate(stats)
+        )
 
 
 def shard_samples(

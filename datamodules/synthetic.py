@@ -35,8 +35,21 @@ from diff4splat.geometry.rotations import axis_angle_to_matrix, matrix_to_quat
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
 from diff4splat.rendering.api import render
 
-TRAJECTORIES = ("arc_left", "arc_right", "dolly_in", "dolly_out", "pan_left", "pan_right", "truck_left",
-                "truck_right", "pedestal_up", "pedestal_down", "spiral", "zoom_in", "zoom_out")  # fmt: skip
+TRAJECTORIES = (
+    "arc_left",
+    "arc_right",
+    "dolly_in",
+    "dolly_out",
+    "pan_left",
+    "pan_right",
+    "truck_left",
+    "truck_right",
+    "pedestal_up",
+    "pedestal_down",
+    "spiral",
+    "zoom_in",
+    "zoom_out",
+)
 
 
 @dataclass
@@ -70,18 +83,22 @@ class SyntheticConfig:
             raise ValueError(f"SyntheticConfig.texture_cells: expected an integer >= 2, got {self.texture_cells!r}")
         if self.trajectories is not None:
             if isinstance(self.trajectories, str) or not len(self.trajectories):
-                raise ValueError("SyntheticConfig.trajectories: expected a non-empty list of preset names from "
-                                 f"{sorted(PRESETS)}, got {self.trajectories!r}")  # fmt: skip
+                raise ValueError(
+                    "SyntheticConfig.trajectories: expected a non-empty list of preset names from "
+                    f"{sorted(PRESETS)}, got {self.trajectories!r}"
+                )
             self.trajectories = tuple(str(t) for t in self.trajectories)
             unknown = [t for t in self.trajectories if t.replace("-", "_").lower() not in PRESETS]
             if unknown:
-                raise ValueError(f"SyntheticConfig.trajectories: unknown preset(s) {unknown}; expected names from "
-                                 f"{sorted(PRESETS)}")  # fmt: skip
+                raise ValueError(
+                    f"SyntheticConfig.trajectories: unknown preset(s) {unknown}; expected names from {sorted(PRESETS)}"
+                )
         try:
             lo, hi = (float(x) for x in self.strength_range)
         except (TypeError, ValueError):
-            raise ValueError(f"SyntheticConfig.strength_range: expected [low, high] numbers, "
-                             f"got {self.strength_range!r}") from None  # fmt: skip
+            raise ValueError(
+                f"SyntheticConfig.strength_range: expected [low, high] numbers, got {self.strength_range!r}"
+            ) from None
         if not 0 <= lo <= hi:
             raise ValueError(f"SyntheticConfig.strength_range: expected 0 <= low <= high, got {self.strength_range!r}")
         self.strength_range = (lo, hi)
@@ -131,10 +148,12 @@ class _Scene:
             wall_tex = _smooth_texture(rng, w, wh, max(2, round(n * 7 / 6)), max(2, round(n * 4 / 6)))
         else:
             ground_tex, wall_tex = _texture(rng, g, g), _texture(rng, w, wh)
-        ground = _grid_plane(g, g, np.array([-3.0, 1.0, 0.3]), np.array([6.0 / g, 0, 0]), np.array([0, 0, 6.0 / g]),
-                             1, ground_tex)  # fmt: skip
-        wall = _grid_plane(w, wh, np.array([-3.5, -3.0, 6.2]), np.array([7.0 / w, 0, 0]), np.array([0, 4.0 / wh, 0]),
-                           2, wall_tex)  # fmt: skip
+        ground = _grid_plane(
+            g, g, np.array([-3.0, 1.0, 0.3]), np.array([6.0 / g, 0, 0]), np.array([0, 0, 6.0 / g]), 1, ground_tex
+        )
+        wall = _grid_plane(
+            w, wh, np.array([-3.5, -3.0, 6.2]), np.array([7.0 / w, 0, 0]), np.array([0, 4.0 / wh, 0]), 2, wall_tex
+        )
         self.static = {k: np.concatenate([ground[k], wall[k]]) for k in ground}
         nb = cfg.num_blobs
         self.blob_c0 = np.stack([rng.uniform(-1.2, 1.2, nb), rng.uniform(-0.2, 0.7, nb), rng.uniform(2.0, 4.5, nb)], 1)
@@ -153,8 +172,9 @@ class _Scene:
         self.rigid_axis = rng.normal(size=(nr, 3))
         self.rigid_spin = rng.uniform(-2, 2, nr)
         self.rigid_color = np.clip(rng.uniform(0.2, 1.0, (nr, 1, 3)) + rng.normal(0, 0.08, (nr, 27, 3)), 0, 1)
-        self.track_static = rng.choice(len(self.static["means"]), min(cfg.static_tracks, len(self.static["means"])),
-                                       replace=False)  # fmt: skip
+        self.track_static = rng.choice(
+            len(self.static["means"]), min(cfg.static_tracks, len(self.static["means"])), replace=False
+        )
         self.dynamic = cfg.dynamic
 
     def moving_at(self, t: float) -> dict[str, np.ndarray]:
@@ -178,14 +198,15 @@ class _Scene:
 def _gaussians(parts: list[dict[str, np.ndarray]]) -> Gaussians:
     """(F,) batch of Gaussians from per-frame dicts (means, scales, colors, optional quats)."""
 
-    def cat(k: str) -> torch.Tensor:  # fmt: skip
+    def cat(k: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([p[k] for p in parts])).float()
 
     means = cat("means")
     F, N = means.shape[:2]
     quats = cat("quats") if "quats" in parts[0] else torch.tensor([1.0, 0, 0, 0]).expand(F, N, 4).contiguous()
-    return Gaussians(means=means, quats=quats, scales=cat("scales"), opacities=torch.full((F, N), 0.995),
-                     colors=cat("colors"))  # fmt: skip
+    return Gaussians(
+        means=means, quats=quats, scales=cat("scales"), opacities=torch.full((F, N), 0.995), colors=cat("colors")
+    )
 
 
 def generate_arrays(
@@ -211,11 +232,15 @@ def generate_arrays(
 
     moving = [scene.moving_at(float(t)) for t in times]
     static = scene.static
-    full = [{"means": np.concatenate([static["means"], m["means"]]),
-             "scales": np.concatenate([static["scales"], m["scales"]]),
-             "colors": np.concatenate([static["colors"], m["colors"]]),
-             "quats": np.concatenate([np.tile([1.0, 0, 0, 0], (len(static["means"]), 1)), m["quats"]])}
-            for m in moving]  # fmt: skip
+    full = [
+        {
+            "means": np.concatenate([static["means"], m["means"]]),
+            "scales": np.concatenate([static["scales"], m["scales"]]),
+            "colors": np.concatenate([static["colors"], m["colors"]]),
+            "quats": np.concatenate([np.tile([1.0, 0, 0, 0], (len(static["means"]), 1)), m["quats"]]),
+        }
+        for m in moving
+    ]
     dev = torch.device(cfg.device)
 
     def draw(parts: list[dict[str, np.ndarray]]):
@@ -233,8 +258,9 @@ def generate_arrays(
 
     # tracks: moving centres + sampled static Gaussians, visible when in front of the rendered surface
     pts = np.stack([np.concatenate([static["means"][scene.track_static], m["means"]]) for m in moving])
-    radius = np.stack([np.concatenate([static["scales"][scene.track_static].max(1), m["scales"].max(1)])
-                       for m in moving])  # fmt: skip
+    radius = np.stack(
+        [np.concatenate([static["scales"][scene.track_static].max(1), m["scales"].max(1)]) for m in moving]
+    )
     proj = project_points(torch.from_numpy(pts).float(), c2w, fxfycxcy, H, W)
     uv = proj.uv.floor().long()
     u, v = uv[..., 0].clamp(0, W - 1), uv[..., 1].clamp(0, H - 1)
@@ -266,10 +292,16 @@ def generate_clip(cfg: SyntheticConfig, seed: int = 0, key: str | None = None) -
     return Clip(
         key=key,
         frames=encode_frames(a["frames"], fmt=cfg.frame_format, quality=cfg.jpeg_quality),
-        c2w=a["c2w"], fxfycxcy=a["fxfycxcy"], timestamps=a["timestamps"], meta=meta,
-        depth=a["depth"], depth_valid=a["depth_valid"], tracks_world=a["tracks_world"],
-        tracks_visible=a["tracks_visible"], dynamic_mask=a["dynamic_mask"],
-    )  # fmt: skip
+        c2w=a["c2w"],
+        fxfycxcy=a["fxfycxcy"],
+        timestamps=a["timestamps"],
+        meta=meta,
+        depth=a["depth"],
+        depth_valid=a["depth_valid"],
+        tracks_world=a["tracks_world"],
+        tracks_visible=a["tracks_visible"],
+        dynamic_mask=a["dynamic_mask"],
+    )
 
 
 class SyntheticSource:
@@ -310,10 +342,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="render on this device (cuda: gsplat)")
     d = SyntheticConfig()  # the CLI's defaults are the config's
     p.add_argument("--texture", choices=["checker", "smooth"], default=d.texture)
-    p.add_argument("--texture-cells", type=int, default=d.texture_cells,
-                   help="smooth: control colours per side of the ground")  # fmt: skip
-    p.add_argument("--strength", type=float, nargs=2, default=list(d.strength_range), metavar=("LOW", "HIGH"),
-                   help="camera motion strength range")  # fmt: skip
+    p.add_argument(
+        "--texture-cells", type=int, default=d.texture_cells, help="smooth: control colours per side of the ground"
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        nargs=2,
+        default=list(d.strength_range),
+        metavar=("LOW", "HIGH"),
+        help="camera motion strength range",
+    )
     p.add_argument("--trajectories", nargs="+", default=None, help="camera presets to draw from (default: all)")
     args = p.parse_args(argv)
     from datamodules.write import ShardWriter
@@ -321,14 +360,25 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     H, W = (args.size[0], args.size[0]) if len(args.size) == 1 else args.size[:2]
     try:
-        cfg = SyntheticConfig(num_frames=args.frames, height=H, width=W, dynamic=args.dynamic, frame_format=args.format,
-                              device=args.device, texture=args.texture, texture_cells=args.texture_cells,
-                              strength_range=tuple(args.strength), trajectories=args.trajectories)  # fmt: skip
+        cfg = SyntheticConfig(
+            num_frames=args.frames,
+            height=H,
+            width=W,
+            dynamic=args.dynamic,
+            frame_format=args.format,
+            device=args.device,
+            texture=args.texture,
+            texture_cells=args.texture_cells,
+            strength_range=tuple(args.strength),
+            trajectories=args.trajectories,
+        )
     except ValueError as e:
         p.error(str(e))
-    source = (f"datamodules.synthetic seed={args.seed} dynamic={args.dynamic} frames={args.frames} size={H}x{W} "
-              f"texture={args.texture} strength={args.strength[0]:g}-{args.strength[1]:g}"
-              + (f" trajectories={','.join(args.trajectories)}" if args.trajectories else ""))  # fmt: skip
+    source = (
+        f"datamodules.synthetic seed={args.seed} dynamic={args.dynamic} frames={args.frames} size={H}x{W} "
+        f"texture={args.texture} strength={args.strength[0]:g}-{args.strength[1]:g}"
+        + (f" trajectories={','.join(args.trajectories)}" if args.trajectories else "")
+    )
     with ShardWriter(args.out, source=source, split=args.split, maxcount=args.maxcount) as writer:
         for i in range(args.clips):
             key = f"synth{'dyn' if args.dynamic else 'static'}_{args.seed:04d}_{i:06d}"

@@ -68,8 +68,9 @@ class _Pool(Dataset):
             self.samples = [video_sample(cfg, s, strength=strength) for s in seeds]
             return
         first = first or 0
-        self.samples = [video_sample(cfg, s, name, strength) for s in seeds
-                        for name in scene_presets(s)[first : first + per_scene]]  # fmt: skip
+        self.samples = [
+            video_sample(cfg, s, name, strength) for s in seeds for name in scene_presets(s)[first : first + per_scene]
+        ]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -124,13 +125,16 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         if pool < 1 or val_pool < 0:
             raise ValueError(f"data.pool must be >= 1 and data.val_pool >= 0, got {pool}, {val_pool}")
         if not 1 <= trajectories_per_scene <= len(TRAJECTORIES):
-            raise ValueError(f"data.trajectories_per_scene must be in [1, {len(TRAJECTORIES)}], got "
-                             f"{trajectories_per_scene}")  # fmt: skip
+            raise ValueError(
+                f"data.trajectories_per_scene must be in [1, {len(TRAJECTORIES)}], got {trajectories_per_scene}"
+            )
         if holdout not in ("scenes", "paths"):
             raise ValueError(f"data.holdout must be 'scenes' or 'paths', got {holdout!r}")
         if pool % trajectories_per_scene or (holdout == "scenes" and val_pool % trajectories_per_scene):
-            raise ValueError(f"data.pool ({pool}) and data.val_pool ({val_pool}) must be multiples of "
-                             f"data.trajectories_per_scene ({trajectories_per_scene})")  # fmt: skip
+            raise ValueError(
+                f"data.pool ({pool}) and data.val_pool ({val_pool}) must be multiples of "
+                f"data.trajectories_per_scene ({trajectories_per_scene})"
+            )
         scenes = pool // trajectories_per_scene
         if holdout == "paths":
             if val_pool % scenes or trajectories_per_scene + val_pool // scenes > len(TRAJECTORIES):
@@ -143,9 +147,16 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         self.pool, self.val_pool = pool, val_pool
         self.batch_size, self.batches_per_epoch, self.val_batches = batch_size, batches_per_epoch, val_batches
         self.seed, self.num_workers = seed, num_workers
-        self.save_hyperparameters({"synthetic": asdict(self.cfg), "pool": pool, "val_pool": val_pool,
-                                   "trajectories_per_scene": trajectories_per_scene,
-                                   "trajectory_strength": trajectory_strength, "holdout": holdout})  # fmt: skip
+        self.save_hyperparameters(
+            {
+                "synthetic": asdict(self.cfg),
+                "pool": pool,
+                "val_pool": val_pool,
+                "trajectories_per_scene": trajectories_per_scene,
+                "trajectory_strength": trajectory_strength,
+                "holdout": holdout,
+            }
+        )
         self._train: _Pool | None = None
         self._val: _Pool | None = None
         self._resume_step = 0  # global step of the checkpoint this run resumed from (0: a fresh run)
@@ -177,19 +188,27 @@ class SyntheticVideoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.train_seed())
-        sampler = RandomSampler(self._train, replacement=True, num_samples=self.batches_per_epoch * self.batch_size,
-                                generator=gen)  # fmt: skip
+        sampler = RandomSampler(
+            self._train, replacement=True, num_samples=self.batches_per_epoch * self.batch_size, generator=gen
+        )
         trainer = getattr(self, "trainer", None)
         if trainer is not None and int(getattr(trainer, "world_size", 1)) > 1:
             sampler = _RankOffset(sampler, len(self._train), int(trainer.global_rank), int(trainer.world_size))
-        return DataLoader(self._train, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_videos,
-                          num_workers=self.num_workers, drop_last=True)  # fmt: skip
+        return DataLoader(
+            self._train,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate_videos,
+            num_workers=self.num_workers,
+            drop_last=True,
+        )
 
     def _eval_loader(self) -> DataLoader:
         n = min(len(self._val), self.val_batches * self.batch_size)
         subset = torch.utils.data.Subset(self._val, list(range(n)))
-        return DataLoader(subset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_videos,
-                          num_workers=self.num_workers)  # fmt: skip
+        return DataLoader(
+            subset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_videos, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader() if self._val is not None and self.val_batches else []

@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("checkpoint", type=Path, help="a .ckpt file or a distributed checkpoint folder (last.ckpt/)")
     c.add_argument("out", type=Path, help="the .safetensors to write")
     c.add_argument("--raw", action="store_true", help="the trained weights, not their EMA")
-    c.add_argument("--camera-weights", type=Path, default=None,
-                   help="also write CameraWan camera-branch (+LoRA) weights here (diffusion checkpoints)")  # fmt: skip
+    c.add_argument(
+        "--camera-weights",
+        type=Path,
+        default=None,
+        help="also write CameraWan camera-branch (+LoRA) weights here (diffusion checkpoints)",
+    )
     args = parser.parse_args(argv)
     if args.out.suffix != ".safetensors":
         print(f"error: out: {args.out} should end in .safetensors", file=sys.stderr)

@@ -81,14 +81,18 @@ class DemoRunner:
         if self.pipeline.untrained:
             lines.append(f"**{meta.get('label', 'UNTRAINED')}**")
         timings = meta.get("timings", {})
-        lines.append(f"{scene.gaussians.num_gaussians} Gaussians, {scene.gaussians.num_times} query times, "
-                     f"{len(scene.cameras) if scene.cameras is not None else 0} frames; "
-                     f"{timings.get('total', float('nan')):.1f} s. Files: `{folder}`")  # fmt: skip
-        return DemoResult(folder, folder / "video.mp4", folder / "render.mp4", splat, folder / "scene.safetensors",
-                          "\n\n".join(lines))  # fmt: skip
+        lines.append(
+            f"{scene.gaussians.num_gaussians} Gaussians, {scene.gaussians.num_times} query times, "
+            f"{len(scene.cameras) if scene.cameras is not None else 0} frames; "
+            f"{timings.get('total', float('nan')):.1f} s. Files: `{folder}`"
+        )
+        return DemoResult(
+            folder, folder / "video.mp4", folder / "render.mp4", splat, folder / "scene.safetensors", "\n\n".join(lines)
+        )
 
-    def __call__(self, image: str | None, preset: str, strength: float, prompt: str, seed: float | int
-                 ) -> tuple[str, str, str, list[str], str]:  # fmt: skip
+    def __call__(
+        self, image: str | None, preset: str, strength: float, prompt: str, seed: float | int
+    ) -> tuple[str, str, str, list[str], str]:
         """The Gradio callback: (video, render, splat preview, downloads, status); bad input -> ``gr.Error``."""
         import gradio as gr
 
@@ -120,8 +124,9 @@ def build_demo(callback: Any, default_preset: str = "orbit", title: str = "Diff4
                 splat = gr.Model3D(label="Scene at the first frame (.splat)")
                 files = gr.File(label="Downloads (.splat, .safetensors)", file_count="multiple")
                 status = gr.Markdown()
-        run.click(callback, inputs=[image, preset, strength, prompt, seed],
-                  outputs=[video, render, splat, files, status])  # fmt: skip
+        run.click(
+            callback, inputs=[image, preset, strength, prompt, seed], outputs=[video, render, splat, files, status]
+        )
     return demo
 
 

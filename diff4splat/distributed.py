@@ -31,8 +31,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def exit_with_launcher(interval: float = 2.0, grace: float = 60.0, env: Mapping[str, str] | None = None
-                       ) -> threading.Thread | None:  # fmt: skip
+def exit_with_launcher(
+    interval: float = 2.0, grace: float = 60.0, env: Mapping[str, str] | None = None
+) -> threading.Thread | None:
     """In a process another training process launched, exit (status 1) once the launcher has been gone ``grace`` s.
 
     Lightning starts ranks > 0 from rank 0's process, and torchrun starts every rank from its agent. If that parent
@@ -53,8 +54,10 @@ def exit_with_launcher(interval: float = 2.0, grace: float = 60.0, env: Mapping[
             time.sleep(interval)
             if os.getppid() != parent:
                 time.sleep(grace)
-                msg = (f"rank {env.get('RANK', env.get('LOCAL_RANK', '?'))}: the process that launched this rank "
-                       f"(pid {parent}) exited {grace:g} s ago; stopping instead of waiting in a collective")  # fmt: skip
+                msg = (
+                    f"rank {env.get('RANK', env.get('LOCAL_RANK', '?'))}: the process that launched this rank "
+                    f"(pid {parent}) exited {grace:g} s ago; stopping instead of waiting in a collective"
+                )
                 log.error(msg)
                 print(f"error: {msg}", file=sys.stderr, flush=True)
                 os._exit(1)
@@ -82,8 +85,11 @@ def shard_by_blocks(module: nn.Module, names: Sequence[str], mesh: Any, reshard_
     inside = {id(sub) for b in blocks for sub in b.modules()}
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    owners = [m for m in module.modules() if m is not module and id(m) not in inside
-              and any(p.requires_grad for p in m.parameters(recurse=False))]  # fmt: skip
+    owners = [
+        m
+        for m in module.modules()
+        if m is not module and id(m) not in inside and any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
     for owner in reversed(owners):  # modules() is pre-order: reversed, children come before their parents
         fully_shard(owner, mesh=mesh, reshard_after_forward=False)
     return len(blocks)
@@ -109,8 +115,9 @@ class FSDP2Strategy(ModelParallelStrategy):
             processes = self.num_nodes * self.num_processes
             tp = int(self._tensor_parallel_size)
             if processes % tp:
-                raise ValueError(f"trainer.strategy.tensor_parallel_size={tp} does not divide the {processes} "
-                                 "processes of the job")  # fmt: skip
+                raise ValueError(
+                    f"trainer.strategy.tensor_parallel_size={tp} does not divide the {processes} processes of the job"
+                )
             self._data_parallel_size = processes // tp
         super().setup_environment()
 
@@ -122,16 +129,20 @@ class FSDP2Strategy(ModelParallelStrategy):
         # Lightning restores such a folder only into FSDP2 modules (an unsharded 1-GPU run could save, not resume)
         if not any(_is_dtensor(p) for _, p in trainable) and (self.shard_blocks or self.world_size > 1):
             if not self.shard_blocks:
-                raise RuntimeError(f"{type(module).__name__} did not shard its model in configure_model and "
-                                   "trainer.strategy.shard_blocks is empty: nothing would keep the ranks in sync "
-                                   "(use trainer=fsdp, which shards any system, or trainer=ddp)")  # fmt: skip
+                raise RuntimeError(
+                    f"{type(module).__name__} did not shard its model in configure_model and "
+                    "trainer.strategy.shard_blocks is empty: nothing would keep the ranks in sync "
+                    "(use trainer=fsdp, which shards any system, or trainer=ddp)"
+                )
             mesh = self.device_mesh["data_parallel"]
             n = shard_by_blocks(module, self.shard_blocks, mesh)
             log.info("FSDP2: %d block units (%s) in %s", n, ", ".join(self.shard_blocks), type(module).__name__)
             unsharded = [n for n, p in module.named_parameters() if p.requires_grad and not _is_dtensor(p)]
             if unsharded:
-                raise RuntimeError(f"FSDP2: trainable parameters outside any FSDP unit (registered on the system "
-                                   f"itself?): {unsharded[:5]}")  # fmt: skip
+                raise RuntimeError(
+                    f"FSDP2: trainable parameters outside any FSDP unit (registered on the system "
+                    f"itself?): {unsharded[:5]}"
+                )
             if not is_overridden("configure_model", module):
                 # Lightning requires the parallelisation in configure_model; it was applied here instead.
                 module.configure_model = types.MethodType(lambda self: None, module)

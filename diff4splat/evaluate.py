@@ -83,8 +83,9 @@ def make_lpips(args: argparse.Namespace, device: str) -> LPIPS | None:
     lin = Path(args.lpips_lin) if args.lpips_lin else _ckpt_root() / "lpips" / "vgg.pth"
     missing = [str(x) for x in (vgg, lin) if not x.is_file()]
     if missing:
-        raise InputError(f"LPIPS weights not found: {missing}; pass --lpips-vgg / --lpips-lin (or set CKPT_ROOT), "
-                         "or --no-lpips")  # fmt: skip
+        raise InputError(
+            f"LPIPS weights not found: {missing}; pass --lpips-vgg / --lpips-lin (or set CKPT_ROOT), or --no-lpips"
+        )
     return LPIPS(pretrained=True, vgg_path=vgg, lin_path=lin).to(device)
 
 
@@ -118,17 +119,30 @@ def run(args: argparse.Namespace) -> Path:
             from diff4splat.models.wan_vae import WanVAE
 
             vae = WanVAE.from_pretrained(args.vae)
-        cfg = ClipEvalConfig(num_input=args.num_input, num_output=args.num_output, resolution=args.resolution,
-                             max_gap=args.max_gap, eval_outputs=args.eval_outputs, depth_align=args.depth_align,
-                             prune_threshold=args.prune, max_clips=args.max_clips, backend=args.backend)  # fmt: skip
+        cfg = ClipEvalConfig(
+            num_input=args.num_input,
+            num_output=args.num_output,
+            resolution=args.resolution,
+            max_gap=args.max_gap,
+            eval_outputs=args.eval_outputs,
+            depth_align=args.depth_align,
+            prune_threshold=args.prune,
+            max_clips=args.max_clips,
+            backend=args.backend,
+        )
         results = evaluate_clips(model, shards, cfg, lpips, vae, args.device, progress=log.info)
     else:
         scenes = [read_scene_output(f, args.device) for f in args.folders]
         results = evaluate_scenes(scenes, lpips, args.backend, args.occlusion_tol)
     write_results(results, args.out)
     summary = results.summary()
-    log.info("%d %s -> %s; means %s", summary["count"], results.kind, args.out,
-             {k: round(v, 4) for k, v in summary["mean"].items()})  # fmt: skip
+    log.info(
+        "%d %s -> %s; means %s",
+        summary["count"],
+        results.kind,
+        args.out,
+        {k: round(v, 4) for k, v in summary["mean"].items()},
+    )
     return Path(args.out)
 
 

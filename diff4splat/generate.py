@@ -25,8 +25,11 @@ from diff4splat.pipelines.inputs import run_cli
 
 def to_config(cfg: DictConfig) -> GenerateConfig:
     """The typed config of a composed ``conf/generate.yaml`` (Hydra's and the paths group's own keys left out)."""
-    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-             for k in cfg if k not in ("hydra", "paths")}  # fmt: skip
+    plain = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k not in ("hydra", "paths")
+    }
     return to_dataclass(GenerateConfig, plain, "generate")
 
 

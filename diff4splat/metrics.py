@@ -42,8 +42,9 @@ def image_metrics(
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 3:
-        raise ValueError(f"image_metrics: expected equal [V, 3, H, W] shapes, got {tuple(pred.shape)} and "
-                         f"{tuple(target.shape)}")  # fmt: skip
+        raise ValueError(
+            f"image_metrics: expected equal [V, 3, H, W] shapes, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     pred, target = pred.float().clamp(0, 1), target.float().clamp(0, 1)
     out = {
         "psnr": peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(
@@ -101,8 +102,12 @@ def track_metrics(
     if n == 0:
         return {"epe": math.nan, "within_0.05": math.nan, "within_0.10": math.nan, "pairs": 0}
     err = (pred[valid].double() - gt[valid].double()).norm(dim=-1)
-    return {"epe": float(err.mean()), "within_0.05": float((err < 0.05).double().mean()),
-            "within_0.10": float((err < 0.10).double().mean()), "pairs": n}  # fmt: skip
+    return {
+        "epe": float(err.mean()),
+        "within_0.05": float((err < 0.05).double().mean()),
+        "within_0.10": float((err < 0.10).double().mean()),
+        "pairs": n,
+    }
 
 
 def warp_error(
@@ -129,7 +134,8 @@ def warp_error(
     if n == 0:
         return math.nan, 0.0
     grid = torch.stack([proj.uv[:, 0] / w * 2 - 1, proj.uv[:, 1] / h * 2 - 1], -1).view(1, h, w, 2)
-    warped = F.grid_sample(next_frame[None].float(), grid.nan_to_num(), mode="bilinear", padding_mode="border",
-                           align_corners=False)[0]  # fmt: skip
+    warped = F.grid_sample(
+        next_frame[None].float(), grid.nan_to_num(), mode="bilinear", padding_mode="border", align_corners=False
+    )[0]
     diff = (frame.float() - warped).abs().mean(0).reshape(-1)
     return float(diff[ok].double().mean()), n / (h * w)

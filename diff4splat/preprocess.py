@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> Path:
         images = read_frames_single(Path(args.image)).expand(args.num_frames, -1, -1, -1)
         h, w = images.shape[-2:]
         fy = 0.5 / np.tan(np.deg2rad(args.fov) / 2)
-        traj = make_trajectory(args.trajectory, args.num_frames, strength=args.strength,
-                               fxfycxcy=[fy * h / w, fy, 0.5, 0.5])  # fmt: skip
+        traj = make_trajectory(
+            args.trajectory, args.num_frames, strength=args.strength, fxfycxcy=[fy * h / w, fy, 0.5, 0.5]
+        )
         c2w, fx = traj.c2w.float(), traj.fxfycxcy.float()
     if args.resize:
         images = F.interpolate(images, size=tuple(args.resize), mode="bicubic", antialias=True).clamp(0, 1)
@@ -63,8 +64,13 @@ def run(args: argparse.Namespace) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
     try:
-        np.savez(tmp, images=images.numpy().astype(np.float32), C2W=c2w.numpy(), fxfycxcy=fx.numpy(),
-                 timestep=np.linspace(0, 1, images.shape[0], dtype=np.float32))  # fmt: skip
+        np.savez(
+            tmp,
+            images=images.numpy().astype(np.float32),
+            C2W=c2w.numpy(),
+            fxfycxcy=fx.numpy(),
+            timestep=np.linspace(0, 1, images.shape[0], dtype=np.float32),
+        )
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no half-written file

@@ -93,8 +93,14 @@ def run(args: argparse.Namespace) -> Path:
     return out
 
 
-def write_outputs(pipe: ReconstructionPipeline, rec: Reconstruction, images: torch.Tensor, inp: Path, args: argparse.Namespace,
-                  out: Path) -> None:  # fmt: skip
+def write_outputs(
+    pipe: ReconstructionPipeline,
+    rec: Reconstruction,
+    images: torch.Tensor,
+    inp: Path,
+    args: argparse.Namespace,
+    out: Path,
+) -> None:
     """scene.safetensors, ply/ and the videos of one reconstruction into ``out``."""
     save_4d(rec.gaussians, out / "scene.safetensors", metadata={"source": str(inp), "weights": str(args.weights)})
     save_ply_sequence(rec.gaussians, out / "ply")

@@ -203,8 +203,9 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         log.info("Resuming from %s", newest)
         return str(newest)
     if not Path(ckpt).exists():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint file at {ckpt!r} (expected a .ckpt file or folder, "
-                                "'auto', 'last' or null)")  # fmt: skip
+        raise FileNotFoundError(
+            f"ckpt_path: no checkpoint file at {ckpt!r} (expected a .ckpt file or folder, 'auto', 'last' or null)"
+        )
     return str(ckpt)
 
 

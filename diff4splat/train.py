@@ -79,9 +79,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         except pickle.UnpicklingError as e:  # weights_only refused an object in the checkpoint: name the file
             from diff4splat.weights import WeightsError, refused_global
 
-            raise WeightsError(f"ckpt_path={ckpt_path}: refused to load: the checkpoint holds Python objects other "
-                               f"than tensors and plain containers ({refused_global(str(e))}); expected a "
-                               "checkpoint written by this project's training") from e  # fmt: skip
+            raise WeightsError(
+                f"ckpt_path={ckpt_path}: refused to load: the checkpoint holds Python objects other "
+                f"than tensors and plain containers ({refused_global(str(e))}); expected a "
+                "checkpoint written by this project's training"
+            ) from e
         metrics.update(_floats(trainer.callback_metrics))
         if ckpt_path is not None:  # a resumed run keeps the metrics of its earlier parts that it did not recompute
             metrics = {**read_summary(cfg), **metrics}
@@ -136,8 +138,11 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
     except SIGTERMException:
-        log.warning("Stopped by a signal; last.ckpt is saved in %s/checkpoints: re-run the same command (same run id) "
-                    "to continue.", cfg.paths.output_dir)  # fmt: skip
+        log.warning(
+            "Stopped by a signal; last.ckpt is saved in %s/checkpoints: re-run the same command (same run id) "
+            "to continue.",
+            cfg.paths.output_dir,
+        )
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
     finally:
         _finish_wandb()

@@ -73,8 +73,9 @@ class SceneViewer:
     camera in trajectory camera k at its time.
     """
 
-    def __init__(self, server: Any, scene: SceneOutput, max_gaussians: int = DEFAULT_MAX_GAUSSIANS,
-                 fps: float = 8.0) -> None:  # fmt: skip
+    def __init__(
+        self, server: Any, scene: SceneOutput, max_gaussians: int = DEFAULT_MAX_GAUSSIANS, fps: float = 8.0
+    ) -> None:
         self.server, self.scene = server, scene
         dg = scene.gaussians.to("cpu", torch.float32)
         if dg.num_gaussians > max_gaussians:
@@ -102,8 +103,7 @@ class SceneViewer:
         self.play_button.on_click(lambda _: self.toggle_play())
         if self.cameras is not None:
             with gui.add_folder("Trajectory"):
-                self.camera_slider = gui.add_slider("Camera", min=0, max=len(self.cameras) - 1, step=1,
-                                                    initial_value=0)  # fmt: skip
+                self.camera_slider = gui.add_slider("Camera", min=0, max=len(self.cameras) - 1, step=1, initial_value=0)
                 self.snap_button = gui.add_button("View from camera", hint="look through the chosen camera")
                 self.frusta_box = gui.add_checkbox("Show cameras", initial_value=True)
             self.snap_button.on_click(lambda event: self._snap_event(event.client, int(self.camera_slider.value)))
@@ -121,9 +121,15 @@ class SceneViewer:
             wxyz, pos = camera_pose(cams.c2w[k])
             shade = int(255 * k / max(1, len(cams) - 1))
             h = self.server.scene.add_camera_frustum(
-                f"/trajectory/camera_{k:03d}", fov=vertical_fov(cams.fxfycxcy[k]), aspect=cams.width / cams.height,
-                scale=scale, thickness=0.05 * scale, color=(shade, 80, 255 - shade), wxyz=wxyz, position=pos,
-            )  # fmt: skip
+                f"/trajectory/camera_{k:03d}",
+                fov=vertical_fov(cams.fxfycxcy[k]),
+                aspect=cams.width / cams.height,
+                scale=scale,
+                thickness=0.05 * scale,
+                color=(shade, 80, 255 - shade),
+                wxyz=wxyz,
+                position=pos,
+            )
             h.on_click(lambda event, k=k: self._snap_event(event.client, k))
             handles.append(h)
         return handles
@@ -204,8 +210,13 @@ class SceneViewer:
             last = now
 
 
-def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8080, max_gaussians: int = DEFAULT_MAX_GAUSSIANS,
-          verbose: bool = True) -> SceneViewer:  # fmt: skip
+def serve(
+    folder: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    max_gaussians: int = DEFAULT_MAX_GAUSSIANS,
+    verbose: bool = True,
+) -> SceneViewer:
     """Start a viser server for an output folder (``port=0``: any free port, see ``viewer.server.get_port()``);
     stop it with ``viewer.server.stop()``."""
     import viser

@@ -27,8 +27,9 @@ def moving_plane(n: int = 24, frames: int = 6, seed: int = 0) -> DeformableGauss
     means = torch.stack([u, v, 3.0 + 0.3 * u + 0.02 * torch.rand(n * n, generator=g)], -1)
     colors = 0.5 + 0.4 * torch.stack([torch.sin(2 * u), torch.cos(3 * v), torch.sin(u + v)], -1)
     m = means.shape[0]
-    canonical = Gaussians(means, torch.tensor([1.0, 0, 0, 0]).repeat(m, 1), torch.full((m, 3), 0.08),
-                          torch.full((m,), 0.9), colors)  # fmt: skip
+    canonical = Gaussians(
+        means, torch.tensor([1.0, 0, 0, 0]).repeat(m, 1), torch.full((m, 3), 0.08), torch.full((m,), 0.9), colors
+    )
     times = torch.linspace(0, 1, frames)
     dm = torch.zeros(frames, m, 3)
     dm[..., 0] = 0.2 * times[:, None] * (v > 0)
@@ -37,20 +38,33 @@ def moving_plane(n: int = 24, frames: int = 6, seed: int = 0) -> DeformableGauss
     return DeformableGaussians(canonical, times, dm, dq, torch.zeros(frames, m, 3))
 
 
-def write_scene_output(folder: Path, frames: int = 6, height: int = 32, width: int = 40, preset: str = "orbit",
-                       strength: float = 0.05, video: np.ndarray | None = None) -> tuple[Path, torch.Tensor]:  # fmt: skip
+def write_scene_output(
+    folder: Path,
+    frames: int = 6,
+    height: int = 32,
+    width: int = 40,
+    preset: str = "orbit",
+    strength: float = 0.05,
+    video: np.ndarray | None = None,
+) -> tuple[Path, torch.Tensor]:
     """Write the folder; returns it and the renders along the trajectory [F, 3, H, W] (what ``video.mp4`` holds
     unless ``video`` (F, H, W, 3) uint8 is given)."""
     scene = moving_plane(frames=frames)
     traj = make_trajectory(preset, frames, strength=strength, look_at=3.0)
     c2w, fx = traj.c2w.float(), traj.fxfycxcy.float()
     times = torch.linspace(0, 1, frames)
-    renders = torch.stack([render(scene.at(times[k]), c2w[k : k + 1], fx[k : k + 1], height, width).rgb[0]
-                           for k in range(frames)]).clamp(0, 1)  # fmt: skip
+    renders = torch.stack(
+        [render(scene.at(times[k]), c2w[k : k + 1], fx[k : k + 1], height, width).rgb[0] for k in range(frames)]
+    ).clamp(0, 1)
     folder.mkdir(parents=True, exist_ok=True)
     save_4d(scene, folder / "scene.safetensors")
     write_video(to_uint8(renders) if video is None else video, folder / "video.mp4", 8)
-    traj_json = {"c2w": c2w.tolist(), "fxfycxcy": fx.tolist(), "times": times.tolist(), "height": height,
-                 "width": width}  # fmt: skip
+    traj_json = {
+        "c2w": c2w.tolist(),
+        "fxfycxcy": fx.tolist(),
+        "times": times.tolist(),
+        "height": height,
+        "width": width,
+    }
     (folder / "meta.json").write_text(json.dumps({"format": "test", "trajectory": traj_json}))
     return folder, renders

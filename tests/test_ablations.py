@@ -35,14 +35,37 @@ def sweep(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("outputs")
     env = dict(os.environ, OUTPUT_ROOT=str(out), WANDB_MODE="offline", DIFF4SPLAT_RUN_ID="")
     proc = subprocess.run(
-        [sys.executable, "-m", "diff4splat.train", "-m", f"experiment={','.join(ARMS)}", "seed=3",
-         "extras.print_config=false", "callbacks=none", "+trainer.enable_progress_bar=false",
-         "trainer.enable_model_summary=false", "trainer.max_steps=4", "trainer.val_check_interval=2",
-         "trainer.log_every_n_steps=1", "++data.synthetic.synthetic.num_frames=5", "data.sampling.num_input=2",
-         "data.sampling.num_output=2", "++data.synthetic_pool=1", "++data.synthetic_val_pool=1", "data.val_batches=1",
-         "model.dim=32", "model.depth=2", "model.num_heads=2", "model.decoder_channels=8"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "diff4splat.train",
+            "-m",
+            f"experiment={','.join(ARMS)}",
+            "seed=3",
+            "extras.print_config=false",
+            "callbacks=none",
+            "+trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "trainer.log_every_n_steps=1",
+            "++data.synthetic.synthetic.num_frames=5",
+            "data.sampling.num_input=2",
+            "data.sampling.num_output=2",
+            "++data.synthetic_pool=1",
+            "++data.synthetic_val_pool=1",
+            "data.val_batches=1",
+            "model.dim=32",
+            "model.depth=2",
+            "model.num_heads=2",
+            "model.decoder_channels=8",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweeps = list((out / "abl_lrdm" / "multiruns").iterdir())  # the experiments' task_name, one folder for the sweep
     assert len(sweeps) == 1
@@ -60,8 +83,10 @@ def test_summary_tables_match_the_jobs(sweep, tmp_path):
     # results.csv: one row per job, every metric exactly as in summary.json
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["ablation"], r["seed"], r["job"]) for r in rows] == [("abl_lrdm_base", "3", "0"),
-                                                                   ("abl_lrdm_motion_off", "3", "1")]  # fmt: skip
+    assert [(r["ablation"], r["seed"], r["job"]) for r in rows] == [
+        ("abl_lrdm_base", "3", "0"),
+        ("abl_lrdm_motion_off", "3", "1"),
+    ]
     for row, arm in zip(rows, ARMS):
         metrics = summaries[arm]
         assert {k for k, v in row.items() if v} - {"ablation", "seed", "job", "wall_s"} == set(metrics)
@@ -111,9 +136,12 @@ def test_mean_and_std_over_seeds_and_the_noise_rule(sweep):
     assert agg.seeds == [3, 4]
     assert agg.mean["test/psnr"] == statistics.fmean(values) and agg.std["test/psnr"] == statistics.stdev(values)
     # two arms of two seeds each, the second arm 1 dB better on both seeds with a seed spread of 0.1: beyond noise
-    twins = [s.Job(num=i, path=sweep, overrides={}, seed=seed, metrics={"m": base + d}, ablation=arm)
-             for i, (arm, seed, base, d) in enumerate([("r", 0, 10.0, 0), ("r", 1, 10.1, 0), ("x", 0, 10.0, 1),
-                                                       ("x", 1, 10.1, 1)])]  # fmt: skip
+    twins = [
+        s.Job(num=i, path=sweep, overrides={}, seed=seed, metrics={"m": base + d}, ablation=arm)
+        for i, (arm, seed, base, d) in enumerate(
+            [("r", 0, 10.0, 0), ("r", 1, 10.1, 0), ("x", 0, 10.0, 1), ("x", 1, 10.1, 1)]
+        )
+    ]
     (c,) = s.compare(twins, s.aggregate(twins, ["m"]), "r", ["m"])
     assert c.paired == [1.0, 1.0] and math.isclose(c.diff, 1.0) and c.beyond_noise
     twins[3].metrics["m"] = 9.9  # one seed disagrees in sign: within noise

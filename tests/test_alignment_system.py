@@ -49,8 +49,13 @@ def test_tiny_alignment_raises_held_out_psnr_by_10_db(make_cfg):
 
 
 def test_render_loss_reaches_the_aligner_and_bad_clips_fail(make_cfg):
-    cfg = make_cfg("experiment=latent_align_tiny", "system.loss.pixel=0.0", "system.loss.latent=0.0",
-                   "system.loss.render=1.0", "trainer.max_steps=2")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=latent_align_tiny",
+        "system.loss.pixel=0.0",
+        "system.loss.latent=0.0",
+        "system.loss.render=1.0",
+        "trainer.max_steps=2",
+    )
     import hydra
 
     system: LatentAlignmentSystem = hydra.utils.instantiate(cfg.system, _recursive_=False)

@@ -47,8 +47,16 @@ def _loader(seed=0):
 
 
 def _trainer(callbacks, steps=16, **kw):
-    return L.Trainer(max_steps=steps, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", **kw)  # fmt: skip
+    return L.Trainer(
+        max_steps=steps,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **kw,
+    )
 
 
 def test_ema_matches_closed_form():
@@ -107,9 +115,17 @@ def test_throughput_windows_count_accumulated_samples_and_log_mfu(tmp_path):
     torch.manual_seed(0)
     tp = Throughput(window=3, warmup_steps=1, peak_tflops=1e-9)
     logger = CSVLogger(tmp_path, name="csv")
-    trainer = L.Trainer(max_steps=10, callbacks=[tp], logger=logger, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        accumulate_grad_batches=2, log_every_n_steps=50)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=10,
+        callbacks=[tp],
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        accumulate_grad_batches=2,
+        log_every_n_steps=50,
+    )
     trainer.fit(_RegressionWithFlops(), _loader())
     assert tp.flops_per_sample == 18  # counted on one sample of the first batch
     assert [step for step, _ in tp.history] == [4, 7, 10]  # windows start after the warm-up step

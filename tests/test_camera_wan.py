@@ -115,10 +115,18 @@ def test_video_datamodule_holds_out_paths_of_the_training_scenes(tmp_path) -> No
     clip of that scene uses; a pool that cannot be split that way is refused, naming the fields."""
     from datamodules.video import SyntheticVideoDataModule
 
-    small = {"height": 16, "width": 16, "dynamic": False, "ground_grid": 6, "wall_grid": 4, "num_blobs": 1,
-             "num_rigid": 0}  # fmt: skip
-    dm = SyntheticVideoDataModule(synthetic=small, pool=6, val_pool=4, trajectories_per_scene=3,
-                                  trajectory_strength=2.0, holdout="paths")  # fmt: skip
+    small = {
+        "height": 16,
+        "width": 16,
+        "dynamic": False,
+        "ground_grid": 6,
+        "wall_grid": 4,
+        "num_blobs": 1,
+        "num_rigid": 0,
+    }
+    dm = SyntheticVideoDataModule(
+        synthetic=small, pool=6, val_pool=4, trajectories_per_scene=3, trajectory_strength=2.0, holdout="paths"
+    )
     dm.setup("fit")
     train, val = dm._train.samples, dm._val.samples
     scene = [s["key"].split("-")[1] for s in train]
@@ -192,8 +200,13 @@ def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[st
     from datamodules.video import collate_videos
 
     steps = 600
-    cfg = make_cfg("experiment=camctrl_tiny", f"model.camera_injection={injection}", f"trainer.max_steps={steps}",
-                   "data.pool=16", "data.val_pool=8")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=camctrl_tiny",
+        f"model.camera_injection={injection}",
+        f"trainer.max_steps={steps}",
+        "data.pool=16",
+        "data.val_pool=8",
+    )
     dm = instantiate(cfg.data)
     dm.setup("fit")
     system = instantiate(cfg.system)
@@ -219,8 +232,12 @@ def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[st
     g = torch.Generator().manual_seed(1)
     for step in range(steps):  # Lightning's automatic optimisation, with the latents precomputed
         idx = torch.randint(0, x_train.shape[0], (cfg.data.batch_size,), generator=g)
-        batch = {"latents": x_train[idx], "c2w": train["c2w"][idx], "fxfycxcy": train["fxfycxcy"][idx],
-                 "key": [train["key"][i] for i in idx]}  # fmt: skip
+        batch = {
+            "latents": x_train[idx],
+            "c2w": train["c2w"][idx],
+            "fxfycxcy": train["fxfycxcy"][idx],
+            "key": [train["key"][i] for i in idx],
+        }
         loss = system.training_step(batch, step)
         optimizer.zero_grad()
         loss.backward()
@@ -230,9 +247,11 @@ def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[st
 
     result = {}
     for name, (batch, x0, cams, perm) in sets.items():
-        result[name] = {"true": _fixed_flow_loss(system, batch, x0, cams),
-                        "shuffled": _fixed_flow_loss(system, batch, x0, cams[perm]),
-                        "none": _fixed_flow_loss(system, batch, x0, torch.zeros_like(cams))}  # fmt: skip
+        result[name] = {
+            "true": _fixed_flow_loss(system, batch, x0, cams),
+            "shuffled": _fixed_flow_loss(system, batch, x0, cams[perm]),
+            "none": _fixed_flow_loss(system, batch, x0, torch.zeros_like(cams)),
+        }
     assert result["train"]["true"] < 0.2 * before, (before, result)
     for name in sets:
         assert result[name]["true"] <= 0.9 * result[name]["shuffled"], (name, result)
@@ -289,8 +308,9 @@ def test_camera_weights_and_lora_round_trip(tmp_path) -> None:
     path = model.save_camera_weights(tmp_path / "camera.safetensors")
     torch.manual_seed(1)
     other = CameraWan.from_config(CameraWanConfig(**TINY, lora_rank=4))
-    other.transformer.load_state_dict({k: v for k, v in model.transformer.state_dict().items() if "lora_" not in k},
-                                      strict=False)  # fmt: skip
+    other.transformer.load_state_dict(
+        {k: v for k, v in model.transformer.state_dict().items() if "lora_" not in k}, strict=False
+    )
     other.load_camera_weights(path)
     x, text, c2w, k = _inputs()
     t = model.token_timesteps(torch.tensor([100.0, 600.0]), x.shape)
@@ -360,16 +380,26 @@ def test_camctrl_tiny_experiment_runs_through_train(make_cfg) -> None:
     """The Hydra experiment trains, validates (true vs shuffled cameras, a sampled video) and tests end to end."""
     from diff4splat.train import train
 
-    cfg = make_cfg("experiment=camctrl_tiny", "trainer.max_steps=4", "trainer.val_check_interval=4", "data.pool=8",
-                   "data.val_pool=4", "data.batch_size=2", "data.batches_per_epoch=4", "data.synthetic.height=32",
-                   "data.synthetic.width=32", "system.sampling.steps=2")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=camctrl_tiny",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=4",
+        "data.pool=8",
+        "data.val_pool=4",
+        "data.batch_size=2",
+        "data.batches_per_epoch=4",
+        "data.synthetic.height=32",
+        "data.synthetic.width=32",
+        "system.sampling.steps=2",
+    )
     metrics, _ = train(cfg)
     for key in ("val/loss", "val/loss_shuffled_cameras", "val/psnr_sampled", "test/loss"):
         assert key in metrics and metrics[key] == metrics[key], key
 
 
-@pytest.mark.parametrize(("kernel", "shape"), [((4, 8, 8), (2, 6, 9, 32, 40)), ((1, 2, 2), (1, 6, 5, 8, 6)),
-                                               ((4, 4, 4), (1, 3, 13, 18, 17))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kernel", "shape"), [((4, 8, 8), (2, 6, 9, 32, 40)), ((1, 2, 2), (1, 6, 5, 8, 6)), ((4, 4, 4), (1, 3, 13, 18, 17))]
+)
 def test_causal_conv_as_patchify_matmul_equals_the_convolution(kernel, shape):
     """CausalConv3d runs kernel = stride as patchify + matmul; it must equal nn.Conv3d on the causally padded input
     (float64: to rounding), remainders dropped as a convolution drops them, with the same state dict."""
@@ -426,8 +456,18 @@ def test_forward_flops_counts_eagerly_and_leaves_compiled_blocks_compiling() -> 
 
     from diff4splat.models.parallel import compile_in_place, forward_flops
 
-    kw = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 4,
-          "out_channels": 4, "text_dim": 32, "freq_dim": 32, "ffn_dim": 64, "num_layers": 4, "rope_max_seq_len": 32}  # fmt: skip
+    kw = {
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": 2,
+        "attention_head_dim": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "text_dim": 32,
+        "freq_dim": 32,
+        "ffn_dim": 64,
+        "num_layers": 4,
+        "rope_max_seq_len": 32,
+    }
     torch.manual_seed(0)
     model = WanTransformer3DModel(**kw)
     x, t, text = torch.randn(1, 4, 3, 8, 8), torch.tensor([500.0]), torch.randn(1, 7, 32)
@@ -483,8 +523,16 @@ def test_video_datamodule_draws_per_rank_and_after_a_resume() -> None:
 
     from datamodules.video import SyntheticVideoDataModule
 
-    small = {"num_frames": 5, "height": 16, "width": 16, "dynamic": False, "ground_grid": 6, "wall_grid": 4,
-             "num_blobs": 1, "num_rigid": 0}  # fmt: skip
+    small = {
+        "num_frames": 5,
+        "height": 16,
+        "width": 16,
+        "dynamic": False,
+        "ground_grid": 6,
+        "wall_grid": 4,
+        "num_blobs": 1,
+        "num_rigid": 0,
+    }
 
     def first_indices(rank: int = 0, resume_step: int = 0) -> list[int]:
         dm = SyntheticVideoDataModule(synthetic=small, pool=16, val_pool=0, batch_size=2, batches_per_epoch=4, seed=3)

@@ -40,8 +40,9 @@ def test_experiment_composes_and_instantiates(make_cfg, experiment):
     shrink_for_cpu(cfg)
     datamodule = hydra.utils.instantiate(cfg.data, _recursive_=False)
     system = hydra.utils.instantiate(cfg.system, _recursive_=False)
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=instantiate_callbacks(cfg.callbacks),
-                                      logger=instantiate_loggers(cfg.logger))  # fmt: skip
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=instantiate_callbacks(cfg.callbacks), logger=instantiate_loggers(cfg.logger)
+    )
     assert isinstance(datamodule, L.LightningDataModule)
     assert isinstance(system, L.LightningModule)
     assert isinstance(trainer, L.Trainer) and trainer.max_steps == 4
@@ -94,8 +95,19 @@ def test_trainer_configs_compose(make_cfg, trainer):
         assert t.world_size == 2 and t.strategy.__class__.__name__ == "DDPStrategy"
 
 
-@pytest.mark.parametrize("group", ["debug=fdr", "debug=overfit", "debug=limit", "debug=profiler", "logger=wandb",
-                                   "logger=many", "logger=csv", "launcher=slurm"])  # fmt: skip
+@pytest.mark.parametrize(
+    "group",
+    [
+        "debug=fdr",
+        "debug=overfit",
+        "debug=limit",
+        "debug=profiler",
+        "logger=wandb",
+        "logger=many",
+        "logger=csv",
+        "launcher=slurm",
+    ],
+)
 def test_optional_groups_compose(make_cfg, group):
     cfg = make_cfg(group, tiny=False)
     assert cfg.task_name

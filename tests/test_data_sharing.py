@@ -22,9 +22,14 @@ def test_file_system_strategy_delivers_batches_from_a_worker():
         sources={"synthetic": {"shards": [], "max_gap": 5}},
         synthetic={"synthetic": {"num_frames": 5, "height": 16, "width": 16}},
         sampling={"num_input": 2, "num_output": 2, "resolution": 16, "size_divisor": 8, "random_aspect": False},
-        batch_size=2, num_workers=1, batches_per_epoch=2, val_batches=0, pin_memory=False,
-        sharing_strategy="file_system", synthetic_pool=2,
-    )  # fmt: skip
+        batch_size=2,
+        num_workers=1,
+        batches_per_epoch=2,
+        val_batches=0,
+        pin_memory=False,
+        sharing_strategy="file_system",
+        synthetic_pool=2,
+    )
     try:
         batches = [to_float_images(b) for b in dm.train_dataloader()]
         assert torch.multiprocessing.get_sharing_strategy() == "file_system"

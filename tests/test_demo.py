@@ -46,8 +46,13 @@ def test_build_demo_wires_the_callback():
     assert isinstance(demo, gr.Blocks)
     (fn,) = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns  # a dict since gradio 5
     assert fn.fn is callback
-    assert [c.label for c in fn.inputs] == ["Image (first frame)", "Trajectory", "Trajectory strength", "Prompt",
-                                            "Seed"]  # fmt: skip
+    assert [c.label for c in fn.inputs] == [
+        "Image (first frame)",
+        "Trajectory",
+        "Trajectory strength",
+        "Prompt",
+        "Seed",
+    ]
     assert [type(c).__name__ for c in fn.outputs] == ["Video", "Video", "Model3D", "File", "Markdown"]
     presets = next(c for c in fn.inputs if c.label == "Trajectory")
     assert {"orbit", "spiral", "forward", "backward", "move_up", "move_down"} <= {v for v, _ in presets.choices}

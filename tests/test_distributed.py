@@ -19,18 +19,46 @@ from safetensors.torch import load_file
 from tests.train_runs import TINY_LRDM, run_group, train_cmd, train_env
 
 RANK_CHECK = "+callbacks.rank_check._target_=diff4splat.callbacks.distributed.RankConsistency"
-CPU_2 = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-         "+trainer.strategy.process_group_backend=gloo"]  # fmt: skip
+CPU_2 = [
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
+    "+trainer.strategy.process_group_backend=gloo",
+]
 # camctrl_tiny, smaller: one scene's worth of clips (pool 8 is a multiple of its trajectories per scene), one
 # validation clip, 2-step sampling.
-TINY_CAMCTRL = ["experiment=camctrl_tiny", "logger=csv", "extras.print_config=false", "~callbacks.progress_bar",
-                "~callbacks.media", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-                "test=false", "data.pool=8", "data.val_pool=1", "data.batch_size=1", "data.batches_per_epoch=2",
-                "data.val_batches=1", "system.sampling.steps=2", "callbacks.ema.decay=0.5"]  # fmt: skip
-TINY_ALIGN = ["experiment=latent_align_tiny", "logger=csv", "extras.print_config=false", "~callbacks.progress_bar",
-              "~callbacks.media", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-              "test=false", "data.pool=4", "data.val_pool=2", "data.batch_size=1", "data.batches_per_epoch=2",
-              "data.val_batches=1"]  # fmt: skip
+TINY_CAMCTRL = [
+    "experiment=camctrl_tiny",
+    "logger=csv",
+    "extras.print_config=false",
+    "~callbacks.progress_bar",
+    "~callbacks.media",
+    "+trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "test=false",
+    "data.pool=8",
+    "data.val_pool=1",
+    "data.batch_size=1",
+    "data.batches_per_epoch=2",
+    "data.val_batches=1",
+    "system.sampling.steps=2",
+    "callbacks.ema.decay=0.5",
+]
+TINY_ALIGN = [
+    "experiment=latent_align_tiny",
+    "logger=csv",
+    "extras.print_config=false",
+    "~callbacks.progress_bar",
+    "~callbacks.media",
+    "+trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "test=false",
+    "data.pool=4",
+    "data.val_pool=2",
+    "data.batch_size=1",
+    "data.batches_per_epoch=2",
+    "data.val_batches=1",
+]
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -66,8 +94,14 @@ def ddp_lrdm(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     epoch, 5 steps, one validation at the end (with media)."""
     root = tmp_path_factory.mktemp("ddp")
     lrdm = [o for o in TINY_LRDM if o != "~callbacks.media"]
-    cmd = train_cmd(*lrdm, "trainer=ddp_sim", "trainer.max_steps=5", "trainer.val_check_interval=5",
-                    "data.batches_per_epoch=3", RANK_CHECK)  # fmt: skip
+    cmd = train_cmd(
+        *lrdm,
+        "trainer=ddp_sim",
+        "trainer.max_steps=5",
+        "trainer.val_check_interval=5",
+        "data.batches_per_epoch=3",
+        RANK_CHECK,
+    )
     proc = _run(cmd, train_env(root, "ddp"))
     return root, proc
 
@@ -82,8 +116,11 @@ def test_ddp_sim_lrdm_ranks_agree_and_only_rank0_writes(ddp_lrdm):
     assert [p.name for p in (root / "smoke" / "runs").iterdir()] == ["ddp"]
     files = _files(run)
     assert files.count("config.yaml") == 1 and files.count("summary.json") == 1
-    assert [f for f in files if f.startswith(".hydra/")] == [".hydra/config.yaml", ".hydra/hydra.yaml",
-                                                             ".hydra/overrides.yaml"]  # fmt: skip
+    assert [f for f in files if f.startswith(".hydra/")] == [
+        ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
+    ]
     assert [f for f in files if f.startswith("media/")] == ["media/val_0000005.mp4", "media/val_0000005.png"]
     assert {"train.log", "train_ddp_process_1_rank1.log"} <= set(files)
     assert {"checkpoints/last.ckpt", "checkpoints/last.safetensors"} <= set(files)
@@ -100,8 +137,16 @@ def test_fsdp_trains_the_lrdm_like_ddp_and_consolidates_for_inference(ddp_lrdm, 
     from diff4splat.checkpoints import consolidate, save
     from diff4splat.pipelines.reconstruction import load_lrdm
 
-    cmd = [*_torchrun(), *TINY_LRDM, "trainer=fsdp", *CPU_2, "trainer.max_steps=5", "trainer.val_check_interval=5",
-           "data.batches_per_epoch=3", RANK_CHECK]  # fmt: skip
+    cmd = [
+        *_torchrun(),
+        *TINY_LRDM,
+        "trainer=fsdp",
+        *CPU_2,
+        "trainer.max_steps=5",
+        "trainer.val_check_interval=5",
+        "data.batches_per_epoch=3",
+        RANK_CHECK,
+    ]
     proc = _run(cmd, train_env(tmp_path))
     assert "FSDP2: 1 block units" in proc.stdout + proc.stderr
     runs = list((tmp_path / "smoke" / "runs").iterdir())
@@ -130,8 +175,7 @@ def test_fsdp_trains_the_lrdm_like_ddp_and_consolidates_for_inference(ddp_lrdm, 
 
     # the same command one step longer, with the run id it got: resumes from the shards (model, optimiser and EMA
     # re-sharded); the next EMA is exactly one update (decay min(0.99, 1 - 6^-0.75) = 0.739) from the restored one
-    proc = _run([*_torchrun(), *cmd[len(_torchrun()) :], "trainer.max_steps=6"],
-                train_env(tmp_path, run.name))  # fmt: skip
+    proc = _run([*_torchrun(), *cmd[len(_torchrun()) :], "trainer.max_steps=6"], train_env(tmp_path, run.name))
     assert "Resumed at global step 5" in proc.stdout + proc.stderr
     ema6, meta6 = consolidate(ckpt)
     raw6, _ = consolidate(ckpt, use_ema=False)
@@ -162,8 +206,15 @@ def test_diffusion_and_alignment_ranks_agree(tmp_path, system, trainer):
     extra = (
         [] if trainer == "ddp_sim" else CPU_2 + (["system.scale.param_dtype=float32"] if system == "diffusion" else [])
     )
-    cmd = [*_torchrun(), *overrides, f"trainer={trainer}", *extra, "trainer.max_steps=3", "trainer.val_check_interval=3",
-           RANK_CHECK]  # fmt: skip
+    cmd = [
+        *_torchrun(),
+        *overrides,
+        f"trainer={trainer}",
+        *extra,
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        RANK_CHECK,
+    ]
     _run(cmd, train_env(tmp_path, "run"))
     task = "camctrl_tiny" if system == "diffusion" else "latent_align_tiny"
     _assert_ranks_agree(tmp_path / task / "runs" / "run", 3, {"0": 2, "1": 1})  # the ranks draw different clips
@@ -181,8 +232,16 @@ def test_fsdp2_sharded_checkpoint_consolidates_to_single_device_weights_and_resu
     from diff4splat.checkpoints import consolidate, load_camera_wan, main
     from diff4splat.models.camera_wan import CameraWan
 
-    cmd = [*_torchrun(), *TINY_CAMCTRL, "trainer=fsdp2", *CPU_2, "system.scale.param_dtype=float32",
-           "trainer.max_steps=3", "trainer.val_check_interval=3", RANK_CHECK]  # fmt: skip
+    cmd = [
+        *_torchrun(),
+        *TINY_CAMCTRL,
+        "trainer=fsdp2",
+        *CPU_2,
+        "system.scale.param_dtype=float32",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        RANK_CHECK,
+    ]
     env = train_env(tmp_path, "fsdp2")
     _run(cmd, env)
     run = tmp_path / "camctrl_tiny" / "runs" / "fsdp2"
@@ -238,8 +297,14 @@ def test_consolidate_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
 def test_submitit_local_launcher_runs_the_job_in_its_own_process(tmp_path):
     """``-m hydra/launcher=submitit_local``: the sweep is submitted through submitit (the path ``launcher=slurm``
     takes), the job runs in a separate process, in the sweep folder the submitter made, and finishes."""
-    cmd = train_cmd("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY_LRDM,
-                    "trainer.max_steps=2", "trainer.val_check_interval=2")  # fmt: skip
+    cmd = train_cmd(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        *TINY_LRDM,
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    )
     proc = _run(cmd, train_env(tmp_path))
     sweeps = list((tmp_path / "smoke" / "multiruns").iterdir())
     assert len(sweeps) == 1, sweeps  # the job resolved the submitter's sweep folder (inherited run id)
@@ -265,17 +330,32 @@ def test_sbatch_template_stops_the_step_and_requeues_on_the_time_limit_signal(tm
     bin_dir.mkdir()
     calls = tmp_path / "scontrol.calls"
     (bin_dir / "srun").write_text('#!/bin/bash\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n')
-    (bin_dir / "scontrol").write_text(f'#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; '
-                                      f'else echo "$@" >> {calls}; fi\n')  # fmt: skip
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/bash\nif [ "$1" = show ]; then echo 127.0.0.1; else echo "$@" >> {calls}; fi\n'
+    )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     venv_bin = Path(train_cmd()[0]).parent
-    env = train_env(tmp_path / "out", PATH=f"{bin_dir}:{venv_bin}:/usr/bin:/bin", SLURM_JOB_ID="777",
-                    SLURM_NNODES="1", SLURM_JOB_NODELIST="node1", SLURM_GPUS_ON_NODE="2", SLURM_JOB_NAME="train",
-                    TRAINER="ddp_sim", MASTER_PORT=str(_free_port()))  # fmt: skip
+    env = train_env(
+        tmp_path / "out",
+        PATH=f"{bin_dir}:{venv_bin}:/usr/bin:/bin",
+        SLURM_JOB_ID="777",
+        SLURM_NNODES="1",
+        SLURM_JOB_NODELIST="node1",
+        SLURM_GPUS_ON_NODE="2",
+        SLURM_JOB_NAME="train",
+        TRAINER="ddp_sim",
+        MASTER_PORT=str(_free_port()),
+    )
     env.pop("DIFF4SPLAT_RUN_ID")  # the script sets it from the job id
-    cmd = ["bash", "experiments/slurm/train.sbatch", *TINY_LRDM, "trainer.max_steps=500",
-           "trainer.val_check_interval=500", "callbacks.last_checkpoint.every_n_train_steps=2"]  # fmt: skip
+    cmd = [
+        "bash",
+        "experiments/slurm/train.sbatch",
+        *TINY_LRDM,
+        "trainer.max_steps=500",
+        "trainer.val_check_interval=500",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+    ]
     run = tmp_path / "out" / "smoke" / "runs" / "slurm777"
     proc = start(cmd, env, tmp_path / "job.log")
     try:
@@ -310,18 +390,28 @@ def test_a_rank_whose_launcher_died_exits_instead_of_hanging(tmp_path):
     from tests.train_runs import ROOT
 
     assert exit_with_launcher(env={}) is None and exit_with_launcher(env={"LOCAL_RANK": "0"}) is None
-    child = ("import time; from diff4splat.distributed import exit_with_launcher; "
-             "exit_with_launcher(interval=0.05, grace=0.3); print('watching', flush=True); time.sleep(60)")  # fmt: skip
-    launcher = ("import os, subprocess, sys; "
-                "p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=open(sys.argv[2], 'w'), "
-                "stderr=subprocess.STDOUT, env={**os.environ, 'LOCAL_RANK': '1', 'RANK': '1'}); "
-                "print(p.pid, flush=True); "
-                "[__import__('time').sleep(0.1) for _ in range(300) if 'watching' not in open(sys.argv[2]).read()]; "
-                "os._exit(0)")  # fmt: skip
+    child = (
+        "import time; from diff4splat.distributed import exit_with_launcher; "
+        "exit_with_launcher(interval=0.05, grace=0.3); print('watching', flush=True); time.sleep(60)"
+    )
+    launcher = (
+        "import os, subprocess, sys; "
+        "p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=open(sys.argv[2], 'w'), "
+        "stderr=subprocess.STDOUT, env={**os.environ, 'LOCAL_RANK': '1', 'RANK': '1'}); "
+        "print(p.pid, flush=True); "
+        "[__import__('time').sleep(0.1) for _ in range(300) if 'watching' not in open(sys.argv[2]).read()]; "
+        "os._exit(0)"
+    )
     log = tmp_path / "rank1.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", launcher, child, str(log)], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", launcher, child, str(log)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     pid = int(out.stdout.split()[0])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -346,8 +436,15 @@ def test_two_gpus_ddp_and_fsdp_train_the_same_lrdm(tmp_path):
         pytest.skip("needs two CUDA GPUs")
     from diff4splat.checkpoints import consolidate
 
-    common = [*TINY_LRDM, "trainer.devices=2", "trainer.precision=32-true", "trainer.max_steps=20",
-              "trainer.val_check_interval=20", "data.batches_per_epoch=7", RANK_CHECK]  # fmt: skip
+    common = [
+        *TINY_LRDM,
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=20",
+        "data.batches_per_epoch=7",
+        RANK_CHECK,
+    ]
     weights = {}
     for trainer in ("ddp", "fsdp"):
         _run([*_torchrun(), *common, f"trainer={trainer}"], train_env(tmp_path, trainer))

@@ -127,8 +127,21 @@ def test_warp_error_identity_offset_and_occlusion():
 
 def test_evaluate_clips_cli(tmp_path, weights, shards):
     out = tmp_path / "res"
-    args = ["clips", "--weights", str(weights), "--shards", str(shards), "--resolution", "32", "--num-input", "3",
-            "--num-output", "3", "--device", "cpu"]  # fmt: skip
+    args = [
+        "clips",
+        "--weights",
+        str(weights),
+        "--shards",
+        str(shards),
+        "--resolution",
+        "32",
+        "--num-input",
+        "3",
+        "--num-output",
+        "3",
+        "--device",
+        "cpu",
+    ]
     assert evaluate.main([*args, "--out", str(out), "--lpips-random"]) == 0
     rows = _csv(out / "results.csv")
     assert [r["clip"] for r in rows] == [f"synthetic/synthdyn_0000_{i:06d}" for i in range(3)]  # one row per clip
@@ -161,8 +174,15 @@ def test_evaluate_clips_cli(tmp_path, weights, shards):
 
 def _batch(dynamic: bool):
     clip = generate_clip(SyntheticConfig(num_frames=7, height=32, width=32, dynamic=dynamic), seed=5)
-    sampling = ClipSamplingConfig(num_input=3, num_output=2, resolution=32, size_divisor=8, random_aspect=False,
-                                  crop_scale=(1.0, 1.0), eval_outputs="held_out")  # fmt: skip
+    sampling = ClipSamplingConfig(
+        num_input=3,
+        num_output=2,
+        resolution=32,
+        size_divisor=8,
+        random_aspect=False,
+        crop_scale=(1.0, 1.0),
+        eval_outputs="held_out",
+    )
     return clip_batch(clip, ClipTransform(sampling, train=False), max_gap=34)
 
 
@@ -191,8 +211,20 @@ def test_evaluate_clips_skips_corrupt_and_reports_bad_input(tmp_path, weights, c
     clip = generate_clip(SyntheticConfig(num_frames=7, height=32, width=32), seed=2)
     good = {f"{clip.key}.{k}": v for k, v in encode_clip(clip).items()}
     _write_tar(tmp_path / "mixed.tar", {"broken.meta.json": b"{not json", **good})
-    base = ["clips", "--weights", str(weights), "--resolution", "32", "--num-input", "3", "--num-output", "2",
-            "--device", "cpu", "--no-lpips"]  # fmt: skip
+    base = [
+        "clips",
+        "--weights",
+        str(weights),
+        "--resolution",
+        "32",
+        "--num-input",
+        "3",
+        "--num-output",
+        "2",
+        "--device",
+        "cpu",
+        "--no-lpips",
+    ]
     out = tmp_path / "res"
     assert evaluate.main([*base, "--shards", str(tmp_path / "mixed.tar"), "--out", str(out)]) == 0
     assert len(_csv(out / "results.csv")) == 1
@@ -205,8 +237,17 @@ def test_evaluate_clips_skips_corrupt_and_reports_bad_input(tmp_path, weights, c
     assert "no clip of 1 shards could be evaluated" in capsys.readouterr().err
     assert evaluate.main([*base, "--shards", str(tmp_path / "none-*.tar"), "--out", str(tmp_path / "o2")]) == 2
     assert "none-*.tar: no shard file matches" in capsys.readouterr().err
-    args = [*base[:-1], "--shards", str(tmp_path / "mixed.tar"), "--out", str(tmp_path / "o3"), "--lpips-vgg",
-            str(tmp_path / "vgg.pth"), "--lpips-lin", str(tmp_path / "lin.pth")]  # fmt: skip
+    args = [
+        *base[:-1],
+        "--shards",
+        str(tmp_path / "mixed.tar"),
+        "--out",
+        str(tmp_path / "o3"),
+        "--lpips-vgg",
+        str(tmp_path / "vgg.pth"),
+        "--lpips-lin",
+        str(tmp_path / "lin.pth"),
+    ]
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
     assert "LPIPS weights not found" in err and "vgg.pth" in err and "--no-lpips" in err

@@ -166,8 +166,9 @@ def _meta(edit):
 
 def _zero_frames(key, m):
     m = {k: v for k, v in m.items() if not k.endswith(".png")}
-    m.update({"c2w.npy": npy(np.zeros((0, 4, 4))), "fxfycxcy.npy": npy(np.zeros((0, 4))),
-              "timestamps.npy": npy(np.zeros(0))})  # fmt: skip
+    m.update(
+        {"c2w.npy": npy(np.zeros((0, 4, 4))), "fxfycxcy.npy": npy(np.zeros((0, 4))), "timestamps.npy": npy(np.zeros(0))}
+    )
     return key, m
 
 
@@ -197,17 +198,26 @@ SAMPLE_FAULTS = {
     "NaN pose": (_nan_pose, "c2w", r"has non-finite values"),
     "non-orthonormal pose": (_sheared_pose, "c2w", r"rotation is not orthonormal"),
     "pickled npy": (_set("timestamps", np.array([{"x": 1}] * 4, dtype=object)), "timestamps", r"not a loadable \.npy"),
-    "bool tracks_visible as float": (_set("tracks_visible", np.ones((4, 3), np.float32)), "tracks_visible",
-                                     r"dtype must be of kind 'b'"),
-    "misspelt meta key": (_meta(lambda d: d.update(is_statc=d.pop("is_static"))), "meta",
-                          r"unknown keys \['is_statc'\]"),
-    "wrong meta version": (_meta(lambda d: d.update(spec_version="0.1")), "meta.spec_version",
-                           rf"'0\.1' != '{SPEC_VERSION}'"),
+    "bool tracks_visible as float": (
+        _set("tracks_visible", np.ones((4, 3), np.float32)),
+        "tracks_visible",
+        r"dtype must be of kind 'b'",
+    ),
+    "misspelt meta key": (
+        _meta(lambda d: d.update(is_statc=d.pop("is_static"))),
+        "meta",
+        r"unknown keys \['is_statc'\]",
+    ),
+    "wrong meta version": (
+        _meta(lambda d: d.update(spec_version="0.1")),
+        "meta.spec_version",
+        rf"'0\.1' != '{SPEC_VERSION}'",
+    ),
     "zero frames": (_zero_frames, "frames", r"no frame members"),
     "truncated mp4": (_truncated_mp4, "frames", r"mp4 does not decode"),
     "path traversal": (_traversal("../../"), "key", r"a flat member name: no folders, dots or path traversal"),
     "absolute path": (_traversal("/tmp/"), "key", r"a flat member name"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("fault", list(SAMPLE_FAULTS))
@@ -273,7 +283,7 @@ def _truncate(path: Path) -> str:
         (lambda p: p.write_bytes(b""), 3, r"shard .*val-000001\.tar: ReadError: empty file"),
     ],
     ids=["truncated shard", "corrupt shard", "empty shard"],
-)  # fmt: skip
+)
 def test_broken_shard_is_reported_and_counted(tmp_path, damage, good, reason):
     shards = _two_shards(tmp_path)
     damage(shards[1])
@@ -298,8 +308,9 @@ def test_skip_rate_over_the_threshold_stops_training(tmp_path):
     samples.append(("ok0", encode_clip(tiny_clip("ok0"))))
     write_tar(tmp_path / "train-000000.tar", samples)
     src = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
-    stream = ClipStream([src], TINY, batch_size=2, batches_per_epoch=10, max_skip_rate=0.2, skip_rate_min_samples=10,
-                        shuffle_buffer=1)  # fmt: skip
+    stream = ClipStream(
+        [src], TINY, batch_size=2, batches_per_epoch=10, max_skip_rate=0.2, skip_rate_min_samples=10, shuffle_buffer=1
+    )
     with pytest.raises(DataSkipRateError, match=r"skipped \d+ of \d+ samples \(\d+\.\d% > max_skip_rate 20\.0%\)"):
         list(stream)
 
@@ -493,26 +504,55 @@ def cli_error(main, argv: list[str], capsys) -> str:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--input", "{nan.npz}"], r"nan\.npz: field C2W, frame 2: non-finite values \(NaN or inf\); expected a finite"),
-        (["--input", "{sheared.npz}"], r"sheared\.npz: field C2W, frame 1: not a rigid pose .*expected \[R t; 0 0 0 1\]"),
+        (
+            ["--input", "{nan.npz}"],
+            r"nan\.npz: field C2W, frame 2: non-finite values \(NaN or inf\); expected a finite",
+        ),
+        (
+            ["--input", "{sheared.npz}"],
+            r"sheared\.npz: field C2W, frame 1: not a rigid pose .*expected \[R t; 0 0 0 1\]",
+        ),
         (["--input", "{strings.npz}"], r"strings\.npz: field C2W has dtype <U1; expected numbers"),
-        (["--input", "{pickled.npz}"], r"pickled\.npz: field images is not a plain numeric array \(Object arrays cannot "
-                                       r"be loaded when allow_pickle=False\)"),
+        (
+            ["--input", "{pickled.npz}"],
+            r"pickled\.npz: field images is not a plain numeric array \(Object arrays cannot "
+            r"be loaded when allow_pickle=False\)",
+        ),
         (["--input", "{short.npz}"], r"short\.npz: field images has 3 frames but C2W has 5 cameras"),
         (["--input", "{truncated.mp4}", "--cameras", "{cams.json}"], r"truncated\.mp4: cannot decode video"),
         (["--input", "{frames}", "--cameras", "{zero.json}"], r"zero\.json\): field 'frames' must be a non-empty list"),
-        (["--input", "{frames}", "--cameras", "{cams.json}", "--weights", "{truncated.safetensors}"],
-         r"LRDM weights: .*truncated\.safetensors: not a readable \.safetensors file \(SafetensorError"),
-        (["--input", "{frames}", "--cameras", "{cams.json}", "--weights", "{misshaped.safetensors}"],
-         r"misshaped\.safetensors: the weights do not match the model \(LRDM\): shape mismatches: pose_token \(7,\) "
-         r"\(model \(48,\)\)"),
+        (
+            ["--input", "{frames}", "--cameras", "{cams.json}", "--weights", "{truncated.safetensors}"],
+            r"LRDM weights: .*truncated\.safetensors: not a readable \.safetensors file \(SafetensorError",
+        ),
+        (
+            ["--input", "{frames}", "--cameras", "{cams.json}", "--weights", "{misshaped.safetensors}"],
+            r"misshaped\.safetensors: the weights do not match the model \(LRDM\): shape mismatches: pose_token \(7,\) "
+            r"\(model \(48,\)\)",
+        ),
     ],
-    ids=["NaN pose", "non-orthonormal pose", "wrong dtype", "pickled array", "frame count", "truncated mp4",
-         "zero-frame trajectory", "truncated weights", "mis-shaped weights"],
-)  # fmt: skip
+    ids=[
+        "NaN pose",
+        "non-orthonormal pose",
+        "wrong dtype",
+        "pickled array",
+        "frame count",
+        "truncated mp4",
+        "zero-frame trajectory",
+        "truncated weights",
+        "mis-shaped weights",
+    ],
+)
 def test_reconstruct_bad_input(tmp_path, inputs, capsys, args, message):
-    argv = ["--weights", str(inputs["lrdm.safetensors"]), *args, "--out", str(tmp_path / "o" / "out"),
-            "--device", "cpu"]  # fmt: skip
+    argv = [
+        "--weights",
+        str(inputs["lrdm.safetensors"]),
+        *args,
+        "--out",
+        str(tmp_path / "o" / "out"),
+        "--device",
+        "cpu",
+    ]
     argv = [fill(a, inputs) for a in argv]
     err = cli_error(reconstruct.main, argv, capsys)
     assert re.search(message, err), err
@@ -523,8 +563,20 @@ def test_reconstruct_full_disk_while_exporting_leaves_no_folder(tmp_path, inputs
     out = tmp_path / "runs" / "out"
     budget = DiskBudget(100_000)  # scene.safetensors fits; the first .ply frames do not
     monkeypatch.setattr(gaussian_io, "open", budget.opener(), raising=False)
-    argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"]), "--cameras",
-            str(inputs["cams.json"]), "--out", str(out), "--device", "cpu", "--num-times", "2"]  # fmt: skip
+    argv = [
+        "--weights",
+        str(inputs["lrdm.safetensors"]),
+        "--input",
+        str(inputs["frames"]),
+        "--cameras",
+        str(inputs["cams.json"]),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--num-times",
+        "2",
+    ]
     args = reconstruct.parse_args(argv)
     with pytest.raises(OSError) as info:
         reconstruct.run(args)
@@ -543,8 +595,16 @@ def test_reconstruct_refuses_a_non_empty_output_folder(tmp_path, inputs, capsys)
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"]), "--cameras",
-            str(inputs["cams.json"]), "--out", str(out)]  # fmt: skip
+    argv = [
+        "--weights",
+        str(inputs["lrdm.safetensors"]),
+        "--input",
+        str(inputs["frames"]),
+        "--cameras",
+        str(inputs["cams.json"]),
+        "--out",
+        str(out),
+    ]
     err = cli_error(reconstruct.main, argv, capsys)
     assert f"--out {out}: exists and is not an empty folder; pass --overwrite to replace it" in err
     assert snapshot(out) == {"notes.txt": b"mine"}
@@ -564,8 +624,9 @@ def test_preprocess_full_disk_leaves_no_npz(tmp_path, inputs, monkeypatch):
             real_savez(f, **arrays)
 
     monkeypatch.setattr(preprocess.np, "savez", savez_on_full_disk)
-    args = preprocess.parse_args(["--images", str(inputs["frames"]), "--poses", str(inputs["cams.json"]),
-                                  "--out", str(out)])  # fmt: skip
+    args = preprocess.parse_args(
+        ["--images", str(inputs["frames"]), "--poses", str(inputs["cams.json"]), "--out", str(out)]
+    )
     with pytest.raises(OSError) as info:
         preprocess.run(args)
     assert_enospc(info)
@@ -581,7 +642,7 @@ def test_preprocess_full_disk_leaves_no_npz(tmp_path, inputs, monkeypatch):
         (["--images", "{frames}", "--poses", "{nan.npz}"], r"nan\.npz: field C2W, frame 2: non-finite values"),
     ],
     ids=["zero frames", "unreadable image", "zero-frame trajectory", "NaN pose"],
-)  # fmt: skip
+)
 def test_preprocess_bad_input(tmp_path, inputs, capsys, args, message):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     paths = {"img": inputs["frames"] / "000.png", "broken": tmp_path / "broken.png", **inputs}
@@ -615,10 +676,17 @@ def test_generate_non_orthonormal_trajectory_fails_before_any_model(tmp_path, in
     traj.c2w[4, :3, :3] *= 1.2
     write_trajectory_json(traj, tmp_path / "scaled.json")
     before = snapshot(tmp_path)
-    cfg = _generate_config("tiny=true", f"image={inputs['frames'] / '000.png'}", f"camera={tmp_path / 'scaled.json'}",
-                           f"output_dir={tmp_path / 'out'}")  # fmt: skip
-    with pytest.raises(InputError, match=r"scaled\.json: frame 4: field c2w: its rotation is not orthonormal; "
-                                         r"expected a rigid OpenCV camera-to-world matrix"):  # fmt: skip
+    cfg = _generate_config(
+        "tiny=true",
+        f"image={inputs['frames'] / '000.png'}",
+        f"camera={tmp_path / 'scaled.json'}",
+        f"output_dir={tmp_path / 'out'}",
+    )
+    with pytest.raises(
+        InputError,
+        match=r"scaled\.json: frame 4: field c2w: its rotation is not orthonormal; "
+        r"expected a rigid OpenCV camera-to-world matrix",
+    ):
         generate(cfg)
     assert snapshot(tmp_path) == before
 
@@ -685,8 +753,13 @@ def test_truncated_ply_names_the_file(tmp_path):
     from diff4splat.gaussians import Gaussians
 
     n = 50
-    g = Gaussians(torch.randn(n, 3), torch.tensor([1.0, 0, 0, 0]).repeat(n, 1), torch.full((n, 3), 0.1),
-                  torch.full((n,), 0.5), torch.rand(n, 3))  # fmt: skip
+    g = Gaussians(
+        torch.randn(n, 3),
+        torch.tensor([1.0, 0, 0, 0]).repeat(n, 1),
+        torch.full((n, 3), 0.1),
+        torch.full((n,), 0.5),
+        torch.rand(n, 3),
+    )
     path = save_ply(g, tmp_path / "g.ply")
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match=rf"load_ply\({path}\): not a readable PLY file"):
@@ -781,8 +854,15 @@ def pickle_ckpt(tmp_path) -> Path:
 def test_resume_from_a_foreign_pickle_names_the_checkpoint(pickle_ckpt, make_cfg):
     from diff4splat.train import train
 
-    cfg = make_cfg("experiment=fit_synthetic", f"ckpt_path={pickle_ckpt}", "data.height=16", "data.width=16",
-                   "model.num_gaussians=50", "callbacks=none", "test=false")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=fit_synthetic",
+        f"ckpt_path={pickle_ckpt}",
+        "data.height=16",
+        "data.width=16",
+        "model.num_gaussians=50",
+        "callbacks=none",
+        "test=false",
+    )
     with pytest.raises(ValueError, match=re.escape(str(pickle_ckpt))):
         train(cfg)
 

@@ -8,8 +8,14 @@ import subprocess
 
 from tests.train_runs import ROOT, TINY_LRDM, train_cmd, train_env
 
-ONE_CPU = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
-           "+trainer.strategy.process_group_backend=gloo", "data.batches_per_epoch=4"]  # fmt: skip
+ONE_CPU = [
+    "trainer=fsdp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=1",
+    "trainer.precision=32-true",
+    "+trainer.strategy.process_group_backend=gloo",
+    "data.batches_per_epoch=4",
+]
 
 
 def test_fsdp_on_one_process_resumes_from_its_sharded_last_ckpt(tmp_path):

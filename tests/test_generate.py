@@ -28,8 +28,25 @@ from diff4splat.pipelines.inputs import InputError
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_H, PHOTO_W = 480, 854  # a photograph's size; 854 is not a multiple of the model's 32-pixel unit
 MODEL_H, MODEL_W, FRAMES = 96, 160, 13  # the tiny defaults
-STANDARD_PLY = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
-                "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]  # fmt: skip
+STANDARD_PLY = [
+    "x",
+    "y",
+    "z",
+    "nx",
+    "ny",
+    "nz",
+    "f_dc_0",
+    "f_dc_1",
+    "f_dc_2",
+    "opacity",
+    "scale_0",
+    "scale_1",
+    "scale_2",
+    "rot_0",
+    "rot_1",
+    "rot_2",
+    "rot_3",
+]
 FAST = ["tiny=true", "sampling.steps=3", "progress=false"]
 
 
@@ -69,9 +86,20 @@ def cli_run(photo, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]
     parent = tmp_path_factory.mktemp("cli")
     out = parent / "scene_out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "diff4splat.generate", "tiny=true", f"image={photo}", "camera=orbit",
-           "prompt=a red boat on a lake", f"output_dir={out}", "trajectory.strength=0.2", "sampling.steps=4",
-           "lrdm.num_times=5", "seed=3"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "diff4splat.generate",
+        "tiny=true",
+        f"image={photo}",
+        "camera=orbit",
+        "prompt=a red boat on a lake",
+        f"output_dir={out}",
+        "trajectory.strength=0.2",
+        "sampling.steps=4",
+        "lrdm.num_times=5",
+        "seed=3",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
@@ -107,8 +135,9 @@ def test_cli_ply_frames_have_the_standard_layout(cli_run):
         assert vertex.count == scene.num_gaussians
         at = scene.at_index(i)
         np.testing.assert_allclose(np.stack([vertex["x"], vertex["y"], vertex["z"]], 1), at.means.numpy(), atol=1e-6)
-        np.testing.assert_allclose(np.exp(np.stack([vertex[f"scale_{k}"] for k in range(3)], 1)), at.scales.numpy(),
-                                   rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            np.exp(np.stack([vertex[f"scale_{k}"] for k in range(3)], 1)), at.scales.numpy(), rtol=1e-5
+        )
     times = json.loads((out / "ply" / "times.json").read_text())["times"]
     np.testing.assert_allclose(times, scene.times.numpy(), atol=1e-7)
 
@@ -124,8 +153,15 @@ def test_cli_meta_records_inputs_timings_and_the_fitted_trajectory(cli_run, phot
     assert meta["timings"]["total"] == pytest.approx(sum(meta["timings"][s] for s in stages), abs=1e-5)
     # concurrent writers: those that need no renders start with the render stage, the others within the write stage
     per_file, t = meta["timings"]["write_files"], meta["timings"]
-    assert set(per_file) == {"scene.safetensors", "ply/", "video.mp4", "render.mp4", "novel.mp4", "depth.mp4",
-                             "trajectory.png"}  # fmt: skip
+    assert set(per_file) == {
+        "scene.safetensors",
+        "ply/",
+        "video.mp4",
+        "render.mp4",
+        "novel.mp4",
+        "depth.mp4",
+        "trajectory.png",
+    }
     assert all(per_file[k] <= t["write"] for k in ("render.mp4", "novel.mp4", "depth.mp4", "trajectory.png"))
     assert 0 < max(per_file.values()) <= t["render"] + t["write"] + 0.05
     traj = meta["trajectory"]
@@ -151,8 +187,16 @@ def test_pipeline_rgb_lrdm_with_tiny_vae_decoder_is_seeded_and_camera_controlled
     image, fx, _ = gen_mod.fit_image(gen_mod.read_image(photo), cams.fxfycxcy, MODEL_H, MODEL_W)
 
     def run(seed: int, c2w=cams.c2w):
-        return pipe(image, c2w.float(), fx.float(), cams.times.float(), "a boat", sampling=SamplingConfig(steps=3, seed=seed),
-                    lrdm_input_frames=5, prune_threshold=0.0)  # fmt: skip
+        return pipe(
+            image,
+            c2w.float(),
+            fx.float(),
+            cams.times.float(),
+            "a boat",
+            sampling=SamplingConfig(steps=3, seed=seed),
+            lrdm_input_frames=5,
+            prune_threshold=0.0,
+        )
 
     g = run(1)
     assert g.latents.shape == (48, 4, MODEL_H // 16, MODEL_W // 16) and g.video.shape == (FRAMES, 3, MODEL_H, MODEL_W)
@@ -200,10 +244,17 @@ def test_local_checkpoints_load_through_the_config(tmp_path, photo):
         metadata={"hparams": json.dumps({"model": to_plain(ref.lrdm.config)})},
     )
     ref.aligner.save(tmp_path / "aligner.safetensors")
-    cfg = compose("progress=false", "decoder=tiny_vae", f"paths.ckpt_root={tmp_path}", "models.text_encoder=${paths.ckpt_root}/Wan-tiny-Diffusers",
-                  "models.vae=${paths.ckpt_root}/Wan-tiny-Diffusers", "models.camera_wan.pretrained_path=${paths.ckpt_root}/Wan-tiny-Diffusers",
-                  "models.camera_wan.camera_weights=${paths.ckpt_root}/camera.safetensors", "models.lrdm=${paths.ckpt_root}/lrdm.safetensors",
-                  "models.aligner=${paths.ckpt_root}/aligner.safetensors")  # fmt: skip
+    cfg = compose(
+        "progress=false",
+        "decoder=tiny_vae",
+        f"paths.ckpt_root={tmp_path}",
+        "models.text_encoder=${paths.ckpt_root}/Wan-tiny-Diffusers",
+        "models.vae=${paths.ckpt_root}/Wan-tiny-Diffusers",
+        "models.camera_wan.pretrained_path=${paths.ckpt_root}/Wan-tiny-Diffusers",
+        "models.camera_wan.camera_weights=${paths.ckpt_root}/camera.safetensors",
+        "models.lrdm=${paths.ckpt_root}/lrdm.safetensors",
+        "models.aligner=${paths.ckpt_root}/aligner.safetensors",
+    )
     pipe = Diff4SplatPipeline.from_config(cfg)
     assert not pipe.untrained and pipe.describe()["lrdm"] == str(tmp_path / "lrdm.safetensors")
     job = gen_mod.make_job(compose(*FAST), photo, "orbit", "a boat", 1, tmp_path / "unused")
@@ -212,8 +263,15 @@ def test_local_checkpoints_load_through_the_config(tmp_path, photo):
     torch.testing.assert_close(b.latents, a.latents)
     torch.testing.assert_close(b.scene.gaussians.canonical.means, a.scene.gaussians.canonical.means)
     with pytest.raises(InputError, match=r"models\.camera_wan\.camera_weights=.*absent\.safetensors: not found"):
-        Diff4SplatPipeline.from_config(replace(cfg, models=replace(cfg.models, camera_wan=replace(
-            cfg.models.camera_wan, camera_weights=str(tmp_path / "absent.safetensors")))))  # fmt: skip
+        Diff4SplatPipeline.from_config(
+            replace(
+                cfg,
+                models=replace(
+                    cfg.models,
+                    camera_wan=replace(cfg.models.camera_wan, camera_weights=str(tmp_path / "absent.safetensors")),
+                ),
+            )
+        )
 
 
 # --- batch mode ------------------------------------------------------------------------------------------------------
@@ -221,9 +279,9 @@ def test_batch_csv_writes_one_folder_per_row(tmp_path, photo):
     write_trajectory_json(make_trajectory("dolly_in", 21, strength=0.3), tmp_path / "cams.json")
     (tmp_path / "img.jpg").write_bytes(photo.read_bytes())
     csv = tmp_path / "jobs.csv"
-    csv.write_text("image,trajectory,prompt,name,seed\n"
-                   f"{photo},spiral,first scene,a,\n"
-                   "img.jpg,cams.json,second scene,,7\n")  # fmt: skip
+    csv.write_text(
+        f"image,trajectory,prompt,name,seed\n{photo},spiral,first scene,a,\nimg.jpg,cams.json,second scene,,7\n"
+    )
     out = tmp_path / "out"
     result = generate_cli.generate(compose(*FAST, f"batch={csv}", f"output_dir={out}", "render.novel_frames=3"))
     assert result == out
@@ -258,8 +316,13 @@ def test_batch_folder_lists_its_images(tmp_path, photo):
 
 # --- bad input -------------------------------------------------------------------------------------------------------
 def _trajectory_files(tmp: Path) -> dict[str, Path]:
-    files = {"broken.json": tmp / "broken.json", "nan.json": tmp / "nan.json", "empty.json": tmp / "empty.json",
-             "url_only.txt": tmp / "url_only.txt", "short.txt": tmp / "short.txt"}  # fmt: skip
+    files = {
+        "broken.json": tmp / "broken.json",
+        "nan.json": tmp / "nan.json",
+        "empty.json": tmp / "empty.json",
+        "url_only.txt": tmp / "url_only.txt",
+        "short.txt": tmp / "short.txt",
+    }
     files["broken.json"].write_text('{"format": "diff4splat-trajectory", "frames": [')
     traj = make_trajectory("orbit", FRAMES, strength=0.2)
     traj.c2w[3, 0, 3] = float("nan")
@@ -275,9 +338,18 @@ def _trajectory_files(tmp: Path) -> dict[str, Path]:
     [
         (["image={tmp}/nope.jpg"], r"image=.*nope\.jpg: no such file; expected an image file \(\.png"),
         (["image={tmp}/garbage.jpg"], r"image=.*garbage\.jpg: unreadable image"),
-        (["camera={tmp}/broken.json"], r"camera=.*broken\.json: unreadable trajectory file .*invalid JSON.*expected a preset"),
-        (["camera={tmp}/nan.json"], r"camera=.*nan\.json: frame 3: field c2w has non-finite values \(NaN or inf\); expected a finite 4x4"),
-        (["camera={tmp}/empty.json"], r"camera=.*empty\.json: unreadable trajectory file .*'frames' must be a non-empty list"),
+        (
+            ["camera={tmp}/broken.json"],
+            r"camera=.*broken\.json: unreadable trajectory file .*invalid JSON.*expected a preset",
+        ),
+        (
+            ["camera={tmp}/nan.json"],
+            r"camera=.*nan\.json: frame 3: field c2w has non-finite values \(NaN or inf\); expected a finite 4x4",
+        ),
+        (
+            ["camera={tmp}/empty.json"],
+            r"camera=.*empty\.json: unreadable trajectory file .*'frames' must be a non-empty list",
+        ),
         (["camera={tmp}/url_only.txt"], r"camera=.*url_only\.txt: .*no frame lines"),
         (["camera={tmp}/short.txt"], r"camera=.*short\.txt: 7 cameras, fewer than trajectory\.num_frames=13"),
         (["camera={tmp}/nope.json"], r"camera=.*nope\.json: no such file"),
@@ -288,7 +360,7 @@ def _trajectory_files(tmp: Path) -> dict[str, Path]:
         (["output_dir=null"], r"output_dir: required"),
         (["tiny=false"], r"models\.text_encoder=.*: not found; expected a diffusers root"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_names_file_field_and_form_and_leaves_nothing(tmp_path, photo, overrides, message):
     _trajectory_files(tmp_path)
     (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
@@ -351,16 +423,22 @@ def test_offload_gives_the_same_scene_and_frees_the_gpu(photo):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # full fp32 in both
     for offload in (False, True):
         pipe = Diff4SplatPipeline.tiny(seed=0, device="cuda", offload=offload)
-        g = pipe(job.image, job.cameras.c2w.float(), job.cameras.fxfycxcy.float(), job.cameras.times.float(), "p",
-                 sampling=SamplingConfig(steps=3))  # fmt: skip
+        g = pipe(
+            job.image,
+            job.cameras.c2w.float(),
+            job.cameras.fxfycxcy.float(),
+            job.cameras.times.float(),
+            "p",
+            sampling=SamplingConfig(steps=3),
+        )
         results.append(g)
-        on_gpu = [m for m in (pipe.camera_wan, pipe.vae, pipe.lrdm, pipe.text_encoder)
-                  if next(m.parameters()).is_cuda]  # fmt: skip
+        on_gpu = [m for m in (pipe.camera_wan, pipe.vae, pipe.lrdm, pipe.text_encoder) if next(m.parameters()).is_cuda]
         assert len(on_gpu) == (0 if offload else 4)
     print("max |latents offload - resident|:", float((results[0].latents - results[1].latents).abs().max()))
     torch.testing.assert_close(results[0].latents, results[1].latents, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(results[0].scene.gaussians.canonical.means, results[1].scene.gaussians.canonical.means,
-                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        results[0].scene.gaussians.canonical.means, results[1].scene.gaussians.canonical.means, rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.gpu

@@ -47,8 +47,14 @@ def test_pearson_is_scale_and_shift_invariant_and_tv_of_constant_is_zero():
     d, valid = _depth()
     assert pearson_loss(3 * d + 2, d, valid).abs().max() < 1e-5
     assert tv_loss(torch.ones(2, 3, 8, 8)).abs().max() == 0
-    assert depth_loss_paper(torch.ones(1, 1, 8, 8) * 2, torch.ones(1, 1, 8, 8) * 2 + torch.eye(8),
-                            torch.ones(1, 1, 8, 8, dtype=torch.bool)).item() > 0.5  # fmt: skip
+    assert (
+        depth_loss_paper(
+            torch.ones(1, 1, 8, 8) * 2,
+            torch.ones(1, 1, 8, 8) * 2 + torch.eye(8),
+            torch.ones(1, 1, 8, 8, dtype=torch.bool),
+        ).item()
+        > 0.5
+    )
 
 
 def test_gradient_matching_ignores_a_constant_offset():
@@ -90,8 +96,9 @@ def test_track_motion_gathers_the_right_cells():
     visible = torch.ones(1, 3, 1, dtype=torch.bool)
     delta = torch.zeros(1, t, fg * h * w, 3)
     delta[0, :, 1 * w + 4] = torch.tensor([7.0, 8.0, 9.0])
-    pred, target, valid = track_motion(delta, (fg, h, w), torch.tensor([0]), torch.tensor([1, 2]), tracks,
-                                       visible, c2w, fx, h * 10, w * 10)  # fmt: skip
+    pred, target, valid = track_motion(
+        delta, (fg, h, w), torch.tensor([0]), torch.tensor([1, 2]), tracks, visible, c2w, fx, h * 10, w * 10
+    )
     assert valid.all()
     torch.testing.assert_close(pred[0, :, 0], torch.tensor([[7.0, 8.0, 9.0]] * 2))
     torch.testing.assert_close(target[0, :, 0], torch.tensor([[0.1, 0, 0], [0, 0.2, 0]]))
@@ -117,8 +124,9 @@ def test_ssim_matches_definition_and_psnr():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 16, 18, generator=g, dtype=torch.float64)
     y = (x + 0.1 * torch.randn(3, 16, 18, generator=g, dtype=torch.float64)).clamp(0, 1)
-    assert ssim(x[None].float(), y[None].float()).item() == pytest.approx(_ssim_bruteforce(x.numpy(), y.numpy()),
-                                                                         abs=1e-5)  # fmt: skip
+    assert ssim(x[None].float(), y[None].float()).item() == pytest.approx(
+        _ssim_bruteforce(x.numpy(), y.numpy()), abs=1e-5
+    )
     assert ssim(x[None], x[None]).item() == pytest.approx(1.0, abs=1e-6)
     assert psnr(torch.zeros(4), torch.full((4,), 0.1)).item() == pytest.approx(20.0, abs=1e-4)
 

@@ -65,15 +65,37 @@ def test_preprocess_then_reconstruct(tmp_path, weights, frames_and_cameras):
         np.testing.assert_allclose(d["C2W"][0], np.eye(4), atol=1e-6)  # canonical
         np.testing.assert_allclose(d["timestep"], np.linspace(0, 1, F), atol=1e-7)
     out = tmp_path / "out"
-    assert reconstruct.main(["--weights", str(weights), "--input", str(npz), "--out", str(out), "--device", "cpu",
-                             "--num-times", "3", "--prune", "0"]) == 0  # fmt: skip
+    assert (
+        reconstruct.main(
+            [
+                "--weights",
+                str(weights),
+                "--input",
+                str(npz),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--num-times",
+                "3",
+                "--prune",
+                "0",
+            ]
+        )
+        == 0
+    )
     scene = load_4d(out / "scene.safetensors")
     assert scene.num_times == 3 and scene.num_gaussians == F * 32 * 40  # cropped to multiples of 8, no pruning
     plys = sorted((out / "ply").glob("frame_*.ply"))
     assert len(plys) == 3
     torch.testing.assert_close(load_ply(plys[0]).means, scene.at_index(0).means, atol=1e-6, rtol=0)
-    for name, n in [("input", F), ("render_input_cameras", F), ("render_fixed_camera", 3),
-                    ("render_fixed_time", F), ("depth", F)]:  # fmt: skip
+    for name, n in [
+        ("input", F),
+        ("render_input_cameras", F),
+        ("render_fixed_camera", 3),
+        ("render_fixed_time", F),
+        ("depth", F),
+    ]:
         video = decode_video((out / f"{name}.mp4").read_bytes())
         assert video.shape[0] == n and video.shape[1:3] == (32, 40), name
 
@@ -86,15 +108,42 @@ def test_reconstruct_from_frames_and_re10k_txt_errors(tmp_path, weights, frames_
 
     write_re10k_txt(traj, bad)
     with pytest.raises(InputError, match=r"cams.txt: 7 cameras for 5 frames"):
-        reconstruct.run(reconstruct.parse_args(["--weights", str(weights), "--input", str(folder), "--cameras",
-                                                str(bad), "--out", str(tmp_path / "o"), "--device", "cpu"]))  # fmt: skip
+        reconstruct.run(
+            reconstruct.parse_args(
+                [
+                    "--weights",
+                    str(weights),
+                    "--input",
+                    str(folder),
+                    "--cameras",
+                    str(bad),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--device",
+                    "cpu",
+                ]
+            )
+        )
     assert not (tmp_path / "o").exists()  # nothing half-written
     with pytest.raises(InputError, match="camera file not found"):
-        reconstruct.run(reconstruct.parse_args(["--weights", str(weights), "--input", str(folder), "--cameras",
-                                                str(tmp_path / "nope.json"), "--out", str(tmp_path / "o")]))  # fmt: skip
+        reconstruct.run(
+            reconstruct.parse_args(
+                [
+                    "--weights",
+                    str(weights),
+                    "--input",
+                    str(folder),
+                    "--cameras",
+                    str(tmp_path / "nope.json"),
+                    "--out",
+                    str(tmp_path / "o"),
+                ]
+            )
+        )
     with pytest.raises(InputError, match="no cameras in the input"):
-        reconstruct.run(reconstruct.parse_args(["--weights", str(weights), "--input", str(folder), "--out",
-                                                str(tmp_path / "o")]))  # fmt: skip
+        reconstruct.run(
+            reconstruct.parse_args(["--weights", str(weights), "--input", str(folder), "--out", str(tmp_path / "o")])
+        )
     assert reconstruct.main(["--weights", str(weights), "--input", str(folder), "--out", str(tmp_path / "o")]) == 2
 
 

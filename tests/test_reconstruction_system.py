@@ -17,11 +17,18 @@ TINY = dict(dim=64, depth=2, num_heads=4, decoder_channels=16, patch_size=8)
 
 
 def _batch(num_input=4, num_output=4, size=32, frames=13, seed=3, held_out=False, dynamic=True, texture="checker"):
-    clip = generate_clip(SyntheticConfig(num_frames=frames, height=size, width=size, dynamic=dynamic, texture=texture),
-                         seed=seed)  # fmt: skip
-    sampling = ClipSamplingConfig(num_input=num_input, num_output=num_output, resolution=size, size_divisor=8,
-                                  random_aspect=False, crop_scale=(1.0, 1.0),
-                                  eval_outputs="held_out" if held_out else "uniform")  # fmt: skip
+    clip = generate_clip(
+        SyntheticConfig(num_frames=frames, height=size, width=size, dynamic=dynamic, texture=texture), seed=seed
+    )
+    sampling = ClipSamplingConfig(
+        num_input=num_input,
+        num_output=num_output,
+        resolution=size,
+        size_divisor=8,
+        random_aspect=False,
+        crop_scale=(1.0, 1.0),
+        eval_outputs="held_out" if held_out else "uniform",
+    )
     transform = ClipTransform(sampling, train=False)
     source = SourceConfig(name="synthetic", shards=[], max_gap=frames)
     raw = {"__key__": clip.key, "__url__": "synthetic", **encode_clip(clip)}
@@ -62,8 +69,9 @@ def test_tiny_model_overfits_one_clip_to_30_db():
     torch.manual_seed(0)
     batch = _batch(num_input=4, num_output=3, size=32, frames=7, held_out=True, texture="smooth")
     fi = int(batch["num_input"])
-    system = ReconstructionSystem(model=TINY, loss=dict(lpips=0.0, depth=0.1), optim=dict(lr=3e-3, warmup_steps=10),
-                                  render_cfg=dict(tile_size=4))  # fmt: skip
+    system = ReconstructionSystem(
+        model=TINY, loss=dict(lpips=0.0, depth=0.1), optim=dict(lr=3e-3, warmup_steps=10), render_cfg=dict(tile_size=4)
+    )
 
     def psnr(rgb: torch.Tensor) -> float:
         return float(-10 * torch.log10(((rgb.detach().clamp(0, 1) - batch["images"][:, fi:]) ** 2).mean()))
@@ -105,8 +113,17 @@ def test_geometry_metrics_agree_with_the_evaluation_metrics():
         ref = depth_metrics(out.depth, gt, valid)["abs_rel"]
         assert float(m["depth_abs_rel"][0]) == pytest.approx(ref, rel=1e-5) and ref > 0
         assert int(m["depth_abs_rel"][1]) == depth_metrics(out.depth, gt, valid)["pixels"]
-    args = (out.grid, out.frame_indices, torch.arange(3, 6), batch["tracks_world"], batch["tracks_visible"],
-            batch["c2w"], batch["fxfycxcy"], 32, 32)  # fmt: skip
+    args = (
+        out.grid,
+        out.frame_indices,
+        torch.arange(3, 6),
+        batch["tracks_world"],
+        batch["tracks_visible"],
+        batch["c2w"],
+        batch["fxfycxcy"],
+        32,
+        32,
+    )
     _, target, pairs = track_motion(out.gaussians.delta_means, *args)
     moving = track_metrics(torch.zeros_like(target), target, pairs)
     assert moving["pairs"] > 0 and moving["epe"] > 0.01

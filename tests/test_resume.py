@@ -26,8 +26,12 @@ def runs(tmp_path_factory) -> dict:
     run stopped by SIGTERM after step 8, the same command again killed (SIGKILL) after its next-but-one periodic
     save, and the same command once more to the end. The reference runs at the same time."""
     root = tmp_path_factory.mktemp("resume")
-    cmd = train_cmd(*TINY_LRDM, f"trainer.max_steps={N}", f"trainer.val_check_interval={N}",
-                    f"callbacks.last_checkpoint.every_n_train_steps={EVERY}")  # fmt: skip
+    cmd = train_cmd(
+        *TINY_LRDM,
+        f"trainer.max_steps={N}",
+        f"trainer.val_check_interval={N}",
+        f"callbacks.last_checkpoint.every_n_train_steps={EVERY}",
+    )
     reference = start(cmd, train_env(root / "ref", "reference"), root / "ref.log")
     env = train_env(root / "out", "preempted")
     run = root / "out" / "smoke" / "runs" / "preempted"
@@ -121,10 +125,19 @@ def test_requeue_signal_saves_stops_and_requeues_the_slurm_job(tmp_path):
     scontrol = bin_dir / "scontrol"
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     scontrol.chmod(0o755)
-    env = train_env(tmp_path / "out", "requeued", SLURM_JOB_ID="4242", SLURM_JOB_NAME="train",
-                    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # fmt: skip
-    cmd = train_cmd(*TINY_LRDM, "trainer.max_steps=200", "trainer.val_check_interval=200",
-                    "callbacks.last_checkpoint.every_n_train_steps=2")  # fmt: skip
+    env = train_env(
+        tmp_path / "out",
+        "requeued",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="train",
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    )
+    cmd = train_cmd(
+        *TINY_LRDM,
+        "trainer.max_steps=200",
+        "trainer.val_check_interval=200",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+    )
     run = tmp_path / "out" / "smoke" / "runs" / "requeued"
     proc = start(cmd, env, tmp_path / "run.log")
     wait_for_step(run / "checkpoints" / "last.safetensors", 2, proc)
@@ -140,8 +153,13 @@ def test_sigterm_to_one_ddp_rank_stops_every_rank_after_the_same_step(tmp_path):
     """``trainer=ddp_sim``: SIGTERM to rank 0 only (Lightning's launcher process); rank 1 never sees it. The ranks
     agree at the end of the step, both stop after the same step, last.ckpt holds it, and the run exits 143 (a rank
     stopping alone would leave the other blocked in its next collective)."""
-    cmd = train_cmd(*TINY_LRDM, "trainer=ddp_sim", "trainer.max_steps=500", "trainer.val_check_interval=500",
-                    "callbacks.last_checkpoint.every_n_train_steps=2")  # fmt: skip
+    cmd = train_cmd(
+        *TINY_LRDM,
+        "trainer=ddp_sim",
+        "trainer.max_steps=500",
+        "trainer.val_check_interval=500",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+    )
     run = tmp_path / "smoke" / "runs" / "ddp"
     proc = start(cmd, train_env(tmp_path, "ddp"), tmp_path / "run.log")
     wait_for_step(run / "checkpoints" / "last.safetensors", 2, proc)
@@ -174,10 +192,22 @@ def one_thread():
 def _cfg(tmp_path: Path, *overrides: str):
     from tests.conftest import compose_cfg
 
-    tiny = [o for o in TINY_LRDM if not o.startswith("~")] + ["callbacks=default", "~callbacks.media",
-                                                             "~callbacks.progress_bar"]  # fmt: skip
-    return compose_cfg([*tiny, "trainer=cpu", "trainer.val_check_interval=4",
-                        "callbacks.last_checkpoint.every_n_train_steps=2", *overrides], tmp_path, "run")  # fmt: skip
+    tiny = [o for o in TINY_LRDM if not o.startswith("~")] + [
+        "callbacks=default",
+        "~callbacks.media",
+        "~callbacks.progress_bar",
+    ]
+    return compose_cfg(
+        [
+            *tiny,
+            "trainer=cpu",
+            "trainer.val_check_interval=4",
+            "callbacks.last_checkpoint.every_n_train_steps=2",
+            *overrides,
+        ],
+        tmp_path,
+        "run",
+    )
 
 
 def test_resume_restores_step_optimizer_ema_and_data_position(tmp_path, one_thread):

@@ -42,10 +42,25 @@ def _has_kw(call: ast.Call, name: str) -> bool:
     return any(k.arg == name for k in call.keywords)
 
 
-UNPICKLERS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "cPickle.load", "cPickle.loads", "dill.load",
-              "dill.loads", "cloudpickle.load", "cloudpickle.loads", "joblib.load", "marshal.load", "marshal.loads",
-              "shelve.open", "yaml.unsafe_load", "yaml.full_load", "torch.serialization.add_safe_globals",
-              "torch.jit.load"}  # fmt: skip
+UNPICKLERS = {
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "cPickle.load",
+    "cPickle.loads",
+    "dill.load",
+    "dill.loads",
+    "cloudpickle.load",
+    "cloudpickle.loads",
+    "joblib.load",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "torch.serialization.add_safe_globals",
+    "torch.jit.load",
+}
 
 
 def unsafe_loads(source: str, filename: str = "<source>") -> list[str]:
@@ -63,16 +78,19 @@ def unsafe_loads(source: str, filename: str = "<source>") -> list[str]:
             continue
         name = _dotted(node.func)
         where = f"{filename}:{node.lineno}"
-        if any(k.arg == "weights_only" and not (isinstance(k.value, ast.Constant) and k.value.value is True)
-               for k in node.keywords):  # fmt: skip
+        if any(
+            k.arg == "weights_only" and not (isinstance(k.value, ast.Constant) and k.value.value is True)
+            for k in node.keywords
+        ):
             found.append(f"{where}: {name or 'call'}(weights_only=<not True>)")
         if name == "torch.load" and not _is_true(node, "weights_only"):
             found.append(f"{where}: torch.load without weights_only=True")
         elif name in UNPICKLERS:
             found.append(f"{where}: {name}")
         elif name == "yaml.load":
-            loader = next((k.value for k in node.keywords if k.arg == "Loader"), node.args[1] if len(node.args) > 1
-                          else None)  # fmt: skip
+            loader = next(
+                (k.value for k in node.keywords if k.arg == "Loader"), node.args[1] if len(node.args) > 1 else None
+            )
             if loader is None or not _dotted(loader).endswith(("SafeLoader", "CSafeLoader")):
                 found.append(f"{where}: yaml.load without a SafeLoader")
         elif name in ("np.load", "numpy.load") and _has_kw(node, "allow_pickle"):
@@ -149,8 +167,11 @@ def evil(tmp_path) -> dict[str, Path]:
     """Checkpoint-shaped files whose unpickling would create ``marker``: torch.save's zip format under several
     names, and a raw pickle. The control at the end proves the payload is live."""
     marker = tmp_path / "PWNED"
-    ckpt = {"state_dict": {"model.pose_token": torch.zeros(48), "model.hook": Payload(marker)},
-            "hyper_parameters": {"model": {"dim": 48}}, "payload": Payload(marker)}  # fmt: skip
+    ckpt = {
+        "state_dict": {"model.pose_token": torch.zeros(48), "model.hook": Payload(marker)},
+        "hyper_parameters": {"model": {"dim": 48}},
+        "payload": Payload(marker),
+    }
     files = {"marker": marker}
     for name in ("evil.ckpt", "evil.pth", "evil.pt"):
         torch.save(ckpt, tmp_path / name)
@@ -200,14 +221,32 @@ def test_reconstruct_and_evaluate_clis_refuse_a_malicious_pickle(evil, tmp_path,
     for i in range(3):
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(frames / f"{i}.png")
     write_trajectory_json(make_trajectory("orbit", 3), tmp_path / "cams.json")
-    argv = ["--weights", str(evil["evil.ckpt"]), "--input", str(frames), "--cameras", str(tmp_path / "cams.json"),
-            "--out", str(tmp_path / "out")]  # fmt: skip
+    argv = [
+        "--weights",
+        str(evil["evil.ckpt"]),
+        "--input",
+        str(frames),
+        "--cameras",
+        str(tmp_path / "cams.json"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert reconstruct.main(argv) == 2
     assert f"error: LRDM weights: {evil['evil.ckpt']}: refused to load" in capsys.readouterr().err
     with ShardWriter(tmp_path / "shards", source="security", split="val") as w:
         w.write(tiny_clip("c0"))
-    argv = ["clips", "--weights", str(evil["evil.ckpt"]), "--shards", str(tmp_path / "shards"), "--no-lpips",
-            "--out", str(tmp_path / "results"), "--device", "cpu"]  # fmt: skip
+    argv = [
+        "clips",
+        "--weights",
+        str(evil["evil.ckpt"]),
+        "--shards",
+        str(tmp_path / "shards"),
+        "--no-lpips",
+        "--out",
+        str(tmp_path / "results"),
+        "--device",
+        "cpu",
+    ]
     assert evaluate.main(argv) == 2
     assert "refused to load" in capsys.readouterr().err
     assert not evil["marker"].exists()
@@ -221,12 +260,24 @@ def test_other_weight_loaders_refuse_a_malicious_pickle(evil, tmp_path):
     from diff4splat.models.wan_convert import read_original_vae
     from diff4splat.weights import WeightsError
 
-    _refused(evil, lambda: LPIPS(vgg_path=evil["evil.pth"], lin_path=evil["evil.pth"]), WeightsError,
-             match=r"LPIPS weights: .*evil\.pth: refused to load")  # fmt: skip
-    _refused(evil, lambda: TinyVAE.from_taehv(evil["evil.pth"]), WeightsError,
-             match=r"TinyVAE weights: .*evil\.pth: refused to load")  # fmt: skip
-    _refused(evil, lambda: read_original_vae(evil["evil.pth"]), WeightsError,
-             match=r"Wan VAE weights: .*evil\.pth: refused to load")  # fmt: skip
+    _refused(
+        evil,
+        lambda: LPIPS(vgg_path=evil["evil.pth"], lin_path=evil["evil.pth"]),
+        WeightsError,
+        match=r"LPIPS weights: .*evil\.pth: refused to load",
+    )
+    _refused(
+        evil,
+        lambda: TinyVAE.from_taehv(evil["evil.pth"]),
+        WeightsError,
+        match=r"TinyVAE weights: .*evil\.pth: refused to load",
+    )
+    _refused(
+        evil,
+        lambda: read_original_vae(evil["evil.pth"]),
+        WeightsError,
+        match=r"Wan VAE weights: .*evil\.pth: refused to load",
+    )
     assert wan_convert_main(["--kind", "vae", "--src", str(evil["evil.pth"]), "--out", str(tmp_path / "vae")]) == 1
     assert not (tmp_path / "vae").exists() and not evil["marker"].exists()
 
@@ -241,8 +292,12 @@ def test_training_loaders_refuse_a_malicious_pickle(evil):
 
     model = LRDM(lrdm_preset("tiny", dim=48, depth=1, num_heads=4, decoder_channels=8))
     _refused(evil, lambda: load_lrdm_weights(model, evil["evil.ckpt"]), pickle.UnpicklingError, ValueError)
-    _refused(evil, lambda: read_trajectory(evil["evil.pth"], "seq"), SourceError,
-             match=r"not loadable with weights_only=True")  # fmt: skip
+    _refused(
+        evil,
+        lambda: read_trajectory(evil["evil.pth"], "seq"),
+        SourceError,
+        match=r"not loadable with weights_only=True",
+    )
 
 
 def test_safetensors_loaders_refuse_a_pickle_named_safetensors(evil):
@@ -267,8 +322,12 @@ def test_diffusers_folder_with_a_malicious_bin_is_refused(evil, tmp_path):
         base_dim=3, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False]
     ).save_pretrained(folder, safe_serialization=False)
     (folder / "diffusion_pytorch_model.bin").write_bytes(evil["evil.pth"].read_bytes())
-    err = _refused(evil, lambda: WanVAE.from_pretrained(folder, torch_dtype=torch.float32), OSError,
-                   match="Unable to load weights from checkpoint file")  # fmt: skip
+    err = _refused(
+        evil,
+        lambda: WanVAE.from_pretrained(folder, torch_dtype=torch.float32),
+        OSError,
+        match="Unable to load weights from checkpoint file",
+    )
     causes = []
     while err is not None:
         causes.append(err)
@@ -279,8 +338,15 @@ def test_diffusers_folder_with_a_malicious_bin_is_refused(evil, tmp_path):
 def test_resuming_from_a_malicious_checkpoint_is_refused(evil, make_cfg):
     from diff4splat.train import train
 
-    cfg = make_cfg("experiment=fit_synthetic", f"ckpt_path={evil['evil.ckpt']}", "data.height=16", "data.width=16",
-                   "model.num_gaussians=50", "callbacks=none", "test=false")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=fit_synthetic",
+        f"ckpt_path={evil['evil.ckpt']}",
+        "data.height=16",
+        "data.width=16",
+        "model.num_gaussians=50",
+        "callbacks=none",
+        "test=false",
+    )
     from diff4splat.weights import WeightsError
 
     _refused(evil, lambda: train(cfg), WeightsError, match=r"ckpt_path=.*evil\.ckpt: refused to load.*GLOBAL")
@@ -350,9 +416,19 @@ def test_wandb_key_is_in_no_file_of_the_run(make_cfg, monkeypatch, capfd):
     canary = "canary" + os.urandom(6).hex()  # a config value: it must reach the files the secret must not
     monkeypatch.setenv("WANDB_API_KEY", secret)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = make_cfg("experiment=fit_synthetic", "logger=wandb", "logger.wandb.mode=offline", "trainer.max_steps=2",
-                   "data.height=16", "data.width=16", "model.num_gaussians=50", "callbacks=none", "test=false",
-                   "extras.print_config=true", f"tags=[{canary}]")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=fit_synthetic",
+        "logger=wandb",
+        "logger.wandb.mode=offline",
+        "trainer.max_steps=2",
+        "data.height=16",
+        "data.width=16",
+        "model.num_gaussians=50",
+        "callbacks=none",
+        "test=false",
+        "extras.print_config=true",
+        f"tags=[{canary}]",
+    )
     try:
         apply_extras(cfg)  # as the CLI does: prints the config tree, saves config.yaml and config_tree.log
         train(cfg)

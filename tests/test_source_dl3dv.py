@@ -94,8 +94,14 @@ def test_bad_input_names_the_file_and_spares_other_sequences(tmp_path, gt):
 
     ok, errors = convert_all(dl3dv, tmp_path, ConvertOptions(frame_format="png"))
     assert sorted(ok) == ["1K/good"] and len(ok["1K/good"]) == 1
-    expect = {"1K/missing": "frame_00003.png", "1K/truncated": "frame_00002.png", "1K/wrong_size": "frame_00004.png",
-              "1K/nan_pose": "transforms.json", "1K/bad_json": "transforms.json", "1K/wrong_shape": "transforms.json"}  # fmt: skip
+    expect = {
+        "1K/missing": "frame_00003.png",
+        "1K/truncated": "frame_00002.png",
+        "1K/wrong_size": "frame_00004.png",
+        "1K/nan_pose": "transforms.json",
+        "1K/bad_json": "transforms.json",
+        "1K/wrong_shape": "transforms.json",
+    }
     assert {k: Path(e.file).name for k, e in errors.items()} == expect
     assert "non-finite pose at frame(s) [1]" in str(errors["1K/nan_pose"])  # frame_00002 is the second frame
     assert "shape (2, 4)" in str(errors["1K/wrong_shape"])

@@ -57,8 +57,13 @@ def test_recovers_ground_truth(tmp_path, scenes):
         np.testing.assert_array_equal(vis, gt.tracks_visible[:, keep])
         np.testing.assert_allclose(clip.tracks_world[vis], gt.tracks_world[:, keep][vis], atol=1e-6)
         assert np.isnan(clip.tracks_world[~vis]).all()
-        proj = project_points(torch.from_numpy(clip.tracks_world.astype(np.float64)), torch.from_numpy(clip.c2w),
-                              torch.from_numpy(clip.fxfycxcy), H, W)  # fmt: skip
+        proj = project_points(
+            torch.from_numpy(clip.tracks_world.astype(np.float64)),
+            torch.from_numpy(clip.c2w),
+            torch.from_numpy(clip.fxfycxcy),
+            H,
+            W,
+        )
         assert np.abs(proj.uv.numpy()[vis] - project(gt)[:, keep][vis]).max() < 0.5
         assert clip.flow is None  # encoding unverified: not converted
         assert (clip.meta.depth_weight, clip.meta.motion_weight, clip.meta.is_static) == (0.5, 0.5, False)
@@ -78,8 +83,11 @@ def test_windows_resize_and_track_cap(tmp_path, scenes):
         vis = c.tracks_visible
         # the kept tracks are GT tracks (each column equals one GT column where visible)
         for j in range(7):
-            match = [n for n in range(gt.tracks_world.shape[1])
-                     if np.allclose(c.tracks_world[vis[:, j], j], gt.tracks_world[s : s + 3][vis[:, j], n], atol=1e-6)]  # fmt: skip
+            match = [
+                n
+                for n in range(gt.tracks_world.shape[1])
+                if np.allclose(c.tracks_world[vis[:, j], j], gt.tracks_world[s : s + 3][vis[:, j], n], atol=1e-6)
+            ]
             assert len(match) == 1
     again = list(dr.convert_sequence(tmp_path, "aaa111-3_obj", opts))
     np.testing.assert_array_equal(again[0].tracks_world, clips[0].tracks_world)
@@ -135,10 +143,13 @@ def test_bad_input_names_the_file_and_spares_other_sequences(tmp_path):
 
     ok, errors = convert_all(dr, tmp_path, ConvertOptions(split="train", clip_length=10))
     assert sorted(ok) == ["good-1_obj"] and len(ok["good-1_obj"]) == 1
-    expect = {"missing-1_obj": "missing-1_obj_source_left-0002.png",
-              "truncated-1_obj": "truncated-1_obj_source_left_0001.geometric.png",
-              "shape-1_obj": "shape-1_obj_source_left_0003.geometric.png",
-              "nanpose-1_obj": "frame_annotations_train.jgz", "pth-1_obj": "000001.pth"}  # fmt: skip
+    expect = {
+        "missing-1_obj": "missing-1_obj_source_left-0002.png",
+        "truncated-1_obj": "truncated-1_obj_source_left_0001.geometric.png",
+        "shape-1_obj": "shape-1_obj_source_left_0003.geometric.png",
+        "nanpose-1_obj": "frame_annotations_train.jgz",
+        "pth-1_obj": "000001.pth",
+    }
     assert {k: Path(e.file).name for k, e in errors.items()} == expect
     assert "non-finite viewpoint at frame(s) [2]" in str(errors["nanpose-1_obj"])
     assert "(10, 10)" in str(errors["shape-1_obj"])

@@ -52,8 +52,13 @@ def test_recovers_ground_truth(tmp_path, gt):
     vis = clip.tracks_visible
     np.testing.assert_allclose(clip.tracks_world[vis], gt.tracks_world[:, keep][vis], atol=1e-6)
     assert np.isnan(clip.tracks_world[~vis]).all()
-    proj = project_points(torch.from_numpy(clip.tracks_world.astype(np.float64)), torch.from_numpy(clip.c2w),
-                          torch.from_numpy(clip.fxfycxcy), 48, 64)  # fmt: skip
+    proj = project_points(
+        torch.from_numpy(clip.tracks_world.astype(np.float64)),
+        torch.from_numpy(clip.c2w),
+        torch.from_numpy(clip.fxfycxcy),
+        48,
+        64,
+    )
     uv_gt = project(gt)[:, keep]
     assert np.abs(proj.uv.numpy()[vis] - uv_gt[vis]).max() < 0.5
     assert clip.meta.dataset == "pointodyssey" and not clip.meta.is_static
@@ -89,8 +94,10 @@ def test_windows_resize_and_track_cap(tmp_path, gt):
     full = list(po.convert_sequence(tmp_path, "s", dataclasses.replace(opts, source_options={"max_tracks": 0})))[1]
     assert full.tracks_world.shape[1] > 5
     for j in range(5):
-        assert any(np.array_equal(full.tracks_world[:, i], clips[1].tracks_world[:, j], equal_nan=True)
-                   for i in range(full.tracks_world.shape[1]))  # fmt: skip
+        assert any(
+            np.array_equal(full.tracks_world[:, i], clips[1].tracks_world[:, j], equal_nan=True)
+            for i in range(full.tracks_world.shape[1])
+        )
 
 
 def test_done_keys_are_not_converted_again(tmp_path, gt):
@@ -135,8 +142,13 @@ def test_bad_input_names_the_file_and_spares_other_sequences(tmp_path, gt):
 
     ok, errors = convert_all(po, root, ConvertOptions(clip_length=6))
     assert sorted(ok) == ["good"] and len(ok["good"]) == 1
-    expect = {"missing_frame": "rgb_00003.jpg", "truncated_depth": "depth_00002.png", "wrong_shape": "anno.npz",
-              "nan_pose": "anno.npz", "truncated_anno": "anno.npz"}  # fmt: skip
+    expect = {
+        "missing_frame": "rgb_00003.jpg",
+        "truncated_depth": "depth_00002.png",
+        "wrong_shape": "anno.npz",
+        "nan_pose": "anno.npz",
+        "truncated_anno": "anno.npz",
+    }
     assert {k: Path(e.file).name for k, e in errors.items()} == expect
     assert "non-finite pose at frame(s) [4]" in str(errors["nan_pose"])
     assert "(6, 3, 4)" in str(errors["wrong_shape"])

@@ -45,7 +45,11 @@ def test_recovers_ground_truth(sample):
     assert_valid_and_survives_encoding(clip)
     assert clip.key == "train-0001_000000"
     assert (clip.meta.dataset, clip.meta.is_static, clip.meta.depth_weight, clip.meta.motion_weight) == (
-        "spring", False, 1.0, 0.0)  # fmt: skip
+        "spring",
+        False,
+        1.0,
+        0.0,
+    )
     np.testing.assert_allclose(clip.c2w, gt.c2w, atol=1e-5)
     np.testing.assert_allclose(clip.fxfycxcy, gt.fxfycxcy, rtol=0, atol=1e-12)
     np.testing.assert_allclose(clip.timestamps, np.arange(F) / 24.0)
@@ -121,8 +125,18 @@ def _break(root: Path, how: str) -> Path:
     return bad
 
 
-@pytest.mark.parametrize("how", ["missing_frame", "missing_flow", "truncated_disparity", "disparity_not_2x",
-                                 "wrong_key", "nan_pose", "short_intrinsics"])  # fmt: skip
+@pytest.mark.parametrize(
+    "how",
+    [
+        "missing_frame",
+        "missing_flow",
+        "truncated_disparity",
+        "disparity_not_2x",
+        "wrong_key",
+        "nan_pose",
+        "short_intrinsics",
+    ],
+)
 def test_bad_input_names_file_and_others_convert(sample, how):
     root, _ = sample
     bad = _break(root, how)

@@ -57,7 +57,11 @@ def test_recovers_ground_truth(sample, scene):
     assert_valid_and_survives_encoding(clip)
     assert clip.key == "train-abcDEF123_4004000_000000"
     assert (clip.meta.dataset, clip.meta.is_static, clip.meta.depth_weight, clip.meta.motion_weight) == (
-        "stereo4d", False, 0.2, 0.2)  # fmt: skip
+        "stereo4d",
+        False,
+        0.2,
+        0.2,
+    )
     assert clip.meta.extra["video_id"] == "abcDEF123"
     np.testing.assert_allclose(clip.c2w, gt.c2w, atol=1e-5)
     fx = 0.5 / np.tan(np.deg2rad(30.0))
@@ -101,8 +105,10 @@ def test_track_subsampling_is_deterministic(sample, scene):
     validate_clip(a)
     assert a.tracks_world.shape == (F, 7, 3) and a.meta.extra["num_tracks_visible"] == full.tracks_world.shape[1]
     np.testing.assert_array_equal(a.tracks_world, b.tracks_world)
-    cols = [int(np.nonzero((np.nan_to_num(full.tracks_world) == np.nan_to_num(a.tracks_world[:, [k]])).all((0, 2)))[0][0])
-            for k in range(7)]  # fmt: skip
+    cols = [
+        int(np.nonzero((np.nan_to_num(full.tracks_world) == np.nan_to_num(a.tracks_world[:, [k]])).all((0, 2)))[0][0])
+        for k in range(7)
+    ]
     assert cols == sorted(cols) and len(set(cols)) == 7  # a subset, in native order
     np.testing.assert_array_equal(a.depth, full.depth)  # depth uses every visible track
 
@@ -147,8 +153,10 @@ def _break(root: Path, paths: dict, how: str) -> Path:
     return npz
 
 
-@pytest.mark.parametrize("how", ["missing_video", "truncated_video", "frame_count", "truncated_npz", "nan_pose",
-                                 "wrong_shape", "ragged_mismatch"])  # fmt: skip
+@pytest.mark.parametrize(
+    "how",
+    ["missing_video", "truncated_video", "frame_count", "truncated_npz", "nan_pose", "wrong_shape", "ragged_mismatch"],
+)
 def test_bad_input_names_file_and_others_convert(sample, how):
     root, paths = sample
     bad = _break(root, paths, how)

@@ -34,7 +34,11 @@ def _convert(root: Path, seq: str, **kw) -> list:
 def test_list_sequences_and_splits(sample):
     root, _ = sample
     assert vkitti2.list_sequences(root, "all") == [
-        "Scene01/clone/Camera_0", "Scene01/clone/Camera_1", "Scene02/fog/Camera_0", "Scene02/fog/Camera_1"]  # fmt: skip
+        "Scene01/clone/Camera_0",
+        "Scene01/clone/Camera_1",
+        "Scene02/fog/Camera_0",
+        "Scene02/fog/Camera_1",
+    ]
     assert vkitti2.list_sequences(root, "train") == ["Scene01/clone/Camera_0", "Scene01/clone/Camera_1"]
     assert vkitti2.list_sequences(root, "test") == ["Scene02/fog/Camera_0", "Scene02/fog/Camera_1"]
     with pytest.raises(ValueError):
@@ -55,8 +59,9 @@ def test_recovers_ground_truth(sample, cam):
     np.testing.assert_allclose(clip.timestamps, np.arange(F) / 10.0)
     # frames: the written PNGs are the native JPEGs decoded, which are the rendered frames within JPEG error
     frames = decode_frames(clip)
-    native = np.stack([np.asarray(Image.open(root / f"Scene01/clone/frames/rgb/Camera_{cam}/rgb_{f:05d}.jpg"))
-                       for f in range(F)])  # fmt: skip
+    native = np.stack(
+        [np.asarray(Image.open(root / f"Scene01/clone/frames/rgb/Camera_{cam}/rgb_{f:05d}.jpg")) for f in range(F)]
+    )
     np.testing.assert_array_equal(frames, native)
     assert np.abs(frames.astype(float) - gt.rgb).mean() < 3.0
     # depth: 1 cm quantisation, sky rows invalid

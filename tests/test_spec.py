@@ -74,8 +74,13 @@ def test_round_trip_identical_arrays(tmp_path):
         np.testing.assert_array_equal(decode_frames(back), rgb)  # PNG is lossless
         assert back.meta == c.meta
     m = read_manifest(tmp_path)
-    assert m["splits"]["train"] == {"shards": 3, "clips": 5, "frames": 20, "bytes": m["splits"]["train"]["bytes"],
-                                    "datasets": {"pointodyssey": 5}}  # fmt: skip
+    assert m["splits"]["train"] == {
+        "shards": 3,
+        "clips": 5,
+        "frames": 20,
+        "bytes": m["splits"]["train"]["bytes"],
+        "datasets": {"pointodyssey": 5},
+    }
     assert [s["clips"] for s in m["shards"]] == [2, 2, 1]
     assert m["sources"] == ["test"]
 
@@ -145,7 +150,9 @@ def test_writer_resumes_and_skips_finished(tmp_path):
             raise RuntimeError("converter crashed")
     # the finished shard survives; the open one was dropped and no temporary file is left
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".manifest")) == [
-        "manifest.json", "train-000000.tar"]  # fmt: skip
+        "manifest.json",
+        "train-000000.tar",
+    ]
     with ShardWriter(tmp_path, source="test", maxcount=3) as w:
         assert w.is_done("seq0_000000") and not w.is_done("seq3_000000")
         written = [w.write(c) for c in clips]

@@ -59,8 +59,9 @@ def test_ranks_and_workers_read_disjoint_shards_and_equal_batches(tmp_path, augm
     counts = []
     sampling = replace(TINY, augment_on=augment_on)
     for rank in range(2):
-        stream = ClipStream([src], sampling, batch_size=2, batches_per_epoch=5, seed=3, shuffle_buffer=2, rank=rank,
-                            world_size=2)  # fmt: skip
+        stream = ClipStream(
+            [src], sampling, batch_size=2, batches_per_epoch=5, seed=3, shuffle_buffer=2, rank=rank, world_size=2
+        )
         batches = list(DataLoader(stream, batch_size=None, num_workers=2))
         counts.append(len(batches))
         for i, b in enumerate(batches):  # in-order loader: batch i comes from worker i % 2
@@ -118,17 +119,33 @@ def test_crop_resize_flip_keep_tracks_on_image_content(fmt, augment_on):
     z = rng.uniform(3, 5, N)
     pts = np.stack([(uv0[:, 0] / W - K[0, 2]) / K[0, 0] * z, (uv0[:, 1] / H - K[0, 3]) / K[0, 1] * z, z], -1)
     tracks = np.repeat(pts[None], F, 0).astype(np.float32)
-    proj = project_points(torch.from_numpy(tracks).double(), torch.from_numpy(c2w)[:, None], torch.from_numpy(K),
-                          H, W)  # fmt: skip
+    proj = project_points(torch.from_numpy(tracks).double(), torch.from_numpy(c2w)[:, None], torch.from_numpy(K), H, W)
     uv_src = proj.uv.numpy()[:, 0] if proj.uv.dim() == 4 else proj.uv.numpy()
     frames = np.stack([np.repeat(_blob_image(uv_src[f], H, W, sigma=6.0)[..., None], 3, -1) for f in range(F)])
-    clip = Clip(key="blobs", frames=encode_frames(frames, fmt=fmt, quality=100), c2w=c2w, fxfycxcy=K,
-                timestamps=np.arange(F, dtype=float), meta=ClipMeta.for_dataset("pointodyssey", "blobs"),
-                depth=np.full((F, H, W), 4.0, np.float32), tracks_world=tracks,
-                tracks_visible=np.ones((F, N), bool))  # fmt: skip
-    cfg = ClipSamplingConfig(num_input=2, num_output=1, resolution=48, size_divisor=8, crop_scale=(0.77, 1.0),
-                             crop_position="random", random_aspect=True, aspect_range=(0.6, 1.6), flip_prob=0.5,
-                             include_input_prob=0.0, augment_on=augment_on)  # fmt: skip
+    clip = Clip(
+        key="blobs",
+        frames=encode_frames(frames, fmt=fmt, quality=100),
+        c2w=c2w,
+        fxfycxcy=K,
+        timestamps=np.arange(F, dtype=float),
+        meta=ClipMeta.for_dataset("pointodyssey", "blobs"),
+        depth=np.full((F, H, W), 4.0, np.float32),
+        tracks_world=tracks,
+        tracks_visible=np.ones((F, N), bool),
+    )
+    cfg = ClipSamplingConfig(
+        num_input=2,
+        num_output=1,
+        resolution=48,
+        size_divisor=8,
+        crop_scale=(0.77, 1.0),
+        crop_position="random",
+        random_aspect=True,
+        aspect_range=(0.6, 1.6),
+        flip_prob=0.5,
+        include_input_prob=0.0,
+        augment_on=augment_on,
+    )
     transform = ClipTransform(cfg, train=True)
     src = SourceConfig("pointodyssey", "unused", max_gap=3)
     from datamodules.stream import batch_size_hw
@@ -140,8 +157,9 @@ def test_crop_resize_flip_keep_tracks_on_image_content(fmt, augment_on):
         sample = transform({"__key__": "blobs", **encode_clip(clip)}, r, (Ho, Wo), src)
         top, left, ch, cw = sample["crop"]
         idx = sample["frame_indices"]
-        p = project_points(sample["tracks_world"].double(), sample["c2w"].double()[:, None],
-                           sample["fxfycxcy"].double(), Ho, Wo).uv  # fmt: skip
+        p = project_points(
+            sample["tracks_world"].double(), sample["c2w"].double()[:, None], sample["fxfycxcy"].double(), Ho, Wo
+        ).uv
         p = p[:, 0] if p.dim() == 4 else p
         expected = np.stack([(uv_src[idx, :, 0] - left) * Wo / cw, (uv_src[idx, :, 1] - top) * Ho / ch], -1)
         if sample["flipped"]:
@@ -206,14 +224,22 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     stream = ClipStream([src], TINY, batch_size=1, batches_per_epoch=9, train=False, max_skip_rate=0.5)
     keys = [b["key"][0] for b in stream]
     assert len(keys) == 9  # the epoch completes
-    assert keys == [f"pointodyssey/c{s}x{i}" for s, i in
-                    [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (3, 0), (3, 1), (3, 2)]]  # fmt: skip
+    assert keys == [
+        f"pointodyssey/c{s}x{i}" for s, i in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (3, 0), (3, 1), (3, 2)]
+    ]
     assert (stream.stats.good, stream.stats.skipped, stream.stats.shard_errors) == (9, 2, 1)
     assert any("'c2w'" in r for r in stream.stats.reasons)
     # a training stream (resampled) with a low tolerance stops with a clear error
     src_train = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
-    strict = ClipStream([src_train], TINY, batch_size=4, batches_per_epoch=50, max_skip_rate=0.05,
-                        skip_rate_min_samples=20, shuffle_buffer=1)  # fmt: skip
+    strict = ClipStream(
+        [src_train],
+        TINY,
+        batch_size=4,
+        batches_per_epoch=50,
+        max_skip_rate=0.05,
+        skip_rate_min_samples=20,
+        shuffle_buffer=1,
+    )
     with pytest.raises(DataSkipRateError, match="max_skip_rate"):
         for _ in strict:
             pass
@@ -222,8 +248,9 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
 def test_scale_normalisation_and_canonical_frame(tmp_path):
     write_shards(tmp_path, "pointodyssey", num_shards=1, per_shard=2)
     for mode in ("mean_depth", "mean_xyz"):
-        cfg = ClipSamplingConfig(num_input=2, num_output=2, resolution=16, size_divisor=8, random_aspect=False,
-                                 scale_norm=mode)  # fmt: skip
+        cfg = ClipSamplingConfig(
+            num_input=2, num_output=2, resolution=16, size_divisor=8, random_aspect=False, scale_norm=mode
+        )
         src = SourceConfig("pointodyssey", str(tmp_path / "train-*.tar"), max_gap=4)
         b = next(iter(ClipStream([src], cfg, batch_size=2, batches_per_epoch=1)))
         check_batch(to_float_images(b))
@@ -244,8 +271,7 @@ def test_datamodule_from_hydra_configs(tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    for name in ("re10k", "tartanair", "matrixcity", "stereo4d", "dynamicreplica", "pointodyssey", "vkitti2",
-                 "spring"):  # fmt: skip
+    for name in ("re10k", "tartanair", "matrixcity", "stereo4d", "dynamicreplica", "pointodyssey", "vkitti2", "spring"):
         write_shards(tmp_path / "shards" / name, name, num_shards=1, per_shard=2)
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
@@ -279,10 +305,19 @@ def _bench_clip(seed: int = 0) -> Clip:
 
     a = generate_arrays(SyntheticConfig(num_frames=13, height=128, width=128), seed=seed)
     up = lambda x: np.repeat(np.repeat(x, 2, 1), 2, 2)  # noqa: E731
-    return Clip(key=f"bench{seed}", frames=encode_frames(up(a["frames"]), quality=95), c2w=a["c2w"],
-                fxfycxcy=a["fxfycxcy"], timestamps=a["timestamps"], meta=ClipMeta.for_dataset("synthetic", "b"),
-                depth=up(a["depth"]), depth_valid=up(a["depth_valid"]), tracks_world=a["tracks_world"],
-                tracks_visible=a["tracks_visible"], dynamic_mask=up(a["dynamic_mask"]))  # fmt: skip
+    return Clip(
+        key=f"bench{seed}",
+        frames=encode_frames(up(a["frames"]), quality=95),
+        c2w=a["c2w"],
+        fxfycxcy=a["fxfycxcy"],
+        timestamps=a["timestamps"],
+        meta=ClipMeta.for_dataset("synthetic", "b"),
+        depth=up(a["depth"]),
+        depth_valid=up(a["depth_valid"]),
+        tracks_world=a["tracks_world"],
+        tracks_visible=a["tracks_visible"],
+        dynamic_mask=up(a["dynamic_mask"]),
+    )
 
 
 def test_subsampled_scene_scale_within_1_percent_of_exact():
@@ -292,8 +327,9 @@ def test_subsampled_scene_scale_within_1_percent_of_exact():
     from datamodules.stream import _depth_mean, scale_sample_stride
 
     assert scale_sample_stride(13, 256, 256) == 5 and scale_sample_stride(2, 16, 16) == 1
-    cfg = ClipSamplingConfig(num_input=13, num_output=1, include_input_prob=1.0, resolution=256, size_divisor=8,
-                             random_aspect=False)  # fmt: skip
+    cfg = ClipSamplingConfig(
+        num_input=13, num_output=1, include_input_prob=1.0, resolution=256, size_divisor=8, random_aspect=False
+    )
     transform, src = ClipTransform(cfg, train=True), SourceConfig("synthetic", "unused", max_gap=13)
     errors = []
     for seed in range(3):
@@ -342,8 +378,15 @@ def test_batch_buffers_give_the_same_batch_as_stacking():
     `collate`, field by field (flips and a depth-free clip included)."""
     from datamodules.batch import BatchBuffers, collate
 
-    cfg = ClipSamplingConfig(num_input=2, num_output=3, resolution=32, size_divisor=8, random_aspect=False,
-                             flip_prob=0.5, crop_position="random")  # fmt: skip
+    cfg = ClipSamplingConfig(
+        num_input=2,
+        num_output=3,
+        resolution=32,
+        size_divisor=8,
+        random_aspect=False,
+        flip_prob=0.5,
+        crop_position="random",
+    )
     transform, src = ClipTransform(cfg, train=True), SourceConfig("pointodyssey", "unused", max_gap=4)
     clips = [tiny_clip("a", H=24, W=40), tiny_clip("b", seed=1), tiny_clip("c", seed=2)]
     clips[1].dynamic_mask = np.random.default_rng(1).random((4, 16, 16)) < 0.3
@@ -378,10 +421,19 @@ def _mixed_clips() -> list[Clip]:
     t = tiny_clip("d", F=13, H=64, W=80, seed=5)  # JPEG frames (decoded at reduced scale when the crop allows)
     yy, xx = np.mgrid[0:64, 0:80]
     frames = np.stack([np.stack([xx * 3 + f * 7, yy * 4, xx + yy + 9 * f], -1) % 256 for f in range(13)])
-    d = Clip(key="d", frames=encode_frames(frames.astype(np.uint8), quality=95), c2w=t.c2w, fxfycxcy=t.fxfycxcy,
-             timestamps=t.timestamps, meta=ClipMeta.for_dataset("pointodyssey", "d"), depth=t.depth,
-             depth_valid=np.random.default_rng(6).random((13, 64, 80)) < 0.9, tracks_world=t.tracks_world,
-             tracks_visible=t.tracks_visible, dynamic_mask=np.random.default_rng(7).random((13, 64, 80)) < 0.2)  # fmt: skip
+    d = Clip(
+        key="d",
+        frames=encode_frames(frames.astype(np.uint8), quality=95),
+        c2w=t.c2w,
+        fxfycxcy=t.fxfycxcy,
+        timestamps=t.timestamps,
+        meta=ClipMeta.for_dataset("pointodyssey", "d"),
+        depth=t.depth,
+        depth_valid=np.random.default_rng(6).random((13, 64, 80)) < 0.9,
+        tracks_world=t.tracks_world,
+        tracks_visible=t.tracks_visible,
+        dynamic_mask=np.random.default_rng(7).random((13, 64, 80)) < 0.2,
+    )
     # sparse, varying depth (3 % valid: at 256² the scale subsample is too small and every pixel is used) seen by
     # rotating cameras, no tracks
     e = tiny_clip("e", seed=8, F=6, H=32, W=32)
@@ -411,8 +463,16 @@ def test_device_augmentation_equals_worker_path(out_hw):
     ≤ 0.35/255 on average."""
     from datamodules.augment import augment_pixels
 
-    base = ClipSamplingConfig(num_input=3, num_output=3, resolution=max(out_hw), size_divisor=8, random_aspect=False,
-                              flip_prob=0.5, crop_position="random", include_input_prob=0.5)  # fmt: skip
+    base = ClipSamplingConfig(
+        num_input=3,
+        num_output=3,
+        resolution=max(out_hw),
+        size_divisor=8,
+        random_aspect=False,
+        flip_prob=0.5,
+        crop_position="random",
+        include_input_prob=0.5,
+    )
     src = SourceConfig("pointodyssey", "unused", max_gap=13)
     raw = [{"__key__": c.key, **encode_clip(c)} for c in _mixed_clips()]
     flips = 0
@@ -453,11 +513,16 @@ def test_device_augmentation_equals_worker_path(out_hw):
 def test_device_payload_stays_within_output_size_when_downsampling():
     """Along an axis that shrinks only the rows/columns the nearest resize reads leave the worker; along one that
     grows, the crop."""
-    cfg = ClipSamplingConfig(num_input=2, num_output=1, resolution=16, size_divisor=8, random_aspect=False,
-                             augment_on="device")  # fmt: skip
+    cfg = ClipSamplingConfig(
+        num_input=2, num_output=1, resolution=16, size_divisor=8, random_aspect=False, augment_on="device"
+    )
     clip = tiny_clip("a", H=24, W=40)
-    sample = ClipTransform(cfg, train=False)({"__key__": "a", **encode_clip(clip)}, np.random.default_rng(0), (16, 8),
-                                             SourceConfig("pointodyssey", "unused", max_gap=4))  # fmt: skip
+    sample = ClipTransform(cfg, train=False)(
+        {"__key__": "a", **encode_clip(clip)},
+        np.random.default_rng(0),
+        (16, 8),
+        SourceConfig("pointodyssey", "unused", max_gap=4),
+    )
     px = sample["pixels"]
     top, left, ch, cw = sample["crop"]
     assert (ch, cw) == (24, 12)  # the centre crop of aspect 1/2
@@ -473,8 +538,14 @@ def test_datamodule_device_augmentation_in_after_batch_transfer(tmp_path):
 
     write_shards(tmp_path, "pointodyssey", num_shards=2, per_shard=2)
     sources = {"pointodyssey": {"shards": str(tmp_path / "train-*.tar"), "max_gap": 4}}
-    sampling = {"num_input": 2, "num_output": 2, "resolution": 16, "size_divisor": 8, "random_aspect": False,
-                "augment_on": "device"}  # fmt: skip
+    sampling = {
+        "num_input": 2,
+        "num_output": 2,
+        "resolution": 16,
+        "size_divisor": 8,
+        "random_aspect": False,
+        "augment_on": "device",
+    }
     dm = ClipDataModule(sources, sampling=sampling, batch_size=2, num_workers=2, batches_per_epoch=2)
     batches = list(dm.train_dataloader())
     assert len(batches) == 2 and all("pixels" in b and "images" not in b for b in batches)

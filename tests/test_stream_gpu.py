@@ -23,8 +23,16 @@ pytestmark = pytest.mark.gpu
 def test_cuda_augmentation_equals_worker_path(out_hw):
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
-    base = ClipSamplingConfig(num_input=3, num_output=3, resolution=max(out_hw), size_divisor=8, random_aspect=False,
-                              flip_prob=0.5, crop_position="random", include_input_prob=0.5)  # fmt: skip
+    base = ClipSamplingConfig(
+        num_input=3,
+        num_output=3,
+        resolution=max(out_hw),
+        size_divisor=8,
+        random_aspect=False,
+        flip_prob=0.5,
+        crop_position="random",
+        include_input_prob=0.5,
+    )
     src = SourceConfig("pointodyssey", "unused", max_gap=13)
     raw = [{"__key__": c.key, **encode_clip(c)} for c in _mixed_clips()]
     for seed in range(3):

@@ -51,9 +51,13 @@ def test_dynamic_scene_moves_and_depth_matches_tracks():
     # rendered depth at their pixel
     n_static = SyntheticConfig().static_tracks
     H, W = clip.meta.height, clip.meta.width
-    proj = project_points(torch.from_numpy(np.nan_to_num(tw[:, :n_static])).double(),
-                          torch.from_numpy(clip.c2w),
-                          torch.from_numpy(clip.fxfycxcy), H, W)  # fmt: skip
+    proj = project_points(
+        torch.from_numpy(np.nan_to_num(tw[:, :n_static])).double(),
+        torch.from_numpy(clip.c2w),
+        torch.from_numpy(clip.fxfycxcy),
+        H,
+        W,
+    )
     uv = proj.uv.floor().long().numpy()
     errs = []
     for f in range(clip.num_frames):
@@ -66,8 +70,23 @@ def test_dynamic_scene_moves_and_depth_matches_tracks():
 
 
 def test_cli_shards_stream_through_the_pipeline(tmp_path):
-    main(["--out", str(tmp_path), "--clips", "3", "--frames", "5", "--size", "32", "48", "--seed", "1",
-          "--maxcount", "2"])  # fmt: skip
+    main(
+        [
+            "--out",
+            str(tmp_path),
+            "--clips",
+            "3",
+            "--frames",
+            "5",
+            "--size",
+            "32",
+            "48",
+            "--seed",
+            "1",
+            "--maxcount",
+            "2",
+        ]
+    )
     m = read_manifest(tmp_path)
     assert m["splits"]["train"]["clips"] == 3 and m["splits"]["train"]["frames"] == 15
     assert m["splits"]["train"]["datasets"] == {"synthetic": 3}
@@ -76,8 +95,10 @@ def test_cli_shards_stream_through_the_pipeline(tmp_path):
     dm = ClipDataModule(
         sources={"synthetic": {"shards": str(tmp_path / "train-*.tar"), "max_gap": 5}},
         sampling={"num_input": 2, "num_output": 3, "resolution": 32, "size_divisor": 8},
-        batch_size=2, num_workers=0, batches_per_epoch=2,
-    )  # fmt: skip
+        batch_size=2,
+        num_workers=0,
+        batches_per_epoch=2,
+    )
     batches = [to_float_images(b) for b in dm.train_dataloader()]
     assert len(batches) == 2
     for b in batches:
@@ -86,14 +107,40 @@ def test_cli_shards_stream_through_the_pipeline(tmp_path):
 
 
 def test_cli_scene_options_write_the_configured_scenes(tmp_path, capsys):
-    args = ["--clips", "2", "--frames", "5", "--size", "32", "--seed", "2", "--static", "--texture", "smooth",
-            "--strength", "1", "2", "--trajectories", "truck_left", "dolly_in"]  # fmt: skip
+    args = [
+        "--clips",
+        "2",
+        "--frames",
+        "5",
+        "--size",
+        "32",
+        "--seed",
+        "2",
+        "--static",
+        "--texture",
+        "smooth",
+        "--strength",
+        "1",
+        "2",
+        "--trajectories",
+        "truck_left",
+        "dolly_in",
+    ]
     main(["--out", str(tmp_path / "a"), *args])
     m = read_manifest(tmp_path / "a")
-    assert m["sources"] == ["datamodules.synthetic seed=2 dynamic=False frames=5 size=32x32 texture=smooth "
-                            "strength=1-2 trajectories=truck_left,dolly_in"]  # fmt: skip
-    cfg = SyntheticConfig(num_frames=5, height=32, width=32, dynamic=False, texture="smooth", strength_range=(1, 2),
-                          trajectories=("truck_left", "dolly_in"))  # fmt: skip
+    assert m["sources"] == [
+        "datamodules.synthetic seed=2 dynamic=False frames=5 size=32x32 texture=smooth "
+        "strength=1-2 trajectories=truck_left,dolly_in"
+    ]
+    cfg = SyntheticConfig(
+        num_frames=5,
+        height=32,
+        width=32,
+        dynamic=False,
+        texture="smooth",
+        strength_range=(1, 2),
+        trajectories=("truck_left", "dolly_in"),
+    )
     stats = SkipStats()
     clips = [decode_sample(x) for x in iter_tar(str(tmp_path / "a" / "train-000000.tar"), stats)]
     assert [c.key for c in clips] == ["synthstatic_0002_000000", "synthstatic_0002_000001"]
@@ -114,8 +161,11 @@ def test_in_process_synthetic_datamodule():
         sources={"synthetic": {"shards": [], "max_gap": 5}},
         synthetic={"synthetic": SMALL},
         sampling={"num_input": 2, "num_output": 2, "resolution": 32, "size_divisor": 8, "random_aspect": False},
-        batch_size=2, num_workers=0, batches_per_epoch=1, val_batches=1,
-    )  # fmt: skip
+        batch_size=2,
+        num_workers=0,
+        batches_per_epoch=1,
+        val_batches=1,
+    )
     b = to_float_images(next(iter(dm.train_dataloader())))
     check_batch(b)
     assert b["images"].shape == (2, 4, 3, 32, 32) and 0.0 <= b["images"].min() and b["images"].max() <= 1.0
@@ -129,8 +179,9 @@ def test_explicit_default_options_give_the_original_clip():
     from datamodules.synthetic import TRAJECTORIES
 
     a = generate_clip(SyntheticConfig(**SMALL), 11)
-    b = generate_clip(SyntheticConfig(texture="checker", trajectories=list(TRAJECTORIES), strength_range=[0.3, 1.0],
-                                      **SMALL), 11)  # fmt: skip
+    b = generate_clip(
+        SyntheticConfig(texture="checker", trajectories=list(TRAJECTORIES), strength_range=[0.3, 1.0], **SMALL), 11
+    )
     assert a.frames == b.frames
     np.testing.assert_array_equal(a.c2w, b.c2w)
 

@@ -203,8 +203,26 @@ def latent_shards(tmp_path_factory, clip_shards) -> Path:
     from datamodules.encode_latents import main
 
     out = tmp_path_factory.mktemp("latents")
-    argv = ["--shards", str(clip_shards), "--out", str(out), "--vae", "tiny", "--num-frames", "9", "--height", "32",
-            "--width", "64", "--dtype", "fp32", "--batch-size", "2", "--maxcount", "2"]  # fmt: skip
+    argv = [
+        "--shards",
+        str(clip_shards),
+        "--out",
+        str(out),
+        "--vae",
+        "tiny",
+        "--num-frames",
+        "9",
+        "--height",
+        "32",
+        "--width",
+        "64",
+        "--dtype",
+        "fp32",
+        "--batch-size",
+        "2",
+        "--maxcount",
+        "2",
+    ]
     assert main(argv) == 0
     return out
 
@@ -252,13 +270,15 @@ def test_encode_latents_windows_and_stride(tmp_path, clip_shards):
     )
     vae = WanVAE.tiny()
     shards = sorted(str(p) for p in clip_shards.glob("*.tar"))
-    counts = encode_latents(shards, tmp_path, vae, "tiny", num_frames=5, height=32, width=32, stride=2,
-                            windows_per_clip=2)  # fmt: skip
+    counts = encode_latents(
+        shards, tmp_path, vae, "tiny", num_frames=5, height=32, width=32, stride=2, windows_per_clip=2
+    )
     assert counts == {"clips": 4, "written": 4, "too_short": 1, "corrupt": 0, "done": 0}  # 9: 1, 13: 2, 5: none
     metas = {k: LatentMeta.from_json(m["meta.json"]) for k, m in _members(tmp_path).items()}
     assert metas["clip2_f000004"].frame_indices == [4, 6, 8, 10, 12]
-    again = encode_latents(shards, tmp_path, vae, "tiny", num_frames=5, height=32, width=32, stride=2,
-                           windows_per_clip=2)  # fmt: skip
+    again = encode_latents(
+        shards, tmp_path, vae, "tiny", num_frames=5, height=32, width=32, stride=2, windows_per_clip=2
+    )
     assert again["written"] == 0 and again["done"] == 4  # resumed
 
 
@@ -298,13 +318,27 @@ def test_latent_datamodule_batches_with_cached_prompts(tmp_path, latent_shards, 
     from datamodules.latents import LatentDataModule
 
     cache_dir = tmp_path / "cache"
-    dm = LatentDataModule(str(latent_shards / "train-*.tar"), batch_size=2, num_workers=0, batches_per_epoch=4,
-                          text_cache=str(cache_dir), text_dim=32, seed=3)  # fmt: skip
+    dm = LatentDataModule(
+        str(latent_shards / "train-*.tar"),
+        batch_size=2,
+        num_workers=0,
+        batches_per_epoch=4,
+        text_cache=str(cache_dir),
+        text_dim=32,
+        seed=3,
+    )
     with pytest.raises(ValueError, match="encode_text"):  # no cache yet
         next(iter(dm.train_dataloader()))
     assert encode_text(["--shards", str(clip_shards), "--encoder", str(encoder_dir), "--cache", str(cache_dir)]) == 0
-    dm = LatentDataModule(str(latent_shards / "train-*.tar"), batch_size=2, num_workers=0, batches_per_epoch=4,
-                          text_cache=str(cache_dir), text_dim=32, seed=3)  # fmt: skip
+    dm = LatentDataModule(
+        str(latent_shards / "train-*.tar"),
+        batch_size=2,
+        num_workers=0,
+        batches_per_epoch=4,
+        text_cache=str(cache_dir),
+        text_dim=32,
+        seed=3,
+    )
     batches = list(dm.train_dataloader())
     assert len(batches) == 4
     rows = dict(zip(CAPTIONS, encoder.encode_unpadded(CAPTIONS), strict=True))
@@ -322,13 +356,25 @@ def test_latent_datamodule_batches_with_cached_prompts(tmp_path, latent_shards, 
     assert len({c for b in batches for c in b["caption"]} & set(CAPTIONS)) >= 2
     # a caption that is not cached is an error naming it and the cache
     (cache_dir / f"{PromptCache(cache_dir).key('')}.safetensors").unlink()
-    dm = LatentDataModule(str(latent_shards / "train-*.tar"), batch_size=3, num_workers=0, batches_per_epoch=2,
-                          text_cache=str(cache_dir), text_dim=32)  # fmt: skip
+    dm = LatentDataModule(
+        str(latent_shards / "train-*.tar"),
+        batch_size=3,
+        num_workers=0,
+        batches_per_epoch=2,
+        text_cache=str(cache_dir),
+        text_dim=32,
+    )
     with pytest.raises(KeyError, match=str(cache_dir) + r".*prompt ''"):
         list(dm.train_dataloader())
     # no cache: zero embeddings
-    dm = LatentDataModule(str(latent_shards / "train-*.tar"), batch_size=2, num_workers=0, batches_per_epoch=1,
-                          text_cache=None, text_dim=8)  # fmt: skip
+    dm = LatentDataModule(
+        str(latent_shards / "train-*.tar"),
+        batch_size=2,
+        num_workers=0,
+        batches_per_epoch=1,
+        text_cache=None,
+        text_dim=8,
+    )
     b = next(iter(dm.train_dataloader()))
     assert b["prompt_embeds"].shape == (2, 512, 8) and not b["prompt_embeds"].any()
 
@@ -339,8 +385,15 @@ def test_latent_datamodule_resumes_with_the_next_epochs_stream(latent_shards):
     from datamodules.latents import LatentDataModule
 
     def module(state: dict | None = None) -> LatentDataModule:
-        dm = LatentDataModule(str(latent_shards / "train-*.tar"), batch_size=2, num_workers=0, batches_per_epoch=6,
-                              text_cache=None, text_dim=8, seed=5)  # fmt: skip
+        dm = LatentDataModule(
+            str(latent_shards / "train-*.tar"),
+            batch_size=2,
+            num_workers=0,
+            batches_per_epoch=6,
+            text_cache=None,
+            text_dim=8,
+            seed=5,
+        )
         if state is not None:
             dm.load_state_dict(state)
         return dm
@@ -366,8 +419,19 @@ def test_latents_synthetic_config_instantiates(tmp_path, latent_shards, clip_sha
     from datamodules.encode_text import main as encode_text
 
     shutil.copytree(latent_shards, tmp_path / "latents" / "synthetic")
-    assert encode_text(["--shards", str(clip_shards), "--encoder", str(encoder_dir),
-                        "--cache", str(tmp_path / "prompt_cache" / "synthetic")]) == 0  # fmt: skip
+    assert (
+        encode_text(
+            [
+                "--shards",
+                str(clip_shards),
+                "--encoder",
+                str(encoder_dir),
+                "--cache",
+                str(tmp_path / "prompt_cache" / "synthetic"),
+            ]
+        )
+        == 0
+    )
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
@@ -391,16 +455,39 @@ def test_encode_clis_on_cuda(tmp_path, clips, clip_shards, encoder_dir, encoder)
     from datamodules.latents import LatentDataModule
 
     out = tmp_path / "latents"
-    argv = ["--shards", str(clip_shards), "--out", str(out), "--vae", "tiny", "--num-frames", "9", "--height", "32",
-            "--width", "64", "--device", "cuda", "--dtype", "bf16"]  # fmt: skip
+    argv = [
+        "--shards",
+        str(clip_shards),
+        "--out",
+        str(out),
+        "--vae",
+        "tiny",
+        "--num-frames",
+        "9",
+        "--height",
+        "32",
+        "--width",
+        "64",
+        "--device",
+        "cuda",
+        "--dtype",
+        "bf16",
+    ]
     assert encode_latents(argv) == 0
     cache = tmp_path / "cache"
     args = ["--shards", str(clip_shards), "--encoder", str(encoder_dir), "--cache", str(cache), "--device", "cuda"]
     assert encode_text(args) == 0
     gpu = TextEncoder.from_pretrained(encoder_dir, device="cuda")
     assert gpu.dtype == torch.bfloat16 and gpu.encode(PROMPTS).device.type == "cuda"
-    dm = LatentDataModule(str(out / "train-*.tar"), batch_size=3, num_workers=0, batches_per_epoch=1,
-                          text_cache=str(cache), text_dim=32, shuffle_buffer=1)  # fmt: skip
+    dm = LatentDataModule(
+        str(out / "train-*.tar"),
+        batch_size=3,
+        num_workers=0,
+        batches_per_epoch=1,
+        text_cache=str(cache),
+        text_dim=32,
+        shuffle_buffer=1,
+    )
     b = next(iter(dm.train_dataloader()))
     vae = WanVAE.tiny()
     by_key = {c.key: c for c in clips}

@@ -62,16 +62,30 @@ def taehv_state(c: int, p: int, seed: int = 0) -> dict[str, torch.Tensor]:
         shapes[f"encoder.{base}.conv.weight"] = (64, 64 * s, 1, 1)
         shapes[f"encoder.{base + 1}.weight"] = (64, 64, 3, 3)
         for m in range(base + 2, base + 5):
-            shapes.update({f"encoder.{m}.conv.0.weight": (64, 128, 3, 3), f"encoder.{m}.conv.0.bias": (64,),
-                           f"encoder.{m}.conv.2.weight": (64, 64, 3, 3), f"encoder.{m}.conv.2.bias": (64,),
-                           f"encoder.{m}.conv.4.weight": (64, 64, 3, 3), f"encoder.{m}.conv.4.bias": (64,)})  # fmt: skip
+            shapes.update(
+                {
+                    f"encoder.{m}.conv.0.weight": (64, 128, 3, 3),
+                    f"encoder.{m}.conv.0.bias": (64,),
+                    f"encoder.{m}.conv.2.weight": (64, 64, 3, 3),
+                    f"encoder.{m}.conv.2.bias": (64,),
+                    f"encoder.{m}.conv.4.weight": (64, 64, 3, 3),
+                    f"encoder.{m}.conv.4.bias": (64,),
+                }
+            )
     shapes.update({"encoder.17.weight": (c, 64, 3, 3), "encoder.17.bias": (c,)})
     shapes.update({"decoder.1.weight": (256, c, 3, 3), "decoder.1.bias": (256,)})
     for base, n, n_next in ((3, 256, 128), (9, 128, 64), (15, 64, 64)):
         for m in range(base, base + 3):
-            shapes.update({f"decoder.{m}.conv.0.weight": (n, 2 * n, 3, 3), f"decoder.{m}.conv.0.bias": (n,),
-                           f"decoder.{m}.conv.2.weight": (n, n, 3, 3), f"decoder.{m}.conv.2.bias": (n,),
-                           f"decoder.{m}.conv.4.weight": (n, n, 3, 3), f"decoder.{m}.conv.4.bias": (n,)})  # fmt: skip
+            shapes.update(
+                {
+                    f"decoder.{m}.conv.0.weight": (n, 2 * n, 3, 3),
+                    f"decoder.{m}.conv.0.bias": (n,),
+                    f"decoder.{m}.conv.2.weight": (n, n, 3, 3),
+                    f"decoder.{m}.conv.2.bias": (n,),
+                    f"decoder.{m}.conv.4.weight": (n, n, 3, 3),
+                    f"decoder.{m}.conv.4.bias": (n,),
+                }
+            )
         shapes[f"decoder.{base + 4}.conv.weight"] = (2 * n, n, 1, 1)
         shapes[f"decoder.{base + 5}.weight"] = (n_next, n, 3, 3)
     shapes.update({"decoder.22.weight": (3 * p * p, 64, 3, 3), "decoder.22.bias": (3 * p * p,)})
@@ -149,8 +163,15 @@ def test_zero_initialised_mappers_are_the_identity_and_train(mapper: torch.nn.Mo
 
 def test_aligner_paths_undo_and_apply_the_wan_normalisation(tmp_path) -> None:
     torch.manual_seed(0)
-    aligner = LatentAligner(AlignerConfig(version="wan22", tiny_vae={"encoder_width": 8, "decoder_widths": [16, 8, 8, 8]},
-                                          decode_mapper="unet", encode_mapper="mlp", mapper_width=16))  # fmt: skip
+    aligner = LatentAligner(
+        AlignerConfig(
+            version="wan22",
+            tiny_vae={"encoder_width": 8, "decoder_widths": [16, 8, 8, 8]},
+            decode_mapper="unet",
+            encode_mapper="mlp",
+            mapper_width=16,
+        )
+    )
     mean, std = torch.randn(48), torch.rand(48) + 0.5
     aligner.set_normalisation(mean, std)
     z = torch.randn(2, 48, 2, 2, 3)

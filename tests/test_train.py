@@ -32,11 +32,23 @@ def _csv_metrics(run_dir: Path) -> list[dict[str, str]]:
 def test_cli_fast_dev_run(tmp_path):
     env = dict(os.environ, OUTPUT_ROOT=str(tmp_path), WANDB_MODE="offline", DIFF4SPLAT_RUN_ID="")
     proc = subprocess.run(
-        [sys.executable, "-m", "diff4splat.train", "experiment=fit_synthetic", "debug=fdr", "logger=csv", "data.height=32",
-         "data.width=32",
-         "model.num_gaussians=500"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "diff4splat.train",
+            "experiment=fit_synthetic",
+            "debug=fdr",
+            "logger=csv",
+            "data.height=32",
+            "data.width=32",
+            "model.num_gaussians=500",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = list((tmp_path / "debug" / "runs").iterdir())  # debug configs set task_name=debug
     assert len(runs) == 1
@@ -48,8 +60,15 @@ def test_cli_fast_dev_run(tmp_path):
 
 
 def test_loss_falls_checkpoint_exports_and_metric(make_cfg):
-    cfg = make_cfg("experiment=fit_synthetic", "trainer.max_steps=60", "trainer.val_check_interval=30", "data.height=32", "data.width=32",
-                   "model.num_gaussians=2000", "callbacks.ema.decay=0.9")  # fmt: skip
+    cfg = make_cfg(
+        "experiment=fit_synthetic",
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=30",
+        "data.height=32",
+        "data.width=32",
+        "model.num_gaussians=2000",
+        "callbacks.ema.decay=0.9",
+    )
     metrics, objects = train(cfg)
     run = Path(cfg.paths.output_dir)
     rows = [r for r in _csv_metrics(run) if r.get("train/loss")]
@@ -104,8 +123,16 @@ def test_resume_missing_checkpoint_is_clear(make_cfg):
 def test_wandb_offline_writes_under_run_dir(make_cfg, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = make_cfg("experiment=fit_synthetic", "logger=wandb", "trainer.max_steps=2", "data.height=32", "data.width=32",
-                   "model.num_gaussians=300", "callbacks=none", tiny=True)  # fmt: skip
+    cfg = make_cfg(
+        "experiment=fit_synthetic",
+        "logger=wandb",
+        "trainer.max_steps=2",
+        "data.height=32",
+        "data.width=32",
+        "model.num_gaussians=300",
+        "callbacks=none",
+        tiny=True,
+    )
     try:
         train(cfg)
     finally:
@@ -130,12 +157,29 @@ def test_wandb_offline_writes_under_run_dir(make_cfg, monkeypatch):
 def test_cli_multirun_sweep_writes_one_summary_per_job(tmp_path):
     env = dict(os.environ, OUTPUT_ROOT=str(tmp_path), WANDB_MODE="offline", DIFF4SPLAT_RUN_ID="")
     proc = subprocess.run(
-        [sys.executable, "-m", "diff4splat.train", "-m", "experiment=fit_synthetic", "logger=csv",
-         "extras.print_config=false", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
-         "trainer.max_steps=4", "trainer.val_check_interval=2", "test=false", "data.height=32", "data.width=32",
-         "model.num_gaussians=300,600"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "diff4splat.train",
+            "-m",
+            "experiment=fit_synthetic",
+            "logger=csv",
+            "extras.print_config=false",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "test=false",
+            "data.height=32",
+            "data.width=32",
+            "model.num_gaussians=300,600",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     sweeps = list((tmp_path / "fit_synthetic" / "multiruns").iterdir())
     assert len(sweeps) == 1

@@ -72,9 +72,16 @@ def test_presets_start_at_identity(name):
 
 @pytest.mark.parametrize(
     ("name", "axis", "sign"),
-    [("forward", 2, 1), ("backward", 2, -1), ("move_up", 1, -1), ("move_down", 1, 1), ("truck_left", 0, -1),
-     ("truck_right", 0, 1), ("dolly_in", 2, 1)],
-)  # fmt: skip
+    [
+        ("forward", 2, 1),
+        ("backward", 2, -1),
+        ("move_up", 1, -1),
+        ("move_down", 1, 1),
+        ("truck_left", 0, -1),
+        ("truck_right", 0, 1),
+        ("dolly_in", 2, 1),
+    ],
+)
 def test_translation_presets_move_the_right_way(name, axis, sign):
     traj = make_trajectory(name, 5, strength=1.0, look_at=2.0)
     end = traj.c2w[-1, :3, 3]

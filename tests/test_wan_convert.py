@@ -19,14 +19,38 @@ from torch import nn
 from diff4splat.models import wan_convert as wc
 from diff4splat.models.wan_convert import CheckpointMismatchError
 
-TINY_DIT = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12, in_channels=48, out_channels=48,
-                text_dim=32, freq_dim=16, ffn_dim=40, num_layers=2, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64)  # fmt: skip
+TINY_DIT = dict(
+    patch_size=[1, 2, 2],
+    num_attention_heads=2,
+    attention_head_dim=12,
+    in_channels=48,
+    out_channels=48,
+    text_dim=32,
+    freq_dim=16,
+    ffn_dim=40,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=64,
+)
 # Wan2.2 layout (is_residual, 12 = 3x2x2 patchified channels, z 48) with channel changes so every shortcut exists.
-TINY_VAE = dict(base_dim=3, decoder_base_dim=4, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
-                patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4, latents_mean=[0.0] * 48,
-                latents_std=[1.0] * 48)  # fmt: skip
+TINY_VAE = dict(
+    base_dim=3,
+    decoder_base_dim=4,
+    z_dim=48,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    temperal_downsample=[False, True, True],
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    scale_factor_temporal=4,
+    latents_mean=[0.0] * 48,
+    latents_std=[1.0] * 48,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -72,9 +96,16 @@ class _OrigWanModel(nn.Module):
 
 
 def _orig_wan_model(cfg: dict) -> _OrigWanModel:
-    return _OrigWanModel(in_dim=cfg["in_channels"], dim=cfg["num_attention_heads"] * cfg["attention_head_dim"],
-                         ffn_dim=cfg["ffn_dim"], freq_dim=cfg["freq_dim"], text_dim=cfg["text_dim"],
-                         out_dim=cfg["out_channels"], num_layers=cfg["num_layers"], patch_size=cfg["patch_size"])  # fmt: skip
+    return _OrigWanModel(
+        in_dim=cfg["in_channels"],
+        dim=cfg["num_attention_heads"] * cfg["attention_head_dim"],
+        ffn_dim=cfg["ffn_dim"],
+        freq_dim=cfg["freq_dim"],
+        text_dim=cfg["text_dim"],
+        out_dim=cfg["out_channels"],
+        num_layers=cfg["num_layers"],
+        patch_size=cfg["patch_size"],
+    )
 
 
 class _OrigRMS(nn.Module):
@@ -86,9 +117,15 @@ class _OrigRMS(nn.Module):
 class _OrigResidualBlock(nn.Module):
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.residual = nn.Sequential(_OrigRMS(in_dim, images=False), nn.SiLU(), nn.Conv3d(in_dim, out_dim, 3),
-                                      _OrigRMS(out_dim, images=False), nn.SiLU(), nn.Dropout(0.0),
-                                      nn.Conv3d(out_dim, out_dim, 3))  # fmt: skip
+        self.residual = nn.Sequential(
+            _OrigRMS(in_dim, images=False),
+            nn.SiLU(),
+            nn.Conv3d(in_dim, out_dim, 3),
+            _OrigRMS(out_dim, images=False),
+            nn.SiLU(),
+            nn.Dropout(0.0),
+            nn.Conv3d(out_dim, out_dim, 3),
+        )
         self.shortcut = nn.Conv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
 
@@ -140,9 +177,14 @@ class _OrigVAE(nn.Module):
         dims = [base_dim * u for u in [1, *dim_mult]]
         last = len(dim_mult) - 1
         self.encoder.conv1 = nn.Conv3d(12, dims[0], 3)
-        self.encoder.downsamples = nn.Sequential(*(
-            _OrigSampleBlock("downsamples", a, b, num_res_blocks, temperal_downsample[i] if i < last else False, i != last)
-            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))))  # fmt: skip
+        self.encoder.downsamples = nn.Sequential(
+            *(
+                _OrigSampleBlock(
+                    "downsamples", a, b, num_res_blocks, temperal_downsample[i] if i < last else False, i != last
+                )
+                for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))
+            )
+        )
         self.encoder.middle = _orig_middle(dims[-1])
         self.encoder.head = _orig_head(dims[-1], z_dim * 2)
         self.conv1 = nn.Conv3d(z_dim * 2, z_dim * 2, 1)
@@ -151,9 +193,14 @@ class _OrigVAE(nn.Module):
         temperal_upsample = temperal_downsample[::-1]
         self.decoder.conv1 = nn.Conv3d(z_dim, dims[0], 3)
         self.decoder.middle = _orig_middle(dims[0])
-        self.decoder.upsamples = nn.Sequential(*(
-            _OrigSampleBlock("upsamples", a, b, num_res_blocks + 1, temperal_upsample[i] if i < last else False, i != last)
-            for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))))  # fmt: skip
+        self.decoder.upsamples = nn.Sequential(
+            *(
+                _OrigSampleBlock(
+                    "upsamples", a, b, num_res_blocks + 1, temperal_upsample[i] if i < last else False, i != last
+                )
+                for i, (a, b) in enumerate(zip(dims[:-1], dims[1:]))
+            )
+        )
         self.decoder.head = _orig_head(dims[-1], 12)
 
 
@@ -204,11 +251,23 @@ def test_transformer_round_trips_and_release_names():
     orig = wc.diffusers_to_original(ours, "transformer")
     skeleton = _orig_wan_model(TINY_DIT).state_dict()
     assert _shapes(orig) == _shapes(skeleton)  # exactly the original names, with the original shapes
-    for name in ["patch_embedding.weight", "text_embedding.0.weight", "text_embedding.2.bias", "time_embedding.0.weight",
-                 "time_projection.1.weight", "blocks.0.self_attn.q.weight", "blocks.0.self_attn.norm_q.weight",
-                 "blocks.1.cross_attn.o.bias", "blocks.1.cross_attn.norm_k.weight", "blocks.1.norm3.weight",
-                 "blocks.0.ffn.0.weight", "blocks.0.ffn.2.bias", "blocks.1.modulation", "head.head.weight",
-                 "head.modulation"]:  # fmt: skip
+    for name in [
+        "patch_embedding.weight",
+        "text_embedding.0.weight",
+        "text_embedding.2.bias",
+        "time_embedding.0.weight",
+        "time_projection.1.weight",
+        "blocks.0.self_attn.q.weight",
+        "blocks.0.self_attn.norm_q.weight",
+        "blocks.1.cross_attn.o.bias",
+        "blocks.1.cross_attn.norm_k.weight",
+        "blocks.1.norm3.weight",
+        "blocks.0.ffn.0.weight",
+        "blocks.0.ffn.2.bias",
+        "blocks.1.modulation",
+        "head.head.weight",
+        "head.modulation",
+    ]:
         assert name in orig, name
     _assert_same(wc.original_to_diffusers(orig, "transformer"), ours)  # ours -> original -> ours
     ours_from_skeleton = wc.original_to_diffusers(skeleton, "transformer")
@@ -222,12 +281,22 @@ def test_vae_round_trips_and_release_names():
     orig = wc.diffusers_to_original(ours, "vae")
     skeleton = _OrigVAE(**TINY_VAE).state_dict()
     assert _shapes(orig) == _shapes(skeleton)
-    for name in ["encoder.conv1.weight", "encoder.downsamples.0.downsamples.0.residual.0.gamma",
-                 "encoder.downsamples.1.downsamples.2.time_conv.weight", "encoder.downsamples.0.downsamples.2.resample.1.bias",
-                 "encoder.downsamples.1.downsamples.0.shortcut.weight", "encoder.middle.1.to_qkv.weight",
-                 "encoder.head.2.weight", "conv1.weight", "conv2.bias", "decoder.middle.0.residual.0.gamma",
-                 "decoder.upsamples.0.upsamples.3.time_conv.weight", "decoder.upsamples.2.upsamples.3.resample.1.weight",
-                 "decoder.upsamples.3.upsamples.2.residual.6.weight", "decoder.head.0.gamma"]:  # fmt: skip
+    for name in [
+        "encoder.conv1.weight",
+        "encoder.downsamples.0.downsamples.0.residual.0.gamma",
+        "encoder.downsamples.1.downsamples.2.time_conv.weight",
+        "encoder.downsamples.0.downsamples.2.resample.1.bias",
+        "encoder.downsamples.1.downsamples.0.shortcut.weight",
+        "encoder.middle.1.to_qkv.weight",
+        "encoder.head.2.weight",
+        "conv1.weight",
+        "conv2.bias",
+        "decoder.middle.0.residual.0.gamma",
+        "decoder.upsamples.0.upsamples.3.time_conv.weight",
+        "decoder.upsamples.2.upsamples.3.resample.1.weight",
+        "decoder.upsamples.3.upsamples.2.residual.6.weight",
+        "decoder.head.0.gamma",
+    ]:
         assert name in orig, name
     _assert_same(wc.original_to_diffusers(orig, "vae"), ours)
     ours_from_skeleton = wc.original_to_diffusers(skeleton, "vae")
@@ -240,8 +309,10 @@ def test_unknown_and_inconsistent_keys_are_errors():
     with pytest.raises(CheckpointMismatchError, match=r"blocks\.0\.extra\.weight"):
         wc.original_to_diffusers({**orig, "blocks.0.extra.weight": torch.zeros(1)}, "transformer")
     vae = wc.diffusers_to_original(_tiny_vae().state_dict(), "vae")
-    moved = {k.replace("downsamples.0.downsamples.2.resample", "downsamples.0.downsamples.5.resample"): v
-             for k, v in vae.items()}  # fmt: skip
+    moved = {
+        k.replace("downsamples.0.downsamples.2.resample", "downsamples.0.downsamples.5.resample"): v
+        for k, v in vae.items()
+    }
     with pytest.raises(CheckpointMismatchError, match="resampler of encoder block 0"):
         wc.original_to_diffusers(moved, "vae")
 

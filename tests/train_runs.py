@@ -45,15 +45,26 @@ TINY_LRDM = [
 
 # set by a launcher, or by an in-process test's process group (test_camera_wan's gloo mesh): a child that inherited
 # MASTER_PORT would try to bind the port that pytest's own group still holds
-LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
-                      "MASTER_PORT")  # fmt: skip
+LAUNCHER_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 def train_env(output_root: Path, run_id: str = "", **extra: str) -> dict[str, str]:
     """The environment of a CLI run: outputs under ``output_root``, W&B offline, the given run id ("" = a new one),
     and none of the launcher variables of the pytest process leaking in."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in LAUNCHER_VARIABLES}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in LAUNCHER_VARIABLES
+    }
     env.update(
         OUTPUT_ROOT=str(output_root),
         WANDB_MODE="offline",

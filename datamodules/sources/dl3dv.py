@@ -148,8 +148,13 @@ def read_mvs_depth(base: Path, uid: str, num_frames: int, sequence: str) -> np.n
     except (OSError, KeyError) as e:
         raise SourceError(sequence, path, f"unreadable MVS depth ({e})") from e
     if depth.ndim != 3 or depth.shape[0] != num_frames:
-        log.warning("dl3dv %s: %s has shape %s for %d frames; writing clips without depth",
-                    sequence, path, depth.shape, num_frames)  # fmt: skip
+        log.warning(
+            "dl3dv %s: %s has shape %s for %d frames; writing clips without depth",
+            sequence,
+            path,
+            depth.shape,
+            num_frames,
+        )
         return None
     return depth
 
@@ -193,21 +198,29 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         for i, rgb in zip(idx, rgbs, strict=True):
             w, h = sizes[i]
             if rgb.shape[:2] != (H, W) or abs(H - h * W / w) > 1.0:
-                raise SourceError(sequence, paths[i], f"image is {rgb.shape[1]}x{rgb.shape[0]}, which is not "
-                                  f"{w:g}x{h:g} (transforms.json) downsampled")  # fmt: skip
+                raise SourceError(
+                    sequence,
+                    paths[i],
+                    f"image is {rgb.shape[1]}x{rgb.shape[0]}, which is not {w:g}x{h:g} (transforms.json) downsampled",
+                )
         size = target_size(H, W, opts.max_side)
         frames_out = [frame_bytes(paths[i], rgb, size, opts) for i, rgb in zip(idx, rgbs, strict=True)]
         depth = None
         if depth_all is not None:
             dh, dw = depth_all.shape[1:]
             if abs(dh - dw * H / W) > 1.0:
-                raise SourceError(sequence, f"{base.name}_mvs/{Path(sequence).name}.h5",
-                                  f"MVS depth is {dw}x{dh}, frames are {W}x{H}")  # fmt: skip
+                raise SourceError(
+                    sequence, f"{base.name}_mvs/{Path(sequence).name}.h5", f"MVS depth is {dw}x{dh}, frames are {W}x{H}"
+                )
             depth = np.stack([resize_nearest(depth_all[i], size) for i in idx])
             depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0).astype(np.float32)
-        meta = ClipMeta.for_dataset(NAME, sequence, metric_scale=1.0, depth_unit="arbitrary",
-                                    extra={**extra_common, "native_size": [W, H],
-                                           "native_frames": [int(numbers[i]) for i in idx]})  # fmt: skip
+        meta = ClipMeta.for_dataset(
+            NAME,
+            sequence,
+            metric_scale=1.0,
+            depth_unit="arbitrary",
+            extra={**extra_common, "native_size": [W, H], "native_frames": [int(numbers[i]) for i in idx]},
+        )
         yield Clip(
             key=key,
             frames=frames_out,

@@ -169,8 +169,12 @@ def cameras(frames: list[dict[str, Any]], sequence: str, file: Path) -> tuple[np
         except (KeyError, TypeError, ValueError) as e:
             raise SourceError(sequence, file, f"frame {f.get('frame_number')}: bad viewpoint ({e})") from e
         if r.shape != (3, 3) or t.shape != (3,) or focal.shape not in ((2,), ()) or princ.shape != (2,):
-            raise SourceError(sequence, file, f"frame {f.get('frame_number')}: viewpoint has wrong shapes "
-                              f"R {r.shape}, T {t.shape}, focal_length {focal.shape}, principal_point {princ.shape}")  # fmt: skip
+            raise SourceError(
+                sequence,
+                file,
+                f"frame {f.get('frame_number')}: viewpoint has wrong shapes "
+                f"R {r.shape}, T {t.shape}, focal_length {focal.shape}, principal_point {princ.shape}",
+            )
         if fmt not in ("ndc_isotropic", "ndc_norm_image_bounds"):
             raise SourceError(sequence, file, f"frame {f.get('frame_number')}: unknown intrinsics_format {fmt!r}")
         focal = np.broadcast_to(focal, (2,)).copy()
@@ -180,7 +184,9 @@ def cameras(frames: list[dict[str, Any]], sequence: str, file: Path) -> tuple[np
     R_, T_ = np.stack(R), np.stack(T)
     if not (np.isfinite(R_).all() and np.isfinite(T_).all()):
         bad = np.flatnonzero(~(np.isfinite(R_).all((1, 2)) & np.isfinite(T_).all(1)))
-        raise SourceError(sequence, file, f"non-finite viewpoint at frame(s) {[frames[i].get('frame_number') for i in bad[:5]]}")  # fmt: skip
+        raise SourceError(
+            sequence, file, f"non-finite viewpoint at frame(s) {[frames[i].get('frame_number') for i in bad[:5]]}"
+        )
     c2w = pytorch3d_to_opencv(torch.from_numpy(R_), torch.from_numpy(T_)).numpy()
     c2w = check_pose(c2w, sequence, file)
     K = torch.stack(fxfycxcy).numpy()
@@ -255,16 +261,29 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             if visible.any():
                 err = np.median(np.linalg.norm(proj.uv.numpy() - uv2d, axis=-1)[visible])
                 if err > REPROJECTION_TOL_PX:
-                    raise SourceError(sequence, traj_paths[idx[0]], f"traj_3d_world projected through the annotated "
-                                      f"cameras misses traj_2d by {err:.2f} px (median): camera convention mismatch")  # fmt: skip
+                    raise SourceError(
+                        sequence,
+                        traj_paths[idx[0]],
+                        f"traj_3d_world projected through the annotated "
+                        f"cameras misses traj_2d by {err:.2f} px (median): camera convention mismatch",
+                    )
             keep = select_tracks(visible, max_tracks, key)
             tracks = world[:, keep].astype(np.float32)
             vis = visible[:, keep]
             tracks[~vis] = np.nan
         fmt = frames[idx[0]].get("viewpoint", {}).get("intrinsics_format")
-        meta = ClipMeta.for_dataset(NAME, sequence, metric_scale=1.0, depth_unit="m",
-                                    extra={"camera": CAMERA, "native_frames": [int(frames[i].get("frame_number", i))
-                                           for i in idx], "native_size": [W, H], "intrinsics_format": fmt})  # fmt: skip
+        meta = ClipMeta.for_dataset(
+            NAME,
+            sequence,
+            metric_scale=1.0,
+            depth_unit="m",
+            extra={
+                "camera": CAMERA,
+                "native_frames": [int(frames[i].get("frame_number", i)) for i in idx],
+                "native_size": [W, H],
+                "intrinsics_format": fmt,
+            },
+        )
         yield Clip(
             key=key,
             frames=[frame_bytes(image_paths[i], rgb, size, opts) for i, rgb in zip(idx, rgbs, strict=True)],

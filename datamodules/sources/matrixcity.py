@@ -68,8 +68,18 @@ INVALID_DEPTH = 65504.0  # float16 max: sky / no hit
 # ------------------------------------------------------------------------------------------------------------ EXR
 
 _EXR_MAGIC = 20000630
-_COMPRESSIONS = {0: "NONE", 1: "RLE", 2: "ZIPS", 3: "ZIP", 4: "PIZ", 5: "PXR24", 6: "B44", 7: "B44A", 8: "DWAA",
-                 9: "DWAB"}  # fmt: skip
+_COMPRESSIONS = {
+    0: "NONE",
+    1: "RLE",
+    2: "ZIPS",
+    3: "ZIP",
+    4: "PIZ",
+    5: "PXR24",
+    6: "B44",
+    7: "B44A",
+    8: "DWAA",
+    9: "DWAB",
+}
 _LINES_PER_CHUNK = {0: 1, 1: 1, 2: 1, 3: 16}
 _PIXEL_TYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
 
@@ -297,8 +307,14 @@ def normalised_intrinsics(camera: dict, height: int, width: int, sequence: str, 
         w, h = camera["w"], camera["h"]
         if abs(width / w - height / h) > 1e-3 * width / w:
             raise SourceError(sequence, path, f"images are {width}x{height}, the JSON says {w:g}x{h:g}")
-        return np.array([camera["fl_x"] / w, camera.get("fl_y", camera["fl_x"]) / h,
-                         camera.get("cx", w / 2) / w, camera.get("cy", h / 2) / h])  # fmt: skip
+        return np.array(
+            [
+                camera["fl_x"] / w,
+                camera.get("fl_y", camera["fl_x"]) / h,
+                camera.get("cx", w / 2) / w,
+                camera.get("cy", h / 2) / h,
+            ]
+        )
     fx = 0.5 / math.tan(camera["camera_angle_x"] / 2)
     return np.array([fx, fx * width / height, 0.5, 0.5])
 

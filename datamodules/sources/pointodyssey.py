@@ -160,14 +160,23 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         c2w = anno.c2w[idx]
         fxfycxcy = K_to_fxfycxcy(torch.from_numpy(anno.intrinsics[idx]), H, W).numpy()
 
-        proj = project_points(torch.from_numpy(anno.trajs_3d[idx].astype(np.float64)), torch.from_numpy(c2w),
-                              torch.from_numpy(fxfycxcy), H, W)  # fmt: skip
+        proj = project_points(
+            torch.from_numpy(anno.trajs_3d[idx].astype(np.float64)),
+            torch.from_numpy(c2w),
+            torch.from_numpy(fxfycxcy),
+            H,
+            W,
+        )
         visible = anno.visible[idx] & proj.valid.numpy()
         if visible.any():
             err = np.linalg.norm(proj.uv.numpy() - anno.trajs_2d[idx], axis=-1)[visible]
             if np.median(err) > REPROJECTION_TOL_PX:
-                raise SourceError(sequence, anno_path, f"trajs_3d projected through intrinsics/extrinsics misses "
-                                  f"trajs_2d by {np.median(err):.2f} px (median): camera convention mismatch")  # fmt: skip
+                raise SourceError(
+                    sequence,
+                    anno_path,
+                    f"trajs_3d projected through intrinsics/extrinsics misses "
+                    f"trajs_2d by {np.median(err):.2f} px (median): camera convention mismatch",
+                )
         keep = select_tracks(visible, max_tracks, key)
         tracks = anno.trajs_3d[idx][:, keep].astype(np.float32)
         vis = visible[:, keep]
@@ -175,9 +184,18 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
 
         depth = np.stack([resize_nearest(d, size) for d in depths])
         valid = np.stack([resize_nearest(v, size) for v in valids])
-        meta = ClipMeta.for_dataset(NAME, sequence, metric_scale=1.0, depth_unit="m",
-                                    extra={"native_frames": [int(i) for i in idx], "timestamp_unit": "frame",
-                                           "native_size": [W, H], "annotation_file": anno_path.name})  # fmt: skip
+        meta = ClipMeta.for_dataset(
+            NAME,
+            sequence,
+            metric_scale=1.0,
+            depth_unit="m",
+            extra={
+                "native_frames": [int(i) for i in idx],
+                "timestamp_unit": "frame",
+                "native_size": [W, H],
+                "annotation_file": anno_path.name,
+            },
+        )
         yield Clip(
             key=key,
             frames=[frame_bytes(rgb_paths[i], rgb, size, opts) for i, rgb in zip(idx, rgbs, strict=True)],

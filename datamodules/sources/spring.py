@@ -111,8 +111,15 @@ def read_flow(path: Path, sequence: str, native_hw: tuple[int, int]) -> np.ndarr
     return read_hdf5(path, "flow", sequence, (2 * H, 2 * W, 2))[::2, ::2].astype(np.float32)
 
 
-def flow_residual(depth: np.ndarray, valid: np.ndarray, c2w0: np.ndarray, c2w1: np.ndarray, fxfycxcy0: np.ndarray,
-                  fxfycxcy1: np.ndarray, flow: np.ndarray) -> float:  # fmt: skip
+def flow_residual(
+    depth: np.ndarray,
+    valid: np.ndarray,
+    c2w0: np.ndarray,
+    c2w1: np.ndarray,
+    fxfycxcy0: np.ndarray,
+    fxfycxcy1: np.ndarray,
+    flow: np.ndarray,
+) -> float:
     """Median |flow - flow induced by depth and cameras| in pixels over valid pixels (NaN if none).
 
     depth, valid: (H,W) of frame 0; c2w0, c2w1: (4,4); fxfycxcy0/1: (4,); flow: (H,W,2) frame 0 -> frame 1.
@@ -133,8 +140,10 @@ def flow_residual(depth: np.ndarray, valid: np.ndarray, c2w0: np.ndarray, c2w1: 
 
 def _median_residual(depths: list, valids: list, c2w: np.ndarray, fxfycxcy: np.ndarray, flows: list) -> float | None:
     """Median over the clip's frame pairs of `flow_residual` (None when no pair has a valid pixel)."""
-    errs = [flow_residual(depths[f], valids[f], c2w[f], c2w[f + 1], fxfycxcy[f], fxfycxcy[f + 1], flows[f])
-            for f in range(len(flows) - 1)]  # fmt: skip
+    errs = [
+        flow_residual(depths[f], valids[f], c2w[f], c2w[f + 1], fxfycxcy[f], fxfycxcy[f + 1], flows[f])
+        for f in range(len(flows) - 1)
+    ]
     errs = [e for e in errs if np.isfinite(e)]
     return float(np.median(errs)) if errs else None
 

@@ -99,9 +99,16 @@ def read_npz(path: Path, sequence: str) -> dict[str, np.ndarray]:
         raise SourceError(sequence, path, f"sum(track_lengths) = {int(lengths.sum())} != {len(frames)} entries")
     if len(frames) and (frames.min() < 0 or frames.max() >= T):
         raise SourceError(sequence, path, f"track_indices outside 0..{T - 1}")
-    return dict(timestamps=ts, c2w=c2w, track_id=np.repeat(np.arange(len(lengths)), lengths),
-                track_frame=frames.astype(np.int64), track_xyz=xyz.astype(np.float64), num_tracks=len(lengths),
-                name=d["name"], video_id=d["video_id"])  # fmt: skip
+    return dict(
+        timestamps=ts,
+        c2w=c2w,
+        track_id=np.repeat(np.arange(len(lengths)), lengths),
+        track_frame=frames.astype(np.int64),
+        track_xyz=xyz.astype(np.float64),
+        num_tracks=len(lengths),
+        name=d["name"],
+        video_id=d["video_id"],
+    )
 
 
 def read_video(path: Path, sequence: str) -> np.ndarray:
@@ -201,8 +208,14 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         visible = np.zeros((F, len(kept)), bool)
         visible[fpos[take], col] = True
 
-        extra = {"native_frames": [window[0], window[-1]], "stride": opts.stride, "hfov_deg": hfov,
-                 "num_tracks_visible": int(len(candidates)), "video_id": data["video_id"], "name": data["name"]}  # fmt: skip
+        extra = {
+            "native_frames": [window[0], window[-1]],
+            "stride": opts.stride,
+            "hfov_deg": hfov,
+            "num_tracks_visible": int(len(candidates)),
+            "video_id": data["video_id"],
+            "name": data["name"],
+        }
         yield Clip(
             key=key,
             frames=encode_rgb([resize_rgb(video[i], (H, W)) for i in window], opts),

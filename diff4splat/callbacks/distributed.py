@@ -105,5 +105,8 @@ class RankConsistency(L.Callback):
                 raise RuntimeError(message)
             log.error(message)
         elif trainer.is_global_zero:
-            log.info("rank check: %d ranks agree on weights, EMA and batch counts %s", trainer.world_size,
-                     report["batches_per_epoch"])  # fmt: skip
+            log.info(
+                "rank check: %d ranks agree on weights, EMA and batch counts %s",
+                trainer.world_size,
+                report["batches_per_epoch"],
+            )

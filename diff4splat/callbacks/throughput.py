@@ -59,8 +59,9 @@ def first_sample(batch: Any) -> Any:
 
 
 class Throughput(L.Callback):
-    def __init__(self, window: int = 20, warmup_steps: int = 3, peak_tflops: float | None = None,
-                 count_flops: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, window: int = 20, warmup_steps: int = 3, peak_tflops: float | None = None, count_flops: bool = True
+    ) -> None:
         if window < 1 or warmup_steps < 0:
             raise ValueError(f"throughput: window must be >= 1 and warmup_steps >= 0, got {window}, {warmup_steps}")
         if peak_tflops is not None and peak_tflops <= 0:
@@ -92,8 +93,9 @@ class Throughput(L.Callback):
             self.flops_per_sample = float(fn(first_sample(batch)))
         log.info("throughput: %.4g TFLOP per training sample (3 x forward)", self.flops_per_sample / 1e12)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step  # optimizer steps done; it moves at the last micro-batch of a step
         boundary, self._prev_step = step != self._prev_step, step
         if self._start is not None:

@@ -46,8 +46,9 @@ def _load_state(path: Path) -> dict[str, Tensor]:
 class LPIPS(nn.Module):
     """Perceptual distance between images [..., 3, H, W] in [0, 1]; returns one value per image [...]."""
 
-    def __init__(self, pretrained: bool = True, vgg_path: str | Path | None = None,
-                 lin_path: str | Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, pretrained: bool = True, vgg_path: str | Path | None = None, lin_path: str | Path | None = None
+    ) -> None:
         super().__init__()
         self.features = _vgg16_features()
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _CHANNELS)
@@ -77,8 +78,10 @@ class LPIPS(nn.Module):
         for i, layer in enumerate(self.lins):
             key = f"lin{i}.model.1.weight"
             if key not in lin or not isinstance(lin[key], Tensor) or lin[key].shape != layer.weight.shape:
-                raise WeightsError(f"LPIPS weights: {lin_path}: missing or mis-shaped {key!r}; expected the "
-                                   f"LPIPS vgg.pth linear layers lin0..lin4")  # fmt: skip
+                raise WeightsError(
+                    f"LPIPS weights: {lin_path}: missing or mis-shaped {key!r}; expected the "
+                    f"LPIPS vgg.pth linear layers lin0..lin4"
+                )
             layer.weight.data.copy_(lin[key])
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:

@@ -46,8 +46,9 @@ def _masked_mean(x: Tensor, valid: Tensor) -> Tensor:  # x, valid [B, ...] -> [B
     return (x * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
 
-def gram_distribution_loss(pred: Tensor, target: Tensor, valid: Tensor, max_points: int = 1000,
-                           generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+def gram_distribution_loss(
+    pred: Tensor, target: Tensor, valid: Tensor, max_points: int = 1000, generator: torch.Generator | None = None
+) -> Tensor:
     """L1 between the Gram matrices Δx̂Δx̂ᵀ and ΔxΔxᵀ over at most ``max_points`` valid points per scene. -> [B]"""
     b = pred.shape[0]
     out = pred.new_zeros(b)

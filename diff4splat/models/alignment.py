@@ -55,8 +55,9 @@ class MLPMapper(nn.Module):
 
     def __init__(self, channels: int, hidden: int = 64, groups: int = 8) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv3d(channels, hidden, 1), nn.GroupNorm(groups, hidden), nn.GELU(),
-                                 nn.Conv3d(hidden, channels, 1))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Conv3d(channels, hidden, 1), nn.GroupNorm(groups, hidden), nn.GELU(), nn.Conv3d(hidden, channels, 1)
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -65,8 +66,14 @@ class MLPMapper(nn.Module):
 
 
 def _block(c_in: int, c_out: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU(),
-                         nn.Conv3d(c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU())  # fmt: skip
+    return nn.Sequential(
+        nn.Conv3d(c_in, c_out, 3, padding=1),
+        nn.GroupNorm(groups, c_out),
+        nn.SiLU(),
+        nn.Conv3d(c_out, c_out, 3, padding=1),
+        nn.GroupNorm(groups, c_out),
+        nn.SiLU(),
+    )
 
 
 class UNetMapper(nn.Module):
@@ -170,8 +177,10 @@ class LatentAligner(nn.Module):
         self.encode_mapper = build_mapper(cfg.encode_mapper, c, cfg.mapper_width)
         self.norm = _Normalisation(c)
         # the two paths share these modules; kept out of the module tree so every tensor has one state-dict key
-        self._paths = (TinyVAEDecoderWrapper(self.tiny_vae, self.decode_mapper, self.norm),
-                       TinyVAEEncoderWrapper(self.tiny_vae, self.encode_mapper, self.norm))  # fmt: skip
+        self._paths = (
+            TinyVAEDecoderWrapper(self.tiny_vae, self.decode_mapper, self.norm),
+            TinyVAEEncoderWrapper(self.tiny_vae, self.encode_mapper, self.norm),
+        )
 
     @property
     def decoder(self) -> TinyVAEDecoderWrapper:
@@ -224,8 +233,10 @@ class LatentAligner(nn.Module):
         elif meta.get("format") == "diff4splat-weights" and meta.get("export_prefix") == "aligner.":
             cfg = json.loads(meta["hparams"])["aligner"]  # a checkpoint sidecar of LatentAlignmentSystem
         else:
-            raise ValueError(f"{path}: not a LatentAligner export (metadata format {meta.get('format')!r}, "
-                             f"prefix {meta.get('export_prefix')!r})")  # fmt: skip
+            raise ValueError(
+                f"{path}: not a LatentAligner export (metadata format {meta.get('format')!r}, "
+                f"prefix {meta.get('export_prefix')!r})"
+            )
         model = cls(AlignerConfig(**cfg))
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:

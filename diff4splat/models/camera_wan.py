@@ -124,8 +124,9 @@ def build_transformer(cfg: CameraWanConfig, device: torch.device | str | None = 
         if not cfg.original_paths:
             raise ValueError("model.init=original needs model.original_paths (DiT safetensors files or their folder)")
         paths = cfg.original_paths[0] if len(cfg.original_paths) == 1 else cfg.original_paths
-        model = wan_convert.load_original_transformer(paths, config=transformer_arch(cfg.arch, cfg.arch_overrides),
-                                                      dtype=dtype)  # fmt: skip
+        model = wan_convert.load_original_transformer(
+            paths, config=transformer_arch(cfg.arch, cfg.arch_overrides), dtype=dtype
+        )
     else:  # random init; every parameter cast to ``dtype`` (one storage dtype, as FSDP2 wants), buffers (RoPE) kept
         with torch.device(device or "cpu"):
             model = WanTransformer3DModel(**transformer_arch(cfg.arch, cfg.arch_overrides))
@@ -180,11 +181,13 @@ class CameraEncoder(nn.Module):
             nn.init.zeros_(self.plucker.weight)
             nn.init.zeros_(self.plucker.bias)
         elif injection == "concat":
-            self.plucker = CausalConv3d(plucker_channels, latent_channels, kernel_size=(st, sh, sw),
-                                        stride=(st, sh, sw))  # fmt: skip
+            self.plucker = CausalConv3d(
+                plucker_channels, latent_channels, kernel_size=(st, sh, sw), stride=(st, sh, sw)
+            )
             self.norm = nn.GroupNorm(1, latent_channels)
-            self.patch_extra = nn.Conv3d(latent_channels, dim, kernel_size=(pt, ph, pw), stride=(pt, ph, pw),
-                                         bias=False)  # fmt: skip
+            self.patch_extra = nn.Conv3d(
+                latent_channels, dim, kernel_size=(pt, ph, pw), stride=(pt, ph, pw), bias=False
+            )
             nn.init.zeros_(self.patch_extra.weight)
         else:
             raise ValueError(f"camera_injection must be 'add' or 'concat', got {injection!r}")
@@ -219,8 +222,9 @@ class CameraWan(nn.Module):
         self.dim = int(tcfg.num_attention_heads * tcfg.attention_head_dim)
         self.text_dim = int(tcfg.text_dim)
         self.vae_stride = tuple(int(s) for s in vae_stride)
-        self.camera = CameraEncoder(self.dim, self.latent_channels, self.vae_stride, self.patch_size,
-                                    camera_injection, plucker_channels)  # fmt: skip
+        self.camera = CameraEncoder(
+            self.dim, self.latent_channels, self.vae_stride, self.patch_size, camera_injection, plucker_channels
+        )
         self._pending: Tensor | None = None
         transformer.patch_embedding.register_forward_hook(self._add_camera_tokens)
 
@@ -271,8 +275,11 @@ class CameraWan(nn.Module):
         plucker: Tensor | None = None,  # [B, F, 6, H, W] with F = 1 + 4(T - 1), H = 16 h, W = 16 w; None: no cameras
         camera_tokens: Tensor | None = None,  # precomputed ``camera_tokens(plucker)`` (constant over sampling steps)
     ) -> Tensor:  # the flow prediction (ε - x₀) [B, C, T, h, w]
-        tokens = camera_tokens if camera_tokens is not None else (
-            self.camera_tokens(plucker) if plucker is not None else None)  # fmt: skip
+        tokens = (
+            camera_tokens
+            if camera_tokens is not None
+            else (self.camera_tokens(plucker) if plucker is not None else None)
+        )
         with self._camera_tokens(tokens):
             out = self.transformer(latents, timestep, prompt_embeds, return_dict=False)[0]
         return out
@@ -303,8 +310,7 @@ class CameraWan(nn.Module):
         from peft import LoraConfig
 
         self.transformer.requires_grad_(False)
-        lora = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=True,
-                          target_modules=list(targets))  # fmt: skip
+        lora = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=True, target_modules=list(targets))
         self.transformer.add_adapter(lora)
 
     def camera_state_dict(self) -> dict[str, Tensor]:
@@ -357,13 +363,16 @@ class CameraWan(nn.Module):
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
-            raise WeightsError(f"camera weights: {path}: missing {missing[:8]}, unexpected {unexpected[:8]} "
-                               "(LoRA rank differs?)")  # fmt: skip
+            raise WeightsError(
+                f"camera weights: {path}: missing {missing[:8]}, unexpected {unexpected[:8]} (LoRA rank differs?)"
+            )
         mismatched = sorted(k for k, v in own.items() if v.shape != state[k].shape)
         if mismatched:
             k = mismatched[0]
-            raise WeightsError(f"camera weights: {path}: {len(mismatched)} tensors of another shape, e.g. {k} "
-                               f"{tuple(state[k].shape)} vs {tuple(own[k].shape)} here (LoRA rank differs?)")  # fmt: skip
+            raise WeightsError(
+                f"camera weights: {path}: {len(mismatched)} tensors of another shape, e.g. {k} "
+                f"{tuple(state[k].shape)} vs {tuple(own[k].shape)} here (LoRA rank differs?)"
+            )
         cam = {k[len("camera.") :]: v for k, v in state.items() if k.startswith("camera.")}
         self.camera.load_state_dict(cam)
         lora = {k[len("transformer.") :]: v for k, v in state.items() if k.startswith("transformer.")}
@@ -410,5 +419,8 @@ def gaussian_bump_weight(timesteps: Tensor, num_train_timesteps: int = 1000) -> 
 
 def masked_flow_loss(pred: Tensor, target: Tensor, num_cond_frames: int = 1) -> Tensor:
     """Per-sample MSE [B] over the generated latent frames (the clean condition frames carry no target)."""
-    return F.mse_loss(pred[:, :, num_cond_frames:].float(), target[:, :, num_cond_frames:].float(),
-                      reduction="none").flatten(1).mean(1)  # fmt: skip
+    return (
+        F.mse_loss(pred[:, :, num_cond_frames:].float(), target[:, :, num_cond_frames:].float(), reduction="none")
+        .flatten(1)
+        .mean(1)
+    )

@@ -184,8 +184,9 @@ class LRDM(nn.Module):
         nn.init.zeros_(self.pose_embed.weight)
         nn.init.zeros_(self.pose_embed.bias)
         self.time_token = nn.Linear(2 * c.time_freqs, d)
-        self.trunk = FrameGlobalTrunk(d, c.depth, c.num_heads, c.mlp_ratio, c.qk_norm, c.attention,
-                                      c.gradient_checkpointing)  # fmt: skip
+        self.trunk = FrameGlobalTrunk(
+            d, c.depth, c.num_heads, c.mlp_ratio, c.qk_norm, c.attention, c.gradient_checkpointing
+        )
 
         st, ss = self._up
         ch = c.decoder_channels
@@ -244,8 +245,10 @@ class LRDM(nn.Module):
             height, width = image_size
             t_lat = latents.shape[2]
             if f != 1 + c.latent_stride_t * (t_lat - 1):
-                raise ValueError(f"{t_lat} latent frames decode to {1 + c.latent_stride_t * (t_lat - 1)} frames, "
-                                 f"but {f} cameras were given")  # fmt: skip
+                raise ValueError(
+                    f"{t_lat} latent frames decode to {1 + c.latent_stride_t * (t_lat - 1)} frames, "
+                    f"but {f} cameras were given"
+                )
             x = self.patch_embed(latents.permute(0, 2, 3, 4, 1))  # [B, T, h, w, D]
             gh, gw = x.shape[2:4]
             if (gh * c.latent_stride_s, gw * c.latent_stride_s) != (height, width):
@@ -261,8 +264,7 @@ class LRDM(nn.Module):
         x = torch.cat([pose_tok[:, :, None], time_tok[:, :, None], x], dim=2)  # [B, F', 2 + P, D]
 
         # 2. Trunk with 2D RoPE on the patch tokens
-        rows, cols = torch.meshgrid(torch.arange(gh, device=x.device), torch.arange(gw, device=x.device),
-                                    indexing="ij")  # fmt: skip
+        rows, cols = torch.meshgrid(torch.arange(gh, device=x.device), torch.arange(gw, device=x.device), indexing="ij")
         pos = torch.cat([torch.full((2, 2), -1, device=x.device), torch.stack([rows, cols], -1).view(-1, 2)])
         rope = rope_2d(pos, c.dim // c.num_heads, c.rope_base)
         tokens = self.trunk(x, rope)[:, :, 2:]  # [B, F', P, D]
@@ -270,8 +272,11 @@ class LRDM(nn.Module):
         # 3. Gaussian grid features, then per-cell Gaussian attributes
         feats = self._decode(self.decoder(tokens), gh, gw)  # [B, F, ch, h, w]
         if self.shortcut is not None:
-            small = F.adaptive_avg_pool2d(images.flatten(0, 1), feats.shape[-2:]) if c.gaussian_stride > 1 else (
-                images.flatten(0, 1))  # fmt: skip
+            small = (
+                F.adaptive_avg_pool2d(images.flatten(0, 1), feats.shape[-2:])
+                if c.gaussian_stride > 1
+                else (images.flatten(0, 1))
+            )
             feats = feats + self.shortcut(small.to(feats.dtype)).view_as(feats)
         frame_idx = torch.arange(0, f, c.gaussian_frame_step, device=c2w.device)
         feats = feats[:, frame_idx]

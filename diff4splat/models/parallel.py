@@ -33,8 +33,13 @@ def _save_matmul_and_attention_policy() -> Any:
 
     aten = torch.ops.aten
     save = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.linear.default}
-    for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                 "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward"):  # fmt: skip
+    for name in (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_flash_attention_forward",
+        "_efficient_attention_forward",
+    ):
         op = getattr(aten, name, None)
         if op is not None:
             save.add(op.default)
@@ -120,8 +125,14 @@ def prepare_blocks(
             blocks[i] = wrap_checkpoint(blocks[i], mode)
         if compile_blocks and not compile_inside_checkpoint:
             compile_in_place(blocks[i])
-    log.info("blocks: %d of %d checkpointed (%s), compile=%s (%s the checkpoint)", len(chosen), len(blocks), mode,
-             compile_blocks, "inside" if compile_inside_checkpoint else "around")  # fmt: skip
+    log.info(
+        "blocks: %d of %d checkpointed (%s), compile=%s (%s the checkpoint)",
+        len(chosen),
+        len(blocks),
+        mode,
+        compile_blocks,
+        "inside" if compile_inside_checkpoint else "around",
+    )
 
 
 def shard_wan(

@@ -150,9 +150,15 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask, both [B, max_len], of the cleaned prompts."""
-        out = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length", max_length=self.max_len,
-                             truncation=True, add_special_tokens=True, return_attention_mask=True,
-                             return_tensors="pt")  # fmt: skip
+        out = self.tokenizer(
+            [clean_prompt(p) for p in prompts],
+            padding="max_length",
+            max_length=self.max_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         return out["input_ids"], out["attention_mask"]
 
     @torch.no_grad()
@@ -176,8 +182,16 @@ class TextEncoder(nn.Module):
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}  # fmt: skip
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
     return names[dtype]
@@ -232,8 +246,9 @@ def tiny_unigram_vocab(corpus: Sequence[str], vocab_size: int) -> list[tuple[str
     if room < 1:
         raise ValueError(f"tiny tokenizer: vocab_size must be at least 4, got {vocab_size}")
     ranked_chars = sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))[:room]
-    ranked_words = sorted(((w, n) for w, n in words.items() if len(w) > 1),
-                          key=lambda kv: (-kv[1], kv[0]))[: room - len(ranked_chars)]  # fmt: skip
+    ranked_words = sorted(((w, n) for w, n in words.items() if len(w) > 1), key=lambda kv: (-kv[1], kv[0]))[
+        : room - len(ranked_chars)
+    ]
     total = sum(chars.values()) + sum(words.values())
     pieces = [(p, math.log(n / total)) for p, n in ranked_chars + ranked_words]
     return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces]
@@ -260,17 +275,28 @@ def save_tiny_text_encoder(
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])  # fmt: skip
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
     assert (tok.token_to_id("<pad>"), tok.token_to_id("</s>"), tok.token_to_id("<unk>")) == (0, 1, 2)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=MAX_LEN)  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=MAX_LEN
+    )
     fast.save_pretrained(str(folder / "tokenizer"))
 
     torch.manual_seed(seed)
-    cfg = UMT5Config(vocab_size=tok.get_vocab_size(), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
-                     num_layers=num_layers, num_heads=num_heads, relative_attention_num_buckets=8,
-                     relative_attention_max_distance=32, dropout_rate=0.0, is_encoder_decoder=False)  # fmt: skip
+    cfg = UMT5Config(
+        vocab_size=tok.get_vocab_size(),
+        d_model=d_model,
+        d_kv=d_model // num_heads,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+    )
     UMT5EncoderModel(cfg).save_pretrained(str(folder / "text_encoder"))
     return folder
 
@@ -346,14 +372,18 @@ class PromptCache:
 
         path = self.path(prompt)
         if not path.is_file():
-            raise KeyError(f"prompt cache {self.root}: no embedding of prompt {prompt!r} for encoder {self.encoder_id!r} "
-                           f"(expected {path.name}; run `python -m datamodules.encode_text` over these captions)")  # fmt: skip
+            raise KeyError(
+                f"prompt cache {self.root}: no embedding of prompt {prompt!r} for encoder {self.encoder_id!r} "
+                f"(expected {path.name}; run `python -m datamodules.encode_text` over these captions)"
+            )
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             emb = f.get_tensor("embeds")
         if meta.get("prompt") != prompt or meta.get("encoder") != self.encoder_id:
-            raise ValueError(f"prompt cache {path}: metadata (prompt {meta.get('prompt')!r}, encoder "
-                             f"{meta.get('encoder')!r}) does not match the requested prompt {prompt!r}")  # fmt: skip
+            raise ValueError(
+                f"prompt cache {path}: metadata (prompt {meta.get('prompt')!r}, encoder "
+                f"{meta.get('encoder')!r}) does not match the requested prompt {prompt!r}"
+            )
         return emb
 
     def save(self, prompt: str, emb: Tensor) -> Path:
@@ -395,8 +425,9 @@ class PromptCache:
         if self._encoder_id is None:
             self._encoder_id = encoder.identity
         elif self._encoder_id != encoder.identity:
-            raise ValueError(f"prompt cache {self.root}: cache is for encoder {self._encoder_id!r}, "
-                             f"got encoder {encoder.identity!r}")  # fmt: skip
+            raise ValueError(
+                f"prompt cache {self.root}: cache is for encoder {self._encoder_id!r}, got encoder {encoder.identity!r}"
+            )
         missing = [p for p in dict.fromkeys(prompts) if not self.has(p)]
         for i in range(0, len(missing), batch_size):
             chunk = missing[i : i + batch_size]

@@ -108,8 +108,13 @@ class MemBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv = nn.Sequential(_conv3x3(2 * c_in, c_out), nn.ReLU(inplace=True), _conv3x3(c_out, c_out),
-                                  nn.ReLU(inplace=True), _conv3x3(c_out, c_out))  # fmt: skip
+        self.conv = nn.Sequential(
+            _conv3x3(2 * c_in, c_out),
+            nn.ReLU(inplace=True),
+            _conv3x3(c_out, c_out),
+            nn.ReLU(inplace=True),
+            _conv3x3(c_out, c_out),
+        )
         self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
         # Training from scratch: the residual branch starts at zero (the block passes relu(skip(x))), which keeps the
         # 20-odd unnormalised ReLU layers stable under Adam; released weights overwrite this.
@@ -187,8 +192,11 @@ class TinyVAE(nn.Module):
         dec: list[nn.Module] = [TanhClamp(), _conv3x3(c, wd[0]), nn.ReLU(inplace=True)]
         for i, (t_up, s_up) in enumerate(zip(cfg.decoder_time_upscale, cfg.decoder_space_upscale, strict=True)):
             dec += [MemBlock(wd[i], wd[i]) for _ in range(n)]
-            dec += [nn.Upsample(scale_factor=2 if s_up else 1), TGrow(wd[i], 2 if t_up else 1),
-                    _conv3x3(wd[i], wd[i + 1], bias=False)]  # fmt: skip
+            dec += [
+                nn.Upsample(scale_factor=2 if s_up else 1),
+                TGrow(wd[i], 2 if t_up else 1),
+                _conv3x3(wd[i], wd[i + 1], bias=False),
+            ]
         dec += [nn.ReLU(inplace=True), _conv3x3(wd[3], 3 * p * p)]
         self.decoder = nn.Sequential(*dec)
         self.t_down = 2 ** sum(bool(d) for d in cfg.encoder_time_downscale)
@@ -203,8 +211,9 @@ class TinyVAE(nn.Module):
         the caller's random stream (as ``WanVAE.tiny``)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(TinyVAEConfig.preset(version, encoder_width=width,
-                                            decoder_widths=[4 * width, 2 * width, width, width]))  # fmt: skip
+            return cls(
+                TinyVAEConfig.preset(version, encoder_width=width, decoder_widths=[4 * width, 2 * width, width, width])
+            )
 
     @classmethod
     def from_taehv(cls, path: str | Path, version: str | None = None, **overrides) -> TinyVAE:
@@ -235,8 +244,10 @@ class TinyVAE(nn.Module):
         inferred = {(16, 1): "wan21", (48, 2): "wan22"}.get((c, p))
         if version is None:
             if inferred is None:
-                raise ValueError(f"{path}: {c} latent channels with patch {p} is neither Wan2.1 (16, 1) nor Wan2.2 "
-                                 "(48, 2); pass version= and TinyVAEConfig overrides")  # fmt: skip
+                raise ValueError(
+                    f"{path}: {c} latent channels with patch {p} is neither Wan2.1 (16, 1) nor Wan2.2 "
+                    "(48, 2); pass version= and TinyVAEConfig overrides"
+                )
             version = inferred
         model = cls(TinyVAEConfig.preset(version, **overrides))
         model.load_taehv_state(state, source=str(path))
@@ -255,8 +266,10 @@ class TinyVAE(nn.Module):
         wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
         if missing or unexpected or wrong:
             shapes = {k: (tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:4]}
-            raise ValueError(f"{source}: TAEHV layout mismatch for {self.cfg}: missing {missing[:6]}, unexpected "
-                             f"{unexpected[:6]}, shape (file, model) {shapes}")  # fmt: skip
+            raise ValueError(
+                f"{source}: TAEHV layout mismatch for {self.cfg}: missing {missing[:6]}, unexpected "
+                f"{unexpected[:6]}, shape (file, model) {shapes}"
+            )
         self.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
     # --- interface -------------------------------------------------------------------------------------------------
@@ -285,8 +298,9 @@ class TinyVAE(nn.Module):
     def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
         """raw latents [B, C, T, h, w] -> frames [B, 4(T-1)+1, 3, h·s, w·s] in [0, 1] (``clamp=False``: unclamped)."""
         if latents.ndim != 5 or latents.shape[1] != self.cfg.latent_channels:
-            raise ValueError(f"TinyVAE.decode: expected latents [B, {self.cfg.latent_channels}, T, h, w], "
-                             f"got {tuple(latents.shape)}")  # fmt: skip
+            raise ValueError(
+                f"TinyVAE.decode: expected latents [B, {self.cfg.latent_channels}, T, h, w], got {tuple(latents.shape)}"
+            )
         b = latents.shape[0]
         z = latents.transpose(1, 2).reshape(-1, *latents.shape[1:2], *latents.shape[3:])
         x = run_causal(self.decoder, _like_weights(z, self.decoder[1].weight), b)

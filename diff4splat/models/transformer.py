@@ -75,8 +75,9 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block with LayerScale (init 0.01, as VGGT) for stable training from scratch."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True,
-                 layer_scale: float = 0.01) -> None:  # fmt: skip
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True, layer_scale: float = 0.01
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qk_norm)
@@ -100,8 +101,16 @@ class FrameGlobalTrunk(nn.Module):
 
     _no_split_modules = ["Block"]
 
-    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True,
-                 pattern: AttentionPattern = "alternating", gradient_checkpointing: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qk_norm: bool = True,
+        pattern: AttentionPattern = "alternating",
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         if pattern not in ("alternating", "global"):
             raise ValueError(f"attention pattern must be 'alternating' or 'global', got {pattern!r}")

@@ -190,8 +190,11 @@ def _vae_rules() -> list[Rule]:
             rules += [
                 Rule(f"{coder}.middle.{orig_mid}.{a}", f"{coder}.mid_block.resnets.{mid}.{b}") for a, b in _RESIDUAL
             ]
-        samples, blocks, sampler = ("downsamples", "down_blocks", "downsampler") if coder == "encoder" else (
-            "upsamples", "up_blocks", "upsampler")  # fmt: skip
+        samples, blocks, sampler = (
+            ("downsamples", "down_blocks", "downsampler")
+            if coder == "encoder"
+            else ("upsamples", "up_blocks", "upsampler")
+        )
         orig_block, block = f"{coder}.{samples}.{{i}}.{samples}", f"{coder}.{blocks}.{{i}}"
         rules += [Rule(f"{orig_block}.{{j}}.{a}", f"{block}.resnets.{{j}}.{b}") for a, b in _RESIDUAL]
         rules += [
@@ -204,9 +207,11 @@ RULES: dict[str, list[Rule]] = {"transformer": _transformer_rules(), "vae": _vae
 
 # Residual blocks of VAE block {i}: the resampler's index {n} in the original Sequential is their count.
 _RESNETS = {
-    "original": re.compile(r"(?P<coder>encoder|decoder)\.(?:down|up)samples\.(?P<i>\d+)\.(?:down|up)samples\.(?P<j>\d+)\.(?:residual|shortcut)\."),
+    "original": re.compile(
+        r"(?P<coder>encoder|decoder)\.(?:down|up)samples\.(?P<i>\d+)\.(?:down|up)samples\.(?P<j>\d+)\.(?:residual|shortcut)\."
+    ),
     "diffusers": re.compile(r"(?P<coder>encoder|decoder)\.(?:down|up)_blocks\.(?P<i>\d+)\.resnets\.(?P<j>\d+)\."),
-}  # fmt: skip
+}
 
 
 def _derive_n(keys: Sequence[str], side: str) -> dict[tuple[str, str], str]:
@@ -256,7 +261,8 @@ def _convert(state_dict: Mapping[str, Tensor], kind: Kind, src: str, dst: str) -
     out, _, unmatched = _rename(state_dict, kind, src, dst)
     if unmatched:
         raise CheckpointMismatchError(
-            f"{len(unmatched)} key(s) are not {src} Wan2.2 {kind} names: {_listing(unmatched)}")  # fmt: skip
+            f"{len(unmatched)} key(s) are not {src} Wan2.2 {kind} names: {_listing(unmatched)}"
+        )
     return out
 
 
@@ -367,8 +373,11 @@ def _load_into(
     expected = model.state_dict()
     missing = [k for k in expected if k not in converted]
     unexpected += [origin[k] for k in converted if k not in expected]
-    shapes = [f"{origin[k]} {tuple(v.shape)} (model {k} {tuple(expected[k].shape)})"
-              for k, v in converted.items() if k in expected and v.shape != expected[k].shape]  # fmt: skip
+    shapes = [
+        f"{origin[k]} {tuple(v.shape)} (model {k} {tuple(expected[k].shape)})"
+        for k, v in converted.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
     if missing or unexpected or shapes:
         lines = [f"Wan2.2 {kind} checkpoint {source} does not match the model config:"]
         if missing:
@@ -398,8 +407,9 @@ def load_original_transformer(
 
     files = original_transformer_files(paths)
     source = ", ".join(map(str, files))
-    return _load_into(WanTransformer3DModel, config or transformer_config(), read_safetensors(files), "transformer",
-                      dtype, source)  # fmt: skip
+    return _load_into(
+        WanTransformer3DModel, config or transformer_config(), read_safetensors(files), "transformer", dtype, source
+    )
 
 
 def load_original_vae(
@@ -462,20 +472,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m diff4splat.models.wan_convert",
         description="Convert original Wan2.2-TI2V-5B weights (DiT safetensors shards or Wan2.2_VAE.pth) to a diffusers folder.",
-    )  # fmt: skip
+    )
     parser.add_argument("--kind", choices=["transformer", "vae"], required=True)
     parser.add_argument("--src", nargs="+", required=True, help="transformer: release folder or shard files; vae: .pth")
     parser.add_argument("--out", required=True, help="diffusers model folder to write (config.json + safetensors)")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
-                        help="storage dtype (default: bf16 transformer, fp32 VAE)")  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=sorted(_DTYPES), default=None, help="storage dtype (default: bf16 transformer, fp32 VAE)"
+    )
     parser.add_argument("--config", default=None, help="a diffusers config.json to use instead of the shipped one")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--max-shard-size", default="5GB")
     args = parser.parse_args(argv)
     config = json.loads(Path(args.config).read_text()) if args.config else None
     try:
-        out = convert(args.kind, args.src, args.out, config, _DTYPES.get(args.dtype), args.overwrite,
-                      args.max_shard_size)  # fmt: skip
+        out = convert(
+            args.kind, args.src, args.out, config, _DTYPES.get(args.dtype), args.overwrite, args.max_shard_size
+        )
     except (CheckpointMismatchError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -23,10 +23,12 @@ class WanVAE(nn.Module):
         self.vae = vae.eval().requires_grad_(False)
         cfg = vae.config
         c = cfg.z_dim
-        self.register_buffer("mean", torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, c, 1, 1, 1),
-                             persistent=False)  # fmt: skip
-        self.register_buffer("std", torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, c, 1, 1, 1),
-                             persistent=False)  # fmt: skip
+        self.register_buffer(
+            "mean", torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, c, 1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, c, 1, 1, 1), persistent=False
+        )
         self.latent_channels = c
         self.stride_t = int(cfg.scale_factor_temporal or 4)
         self.stride_s = int(cfg.scale_factor_spatial or 8)
@@ -60,15 +62,31 @@ class WanVAE(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if z_dim == 48:
-                vae = AutoencoderKLWan(base_dim=base_dim or 3, z_dim=48, in_channels=12, out_channels=12,
-                                       is_residual=True, patch_size=2, scale_factor_spatial=16,
-                                       scale_factor_temporal=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                       temperal_downsample=[False, True, True], latents_mean=[0.0] * 48,
-                                       latents_std=[1.0] * 48)  # fmt: skip
+                vae = AutoencoderKLWan(
+                    base_dim=base_dim or 3,
+                    z_dim=48,
+                    in_channels=12,
+                    out_channels=12,
+                    is_residual=True,
+                    patch_size=2,
+                    scale_factor_spatial=16,
+                    scale_factor_temporal=4,
+                    dim_mult=[1, 1, 1, 1],
+                    num_res_blocks=1,
+                    temperal_downsample=[False, True, True],
+                    latents_mean=[0.0] * 48,
+                    latents_std=[1.0] * 48,
+                )
             elif z_dim == 16:
-                vae = AutoencoderKLWan(base_dim=base_dim or 8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                       temperal_downsample=[False, True, True], latents_mean=[0.0] * 16,
-                                       latents_std=[1.0] * 16)  # fmt: skip
+                vae = AutoencoderKLWan(
+                    base_dim=base_dim or 8,
+                    z_dim=16,
+                    dim_mult=[1, 1, 1, 1],
+                    num_res_blocks=1,
+                    temperal_downsample=[False, True, True],
+                    latents_mean=[0.0] * 16,
+                    latents_std=[1.0] * 16,
+                )
             else:
                 raise ValueError(f"WanVAE.tiny: z_dim must be 48 (Wan2.2) or 16 (Wan2.1), got {z_dim}")
             out = cls(vae)

@@ -33,8 +33,12 @@ def make_scheduler(cfg: SamplingConfig) -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     if cfg.scheduler == "unipc":
-        return UniPCMultistepScheduler(num_train_timesteps=cfg.num_train_timesteps, prediction_type="flow_prediction",
-                                       use_flow_sigmas=True, flow_shift=cfg.flow_shift)  # fmt: skip
+        return UniPCMultistepScheduler(
+            num_train_timesteps=cfg.num_train_timesteps,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=cfg.flow_shift,
+        )
     if cfg.scheduler == "euler":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps, shift=cfg.flow_shift)
     raise ValueError(f"sampling.scheduler must be 'unipc' or 'euler', got {cfg.scheduler!r}")

@@ -60,11 +60,32 @@ from diff4splat.systems.reconstruction import nearest_input_frames
 
 log = logging.getLogger(__name__)
 
-CLIP_COLUMNS = ("clip", "dataset", "views", "psnr", "ssim", "lpips", "psnr_nearest_input", "depth_abs_rel",
-                "depth_delta1", "epe3d", "epe3d_within_0.10", "epe3d_motion")  # fmt: skip
+CLIP_COLUMNS = (
+    "clip",
+    "dataset",
+    "views",
+    "psnr",
+    "ssim",
+    "lpips",
+    "psnr_nearest_input",
+    "depth_abs_rel",
+    "depth_delta1",
+    "epe3d",
+    "epe3d_within_0.10",
+    "epe3d_motion",
+)
 VIEW_COLUMNS = ("clip", "view", "frame", "time", "time_gap", "psnr", "ssim", "lpips")
-SCENE_COLUMNS = ("scene", "frames", "gaussians", "psnr", "ssim", "lpips", "warp_error_video", "warp_error_render",
-                 "warp_coverage")  # fmt: skip
+SCENE_COLUMNS = (
+    "scene",
+    "frames",
+    "gaussians",
+    "psnr",
+    "ssim",
+    "lpips",
+    "warp_error_video",
+    "warp_error_render",
+    "warp_coverage",
+)
 FRAME_COLUMNS = ("scene", "frame", "time", "psnr", "ssim", "lpips", "warp_error_video", "warp_error_render")
 _DECIMALS = {"psnr": 2, "psnr_nearest_input": 2, "time": 3, "time_gap": 3, "views": 1, "frames": 1, "gaussians": 0}
 
@@ -104,8 +125,14 @@ class Results:
 
     def summary(self) -> dict[str, Any]:
         """Mean of every numeric column over the rows that have it, and how many rows that is."""
-        out: dict[str, Any] = {"kind": self.kind, "source": self.source, "count": len(self.rows),
-                               "skipped": len(self.skipped), "mean": {}, "rows_with_value": {}}  # fmt: skip
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "source": self.source,
+            "count": len(self.rows),
+            "skipped": len(self.skipped),
+            "mean": {},
+            "rows_with_value": {},
+        }
         for col in self.columns:
             values = [r[col] for r in self.rows if isinstance(r.get(col), float | int) and not isinstance(r[col], bool)]
             finite = [float(v) for v in values if math.isfinite(v)]
@@ -148,17 +175,24 @@ def size_multiple(model: LRDM) -> int:
 
 
 @torch.no_grad()
-def predict_outputs(model: LRDM, batch: dict[str, Any], vae: Any = None, prune_threshold: float | None = None,
-                    backend: str = "auto") -> tuple[LRDMOutput, Tensor, Tensor]:  # fmt: skip
+def predict_outputs(
+    model: LRDM, batch: dict[str, Any], vae: Any = None, prune_threshold: float | None = None, backend: str = "auto"
+) -> tuple[LRDMOutput, Tensor, Tensor]:
     """Gaussians from the batch's inputs, rendered at each output camera and time: (output, rgb [B, F_out, 3, H, W],
     depth [B, F_out, H, W]). Gaussians with opacity <= the pruning threshold are left out of the renders."""
     fi = int(batch["num_input"])
     images = batch["images"]
     h, w = images.shape[-2:]
     latents = vae.encode(images[:, :fi]) if model.config.encoder == "latent" else None
-    out = model(batch["c2w"][:, :fi], batch["fxfycxcy"][:, :fi], batch["timestamps"][:, :fi],
-                batch["timestamps"][:, fi:], images=None if latents is not None else images[:, :fi], latents=latents,
-                image_size=(h, w))  # fmt: skip
+    out = model(
+        batch["c2w"][:, :fi],
+        batch["fxfycxcy"][:, :fi],
+        batch["timestamps"][:, :fi],
+        batch["timestamps"][:, fi:],
+        images=None if latents is not None else images[:, :fi],
+        latents=latents,
+        image_size=(h, w),
+    )
     threshold = model.config.prune_threshold if prune_threshold is None else prune_threshold
     g = gaussians_at_all_times(out.gaussians)  # batch [B, F_out]
     g = dataclasses.replace(g, opacities=g.opacities * (g.opacities > threshold))
@@ -172,8 +206,17 @@ def _tracks(out: LRDMOutput, batch: dict[str, Any]) -> dict[str, float]:
     h, w = batch["images"].shape[-2:]
     dg = out.gaussians
     query = torch.arange(fi, f, device=dg.device)
-    args = (out.grid, out.frame_indices, query, batch["tracks_world"], batch["tracks_visible"], batch["c2w"],
-            batch["fxfycxcy"], h, w)  # fmt: skip
+    args = (
+        out.grid,
+        out.frame_indices,
+        query,
+        batch["tracks_world"],
+        batch["tracks_visible"],
+        batch["c2w"],
+        batch["fxfycxcy"],
+        h,
+        w,
+    )
     pred_pos, gt_disp, valid = track_motion(dg.canonical.means[:, None] + dg.delta_means, *args)
     pred_disp, _, _ = track_motion(dg.delta_means, *args)
     src = torch.nan_to_num(batch["tracks_world"][:, out.frame_indices]).flatten(1, 2)[:, None]  # [B, 1, F_g·M, 3]
@@ -182,8 +225,9 @@ def _tracks(out: LRDMOutput, batch: dict[str, Any]) -> dict[str, float]:
     return {"epe3d": pos["epe"], "epe3d_within_0.10": pos["within_0.10"], "epe3d_motion": motion["epe"]}
 
 
-def evaluate_clip(model: LRDM, batch: dict[str, Any], frames: np.ndarray, lpips: LPIPS | None, cfg: ClipEvalConfig,
-                  vae: Any = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+def evaluate_clip(
+    model: LRDM, batch: dict[str, Any], frames: np.ndarray, lpips: LPIPS | None, cfg: ClipEvalConfig, vae: Any = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One clip's row (`CLIP_COLUMNS`) and its per-view rows (`VIEW_COLUMNS`)."""
     fi = int(batch["num_input"])
     out, rgb, depth = predict_outputs(model, batch, vae, cfg.prune_threshold, cfg.backend)
@@ -191,8 +235,12 @@ def evaluate_clip(model: LRDM, batch: dict[str, Any], frames: np.ndarray, lpips:
     m = image_metrics(rgb[0], target[0], lpips)
     nearest = image_metrics(nearest_input_frames(batch)[0], target[0])["psnr"]
     key = batch["key"][0]
-    row: dict[str, Any] = {"clip": key, "dataset": batch["dataset"][0], "views": rgb.shape[1],
-                           "psnr_nearest_input": float(nearest.mean())}  # fmt: skip
+    row: dict[str, Any] = {
+        "clip": key,
+        "dataset": batch["dataset"][0],
+        "views": rgb.shape[1],
+        "psnr_nearest_input": float(nearest.mean()),
+    }
     row.update({k: float(v.mean()) for k, v in m.items()})
     d = depth_metrics(depth, batch["depth"][:, fi:], batch["depth_valid"][:, fi:], cfg.depth_align)
     row["depth_abs_rel"], row["depth_delta1"] = d["abs_rel"], d["delta1"]
@@ -202,14 +250,28 @@ def evaluate_clip(model: LRDM, batch: dict[str, Any], frames: np.ndarray, lpips:
     gaps = (times[fi:, None] - times[None, :fi]).abs().min(-1).values
     views = []
     for v in range(rgb.shape[1]):
-        views.append({"clip": key, "view": v, "frame": int(frames[fi + v]), "time": float(times[fi + v]),
-                      "time_gap": float(gaps[v]), **{k: float(x[v]) for k, x in m.items()}})  # fmt: skip
+        views.append(
+            {
+                "clip": key,
+                "view": v,
+                "frame": int(frames[fi + v]),
+                "time": float(times[fi + v]),
+                "time_gap": float(gaps[v]),
+                **{k: float(x[v]) for k, x in m.items()},
+            }
+        )
     return row, views
 
 
-def evaluate_clips(model: LRDM, shards: Sequence[str], cfg: ClipEvalConfig, lpips: LPIPS | None = None,
-                   vae: Any = None, device: str | torch.device = "cpu",
-                   progress: Callable[[str], None] | None = None) -> Results:  # fmt: skip
+def evaluate_clips(
+    model: LRDM,
+    shards: Sequence[str],
+    cfg: ClipEvalConfig,
+    lpips: LPIPS | None = None,
+    vae: Any = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> Results:
     """Every clip of ``shards`` (paths, in order; at most ``cfg.max_clips``): see the module docstring. A clip
     that cannot be evaluated (corrupt, too few frames) is skipped and listed in ``Results.skipped``; no clip at all
     is an error."""
@@ -218,9 +280,15 @@ def evaluate_clips(model: LRDM, shards: Sequence[str], cfg: ClipEvalConfig, lpip
     for s in shards:
         if not Path(s).is_file():
             raise InputError(f"{s}: no such shard file")
-    sampling = ClipSamplingConfig(num_input=cfg.num_input, num_output=cfg.num_output, resolution=cfg.resolution,
-                                  size_divisor=size_multiple(model), random_aspect=False, crop_scale=(1.0, 1.0),
-                                  eval_outputs=cfg.eval_outputs)  # fmt: skip
+    sampling = ClipSamplingConfig(
+        num_input=cfg.num_input,
+        num_output=cfg.num_output,
+        resolution=cfg.resolution,
+        size_divisor=size_multiple(model),
+        random_aspect=False,
+        crop_scale=(1.0, 1.0),
+        eval_outputs=cfg.eval_outputs,
+    )
     transform = ClipTransform(sampling, train=False)
     stats = SkipStats()
     rows: list[dict[str, Any]] = []
@@ -249,8 +317,9 @@ def evaluate_clips(model: LRDM, shards: Sequence[str], cfg: ClipEvalConfig, lpip
     skipped += [f"shard error: {r}" for r in stats.reasons if r.startswith("shard ")]
     if not rows:
         raise InputError(f"evaluate: no clip of {len(shards)} shards could be evaluated; first problems: {skipped[:3]}")
-    return Results("clips", rows, details, f"{len(shards)} shards ({shards[0]}{' ...' if len(shards) > 1 else ''})",
-                   skipped)  # fmt: skip
+    return Results(
+        "clips", rows, details, f"{len(shards)} shards ({shards[0]}{' ...' if len(shards) > 1 else ''})", skipped
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -278,8 +347,9 @@ def read_video_frames(scene: SceneOutput) -> Tensor:  # [F, 3, H, W] float in [0
 
 
 @torch.no_grad()
-def render_path(scene: SceneOutput, height: int, width: int, backend: str = "auto",
-                flow: bool = True) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+def render_path(
+    scene: SceneOutput, height: int, width: int, backend: str = "auto", flow: bool = True
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Camera k at time k of the scene's trajectory: rgb [F, 3, H, W], depth [F, H, W], and with ``flow`` the
     position at time k+1 of the surface seen at each pixel of view k, [F-1, H, W, 3] (the pixel's expected-depth
     point moved by the rendered scene flow), with its coverage mask [F-1, H, W] (alpha > 0.95: pixels at edges
@@ -308,14 +378,17 @@ def render_path(scene: SceneOutput, height: int, width: int, backend: str = "aut
     return torch.stack(rgbs), torch.stack(depths), torch.stack(points), torch.stack(masks)
 
 
-def evaluate_scene(scene: SceneOutput, lpips: LPIPS | None = None, backend: str = "auto",
-                   occlusion_tol: float = 0.05) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+def evaluate_scene(
+    scene: SceneOutput, lpips: LPIPS | None = None, backend: str = "auto", occlusion_tol: float = 0.05
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One generated scene's row (`SCENE_COLUMNS`) and per-frame rows (`FRAME_COLUMNS`): see the module
     docstring. The renders are made at the video's size (normalised intrinsics do not depend on it)."""
     cams = scene.cameras
     if cams is None:
-        raise InputError(f"{scene.folder}: meta.json has no trajectory (c2w, fxfycxcy, times, height, width); "
-                         "scenes are evaluated at the cameras they were generated for")  # fmt: skip
+        raise InputError(
+            f"{scene.folder}: meta.json has no trajectory (c2w, fxfycxcy, times, height, width); "
+            "scenes are evaluated at the cameras they were generated for"
+        )
     video = read_video_frames(scene).to(scene.gaussians.device)
     h, w = video.shape[-2:]
     rgb, depth, points, masks = render_path(scene, h, w, backend)
@@ -333,18 +406,32 @@ def evaluate_scene(scene: SceneOutput, lpips: LPIPS | None = None, backend: str 
         finite = [v for v in values if math.isfinite(v)]
         return float(np.mean(finite)) if finite else math.nan
 
-    row: dict[str, Any] = {"scene": str(scene.folder), "frames": f, "gaussians": scene.gaussians.num_gaussians,
-                           **{k: float(v.mean()) for k, v in m.items()}, "warp_error_video": mean(warp_video),
-                           "warp_error_render": mean(warp_render),
-                           "warp_coverage": mean(coverage)}  # fmt: skip
-    frames = [{"scene": str(scene.folder), "frame": k, "time": float(cams.times[k]),
-               **{n: float(v[k]) for n, v in m.items()}, "warp_error_video": warp_video[k],
-               "warp_error_render": warp_render[k]} for k in range(f)]  # fmt: skip
+    row: dict[str, Any] = {
+        "scene": str(scene.folder),
+        "frames": f,
+        "gaussians": scene.gaussians.num_gaussians,
+        **{k: float(v.mean()) for k, v in m.items()},
+        "warp_error_video": mean(warp_video),
+        "warp_error_render": mean(warp_render),
+        "warp_coverage": mean(coverage),
+    }
+    frames = [
+        {
+            "scene": str(scene.folder),
+            "frame": k,
+            "time": float(cams.times[k]),
+            **{n: float(v[k]) for n, v in m.items()},
+            "warp_error_video": warp_video[k],
+            "warp_error_render": warp_render[k],
+        }
+        for k in range(f)
+    ]
     return row, frames
 
 
-def evaluate_scenes(scenes: Sequence[SceneOutput], lpips: LPIPS | None = None, backend: str = "auto",
-                    occlusion_tol: float = 0.05) -> Results:  # fmt: skip
+def evaluate_scenes(
+    scenes: Sequence[SceneOutput], lpips: LPIPS | None = None, backend: str = "auto", occlusion_tol: float = 0.05
+) -> Results:
     """`evaluate_scene` on each folder (any bad folder is an error naming it: the set is meant to be complete)."""
     if not scenes:
         raise InputError("evaluate: no scene folders given")
@@ -383,9 +470,14 @@ def to_markdown(results: Results) -> str:
     """The per-row table with a final mean row, under a title; NaN / missing values as "–"."""
     cols = results.columns
     summary = results.summary()
-    lines = [f"# Evaluation: {results.source}", "",
-             f"{summary['count']} {results.kind} evaluated, {summary['skipped']} skipped.", "",
-             "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]  # fmt: skip
+    lines = [
+        f"# Evaluation: {results.source}",
+        "",
+        f"{summary['count']} {results.kind} evaluated, {summary['skipped']} skipped.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
     for r in results.rows:
         lines.append("| " + " | ".join(_cell(r.get(c), c) or "–" for c in cols) + " |")
     mean = ["**mean**"] + [
@@ -451,8 +543,12 @@ def plots(results: Results) -> dict[str, bytes]:
                     frames = [d for d in results.details if d["scene"] == r["scene"]]
                     ax.plot([d["frame"] for d in frames], [d[column] for d in frames], label=Path(r["scene"]).name)
                     if column == "warp_error_video":
-                        ax.plot([d["frame"] for d in frames], [d["warp_error_render"] for d in frames], "--",
-                                color=ax.lines[-1].get_color())  # fmt: skip
+                        ax.plot(
+                            [d["frame"] for d in frames],
+                            [d["warp_error_render"] for d in frames],
+                            "--",
+                            color=ax.lines[-1].get_color(),
+                        )
                 ax.set_xlabel("frame")
                 ax.set_ylabel(ylabel)
                 if len(results.rows) <= 10:

@@ -226,14 +226,17 @@ class Cameras:
 
 
 def _expected_camera_forms() -> str:
-    return (f"expected a preset name ({', '.join(sorted(PRESETS))}), a trajectory .json, a RealEstate10K .txt "
-            f"or an .npz with C2W (F,4,4) and fxfycxcy (F,4)")  # fmt: skip
+    return (
+        f"expected a preset name ({', '.join(sorted(PRESETS))}), a trajectory .json, a RealEstate10K .txt "
+        f"or an .npz with C2W (F,4,4) and fxfycxcy (F,4)"
+    )
 
 
 def check_num_frames(n: int | None, where: str = "trajectory.num_frames") -> int:
     if n is None or n < 1 + FRAME_STRIDE or (n - 1) % FRAME_STRIDE:
-        raise InputError(f"{where}: the video model makes 1 + {FRAME_STRIDE}k frames with k >= 1 (e.g. 13, 49, 81), "
-                         f"got {n}")  # fmt: skip
+        raise InputError(
+            f"{where}: the video model makes 1 + {FRAME_STRIDE}k frames with k >= 1 (e.g. 13, 49, 81), got {n}"
+        )
     return n
 
 
@@ -243,12 +246,20 @@ def check_cameras(c2w: Tensor, fxfycxcy: Tensor, times: Tensor, where: str) -> N
     if f == 0:
         raise InputError(f"{where}: zero frames; expected at least {1 + FRAME_STRIDE} cameras")
     checks = [
-        (~torch.isfinite(c2w).flatten(1).all(1), "c2w", "non-finite values (NaN or inf)",
-         "a finite 4x4 OpenCV camera-to-world matrix"),
-        (~torch.isfinite(fxfycxcy).all(1), "fxfycxcy", "non-finite values (NaN or inf)",
-         "4 finite normalised intrinsics fx/W, fy/H, cx/W, cy/H"),
+        (
+            ~torch.isfinite(c2w).flatten(1).all(1),
+            "c2w",
+            "non-finite values (NaN or inf)",
+            "a finite 4x4 OpenCV camera-to-world matrix",
+        ),
+        (
+            ~torch.isfinite(fxfycxcy).all(1),
+            "fxfycxcy",
+            "non-finite values (NaN or inf)",
+            "4 finite normalised intrinsics fx/W, fy/H, cx/W, cy/H",
+        ),
         (~torch.isfinite(times), "timestamp", "a non-finite value", "finite timestamps"),
-    ]  # fmt: skip
+    ]
     for bad, name, what, expected in checks:
         if bad.any():
             raise InputError(f"{where}: frame {int(bad.nonzero()[0])}: field {name} has {what}; expected {expected}")
@@ -258,15 +269,21 @@ def check_cameras(c2w: Tensor, fxfycxcy: Tensor, times: Tensor, where: str) -> N
     not_rigid = ((rot.transpose(1, 2) @ rot - eye).abs().flatten(1).amax(1) > 1e-3) | (torch.linalg.det(rot) < 0)
     for bad, what in ((bottom, "its last row is not (0, 0, 0, 1)"), (not_rigid, "its rotation is not orthonormal")):
         if bad.any():
-            raise InputError(f"{where}: frame {int(bad.nonzero()[0])}: field c2w: {what}; expected a rigid OpenCV "
-                             f"camera-to-world matrix [R t; 0 0 0 1]")  # fmt: skip
+            raise InputError(
+                f"{where}: frame {int(bad.nonzero()[0])}: field c2w: {what}; expected a rigid OpenCV "
+                f"camera-to-world matrix [R t; 0 0 0 1]"
+            )
     bad_f = fxfycxcy[:, :2].amin(1) <= 0
     if bad_f.any():
-        raise InputError(f"{where}: frame {int(bad_f.nonzero()[0])}: field fxfycxcy has a focal length <= 0; expected "
-                         f"positive normalised fx/W, fy/H")  # fmt: skip
+        raise InputError(
+            f"{where}: frame {int(bad_f.nonzero()[0])}: field fxfycxcy has a focal length <= 0; expected "
+            f"positive normalised fx/W, fy/H"
+        )
     if f > 1 and (times[1:] < times[:-1]).any():
-        raise InputError(f"{where}: timestamps decrease at frame {int((times[1:] < times[:-1]).nonzero()[0]) + 1}; "
-                         f"expected increasing timestamps")  # fmt: skip
+        raise InputError(
+            f"{where}: timestamps decrease at frame {int((times[1:] < times[:-1]).nonzero()[0]) + 1}; "
+            f"expected increasing timestamps"
+        )
 
 
 def _read_camera_file(path: Path) -> tuple[Tensor, Tensor, Tensor]:  # c2w, fxfycxcy, times (float64)
@@ -300,8 +317,9 @@ def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image
         h, w = image_size
         fy = fov_to_focal(math.radians(opts.fov))
         try:
-            traj = make_trajectory(key, num_frames, strength=opts.strength, look_at=opts.look_at,
-                                   fxfycxcy=[fy * h / w, fy, 0.5, 0.5])  # fmt: skip
+            traj = make_trajectory(
+                key, num_frames, strength=opts.strength, look_at=opts.look_at, fxfycxcy=[fy * h / w, fy, 0.5, 0.5]
+            )
         except ValueError as e:
             raise InputError(f"trajectory: {e}") from e
         c2w, fx, times = traj.c2w, traj.fxfycxcy, traj.times()
@@ -317,14 +335,21 @@ def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image
         check_cameras(c2w, fx, times, f"camera={path}")
         n = c2w.shape[0]
         if n < num_frames:
-            raise InputError(f"camera={path}: {n} cameras, fewer than trajectory.num_frames={num_frames}; pass a "
-                             f"smaller trajectory.num_frames (1 + 4k <= {n}) or a longer trajectory")  # fmt: skip
+            raise InputError(
+                f"camera={path}: {n} cameras, fewer than trajectory.num_frames={num_frames}; pass a "
+                f"smaller trajectory.num_frames (1 + 4k <= {n}) or a longer trajectory"
+            )
         idx = torch.linspace(0, n - 1, num_frames, dtype=torch.float64).round().long()
         c2w, fx, times = c2w[idx], fx[idx], times[idx]
         span = times[-1] - times[0]
         times = (times - times[0]) / span if span > 0 else torch.linspace(0, 1, num_frames, dtype=torch.float64)
-        source = {"file": str(path.resolve()), "file_frames": n, "frame_indices": idx.tolist(), "num_frames": num_frames,
-                  "translation_scale": opts.translation_scale}  # fmt: skip
+        source = {
+            "file": str(path.resolve()),
+            "file_frames": n,
+            "frame_indices": idx.tolist(),
+            "num_frames": num_frames,
+            "translation_scale": opts.translation_scale,
+        }
     check_cameras(c2w, fx, times, f"camera={camera}")
     c2w = canonicalize(c2w.double())
     c2w[:, :3, 3] *= opts.translation_scale
@@ -343,8 +368,11 @@ def fit_image(image: Tensor, fxfycxcy: Tensor, height: int, width: int) -> tuple
     top, left = (rh - height) // 2, (rw - width) // 2
     image = image[:, top : top + height, left : left + width].clamp(0, 1)
     fxfycxcy = crop_intrinsics(fxfycxcy, rh, rw, top, left, height, width)
-    return image, fxfycxcy, {"input_size": [h, w], "resized_to": [rh, rw], "crop_top_left": [top, left],
-                             "model_size": [height, width]}  # fmt: skip
+    return (
+        image,
+        fxfycxcy,
+        {"input_size": [h, w], "resized_to": [rh, rw], "crop_top_left": [top, left], "model_size": [height, width]},
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -401,7 +429,12 @@ class Diff4SplatPipeline:
         sources: dict | None = None,
     ) -> None:
         self.text_encoder, self.camera_wan, self.vae, self.lrdm, self.aligner = (
-            text_encoder, camera_wan.eval(), vae.eval(), lrdm.eval(), aligner.eval() if aligner is not None else None)  # fmt: skip
+            text_encoder,
+            camera_wan.eval(),
+            vae.eval(),
+            lrdm.eval(),
+            aligner.eval() if aligner is not None else None,
+        )
         self.decoder, self.device, self.offload = decoder, torch.device(device), offload
         self.text_device = torch.device("cpu") if text_encoder_on_cpu else self.device
         self.untrained, self.sources = untrained, dict(sources or {})
@@ -416,8 +449,10 @@ class Diff4SplatPipeline:
             ("CameraWan VAE stride", camera_wan.vae_stride[1], "Wan VAE spatial stride", vae.stride_s),
         ]
         if lc.encoder == "latent":
-            mismatches += [("LRDM latent channels", lc.latent_channels, "Wan VAE", vae.latent_channels),
-                           ("LRDM latent_stride_s", lc.latent_stride_s, "Wan VAE", vae.stride_s)]  # fmt: skip
+            mismatches += [
+                ("LRDM latent channels", lc.latent_channels, "Wan VAE", vae.latent_channels),
+                ("LRDM latent_stride_s", lc.latent_stride_s, "Wan VAE", vae.stride_s),
+            ]
         if aligner is not None:
             mismatches.append(("aligner latent channels", aligner.latent_channels, "Wan VAE", vae.latent_channels))
         for a, va, b, vb in mismatches:
@@ -460,8 +495,13 @@ class Diff4SplatPipeline:
         """The pipeline ``cfg`` describes: tiny random weights, or every model from its local path in ``cfg.models``."""
         device = resolve_device(cfg.device)
         lm = cfg.low_memory
-        kw = {"decoder": cfg.decoder, "device": device, "offload": lm.offload,
-              "text_encoder_on_cpu": lm.text_encoder_on_cpu, "render_backend": cfg.render.backend}  # fmt: skip
+        kw = {
+            "decoder": cfg.decoder,
+            "device": device,
+            "offload": lm.offload,
+            "text_encoder_on_cpu": lm.text_encoder_on_cpu,
+            "render_backend": cfg.render.backend,
+        }
         if cfg.tiny:
             pipe = cls.tiny(seed=cfg.seed, lrdm_encoder=cfg.lrdm.tiny_encoder, **kw)
         else:
@@ -503,19 +543,34 @@ class Diff4SplatPipeline:
         if aligner is not None and bf16:
             aligner.to(torch.bfloat16)
         cw = m.camera_wan
-        sources = {"text_encoder": m.text_encoder, "vae": m.vae, "lrdm": m.lrdm,
-                   "aligner": m.aligner if aligner is not None else None,
-                   "camera_wan": {"arch": cw.arch, "init": cw.init, "pretrained_path": cw.pretrained_path,
-                                  "original_paths": cw.original_paths, "camera_weights": cw.camera_weights}}  # fmt: skip
+        sources = {
+            "text_encoder": m.text_encoder,
+            "vae": m.vae,
+            "lrdm": m.lrdm,
+            "aligner": m.aligner if aligner is not None else None,
+            "camera_wan": {
+                "arch": cw.arch,
+                "init": cw.init,
+                "pretrained_path": cw.pretrained_path,
+                "original_paths": cw.original_paths,
+                "camera_weights": cw.camera_weights,
+            },
+        }
         if not cw.camera_weights:
-            log.warning("models.camera_wan.camera_weights is null: the camera branch is untrained (zero), so the video "
-                        "ignores the trajectory")  # fmt: skip
+            log.warning(
+                "models.camera_wan.camera_weights is null: the camera branch is untrained (zero), so the video "
+                "ignores the trajectory"
+            )
         return cls(text, camera_wan, vae, lrdm, aligner, sources=sources, **kw)
 
     def enable_vae_tiling(self, tile: int = 256, stride: int = 192) -> None:
         """Tiled Wan VAE encode/decode (``tile`` x ``tile`` pixel tiles every ``stride`` pixels): less memory."""
-        self.vae.vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
-                                   tile_sample_stride_height=stride, tile_sample_stride_width=stride)  # fmt: skip
+        self.vae.vae.enable_tiling(
+            tile_sample_min_height=tile,
+            tile_sample_min_width=tile,
+            tile_sample_stride_height=stride,
+            tile_sample_stride_width=stride,
+        )
 
     # --- properties ---------------------------------------------------------------------------------------------
     @property
@@ -593,8 +648,9 @@ class Diff4SplatPipeline:
             hook = self.camera_wan.register_forward_hook(tick)
             try:
                 plucker = plucker_for_latents(c2w[None].to(dev), fxfycxcy[None].to(dev), h, w)
-                latents = sample_latents(self.camera_wan, cond, num_latent, embeds[:1], embeds[1:] if guided else None,
-                                         plucker, sampling)  # fmt: skip
+                latents = sample_latents(
+                    self.camera_wan, cond, num_latent, embeds[:1], embeds[1:] if guided else None, plucker, sampling
+                )
             finally:
                 hook.remove()
         if not torch.isfinite(latents).all():
@@ -606,8 +662,9 @@ class Diff4SplatPipeline:
         cams = c2w.double().clone()
         cams[:, :3, 3] *= translation_scale
         with stages("lrdm"):
-            scene, frames = self.reconstruct(latents, video, cams.float(), fxfycxcy.float(), times, query_times,
-                                             lrdm_input_frames, prune_threshold)  # fmt: skip
+            scene, frames = self.reconstruct(
+                latents, video, cams.float(), fxfycxcy.float(), times, query_times, lrdm_input_frames, prune_threshold
+            )
         return Generation(latents[0], video, scene, frames, dict(stages.timings))
 
     @torch.no_grad()
@@ -641,21 +698,24 @@ class Diff4SplatPipeline:
             idx = torch.linspace(0, f - 1, max(1, input_frames)).round().long().unique()
         with self._placed(self.lrdm), torch.autocast(dev.type, torch.bfloat16, enabled=self.autocast):
             if cfg.encoder == "latent":
-                out = self.lrdm(cams[None], fx[None], t[None], q[None], latents=latents.to(dev),
-                                image_size=tuple(video.shape[-2:]))  # fmt: skip
+                out = self.lrdm(
+                    cams[None], fx[None], t[None], q[None], latents=latents.to(dev), image_size=tuple(video.shape[-2:])
+                )
             else:
                 i = idx.to(dev)
                 out = self.lrdm(cams[i][None], fx[i][None], t[i][None], q[None], images=video[i][None].to(dev))
         dg = out.gaussians
-        gaussians = DeformableGaussians(dg.canonical.unbind()[0], dg.times[0], dg.delta_means[0], dg.delta_quats[0],
-                                        dg.delta_log_scales[0])  # fmt: skip
+        gaussians = DeformableGaussians(
+            dg.canonical.unbind()[0], dg.times[0], dg.delta_means[0], dg.delta_quats[0], dg.delta_log_scales[0]
+        )
         threshold = cfg.prune_threshold if prune_threshold is None else prune_threshold
         gaussians = gaussians.prune(threshold) if threshold > 0 else gaussians
         return Reconstruction(gaussians, cams, fx, t, tuple(video.shape[-2:])), idx
 
     @torch.no_grad()
-    def render(self, scene: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor, bar: Any = None
-               ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def render(
+        self, scene: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor, bar: Any = None
+    ) -> tuple[Tensor, Tensor]:
         """View k = camera k at time k: RGB [V, 3, H, W] and depth [V, 1, H, W] (one progress tick per view)."""
         rgbs, depths = [], []
         dev = scene.c2w.device
@@ -671,23 +731,35 @@ class Diff4SplatPipeline:
     def describe(self) -> dict:
         """Model sources and architecture facts for ``meta.json``."""
         c = self.lrdm.config
-        return {**self.sources, "untrained": self.untrained, "decoder": self.decoder, "lrdm_encoder": c.encoder,
-                "lrdm_gaussian_stride": c.gaussian_stride, "lrdm_gaussian_frame_step": c.gaussian_frame_step,
-                "dtype": str(next(self.camera_wan.parameters()).dtype).removeprefix("torch."),
-                "device": str(self.device), "offload": self.offload, "text_device": str(self.text_device)}  # fmt: skip
+        return {
+            **self.sources,
+            "untrained": self.untrained,
+            "decoder": self.decoder,
+            "lrdm_encoder": c.encoder,
+            "lrdm_gaussian_stride": c.gaussian_stride,
+            "lrdm_gaussian_frame_step": c.gaussian_frame_step,
+            "dtype": str(next(self.camera_wan.parameters()).dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "offload": self.offload,
+            "text_device": str(self.text_device),
+        }
 
 
 def check_model_paths(cfg: GenerateConfig) -> None:
     """Every weight path the config needs exists (checked before anything is loaded or written)."""
     m, cw = cfg.models, cfg.models.camera_wan
-    need = [("models.text_encoder", m.text_encoder, "a diffusers root with text_encoder/ and tokenizer/"),
-            ("models.vae", m.vae, "a diffusers root with vae/ or the VAE folder"),
-            ("models.lrdm", m.lrdm, "an LRDM training export (.safetensors) or a .ckpt")]  # fmt: skip
+    need = [
+        ("models.text_encoder", m.text_encoder, "a diffusers root with text_encoder/ and tokenizer/"),
+        ("models.vae", m.vae, "a diffusers root with vae/ or the VAE folder"),
+        ("models.lrdm", m.lrdm, "an LRDM training export (.safetensors) or a .ckpt"),
+    ]
     if cw.init == "pretrained":
         need.append(("models.camera_wan.pretrained_path", cw.pretrained_path, "a diffusers Wan2.2-TI2V-5B folder"))
     if cw.init == "original":
-        need += [(f"models.camera_wan.original_paths[{i}]", p, "the release's DiT safetensors")
-                 for i, p in enumerate(cw.original_paths or [None])]  # fmt: skip
+        need += [
+            (f"models.camera_wan.original_paths[{i}]", p, "the release's DiT safetensors")
+            for i, p in enumerate(cw.original_paths or [None])
+        ]
     if cw.camera_weights:
         need.append(("models.camera_wan.camera_weights", cw.camera_weights, "CameraWan camera weights .safetensors"))
     if cfg.decoder == "tiny_vae":
@@ -725,8 +797,9 @@ def model_size(cfg: GenerateConfig) -> tuple[int, int]:
     return h, w
 
 
-def make_job(cfg: GenerateConfig, image: str | Path, camera: str, prompt: str, seed: int, target: Path,
-             where: str = "") -> Job:  # fmt: skip
+def make_job(
+    cfg: GenerateConfig, image: str | Path, camera: str, prompt: str, seed: int, target: Path, where: str = ""
+) -> Job:
     """Read, check and fit one (image, trajectory); ``where`` prefixes errors (e.g. a CSV row)."""
     try:
         pixels = read_image(image)
@@ -765,8 +838,10 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
             columns = set(reader.fieldnames or [])
             unknown = columns - {"image", "trajectory", "prompt", "name", "seed"}
             if "image" not in columns or unknown:
-                raise InputError(f"batch={src}: header {sorted(columns)}; expected a column 'image' and optionally "
-                                 f"'trajectory', 'prompt', 'name', 'seed'")  # fmt: skip
+                raise InputError(
+                    f"batch={src}: header {sorted(columns)}; expected a column 'image' and optionally "
+                    f"'trajectory', 'prompt', 'name', 'seed'"
+                )
             for row in reader:
                 i = reader.line_num
                 if not (row.get("image") or "").strip():
@@ -796,8 +871,17 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
             raise InputError(f"{where}field seed is {seed_text!r}; expected an integer") from e
         target = out / name
         check_target(target, cfg.overwrite, f"{where}output folder")
-        jobs.append(make_job(cfg, row["image"], (row.get("trajectory") or "").strip() or cfg.camera,
-                             (row.get("prompt") or "").strip() or cfg.prompt, seed, target, where))  # fmt: skip
+        jobs.append(
+            make_job(
+                cfg,
+                row["image"],
+                (row.get("trajectory") or "").strip() or cfg.camera,
+                (row.get("prompt") or "").strip() or cfg.prompt,
+                seed,
+                target,
+                where,
+            )
+        )
     return jobs
 
 
@@ -842,8 +926,14 @@ def render_outputs(pipe: Diff4SplatPipeline, gen: Generation, opts: RenderOption
     with stages("render", total=f + n, unit="view") as bar:
         rgb, depth = pipe.render(scene, scene.c2w, scene.fxfycxcy, scene.input_times, bar)
         novel, _ = pipe.render(scene, novel_c2w, scene.fxfycxcy[:1].expand(n, 4), torch.full((n,), 0.5), bar)
-    info = {"preset": opts.novel_preset, "strength": opts.novel_strength, "frames": n, "time": 0.5,
-            "look_at": centre, "c2w": novel_c2w.tolist()}  # fmt: skip
+    info = {
+        "preset": opts.novel_preset,
+        "strength": opts.novel_strength,
+        "frames": n,
+        "time": 0.5,
+        "look_at": centre,
+        "c2w": novel_c2w.tolist(),
+    }
     return Views(rgb, depth, novel, novel_c2w, info)
 
 
@@ -877,10 +967,12 @@ def write_outputs(
         early.append(("scene.safetensors", lambda: save_4d(g, folder / "scene.safetensors", scene_metadata)))
     if "ply" in outputs:
         early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply")))
-    videos = {"video": ("video.mp4", lambda: to_uint8(gen.video)),
-              "render": ("render.mp4", lambda: to_uint8(rendered["views"].rgb)),
-              "novel": ("novel.mp4", lambda: to_uint8(rendered["views"].novel)),
-              "depth": ("depth.mp4", lambda: depth_to_color(rendered["views"].depth))}  # fmt: skip
+    videos = {
+        "video": ("video.mp4", lambda: to_uint8(gen.video)),
+        "render": ("render.mp4", lambda: to_uint8(rendered["views"].rgb)),
+        "novel": ("novel.mp4", lambda: to_uint8(rendered["views"].novel)),
+        "depth": ("depth.mp4", lambda: depth_to_color(rendered["views"].depth)),
+    }
     for key, (name, frames) in videos.items():
         if key in outputs:
             step = (name, lambda name=name, frames=frames: _write_video(frames(), folder / name, fps, video_preset))
@@ -925,8 +1017,16 @@ def _plot(gen: Generation, views: Views, path: Path) -> None:
     plot_trajectory(gen.scene.c2w.cpu(), path, gen.scene.fxfycxcy.cpu(), title="trajectory (LRDM units, OpenCV)")
 
 
-def build_meta(job: Job, pipe: Diff4SplatPipeline, gen: Generation, views: Views, cfg: GenerateConfig,
-               sampling: SamplingConfig, files: list[str], load_s: float) -> dict:  # fmt: skip
+def build_meta(
+    job: Job,
+    pipe: Diff4SplatPipeline,
+    gen: Generation,
+    views: Views,
+    cfg: GenerateConfig,
+    sampling: SamplingConfig,
+    files: list[str],
+    load_s: float,
+) -> dict:
     """meta.json: inputs, seeds, models, per-stage timings and the trajectory a viewer needs (``trajectory``)."""
     import diffusers
 
@@ -948,12 +1048,12 @@ def build_meta(job: Job, pipe: Diff4SplatPipeline, gen: Generation, views: Views
             "negative_prompt": cfg.negative_prompt,
             "trajectory_options": asdict(cfg.trajectory),
             "cameras": job.cameras.source,
-        },  # fmt: skip
+        },
         "preprocess": {
             **job.fit,
             "method": "resize to cover (bicubic, antialiased), centre crop; normalised "
             "intrinsics of the input image carried through the crop",
-        },  # fmt: skip
+        },
         "seed": job.seed,
         "seeds": {"sampling_noise": sampling.seed, "tiny_weights": cfg.seed if pipe.untrained else None},
         "sampling": asdict(sampling),
@@ -964,7 +1064,7 @@ def build_meta(job: Job, pipe: Diff4SplatPipeline, gen: Generation, views: Views
             "prune_threshold": cfg.lrdm.prune_threshold,
             "num_gaussians": scene.gaussians.num_gaussians,
             "query_times": scene.gaussians.times.tolist(),
-        },  # fmt: skip
+        },
         "timings": timings,
         "trajectory": {
             "c2w": scene.c2w.cpu().tolist(),
@@ -974,7 +1074,7 @@ def build_meta(job: Job, pipe: Diff4SplatPipeline, gen: Generation, views: Views
             "width": scene.image_size[1],
             "fps": cfg.fps,
             "convention": "OpenCV c2w in LRDM units (camera 0 = identity), normalised fxfycxcy",
-        },  # fmt: skip
+        },
         "novel": views.novel_info,
         "files": [*files, "meta.json"],
         "versions": {
@@ -982,38 +1082,70 @@ def build_meta(job: Job, pipe: Diff4SplatPipeline, gen: Generation, views: Views
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return meta
 
 
-def run_job(pipe: Diff4SplatPipeline, job: Job, cfg: GenerateConfig, load_s: float = 0.0,
-            outputs: tuple[str, ...] = OUTPUTS) -> Path:  # fmt: skip
+def run_job(
+    pipe: Diff4SplatPipeline, job: Job, cfg: GenerateConfig, load_s: float = 0.0, outputs: tuple[str, ...] = OUTPUTS
+) -> Path:
     """Generate one scene and write every output into ``job.target`` atomically; returns the folder."""
     label = f"[{UNTRAINED_LABEL}] " if pipe.untrained else ""
-    log.info("%sgenerating %s (camera=%s, %d frames, seed %d) -> %s", label, job.image_path.name, job.camera_spec,
-             job.cameras.c2w.shape[0], job.seed, job.target)  # fmt: skip
+    log.info(
+        "%sgenerating %s (camera=%s, %d frames, seed %d) -> %s",
+        label,
+        job.image_path.name,
+        job.camera_spec,
+        job.cameras.c2w.shape[0],
+        job.seed,
+        job.target,
+    )
     sampling = replace(cfg.sampling, seed=job.seed)
     stages = Stages(pipe.device, progress=cfg.progress)
     with atomic_output_dir(job.target, cfg.overwrite) as tmp:
-        gen = pipe(job.image, job.cameras.c2w.float(), job.cameras.fxfycxcy.float(), job.cameras.times.float(),
-                   job.prompt, cfg.negative_prompt, sampling, query_times=_query_times(job, cfg),
-                   lrdm_input_frames=cfg.lrdm.input_frames, translation_scale=cfg.lrdm.translation_scale,
-                   prune_threshold=cfg.lrdm.prune_threshold, stages=stages)  # fmt: skip
-        scene_meta = {"image": str(job.image_path), "prompt": job.prompt, "seed": job.seed,
-                      "untrained": pipe.untrained}  # fmt: skip
+        gen = pipe(
+            job.image,
+            job.cameras.c2w.float(),
+            job.cameras.fxfycxcy.float(),
+            job.cameras.times.float(),
+            job.prompt,
+            cfg.negative_prompt,
+            sampling,
+            query_times=_query_times(job, cfg),
+            lrdm_input_frames=cfg.lrdm.input_frames,
+            translation_scale=cfg.lrdm.translation_scale,
+            prune_threshold=cfg.lrdm.prune_threshold,
+            stages=stages,
+        )
+        scene_meta = {"image": str(job.image_path), "prompt": job.prompt, "seed": job.seed, "untrained": pipe.untrained}
         file_timings: dict[str, float] = {}
-        files, views = write_outputs(gen, lambda: render_outputs(pipe, gen, cfg.render, stages), tmp, cfg.fps, stages,
-                                     outputs, scene_meta, cfg.video_preset, file_timings)  # fmt: skip
+        files, views = write_outputs(
+            gen,
+            lambda: render_outputs(pipe, gen, cfg.render, stages),
+            tmp,
+            cfg.fps,
+            stages,
+            outputs,
+            scene_meta,
+            cfg.video_preset,
+            file_timings,
+        )
         gen.timings = dict(stages.timings)
         meta = build_meta(job, pipe, gen, views, cfg, sampling, files, load_s)
         meta["timings"]["write_files"] = {k: round(v, 6) for k, v in sorted(file_timings.items())}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     t = meta["timings"]
-    log.info("%s%d Gaussians, %d query times; %.2f s (%s) -> %s", label, gen.scene.gaussians.num_gaussians,
-             gen.scene.gaussians.num_times, t["total"], ", ".join(f"{k} {t[k]:.2f}" for k in STAGES if k in t),
-             job.target)  # fmt: skip
+    log.info(
+        "%s%d Gaussians, %d query times; %.2f s (%s) -> %s",
+        label,
+        gen.scene.gaussians.num_gaussians,
+        gen.scene.gaussians.num_times,
+        t["total"],
+        ", ".join(f"{k} {t[k]:.2f}" for k in STAGES if k in t),
+        job.target,
+    )
     return job.target
 
 
@@ -1046,18 +1178,24 @@ def generate(cfg: GenerateConfig) -> Path:
     start = time.perf_counter()
     pipe = Diff4SplatPipeline.from_config(cfg)
     if cfg.compile is None and pipe.device.type == "cuda" and len(jobs) >= AUTO_COMPILE_JOBS:
-        log.info("compiling the CameraWan blocks for %d scenes (the first one pays ~12 s; compile=false to skip)",
-                 len(jobs))  # fmt: skip
+        log.info(
+            "compiling the CameraWan blocks for %d scenes (the first one pays ~12 s; compile=false to skip)", len(jobs)
+        )
         pipe.compile()
     load_s = time.perf_counter() - start
     unit = pipe.size_multiple
     if any(j.image.shape[-1] % unit or j.image.shape[-2] % unit for j in jobs):
-        raise InputError(f"height x width = {jobs[0].image.shape[-2]}x{jobs[0].image.shape[-1]}: these models need "
-                         f"multiples of {unit}")  # fmt: skip
+        raise InputError(
+            f"height x width = {jobs[0].image.shape[-2]}x{jobs[0].image.shape[-1]}: these models need "
+            f"multiples of {unit}"
+        )
     done = [run_job(pipe, job, cfg, load_s) for job in jobs]
     if cfg.batch:
-        index = {"batch": str(Path(cfg.batch).resolve()), "jobs": [str(p.name) for p in done],
-                 "untrained": pipe.untrained}  # fmt: skip
+        index = {
+            "batch": str(Path(cfg.batch).resolve()),
+            "jobs": [str(p.name) for p in done],
+            "untrained": pipe.untrained,
+        }
         tmp = out / f".batch.json.tmp-{uuid.uuid4().hex[:8]}"
         tmp.write_text(json.dumps(index, indent=1))
         os.replace(tmp, out / "batch.json")

@@ -99,8 +99,10 @@ def _npz_field(data: np.lib.npyio.NpzFile, path: Path, names: tuple[str, ...], r
             try:
                 a = np.asarray(data[n])
             except (ValueError, OSError, EOFError) as e:  # object arrays (pickles) are refused; truncated members
-                raise InputError(f"{path}: field {n} is not a plain numeric array ({e}); expected a numeric "
-                                 f"array saved without pickling (np.savez)") from e  # fmt: skip
+                raise InputError(
+                    f"{path}: field {n} is not a plain numeric array ({e}); expected a numeric "
+                    f"array saved without pickling (np.savez)"
+                ) from e
             if a.dtype.kind not in "biuf":
                 raise InputError(f"{path}: field {n} has dtype {a.dtype}; expected numbers")
             return a
@@ -169,21 +171,27 @@ def check_poses(c2w: Tensor, fxfycxcy: Tensor, path: str | Path, name: str = "c2
         raise InputError(f"{path}: field {name} holds zero cameras; expected at least one (F,4,4) pose")
     bad = ~torch.isfinite(c2w).flatten(1).all(1)
     if bad.any():
-        raise InputError(f"{path}: field {name}, frame {int(bad.nonzero()[0])}: non-finite values (NaN or inf); "
-                         f"expected a finite OpenCV camera-to-world matrix")  # fmt: skip
+        raise InputError(
+            f"{path}: field {name}, frame {int(bad.nonzero()[0])}: non-finite values (NaN or inf); "
+            f"expected a finite OpenCV camera-to-world matrix"
+        )
     rot = c2w[:, :3, :3].double()
     err = (rot.transpose(1, 2) @ rot - torch.eye(3, dtype=rot.dtype)).abs().flatten(1).amax(1)
     last = (c2w[:, 3].double() - c2w.new_tensor([0.0, 0.0, 0.0, 1.0]).double()).abs().amax(1)
     bad = (err > 1e-3) | (torch.linalg.det(rot) <= 0) | (last > 1e-6)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise InputError(f"{path}: field {name}, frame {i}: not a rigid pose (|RᵀR - I| = {float(err[i]):.2g}, "
-                         f"det R = {float(torch.linalg.det(rot[i])):.3g}); expected [R t; 0 0 0 1] with R orthonormal, "
-                         f"det +1")  # fmt: skip
+        raise InputError(
+            f"{path}: field {name}, frame {i}: not a rigid pose (|RᵀR - I| = {float(err[i]):.2g}, "
+            f"det R = {float(torch.linalg.det(rot[i])):.3g}); expected [R t; 0 0 0 1] with R orthonormal, "
+            f"det +1"
+        )
     bad = ~torch.isfinite(fxfycxcy).all(1) | (fxfycxcy[:, :2] <= 0).any(1)
     if bad.any():
-        raise InputError(f"{path}: field fxfycxcy, frame {int(bad.nonzero()[0])}: expected finite normalised "
-                         f"intrinsics with fx/W, fy/H > 0")  # fmt: skip
+        raise InputError(
+            f"{path}: field fxfycxcy, frame {int(bad.nonzero()[0])}: expected finite normalised "
+            f"intrinsics with fx/W, fy/H > 0"
+        )
 
 
 def read_cameras(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -206,8 +214,9 @@ def read_cameras(path: str | Path) -> tuple[Tensor, Tensor]:
     return traj.c2w.float(), traj.fxfycxcy.float()
 
 
-def fit_to_multiple(images: Tensor, fxfycxcy: Tensor, multiple: int, size: tuple[int, int] | None = None
-                    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+def fit_to_multiple(
+    images: Tensor, fxfycxcy: Tensor, multiple: int, size: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor]:
     """Resize to ``size`` (H, W) when given (normalised intrinsics unchanged), then centre-crop to multiples of
     ``multiple`` with the intrinsics updated for the crop."""
     import torch.nn.functional as F

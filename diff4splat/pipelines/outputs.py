@@ -63,8 +63,9 @@ class SceneOutput:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(target: str | Path, overwrite: bool = False, where: str = "--out",
-                      overwrite_flag: str = "--overwrite") -> Iterator[Path]:  # fmt: skip
+def atomic_output_dir(
+    target: str | Path, overwrite: bool = False, where: str = "--out", overwrite_flag: str = "--overwrite"
+) -> Iterator[Path]:
     """A fresh temporary folder beside ``target`` to write into; renamed onto ``target`` when the block succeeds,
     removed (with any parent folders this made) when it fails, so a failed run leaves nothing behind. An existing
     non-empty ``target`` is an `InputError` (naming ``where`` and ``overwrite_flag``) unless ``overwrite``; it is

@@ -54,8 +54,10 @@ def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
     else:
         ckpt = load_torch_file(path, "LRDM weights")
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-            raise WeightsError(f"LRDM weights: {path}: no 'state_dict' mapping; expected a Lightning checkpoint "
-                               "(.ckpt) of a reconstruction run, or a .safetensors export")  # fmt: skip
+            raise WeightsError(
+                f"LRDM weights: {path}: no 'state_dict' mapping; expected a Lightning checkpoint "
+                "(.ckpt) of a reconstruction run, or a .safetensors export"
+            )
         hparams = ckpt.get("hyper_parameters")
         model_cfg = hparams.get("model") if isinstance(hparams, dict) else None
         state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -107,24 +109,32 @@ class ReconstructionPipeline:
         latents = None
         if self.model.config.encoder == "latent":
             latents = self.vae.to(dev).encode(images[None])
-        out = self.model(cams[None], fx[None], times.to(dev)[None], query.to(dev)[None],
-                         images=images[None] if latents is None else None, latents=latents,
-                         image_size=tuple(images.shape[-2:]))  # fmt: skip
+        out = self.model(
+            cams[None],
+            fx[None],
+            times.to(dev)[None],
+            query.to(dev)[None],
+            images=images[None] if latents is None else None,
+            latents=latents,
+            image_size=tuple(images.shape[-2:]),
+        )
         dg = out.gaussians
         unbatched = DeformableGaussians(
-            canonical=Gaussians(**{k: getattr(dg.canonical, k)[0] for k in ("means", "quats", "scales",
-                                                                            "opacities", "colors")}),
-            times=dg.times[0], delta_means=dg.delta_means[0], delta_quats=dg.delta_quats[0],
+            canonical=Gaussians(
+                **{k: getattr(dg.canonical, k)[0] for k in ("means", "quats", "scales", "opacities", "colors")}
+            ),
+            times=dg.times[0],
+            delta_means=dg.delta_means[0],
+            delta_quats=dg.delta_quats[0],
             delta_log_scales=dg.delta_log_scales[0],
-        )  # fmt: skip
+        )
         threshold = self.model.config.prune_threshold if prune_threshold is None else prune_threshold
         if threshold > 0:
             unbatched = unbatched.prune(threshold)
         return Reconstruction(unbatched, cams, fx, times.to(dev), tuple(images.shape[-2:]))
 
     @torch.no_grad()
-    def render_views(self, rec: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor
-                     ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    def render_views(self, rec: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
         """Render view k with camera k at time k: RGB [V, 3, H, W] and depth [V, 1, H, W]."""
         h, w = rec.image_size
         rgbs, depths = [], []

@@ -101,8 +101,17 @@ def split_batch(batch: dict[str, Any], lrdm_num_input: int) -> AlignView:
     if "images" in batch:
         fi = int(batch["num_input"])
         im, c2w, k, t = batch["images"], batch["c2w"], batch["fxfycxcy"], batch["timestamps"]
-        return AlignView(im[:, :fi], c2w[:, :fi], k[:, :fi], t[:, :fi], torch.arange(fi, device=im.device),
-                         im[:, fi:], c2w[:, fi:], k[:, fi:], t[:, fi:])  # fmt: skip
+        return AlignView(
+            im[:, :fi],
+            c2w[:, :fi],
+            k[:, :fi],
+            t[:, :fi],
+            torch.arange(fi, device=im.device),
+            im[:, fi:],
+            c2w[:, fi:],
+            k[:, fi:],
+            t[:, fi:],
+        )
     if "frames" not in batch:
         raise ValueError("alignment batch: expected 'images' + 'num_input' (clip contract) or 'frames' (video)")
     frames = batch["frames"]
@@ -112,8 +121,9 @@ def split_batch(batch: dict[str, Any], lrdm_num_input: int) -> AlignView:
     times = torch.linspace(0, 1, f, device=frames.device).expand(b, f)
     n = min(lrdm_num_input, f)
     idx = torch.linspace(0, f - 1, n, device=frames.device).round().long()
-    return AlignView(frames, batch["c2w"], batch["fxfycxcy"], times, idx, frames, batch["c2w"], batch["fxfycxcy"],
-                     times)  # fmt: skip
+    return AlignView(
+        frames, batch["c2w"], batch["fxfycxcy"], times, idx, frames, batch["c2w"], batch["fxfycxcy"], times
+    )
 
 
 class LatentAlignmentSystem(L.LightningModule):
@@ -145,13 +155,23 @@ class LatentAlignmentSystem(L.LightningModule):
         self.lrdm_cfg = to_dataclass(LRDMConfig, lrdm, "system.lrdm") if lrdm is not None else None
         self.max_steps, self.lrdm_num_input, self.render_views = max_steps, lrdm_num_input, render_views
         self.render_backend, self.eval_wan_decode = render_backend, eval_wan_decode
-        self.save_hyperparameters({
-            "aligner": asdict(self.aligner_cfg), "loss": to_plain(self.loss_cfg), "optim": to_plain(self.optim_cfg),
-            "train_parts": to_plain(self.train_cfg), "taehv_path": taehv_path, "vae": vae, "vae_path": vae_path,
-            "tiny_vae_base_dim": tiny_vae_base_dim,
-            "lrdm": to_plain(self.lrdm_cfg) if self.lrdm_cfg else None, "lrdm_init_from": lrdm_init_from,
-            "lrdm_num_input": lrdm_num_input, "render_views": render_views, "max_steps": max_steps,
-        })  # fmt: skip
+        self.save_hyperparameters(
+            {
+                "aligner": asdict(self.aligner_cfg),
+                "loss": to_plain(self.loss_cfg),
+                "optim": to_plain(self.optim_cfg),
+                "train_parts": to_plain(self.train_cfg),
+                "taehv_path": taehv_path,
+                "vae": vae,
+                "vae_path": vae_path,
+                "tiny_vae_base_dim": tiny_vae_base_dim,
+                "lrdm": to_plain(self.lrdm_cfg) if self.lrdm_cfg else None,
+                "lrdm_init_from": lrdm_init_from,
+                "lrdm_num_input": lrdm_num_input,
+                "render_views": render_views,
+                "max_steps": max_steps,
+            }
+        )
 
         self.aligner = LatentAligner(self.aligner_cfg)
         if taehv_path:
@@ -164,15 +184,18 @@ class LatentAlignmentSystem(L.LightningModule):
                 raise ValueError("system.vae=pretrained needs system.vae_path (a local diffusers Wan VAE folder)")
             self._vae.append(WanVAE.from_pretrained(vae_path))
         elif vae == "tiny":
-            self._vae.append(WanVAE.tiny(z_dim=self.aligner.latent_channels, calibrate=True,
-                                         base_dim=tiny_vae_base_dim))  # fmt: skip
+            self._vae.append(
+                WanVAE.tiny(z_dim=self.aligner.latent_channels, calibrate=True, base_dim=tiny_vae_base_dim)
+            )
         else:
             raise ValueError(f"system.vae must be 'pretrained' or 'tiny', got {vae!r}")
         wan = self._vae[0]
         if (wan.latent_channels, wan.stride_s) != (self.aligner.latent_channels, self.aligner.stride_s):
-            raise ValueError(f"Wan VAE gives {wan.latent_channels} channels at stride {wan.stride_s}; the TinyVAE "
-                             f"({self.aligner_cfg.version}) expects {self.aligner.latent_channels} at "
-                             f"{self.aligner.stride_s}")  # fmt: skip
+            raise ValueError(
+                f"Wan VAE gives {wan.latent_channels} channels at stride {wan.stride_s}; the TinyVAE "
+                f"({self.aligner_cfg.version}) expects {self.aligner.latent_channels} at "
+                f"{self.aligner.stride_s}"
+            )
         self.aligner.set_normalisation(wan.mean, wan.std)
 
         self._lrdm: list[LRDM] = []
@@ -185,8 +208,10 @@ class LatentAlignmentSystem(L.LightningModule):
 
                 load_lrdm_weights(model, lrdm_init_from)
             else:
-                log.warning("system.lrdm_init_from is not set: the frozen LRDM has random weights, so the render loss "
-                            "and val/psnr_render only check the plumbing")  # fmt: skip
+                log.warning(
+                    "system.lrdm_init_from is not set: the frozen LRDM has random weights, so the render loss "
+                    "and val/psnr_render only check the plumbing"
+                )
             self._lrdm.append(model.eval().requires_grad_(False))
         elif self.loss_cfg.render > 0:
             raise ValueError("system.loss.render > 0 needs a frozen LRDM (system.lrdm)")
@@ -227,12 +252,25 @@ class LatentAlignmentSystem(L.LightningModule):
         model = self.lrdm(frames.device)
         i = view.lrdm_inputs
         h, w = frames.shape[-2:]
-        out = model(c2w=view.c2w[:, i], fxfycxcy=view.fxfycxcy[:, i], input_times=view.times[:, i],
-                    query_times=view.target_times[:, targets], images=frames[:, i], image_size=(h, w))  # fmt: skip
+        out = model(
+            c2w=view.c2w[:, i],
+            fxfycxcy=view.fxfycxcy[:, i],
+            input_times=view.times[:, i],
+            query_times=view.target_times[:, targets],
+            images=frames[:, i],
+            image_size=(h, w),
+        )
         g = gaussians_at_all_times(out.gaussians)
         bg = torch.zeros(3, device=frames.device)
-        r = render(g, view.target_c2w[:, targets, None], view.target_fxfycxcy[:, targets, None], h, w,
-                   backend=self.render_backend, background=bg)  # fmt: skip
+        r = render(
+            g,
+            view.target_c2w[:, targets, None],
+            view.target_fxfycxcy[:, targets, None],
+            h,
+            w,
+            backend=self.render_backend,
+            background=bg,
+        )
         return r.rgb[:, :, 0]
 
     # --- losses ----------------------------------------------------------------------------------------------------
@@ -242,8 +280,10 @@ class LatentAlignmentSystem(L.LightningModule):
         view = split_batch(batch, self.lrdm_num_input)
         frames = view.frames
         if (frames.shape[1] - 1) % 4:
-            raise ValueError(f"latent alignment needs 1 + 4k time-ordered frames per clip, got {frames.shape[1]} "
-                             "(clip contract: set data.sampling.num_input to 1 + 4k)")  # fmt: skip
+            raise ValueError(
+                f"latent alignment needs 1 + 4k time-ordered frames per clip, got {frames.shape[1]} "
+                "(clip contract: set data.sampling.num_input to 1 + 4k)"
+            )
         latents = self.wan_latents(batch, view)
         decoded = self.aligner.decode(latents, clamp=False)  # [B, F, 3, H, W]
         parts: dict[str, Tensor] = {}
@@ -265,8 +305,10 @@ class LatentAlignmentSystem(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses, view, decoded, _ = self.compute_losses(batch)
         if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {self.global_step}: "
-                                     f"{ {k: float(v) for k, v in losses.items()} } for {batch.get('key')}")  # fmt: skip
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: "
+                f"{ {k: float(v) for k, v in losses.items()} } for {batch.get('key')}"
+            )
         bs = view.frames.shape[0]
         for k, v in losses.items():
             self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
@@ -292,8 +334,11 @@ class LatentAlignmentSystem(L.LightningModule):
             log_("psnr_render", psnr(self.render_from(decoded, view, j).clamp(0, 1), view.targets[:, j]))
             log_("psnr_render_real", psnr(self.render_from(frames, view, j).clamp(0, 1), view.targets[:, j]))
         if batch_idx == 0:
-            self.last_media = {"inputs": frames[0, :1].float().cpu(), "target": frames[0].float().cpu(),
-                               "pred": decoded[0].float().cpu()}  # fmt: skip
+            self.last_media = {
+                "inputs": frames[0, :1].float().cpu(),
+                "target": frames[0].float().cpu(),
+                "pred": decoded[0].float().cpu(),
+            }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)
@@ -307,5 +352,7 @@ class LatentAlignmentSystem(L.LightningModule):
         if not params:
             raise ValueError("system.train_parts: nothing to train (every part is frozen)")
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        return {"optimizer": optimizer,
-                "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)}  # fmt: skip
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio),
+        }

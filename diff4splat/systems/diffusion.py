@@ -109,10 +109,20 @@ class CameraDiffusionSystem(L.LightningModule):
             raise ValueError(f"system.objective.cfg_dropout must be in [0, 1), got {self.objective.cfg_dropout}")
         self.max_steps = max_steps
         self.save_hyperparameters(
-            {"model": to_plain(self.model_cfg), "objective": to_plain(self.objective), "optim": to_plain(self.optim_cfg),
-             "sampling": to_plain(self.sampling), "scale": to_plain(self.scale), "max_steps": max_steps, "vae": vae,
-             "vae_path": vae_path, "text_cache": text_cache, "null_prompt": null_prompt, "text_len": text_len}
-        )  # fmt: skip
+            {
+                "model": to_plain(self.model_cfg),
+                "objective": to_plain(self.objective),
+                "optim": to_plain(self.optim_cfg),
+                "sampling": to_plain(self.sampling),
+                "scale": to_plain(self.scale),
+                "max_steps": max_steps,
+                "vae": vae,
+                "vae_path": vae_path,
+                "text_cache": text_cache,
+                "null_prompt": null_prompt,
+                "text_len": text_len,
+            }
+        )
         self.model: CameraWan | None = None
         self.text_len = text_len
         self.sample_every_n_val = sample_every_n_val
@@ -153,11 +163,22 @@ class CameraDiffusionSystem(L.LightningModule):
                 )
         sc = self.scale
         if mesh is not None:
-            prepare_blocks(self.model.transformer.blocks, sc.checkpoint_blocks, sc.compile_blocks, sc.checkpoint_mode,
-                           sc.compile_inside_checkpoint)  # fmt: skip
+            prepare_blocks(
+                self.model.transformer.blocks,
+                sc.checkpoint_blocks,
+                sc.compile_blocks,
+                sc.checkpoint_mode,
+                sc.compile_inside_checkpoint,
+            )
             dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
-            shard_wan(self.model, self.model.transformer.blocks, dp, getattr(torch, sc.param_dtype),
-                      getattr(torch, sc.reduce_dtype), storage_dtype=getattr(torch, self.model_cfg.dtype))  # fmt: skip
+            shard_wan(
+                self.model,
+                self.model.transformer.blocks,
+                dp,
+                getattr(torch, sc.param_dtype),
+                getattr(torch, sc.reduce_dtype),
+                storage_dtype=getattr(torch, self.model_cfg.dtype),
+            )
         elif sc.compile_blocks:
             prepare_blocks(self.model.transformer.blocks, 0, True, "none")
         self._null_embeds = self._load_null_prompt()
@@ -212,8 +233,9 @@ class CameraDiffusionSystem(L.LightningModule):
         x0 = self.batch_latents(batch)
         b = x0.shape[0]
         cams = self.plucker(batch, x0)
-        t = self.model.token_timesteps(torch.full((b,), 500.0, device=x0.device), x0.shape,
-                                       self.objective.num_cond_frames)  # fmt: skip
+        t = self.model.token_timesteps(
+            torch.full((b,), 500.0, device=x0.device), x0.shape, self.objective.num_cond_frames
+        )
         text = self.batch_text(batch, b, x0.device)
         return 3 * forward_flops(lambda: self.model(x0, t, text, cams))
 
@@ -241,8 +263,11 @@ class CameraDiffusionSystem(L.LightningModule):
         sigmas = self.sample_sigmas(b, device) if sigmas is None else sigmas
         noise = torch.randn_like(x0) if noise is None else noise
         if drop is None:
-            drop = torch.rand(b, device=device) < o.cfg_dropout if self.training else torch.zeros(b, dtype=torch.bool,
-                                                                                                  device=device)  # fmt: skip
+            drop = (
+                torch.rand(b, device=device) < o.cfg_dropout
+                if self.training
+                else torch.zeros(b, dtype=torch.bool, device=device)
+            )
         s = sigmas.view(-1, 1, 1, 1, 1)
         xt = self.model.replace_first_frame((1 - s) * x0 + s * noise, x0, o.num_cond_frames)
         target = noise - x0
@@ -301,15 +326,19 @@ class CameraDiffusionSystem(L.LightningModule):
 
         b = x0.shape[0]
         text = self.batch_text(batch, b, x0.device)
-        latents = sample_latents(self.model, x0[:, :, :1], x0.shape[2], text, self.null_text(b, x0.device),
-                                 cams, self.sampling)  # fmt: skip
+        latents = sample_latents(
+            self.model, x0[:, :, :1], x0.shape[2], text, self.null_text(b, x0.device), cams, self.sampling
+        )
         self.log(f"{prefix}/latent_mse_sampled", (latents[:, :, 1:] - x0[:, :, 1:]).square().mean(), batch_size=b)
         if self._vae:
             vae = self._vae[0].to(x0.device)
             video, target = vae.decode(latents), vae.decode(x0)
             self.log(f"{prefix}/psnr_sampled", psnr(video[:, 1:], target[:, 1:]), batch_size=b)
-            self.last_media = {"pred": video[0].float().cpu(), "target": target[0].float().cpu(),
-                               "inputs": target[0, :1].float().cpu()}  # fmt: skip
+            self.last_media = {
+                "pred": video[0].float().cpu(),
+                "target": target[0].float().cpu(),
+                "inputs": target[0, :1].float().cpu(),
+            }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)
@@ -324,14 +353,19 @@ class CameraDiffusionSystem(L.LightningModule):
     def configure_optimizers(self) -> Any:
         o = self.optim_cfg
         groups = self.model.parameter_groups()
-        param_groups = [{"params": groups["camera"], "lr": o.lr, "name": "camera"},
-                        {"params": groups["base"], "lr": o.lr * o.base_lr_mult, "name": "base"}]  # fmt: skip
+        param_groups = [
+            {"params": groups["camera"], "lr": o.lr, "name": "camera"},
+            {"params": groups["base"], "lr": o.lr * o.base_lr_mult, "name": "base"},
+        ]
         param_groups = [g for g in param_groups if g["params"]]
         fused = o.fused if o.fused is not None else param_groups[0]["params"][0].is_cuda
-        optimizer = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                                      eps=o.eps, fused=fused)  # fmt: skip
-        return {"optimizer": optimizer,
-                "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)}  # fmt: skip
+        optimizer = torch.optim.AdamW(
+            param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps, fused=fused
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio),
+        }
 
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None

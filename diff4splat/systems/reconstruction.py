@@ -111,7 +111,7 @@ class ReconstructionSystem(L.LightningModule):
                 "stage": stage,
                 "max_steps": max_steps,
                 "init_from": init_from,
-            }  # fmt: skip
+            }
         )
         self.model = LRDM(self.model_cfg)
         if init_from:
@@ -197,8 +197,16 @@ class ReconstructionSystem(L.LightningModule):
     def render_outputs(self, out: LRDMOutput, c2w: Tensor, fxfycxcy: Tensor, h: int, w: int) -> Tensor:
         """Render output view k at query time k, all in one call: [B, F_out, 3, H, W]."""
         g = gaussians_at_all_times(out.gaussians)  # batch [B, F_out]
-        r = render(g, c2w[:, :, None], fxfycxcy[:, :, None], h, w, backend=self.render_cfg.backend,
-                   background=self.background, tile_size=self.render_cfg.tile_size)  # fmt: skip
+        r = render(
+            g,
+            c2w[:, :, None],
+            fxfycxcy[:, :, None],
+            h,
+            w,
+            backend=self.render_cfg.backend,
+            background=self.background,
+            tile_size=self.render_cfg.tile_size,
+        )
         return r.rgb[:, :, 0]
 
     # --- losses ----------------------------------------------------------------------------------------------------
@@ -221,17 +229,29 @@ class ReconstructionSystem(L.LightningModule):
                 gt = F.interpolate(gt, size=(gh, gw), mode="nearest")
                 valid = F.interpolate(valid.float(), size=(gh, gw), mode="nearest") > 0.5
             fn = depth_loss_released if lc.depth_mode == "released" else depth_loss_paper
-            kw = {"gradient_weight": lc.depth_gradient_weight} if lc.depth_mode == "released" else {
-                "tv_weight": lc.depth_tv_weight}  # fmt: skip
+            kw = (
+                {"gradient_weight": lc.depth_gradient_weight}
+                if lc.depth_mode == "released"
+                else {"tv_weight": lc.depth_tv_weight}
+            )
             has = valid.flatten(1).any(1)
             parts["depth"] = torch.where(has, fn(out.depth, gt, valid, **kw), torch.zeros_like(has, dtype=rgb.dtype))
             parts["depth"] = parts["depth"] * batch["depth_weight"]
         if lc.motion > 0 and self.stage == "dynamic" and self.model.deform_head is not None:
             dm = out.gaussians.delta_means
             query_frames = torch.arange(fi, batch["c2w"].shape[1], device=dm.device)
-            pred, gt_motion, valid = track_motion(dm, out.grid, out.frame_indices, query_frames,
-                                                  batch["tracks_world"], batch["tracks_visible"], batch["c2w"],
-                                                  batch["fxfycxcy"], h, w)  # fmt: skip
+            pred, gt_motion, valid = track_motion(
+                dm,
+                out.grid,
+                out.frame_indices,
+                query_frames,
+                batch["tracks_world"],
+                batch["tracks_visible"],
+                batch["c2w"],
+                batch["fxfycxcy"],
+                h,
+                w,
+            )
             fn = motion_loss_released if lc.motion_mode == "released" else motion_loss_paper
             kw = {"distribution_weight": lc.motion_distribution_weight} if lc.motion_mode == "released" else {}
             has_tracks = valid.flatten(1).any(1)
@@ -241,8 +261,15 @@ class ReconstructionSystem(L.LightningModule):
             parts["opacity"] = out.gaussians.canonical.opacities.mean(-1)
         if lc.deformation_l2 > 0 and self.model.deform_head is not None:
             parts["deformation"] = out.gaussians.delta_means.square().flatten(1).mean(1)
-        weights = {"mse": lc.mse, "lpips": lc.lpips, "ssim": lc.ssim, "depth": lc.depth, "motion": lc.motion,
-                   "opacity": lc.opacity_l1, "deformation": lc.deformation_l2}  # fmt: skip
+        weights = {
+            "mse": lc.mse,
+            "lpips": lc.lpips,
+            "ssim": lc.ssim,
+            "depth": lc.depth,
+            "motion": lc.motion,
+            "opacity": lc.opacity_l1,
+            "deformation": lc.deformation_l2,
+        }
         total = sum(weights[k] * v for k, v in parts.items())
         return {"loss": total.mean(), **{k: v.mean() for k, v in parts.items()}}
 
@@ -282,8 +309,11 @@ class ReconstructionSystem(L.LightningModule):
             metric.update(value, count)
             self.log(f"{prefix}/{name}", metric)
         if batch_idx == 0:
-            self.last_media = {"pred": rgb[0].float().cpu(), "target": target[0].float().cpu(),
-                               "inputs": batch["images"][0, :fi].float().cpu()}  # fmt: skip
+            self.last_media = {
+                "pred": rgb[0].float().cpu(),
+                "target": target[0].float().cpu(),
+                "inputs": batch["images"][0, :fi].float().cpu(),
+            }
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val", batch_idx)
@@ -299,12 +329,16 @@ class ReconstructionSystem(L.LightningModule):
             if not p.requires_grad:
                 continue
             (trunk if name.startswith(("trunk.", "patch_embed.")) else heads).append(p)
-        groups = [{"params": trunk, "lr": o.lr * o.trunk_lr_mult, "name": "trunk"},
-                  {"params": heads, "lr": o.lr * o.head_lr_mult, "name": "heads"}]  # fmt: skip
+        groups = [
+            {"params": trunk, "lr": o.lr * o.trunk_lr_mult, "name": "trunk"},
+            {"params": heads, "lr": o.lr * o.head_lr_mult, "name": "heads"},
+        ]
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        return {"optimizer": optimizer,
-                "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio)}  # fmt: skip
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio),
+        }
 
 
 def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[Tensor, Tensor]]:
@@ -329,8 +363,18 @@ def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[
     if "tracks_world" in batch:
         dm = out.gaussians.delta_means
         query_frames = torch.arange(fi, batch["c2w"].shape[1], device=dm.device)
-        pred, target, valid = track_motion(dm, out.grid, out.frame_indices, query_frames, batch["tracks_world"],
-                                           batch["tracks_visible"], batch["c2w"], batch["fxfycxcy"], h, w)  # fmt: skip
+        pred, target, valid = track_motion(
+            dm,
+            out.grid,
+            out.frame_indices,
+            query_frames,
+            batch["tracks_world"],
+            batch["tracks_visible"],
+            batch["c2w"],
+            batch["fxfycxcy"],
+            h,
+            w,
+        )
         metrics["motion_epe"] = masked((pred - target).norm(dim=-1), valid)
     return metrics
 
@@ -362,14 +406,21 @@ def load_lrdm_weights(model: LRDM, path: str | Path) -> None:
     else:
         ckpt = load_torch_file(path, "init_from")
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-            raise WeightsError(f"init_from: {path}: expected a Lightning checkpoint with a 'state_dict' (or a "
-                               ".safetensors export)")  # fmt: skip
+            raise WeightsError(
+                f"init_from: {path}: expected a Lightning checkpoint with a 'state_dict' (or a .safetensors export)"
+            )
         state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     own = model.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     result = model.load_state_dict(compatible, strict=False)
-    log.info("init_from %s: loaded %d tensors; shape mismatch %s; missing %s; unexpected %s", path,
-             len(compatible), skipped, result.missing_keys, result.unexpected_keys)  # fmt: skip
+    log.info(
+        "init_from %s: loaded %d tensors; shape mismatch %s; missing %s; unexpected %s",
+        path,
+        len(compatible),
+        skipped,
+        result.missing_keys,
+        result.unexpected_keys,
+    )
     if not compatible:
         raise ValueError(f"init_from {path}: no tensor matches the model (is it an LRDM export?)")

@@ -160,13 +160,22 @@ def load_sweep(sweep: Path) -> list[Job]:
     jobs = []
     for d in dirs:
         overrides = parse_overrides(d / ".hydra" / "overrides.yaml")
-        jobs.append(Job(num=int(d.name), path=d, overrides=overrides, seed=_job_seed(d, overrides),
-                        metrics=read_summary(d / "summary.json"), curves=read_curves(d),
-                        wall_s=_wall_seconds(d)))  # fmt: skip
+        jobs.append(
+            Job(
+                num=int(d.name),
+                path=d,
+                overrides=overrides,
+                seed=_job_seed(d, overrides),
+                metrics=read_summary(d / "summary.json"),
+                curves=read_curves(d),
+                wall_s=_wall_seconds(d),
+            )
+        )
     varying = sorted(
-        k for k in {k for j in jobs for k in j.overrides}
+        k
+        for k in {k for j in jobs for k in j.overrides}
         if k not in ("experiment", "seed") and len({j.overrides.get(k) for j in jobs}) > 1
-    )  # fmt: skip
+    )
     for j in jobs:
         parts = [j.overrides["experiment"]] if "experiment" in j.overrides else []
         parts += [f"{k}={j.overrides[k]}" for k in varying if k in j.overrides]
@@ -174,8 +183,10 @@ def load_sweep(sweep: Path) -> list[Job]:
     seen: dict[tuple[str, int], int] = {}
     for j in jobs:
         if (j.ablation, j.seed) in seen:
-            raise SummaryError(f"{sweep}: jobs {seen[(j.ablation, j.seed)]} and {j.num} are both ablation "
-                               f"{j.ablation!r} with seed {j.seed}; each (ablation, seed) must run once")  # fmt: skip
+            raise SummaryError(
+                f"{sweep}: jobs {seen[(j.ablation, j.seed)]} and {j.num} are both ablation "
+                f"{j.ablation!r} with seed {j.seed}; each (ablation, seed) must run once"
+            )
         seen[(j.ablation, j.seed)] = j.num
     return jobs
 
@@ -191,8 +202,10 @@ def add_derived(jobs: Sequence[Job], derived: Sequence[str]) -> list[str]:
         for j in jobs:
             for m in (a, b):
                 if m not in j.metrics:
-                    raise SummaryError(f"{j.path / 'summary.json'}: --derived {spec!r} needs metric {m!r}, "
-                                       f"which this job did not log (it has {sorted(j.metrics)})")  # fmt: skip
+                    raise SummaryError(
+                        f"{j.path / 'summary.json'}: --derived {spec!r} needs metric {m!r}, "
+                        f"which this job did not log (it has {sorted(j.metrics)})"
+                    )
             j.metrics[name] = j.metrics[a] - j.metrics[b]
             cb = dict(j.curves.get(b, []))
             j.curves[name] = [(s, v - cb[s]) for s, v in j.curves.get(a, []) if s in cb]
@@ -272,8 +285,11 @@ def compare(jobs: Sequence[Job], aggs: Sequence[Aggregate], reference: str, metr
             continue
         mine = {j.seed: j for j in jobs if j.ablation == a.ablation}
         for m in metrics:
-            paired = [mine[s].metrics[m] - ref_jobs[s].metrics[m] for s in sorted(mine)
-                      if s in ref_jobs and m in mine[s].metrics and m in ref_jobs[s].metrics]  # fmt: skip
+            paired = [
+                mine[s].metrics[m] - ref_jobs[s].metrics[m]
+                for s in sorted(mine)
+                if s in ref_jobs and m in mine[s].metrics and m in ref_jobs[s].metrics
+            ]
             diff = statistics.fmean(paired) if paired else a.mean[m] - ref.mean[m]
             spread = max((x for x in (a.std[m], ref.std[m]) if not math.isnan(x)), default=math.nan)
             same_sign = len(paired) > 1 and (all(p > 0 for p in paired) or all(p < 0 for p in paired))
@@ -317,37 +333,66 @@ def results_csv(jobs: Sequence[Job]) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int = 1) -> list[str]:
     align = ["---" if i < right_from else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
-            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
 
 
-def results_md(name: str, sweep: Path, command: tuple[str, bool], summarize_command: str, commit: str, date: str,
-               jobs: Sequence[Job], metrics: Sequence[str], aggs: Sequence[Aggregate],
-               comparisons: Sequence[Comparison], reference: str | None, notes: str | None) -> str:  # fmt: skip
+def results_md(
+    name: str,
+    sweep: Path,
+    command: tuple[str, bool],
+    summarize_command: str,
+    commit: str,
+    date: str,
+    jobs: Sequence[Job],
+    metrics: Sequence[str],
+    aggs: Sequence[Aggregate],
+    comparisons: Sequence[Comparison],
+    reference: str | None,
+    notes: str | None,
+) -> str:
     lines = [f"# Ablations: {name}", ""]
     note = "" if command[1] else " (rebuilt from the jobs' overrides: the sweep's multirun.yaml was not found)"
-    lines += [f"- Command: `{command[0]}`{note}", f"- Summary: `{summarize_command}`", f"- Commit: `{commit}`",
-              f"- Date: {date}", f"- Sweep folder: `{sweep}` ({len(jobs)} jobs)", ""]  # fmt: skip
+    lines += [
+        f"- Command: `{command[0]}`{note}",
+        f"- Summary: `{summarize_command}`",
+        f"- Commit: `{commit}`",
+        f"- Date: {date}",
+        f"- Sweep folder: `{sweep}` ({len(jobs)} jobs)",
+        "",
+    ]
     walls = [j.wall_s for j in jobs if j.wall_s is not None]
     if walls:
-        lines += [f"Wall time per job: median {statistics.median(walls):.0f} s (min {min(walls):.0f}, max "
-                  f"{max(walls):.0f}).", ""]  # fmt: skip
+        lines += [
+            f"Wall time per job: median {statistics.median(walls):.0f} s (min {min(walls):.0f}, max {max(walls):.0f}).",
+            "",
+        ]
     if notes:
         lines += ["## What the numbers show", "", notes.strip(), ""]
     lines += ["## Mean ± std over seeds", ""]
-    rows = [[a.ablation, ",".join(map(str, a.seeds)),
-             *(f"{fmt(a.mean[m])} ± {fmt(a.std[m])}" for m in metrics)] for a in aggs]  # fmt: skip
+    rows = [
+        [a.ablation, ",".join(map(str, a.seeds)), *(f"{fmt(a.mean[m])} ± {fmt(a.std[m])}" for m in metrics)]
+        for a in aggs
+    ]
     lines += _table(["ablation", "seeds", *metrics], rows, right_from=2) + [""]
     if reference:
-        lines += [f"## Against the reference `{reference}`", "",
-                  "Δ = ablation − reference, averaged over the seeds both ran (in brackets: per seed); beyond "
-                  "noise: every paired difference has the same sign and |Δ| exceeds the larger seed std of the two "
-                  f"arms. Lower is better for metrics containing {', '.join(LOWER_IS_BETTER)}.", ""]  # fmt: skip
+        lines += [
+            f"## Against the reference `{reference}`",
+            "",
+            "Δ = ablation − reference, averaged over the seeds both ran (in brackets: per seed); beyond "
+            "noise: every paired difference has the same sign and |Δ| exceeds the larger seed std of the two "
+            f"arms. Lower is better for metrics containing {', '.join(LOWER_IS_BETTER)}.",
+            "",
+        ]
         rows = []
         for abl in dict.fromkeys(c.ablation for c in comparisons):
             cs = [c for c in comparisons if c.ablation == abl]
-            cells = [f"{fmt(c.diff)} ({', '.join(fmt(p) for p in c.paired)}){' **' if c.beyond_noise else ''}"
-                     for c in cs]  # fmt: skip
+            cells = [
+                f"{fmt(c.diff)} ({', '.join(fmt(p) for p in c.paired)}){' **' if c.beyond_noise else ''}" for c in cs
+            ]
             rows.append([abl, *cells])
         lines += _table(["ablation", *metrics], rows) + ["", "`**` = beyond noise.", ""]
     lines += ["## Every job", ""]
@@ -378,8 +423,15 @@ def curves_png(jobs: Sequence[Job], curves: Sequence[str], title: str) -> bytes:
                 ax.plot(steps, [s[k] for k in steps], color=color, alpha=0.35, linewidth=1)
             common = sorted(set.intersection(*(set(s) for s in series))) if series else []
             if common:
-                ax.plot(common, [statistics.fmean(s[k] for s in series) for k in common], color=color, linewidth=2.2,
-                        marker="o", markersize=3, label=f"{abl} (n={len(series)})")  # fmt: skip
+                ax.plot(
+                    common,
+                    [statistics.fmean(s[k] for s in series) for k in common],
+                    color=color,
+                    linewidth=2.2,
+                    marker="o",
+                    markersize=3,
+                    label=f"{abl} (n={len(series)})",
+                )
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -395,8 +447,13 @@ def curves_png(jobs: Sequence[Job], curves: Sequence[str], title: str) -> bytes:
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head.stdout.strip() + (" (working tree had uncommitted changes)" if dirty.stdout.strip() else "")
@@ -413,9 +470,17 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def summarize(sweep: Path, name: str, out_root: Path, reference: str | None = None,
-              metrics: Sequence[str] | None = None, curves: Sequence[str] = DEFAULT_CURVES, derived: Sequence[str] = (),
-              argv: Sequence[str] | None = None, commit: str | None = None) -> Path:  # fmt: skip
+def summarize(
+    sweep: Path,
+    name: str,
+    out_root: Path,
+    reference: str | None = None,
+    metrics: Sequence[str] | None = None,
+    curves: Sequence[str] = DEFAULT_CURVES,
+    derived: Sequence[str] = (),
+    argv: Sequence[str] | None = None,
+    commit: str | None = None,
+) -> Path:
     """Read ``sweep``, write ``out_root/name/{results.md, results.csv, curves.png}``; returns that folder. Everything is
     read, checked and rendered before the first file is written. ``commit``: the commit the jobs ran at (default:
     this checkout's HEAD now)."""
@@ -429,10 +494,23 @@ def summarize(sweep: Path, name: str, out_root: Path, reference: str | None = No
     notes_path = out / "notes.md"
     notes = notes_path.read_text() if notes_path.is_file() else None
     summarize_command = "python experiments/ablations/summarize.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else [str(sweep), "--name", name]))  # fmt: skip
+        shlex.quote(a) for a in (argv if argv is not None else [str(sweep), "--name", name])
+    )
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = results_md(name, sweep, sweep_command(sweep, jobs), summarize_command, commit or git_commit(), date, jobs,
-                    chosen, aggs, comparisons, reference, notes)  # fmt: skip
+    md = results_md(
+        name,
+        sweep,
+        sweep_command(sweep, jobs),
+        summarize_command,
+        commit or git_commit(),
+        date,
+        jobs,
+        chosen,
+        aggs,
+        comparisons,
+        reference,
+        notes,
+    )
     png = curves_png(jobs, list(curves) + [d for d in derived_names if d not in curves], f"ablations: {name}")
     table = results_csv(jobs)
     out.mkdir(parents=True, exist_ok=True)
@@ -444,22 +522,33 @@ def summarize(sweep: Path, name: str, out_root: Path, reference: str | None = No
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("sweep", type=Path, help="Hydra multirun folder: outputs/<task>/multiruns/<stamp>")
     p.add_argument("--name", required=True, help="results go to <out>/<name>/")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "ablations")
     p.add_argument("--reference", help="the ablation the others are compared with (e.g. abl_lrdm_base)")
-    p.add_argument("--metrics", help="comma-separated final metrics for the tables (default: every test/* metric, "
-                                     "else every val/* one)")  # fmt: skip
+    p.add_argument(
+        "--metrics",
+        help="comma-separated final metrics for the tables (default: every test/* metric, else every val/* one)",
+    )
     p.add_argument("--curves", default=",".join(DEFAULT_CURVES), help="comma-separated metrics to plot over steps")
     p.add_argument("--derived", action="append", default=[], help="NAME=A-B: a metric computed per job (repeatable)")
     p.add_argument("--commit", help="the commit the jobs ran at (default: this checkout's HEAD)")
     args = p.parse_args(argv)
     try:
-        out = summarize(args.sweep, args.name, args.out, args.reference,
-                        args.metrics.split(",") if args.metrics else None, args.curves.split(","), args.derived,
-                        argv=argv, commit=args.commit)  # fmt: skip
+        out = summarize(
+            args.sweep,
+            args.name,
+            args.out,
+            args.reference,
+            args.metrics.split(",") if args.metrics else None,
+            args.curves.split(","),
+            args.derived,
+            argv=argv,
+            commit=args.commit,
+        )
     except SummaryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

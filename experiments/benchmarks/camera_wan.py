@@ -55,8 +55,9 @@ def git_commit() -> str:
     if os.environ.get("GIT_COMMIT"):
         return os.environ["GIT_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("GIT_COMMIT", "unknown")
 
@@ -88,8 +89,9 @@ def make_batch(b: int, args: argparse.Namespace, text_dim: int, latent_channels:
     }
 
 
-def system_for(args: argparse.Namespace, mode: str, compile_blocks: bool, mesh: Any, device: torch.device,
-               inside: bool = True) -> Any:  # fmt: skip
+def system_for(
+    args: argparse.Namespace, mode: str, compile_blocks: bool, mesh: Any, device: torch.device, inside: bool = True
+) -> Any:
     from diff4splat.systems.diffusion import CameraDiffusionSystem
 
     system = CameraDiffusionSystem(
@@ -116,8 +118,9 @@ def base_transformer(args: argparse.Namespace, device: torch.device) -> Any:
     return build_transformer(cfg, device).train()
 
 
-def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device: torch.device,
-                 accum: int = 1) -> dict[str, Any]:  # fmt: skip
+def run_training(
+    name: str, b: int, args: argparse.Namespace, mesh: Any, device: torch.device, accum: int = 1
+) -> dict[str, Any]:
     import torch._dynamo
 
     from diff4splat.callbacks.throughput import first_sample
@@ -155,22 +158,32 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
             noise = torch.randn_like(x0)
             xt = torch.cat([x0[:, :, :1], ((1 - sig) * x0 + sig * noise)[:, :, 1:]], 2)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                pred = model(xt.bfloat16(), token_t(sig.flatten() * 1000), batch["prompt_embeds"],
-                             return_dict=False)[0]  # fmt: skip
+                pred = model(xt.bfloat16(), token_t(sig.flatten() * 1000), batch["prompt_embeds"], return_dict=False)[0]
             return masked_flow_loss(pred, noise - x0).mean()
 
         def sample_flops() -> float:
-            return forward_flops(lambda: model(x0[:1].bfloat16(), token_t(torch.full((1,), 500.0, device=device)),
-                                               batch["prompt_embeds"][:1], return_dict=False))  # fmt: skip
+            return forward_flops(
+                lambda: model(
+                    x0[:1].bfloat16(),
+                    token_t(torch.full((1,), 500.0, device=device)),
+                    batch["prompt_embeds"][:1],
+                    return_dict=False,
+                )
+            )
 
         params = sum(p.numel() for p in model.parameters())
     else:
         base = name.removesuffix("_eager").removesuffix("_around")
-        mode = {"camerawan_full": "full", "camerawan_selective": "selective", "camerawan_nockpt": "none",
-                "camerawan_single": "none"}[base]  # fmt: skip
+        mode = {
+            "camerawan_full": "full",
+            "camerawan_selective": "selective",
+            "camerawan_nockpt": "none",
+            "camerawan_single": "none",
+        }[base]
         single = base == "camerawan_single"
-        system = system_for(args, mode, not name.endswith("_eager"), None if single else mesh, device,
-                            not name.endswith("_around"))  # fmt: skip
+        system = system_for(
+            args, mode, not name.endswith("_eager"), None if single else mesh, device, not name.endswith("_around")
+        )
         model = system.model
         optimizer = system.configure_optimizers()["optimizer"]
         batch = make_batch(b, args, model.text_dim, model.latent_channels, device)
@@ -207,8 +220,10 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
         if i >= args.warmup:
             times.append(dt)
             fb_times.append(t1 - t0)
-        print(f"  {name}:{b}x{accum} step {i} {dt * 1000:.0f} ms (fwd+bwd {1000 * (t1 - t0):.0f}) loss {float(loss.detach()):.4f}",
-              flush=True)  # fmt: skip
+        print(
+            f"  {name}:{b}x{accum} step {i} {dt * 1000:.0f} ms (fwd+bwd {1000 * (t1 - t0):.0f}) loss {float(loss.detach()):.4f}",
+            flush=True,
+        )
     if args.profile_dir:
         from torch.profiler import ProfilerActivity, profile
 
@@ -227,14 +242,24 @@ def run_training(name: str, b: int, args: argparse.Namespace, mesh: Any, device:
     fb_med = fb_times[len(fb_times) // 2]
     model_flops = 3 * fwd_flops * b * accum
     out = {
-        "config": name, "batch": b, "accumulate": accum, "params": params, "step_ms_median": med * 1000, "step_ms_best": times[0] * 1000,
-        "forward_tflop_per_sample": fwd_flops / 1e12, "model_tflops_per_s": model_flops / med / 1e12,
-        "mfu": model_flops / med / (PEAK_TFLOPS * 1e12), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-        "fwd_bwd_ms_median": fb_med * 1000, "mfu_fwd_bwd": model_flops / fb_med / (PEAK_TFLOPS * 1e12),
-        "build_s": build_s, "first_step_s": compile_s, "final_loss": float(loss),
+        "config": name,
+        "batch": b,
+        "accumulate": accum,
+        "params": params,
+        "step_ms_median": med * 1000,
+        "step_ms_best": times[0] * 1000,
+        "forward_tflop_per_sample": fwd_flops / 1e12,
+        "model_tflops_per_s": model_flops / med / 1e12,
+        "mfu": model_flops / med / (PEAK_TFLOPS * 1e12),
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "fwd_bwd_ms_median": fb_med * 1000,
+        "mfu_fwd_bwd": model_flops / fb_med / (PEAK_TFLOPS * 1e12),
+        "build_s": build_s,
+        "first_step_s": compile_s,
+        "final_loss": float(loss),
         "compiled_frames": int(torch._dynamo.utils.counters["frames"]["ok"]),
         "graph_breaks": int(sum(torch._dynamo.utils.counters["graph_break"].values())),
-    }  # fmt: skip
+    }
     return out
 
 
@@ -269,39 +294,58 @@ def run_inference(args: argparse.Namespace, device: torch.device, reps: int = 10
         tokens = model.camera_tokens(cams)
         base_ms = timed(lambda: base(x, t, text, return_dict=False))
         cached_ms = timed(lambda: model(x, t, text, camera_tokens=tokens))
-        recompute_ms = timed(lambda: model(x, t, text, plucker_for_latents(batch["c2w"], batch["fxfycxcy"],
-                                                                           args.height, args.width)))  # fmt: skip
-    out = {"batch": b, "base_ms": base_ms, "camerawan_cached_tokens_ms": cached_ms,
-           "camerawan_recompute_ms": recompute_ms, "overhead_cached": cached_ms / base_ms - 1,
-           "overhead_recompute": recompute_ms / base_ms - 1,
-           "camera_params": sum(p.numel() for p in model.camera.parameters())}  # fmt: skip
+        recompute_ms = timed(
+            lambda: model(x, t, text, plucker_for_latents(batch["c2w"], batch["fxfycxcy"], args.height, args.width))
+        )
+    out = {
+        "batch": b,
+        "base_ms": base_ms,
+        "camerawan_cached_tokens_ms": cached_ms,
+        "camerawan_recompute_ms": recompute_ms,
+        "overhead_cached": cached_ms / base_ms - 1,
+        "overhead_recompute": recompute_ms / base_ms - 1,
+        "camera_params": sum(p.numel() for p in model.camera.parameters()),
+    }
     return out
 
 
 def write_results(out_dir: Path, record: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "camera_wan_h100.json").write_text(json.dumps(record, indent=2))
-    lines = [f"# CameraWan (Wan2.2-TI2V-5B) training MFU and camera overhead ({record['date']}, commit "
-             f"{record['commit']})", "", f"Command: `{record['command']}`  ", f"Device: {record['device']}  ",
-             f"Size: {record['size']}; MFU against {PEAK_TFLOPS:.0f} TFLOP/s bf16", "",
-             "| config | batch × accumulation | step ms (median) | model TFLOP/s | MFU | fwd+bwd ms | MFU fwd+bwd | peak GiB | first step s "
-             "| compiled frames |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"# CameraWan (Wan2.2-TI2V-5B) training MFU and camera overhead ({record['date']}, commit {record['commit']})",
+        "",
+        f"Command: `{record['command']}`  ",
+        f"Device: {record['device']}  ",
+        f"Size: {record['size']}; MFU against {PEAK_TFLOPS:.0f} TFLOP/s bf16",
+        "",
+        "| config | batch × accumulation | step ms (median) | model TFLOP/s | MFU | fwd+bwd ms | MFU fwd+bwd | peak GiB | first step s "
+        "| compiled frames |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in record["training"]:
         if "error" in r:
             lines.append(f"| {r['config']} | {r['batch']} × {r.get('accumulate', 1)} | {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {r['config']} | {r['batch']} × {r['accumulate']} | {r['step_ms_median']:.0f} | {r['model_tflops_per_s']:.0f} | "
-                     f"{100 * r['mfu']:.1f} % | {r['fwd_bwd_ms_median']:.0f} | {100 * r['mfu_fwd_bwd']:.1f} % | "
-                     f"{r['peak_mem_gib']:.1f} | {r['first_step_s']:.0f} | {r['compiled_frames']} |")  # fmt: skip
+        lines.append(
+            f"| {r['config']} | {r['batch']} × {r['accumulate']} | {r['step_ms_median']:.0f} | {r['model_tflops_per_s']:.0f} | "
+            f"{100 * r['mfu']:.1f} % | {r['fwd_bwd_ms_median']:.0f} | {100 * r['mfu_fwd_bwd']:.1f} % | "
+            f"{r['peak_mem_gib']:.1f} | {r['first_step_s']:.0f} | {r['compiled_frames']} |"
+        )
     inf = record.get("inference")
     if inf:
-        lines += ["", "Inference, one denoising step of a CFG batch (2 × 2860 tokens), bf16:", "",
-                  "| path | ms | overhead vs base |", "|---|---:|---:|",
-                  f"| base WanTransformer3DModel | {inf['base_ms']:.1f} | |",
-                  f"| CameraWan, camera tokens encoded once per run | {inf['camerawan_cached_tokens_ms']:.1f} | "
-                  f"{100 * inf['overhead_cached']:+.2f} % |",
-                  f"| CameraWan, Plücker re-encoded every step | {inf['camerawan_recompute_ms']:.1f} | "
-                  f"{100 * inf['overhead_recompute']:+.2f} % |"]  # fmt: skip
+        lines += [
+            "",
+            "Inference, one denoising step of a CFG batch (2 × 2860 tokens), bf16:",
+            "",
+            "| path | ms | overhead vs base |",
+            "|---|---:|---:|",
+            f"| base WanTransformer3DModel | {inf['base_ms']:.1f} | |",
+            f"| CameraWan, camera tokens encoded once per run | {inf['camerawan_cached_tokens_ms']:.1f} | "
+            f"{100 * inf['overhead_cached']:+.2f} % |",
+            f"| CameraWan, Plücker re-encoded every step | {inf['camerawan_recompute_ms']:.1f} | "
+            f"{100 * inf['overhead_recompute']:+.2f} % |",
+        ]
     (out_dir / "camera_wan_h100.md").write_text("\n".join(lines) + "\n")
 
 
@@ -326,10 +370,14 @@ def main(argv: list[str] | None = None) -> None:
     mesh = init_dist()
     record: dict[str, Any] = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "device": f"{torch.cuda.get_device_name()} ({platform.node()})", "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
-        "size": f"{args.frames}x{args.height}x{args.width}", "training": [], "inference": None,
-    }  # fmt: skip
+        "device": f"{torch.cuda.get_device_name()} ({platform.node()})",
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(),
+        "size": f"{args.frames}x{args.height}x{args.width}",
+        "training": [],
+        "inference": None,
+    }
     out_dir = Path(args.out)
     if not args.no_inference:
         record["inference"] = run_inference(args, device)

@@ -38,14 +38,39 @@ def run(spec: str, args: argparse.Namespace) -> dict:
     run_root = Path(args.runs_root)
     run_id = f"perf_{b}x{n}_{int(time.time())}"
     shards = str(Path(args.latents).resolve() / "*.tar")
-    cmd = [sys.executable, "-m", "diff4splat.train", "experiment=camctrl_5b", "trainer=gpu", "model.init=random",
-           "model.dtype=bfloat16", f"data.shards={shards}", f"data.val_shards={shards}", "data.text_cache=null",
-           "system.text_cache=null", f"data.batch_size={b}", f"+trainer.accumulate_grad_batches={n}",
-           "data.num_workers=4", f"trainer.max_steps={args.steps}", "+trainer.limit_val_batches=0",
-           "logger=csv", "extras.print_config=false", "~callbacks.progress_bar", "~callbacks.media", "~callbacks.ema",
-           "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "~callbacks.periodic_checkpoint", "test=false",
-           f"callbacks.throughput.peak_tflops={args.peak_tflops}", f"callbacks.throughput.window={args.window}",
-           "callbacks.throughput.warmup_steps=2", f"paths.output_root={run_root}", "optimized_metric=train/loss", "+trainer.enable_progress_bar=false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "diff4splat.train",
+        "experiment=camctrl_5b",
+        "trainer=gpu",
+        "model.init=random",
+        "model.dtype=bfloat16",
+        f"data.shards={shards}",
+        f"data.val_shards={shards}",
+        "data.text_cache=null",
+        "system.text_cache=null",
+        f"data.batch_size={b}",
+        f"+trainer.accumulate_grad_batches={n}",
+        "data.num_workers=4",
+        f"trainer.max_steps={args.steps}",
+        "+trainer.limit_val_batches=0",
+        "logger=csv",
+        "extras.print_config=false",
+        "~callbacks.progress_bar",
+        "~callbacks.media",
+        "~callbacks.ema",
+        "~callbacks.model_checkpoint",
+        "~callbacks.last_checkpoint",
+        "~callbacks.periodic_checkpoint",
+        "test=false",
+        f"callbacks.throughput.peak_tflops={args.peak_tflops}",
+        f"callbacks.throughput.window={args.window}",
+        "callbacks.throughput.warmup_steps=2",
+        f"paths.output_root={run_root}",
+        "optimized_metric=train/loss",
+        "+trainer.enable_progress_bar=false",
+    ]
     env = dict(os.environ, DIFF4SPLAT_RUN_ID=run_id, WANDB_MODE="offline")
     env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 3x1 peaks at ~71 GiB of 79
     t0 = time.perf_counter()
@@ -67,21 +92,63 @@ def run(spec: str, args: argparse.Namespace) -> dict:
     def med(key: str) -> float:
         return statistics.median(float(r[key]) for r in kept)
 
-    return {"run": spec, "micro_batch": b, "accumulate": n, "windows": [int(r["step"]) for r in rows],
-            "step_time_s": med("perf/step_time_s"), "samples_per_s": med("perf/samples_per_s"),
-            "model_tflops": med("perf/model_tflops"), "mfu": med("perf/mfu"), "wall_s": wall,
-            "mfu_per_window": [float(r["perf/mfu"]) for r in rows]}  # fmt: skip
+    return {
+        "run": spec,
+        "micro_batch": b,
+        "accumulate": n,
+        "windows": [int(r["step"]) for r in rows],
+        "step_time_s": med("perf/step_time_s"),
+        "samples_per_s": med("perf/samples_per_s"),
+        "model_tflops": med("perf/model_tflops"),
+        "mfu": med("perf/mfu"),
+        "wall_s": wall,
+        "mfu_per_window": [float(r["perf/mfu"]) for r in rows],
+    }
 
 
 def make_latents(root: Path) -> Path:
     """Latent shards of 6 procedural 49×352×640 clips through the random tiny Wan VAE (the docstring's commands)."""
     clips, latents = root / "clips", root / "latents"
     if not list(latents.glob("*.tar")):
-        for cmd in (["-m", "datamodules.synthetic", "--out", str(clips), "--clips", "6", "--frames", "49", "--size",
-                     "352", "640", "--texture", "smooth"],
-                    ["-m", "datamodules.encode_latents", "--shards", str(clips), "--out", str(latents), "--vae", "tiny",
-                     "--num-frames", "49", "--height", "352", "--width", "640", "--dtype", "fp32", "--batch-size", "1",
-                     "--device", "cuda"]):  # fmt: skip
+        for cmd in (
+            [
+                "-m",
+                "datamodules.synthetic",
+                "--out",
+                str(clips),
+                "--clips",
+                "6",
+                "--frames",
+                "49",
+                "--size",
+                "352",
+                "640",
+                "--texture",
+                "smooth",
+            ],
+            [
+                "-m",
+                "datamodules.encode_latents",
+                "--shards",
+                str(clips),
+                "--out",
+                str(latents),
+                "--vae",
+                "tiny",
+                "--num-frames",
+                "49",
+                "--height",
+                "352",
+                "--width",
+                "640",
+                "--dtype",
+                "fp32",
+                "--batch-size",
+                "1",
+                "--device",
+                "cuda",
+            ],
+        ):
             subprocess.run([sys.executable, *cmd], check=True)
     return latents
 
@@ -100,10 +167,14 @@ def main(argv: list[str] | None = None) -> None:
 
     if not torch.cuda.is_available():
         sys.exit("camera_wan_trainer benchmark: needs a CUDA GPU")
-    record = {"command": " ".join(["camera_wan_trainer.py", *(argv if argv is not None else sys.argv[1:])]),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "commit": os.environ.get("GIT_COMMIT", "unknown"), "results": []}  # fmt: skip
+    record = {
+        "command": " ".join(["camera_wan_trainer.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": os.environ.get("GIT_COMMIT", "unknown"),
+        "results": [],
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.latents is None:
@@ -120,11 +191,14 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {spec} | {r['error']} | | | | |")
         else:
             per = ", ".join(f"{100 * m:.1f}" for m in r["mfu_per_window"])
-            lines.append(f"| {r['micro_batch']} × {r['accumulate']} | {r['step_time_s']:.3f} | {r['samples_per_s']:.2f} "
-                         f"| {r['model_tflops']:.0f} | **{100 * r['mfu']:.1f} %** | {per} |")  # fmt: skip
+            lines.append(
+                f"| {r['micro_batch']} × {r['accumulate']} | {r['step_time_s']:.3f} | {r['samples_per_s']:.2f} "
+                f"| {r['model_tflops']:.0f} | **{100 * r['mfu']:.1f} %** | {per} |"
+            )
         (out / "camera_wan_trainer.json").write_text(json.dumps(record, indent=2))
-    table = "\n".join([f"{record['command']} — {record['device']}, {record['date']}, commit {record['commit']}", "",
-                       *lines])  # fmt: skip
+    table = "\n".join(
+        [f"{record['command']} — {record['device']}, {record['date']}, commit {record['commit']}", "", *lines]
+    )
     (out / "camera_wan_trainer.md").write_text(table + "\n")
     print(table)
 

@@ -67,12 +67,21 @@ def make_shards(folder: Path, clips: int, scenes: int = 8, depth_dtype: Any = np
             a = arrays[i % scenes]
             frames = np.stack([np.asarray(Image.fromarray(f).resize((256, 256), Image.BICUBIC)) for f in a["frames"]])
             up = lambda x: np.repeat(np.repeat(x, 2, 1), 2, 2)  # noqa: E731 - nearest 2× for depth and masks
-            w.write(Clip(key=f"bench{i:05d}", frames=encode_frames(frames, quality=95), c2w=a["c2w"],
-                         fxfycxcy=a["fxfycxcy"], timestamps=a["timestamps"],
-                         meta=ClipMeta.for_dataset("synthetic", f"bench{i:05d}"),
-                         depth=up(a["depth"]).astype(depth_dtype), depth_valid=up(a["depth_valid"]),
-                         tracks_world=a["tracks_world"], tracks_visible=a["tracks_visible"],
-                         dynamic_mask=up(a["dynamic_mask"])))  # fmt: skip
+            w.write(
+                Clip(
+                    key=f"bench{i:05d}",
+                    frames=encode_frames(frames, quality=95),
+                    c2w=a["c2w"],
+                    fxfycxcy=a["fxfycxcy"],
+                    timestamps=a["timestamps"],
+                    meta=ClipMeta.for_dataset("synthetic", f"bench{i:05d}"),
+                    depth=up(a["depth"]).astype(depth_dtype),
+                    depth_valid=up(a["depth_valid"]),
+                    tracks_world=a["tracks_world"],
+                    tracks_visible=a["tracks_visible"],
+                    dynamic_mask=up(a["dynamic_mask"]),
+                )
+            )
 
 
 def _rates(n: int, t0: float, c0: float) -> tuple[float, float]:
@@ -103,8 +112,9 @@ def decode_only(jpegs: list[list[bytes]], min_seconds: float) -> tuple[float, fl
     return _rates(n, t0, c0)
 
 
-def pipeline(glob: str, sampling: ClipSamplingConfig, min_seconds: float, to_float: bool,
-             augment: bool = False) -> tuple[float, float]:  # fmt: skip
+def pipeline(
+    glob: str, sampling: ClipSamplingConfig, min_seconds: float, to_float: bool, augment: bool = False
+) -> tuple[float, float]:
     src = SourceConfig("synthetic", glob, max_gap=13)
     batch = 4
     stream = ClipStream([src], sampling, batch_size=batch, batches_per_epoch=10**9, seed=0, shuffle_buffer=16)
@@ -177,13 +187,25 @@ def main() -> None:
             "ref 5+8 @224": (glob, ClipSamplingConfig(num_input=5, num_output=8, resolution=224, **base), False, False),
             "all13 @128 (JPEG draft 2x)": (glob, ClipSamplingConfig(resolution=128, **all13), False, False),
             HEADLINE: (glob, ClipSamplingConfig(resolution=256, **all13, **dev), False, False),
-            "all13 @256, augment_on=device: worker + augmentation on CPU":
-                (glob, ClipSamplingConfig(resolution=256, **all13, **dev), False, True),
-            "all13 @256, depth f16, augment_on=device: worker only":
-                (glob16, ClipSamplingConfig(resolution=256, **all13, **dev), False, False),
-            "ref 5+8 @224, augment_on=device: worker only":
-                (glob, ClipSamplingConfig(num_input=5, num_output=8, resolution=224, **base, **dev), False, False),
-        }  # fmt: skip
+            "all13 @256, augment_on=device: worker + augmentation on CPU": (
+                glob,
+                ClipSamplingConfig(resolution=256, **all13, **dev),
+                False,
+                True,
+            ),
+            "all13 @256, depth f16, augment_on=device: worker only": (
+                glob16,
+                ClipSamplingConfig(resolution=256, **all13, **dev),
+                False,
+                False,
+            ),
+            "ref 5+8 @224, augment_on=device: worker only": (
+                glob,
+                ClipSamplingConfig(num_input=5, num_output=8, resolution=224, **base, **dev),
+                False,
+                False,
+            ),
+        }
         # repeats are interleaved (plain, decode only, then every config) so that load from other processes hits all
         # rows alike; each ratio is taken against the plain measurement of the same repeat
         runs: dict[str, list[tuple[float, float]]] = {"plain": [], "decode": [], **{name: [] for name in configs}}
@@ -198,12 +220,21 @@ def main() -> None:
 
         def row(config: str, key: str, ratio: float, includes: str) -> dict[str, Any]:
             cpu, wall = [r[0] for r in runs[key]], [r[1] for r in runs[key]]
-            return {"config": config, "clips_per_cpu_s": float(np.median(cpu)), "ms_per_clip": 1000 / float(np.median(cpu)),
-                    "clips_per_wall_s": float(np.median(wall)), "ratio": ratio, "includes": includes,
-                    "runs_cpu": cpu, "runs_wall": wall}  # fmt: skip
+            return {
+                "config": config,
+                "clips_per_cpu_s": float(np.median(cpu)),
+                "ms_per_clip": 1000 / float(np.median(cpu)),
+                "clips_per_wall_s": float(np.median(wall)),
+                "ratio": ratio,
+                "includes": includes,
+                "runs_cpu": cpu,
+                "runs_wall": wall,
+            }
 
-        rows = [row("plain decode (13 JPEG/clip)", "plain", 1.0, INCLUDES["plain decode"]),
-                row("decode only (bytes in memory)", "decode", float(np.median(ratios["decode"])), INCLUDES["decode only"])]  # fmt: skip
+        rows = [
+            row("plain decode (13 JPEG/clip)", "plain", 1.0, INCLUDES["plain decode"]),
+            row("decode only (bytes in memory)", "decode", float(np.median(ratios["decode"])), INCLUDES["decode only"]),
+        ]
         for name in configs:
             includes = INCLUDES["pipeline"]
             if "worker only" in name:
@@ -215,8 +246,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'config':60s} {'clips/cpu-s':>11s} {'ms/clip':>8s} {'clips/wall-s':>12s} {'vs plain':>9s}")
     for r in rows:
-        print(f"{r['config']:60s} {r['clips_per_cpu_s']:11.1f} {r['ms_per_clip']:8.2f} {r['clips_per_wall_s']:12.1f} "
-              f"{r['ratio']:9.2f}")  # fmt: skip
+        print(
+            f"{r['config']:60s} {r['clips_per_cpu_s']:11.1f} {r['ms_per_clip']:8.2f} {r['clips_per_wall_s']:12.1f} "
+            f"{r['ratio']:9.2f}"
+        )
     try:
         commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except (OSError, subprocess.CalledProcessError):
@@ -231,7 +264,7 @@ def main() -> None:
             "cores_visible": os.cpu_count(),
             "threads_used": 1,
             "load_average": os.getloadavg(),
-        },  # fmt: skip
+        },
         "data": f"{args.clips} clips, 13 frames 256x256 JPEG q95 + float32 depth, depth_valid, tracks, dynamic masks "
         "(float16 depth in the 'depth f16' row), batch 4",
         "goal": "pipeline >= 0.8x plain decode (issue 3/9)",
@@ -241,16 +274,25 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps(result, indent=1))
-    md = [f"# Data pipeline throughput ({result['date']}, commit {commit})", "",
-          f"Command: `{result['command']}`  ", f"Device: {result['device']['cpu']}, {os.cpu_count()} cores visible "
-          f"(load average {result['device']['load_average'][0]:.1f} at the end), 1 thread; throughput is clips per "
-          "CPU-second of the process (= per core)  ", f"Data: {result['data']}  ",
-          f"Headline ({HEADLINE}, the issue's configuration): **{headline['ratio']:.2f}×** plain decode "
-          f"(goal ≥ 0.8×: {'met' if result['headline']['met'] else 'not met'})", "",
-          "| config | clips/s/core (median) | ms/clip | clips/s wall (median) | vs plain decode (median of per-repeat ratios) |",
-          "|---|---:|---:|---:|---:|"]  # fmt: skip
-    md += [f"| {r['config']} | {r['clips_per_cpu_s']:.1f} | {r['ms_per_clip']:.2f} | {r['clips_per_wall_s']:.1f} | "
-           f"{r['ratio']:.2f} |" for r in rows]  # fmt: skip
+    md = [
+        f"# Data pipeline throughput ({result['date']}, commit {commit})",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Device: {result['device']['cpu']}, {os.cpu_count()} cores visible "
+        f"(load average {result['device']['load_average'][0]:.1f} at the end), 1 thread; throughput is clips per "
+        "CPU-second of the process (= per core)  ",
+        f"Data: {result['data']}  ",
+        f"Headline ({HEADLINE}, the issue's configuration): **{headline['ratio']:.2f}×** plain decode "
+        f"(goal ≥ 0.8×: {'met' if result['headline']['met'] else 'not met'})",
+        "",
+        "| config | clips/s/core (median) | ms/clip | clips/s wall (median) | vs plain decode (median of per-repeat ratios) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    md += [
+        f"| {r['config']} | {r['clips_per_cpu_s']:.1f} | {r['ms_per_clip']:.2f} | {r['clips_per_wall_s']:.1f} | "
+        f"{r['ratio']:.2f} |"
+        for r in rows
+    ]
     md += ["", "What each row includes:", ""] + [f"- {k}: {v}" for k, v in INCLUDES.items()]
     (out / "data.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / 'data.json'} and {out / 'data.md'}")

@@ -41,10 +41,20 @@ from camera_wan import git_commit  # the sibling benchmark's: GIT_COMMIT or `git
 
 GOALS_S = {(352, 640): 6.0, (480, 832): 12.0}  # end to end at 49 frames
 STAGES = ("text", "encode", "sampling", "decode", "lrdm", "render", "write")
-UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
-            "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-            "feed_forward_proj": "gated-gelu", "dropout_rate": 0.0, "is_encoder_decoder": False,
-            "tie_word_embeddings": False}  # fmt: skip
+UMT5_XXL = {
+    "vocab_size": 256384,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_heads": 64,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "dropout_rate": 0.0,
+    "is_encoder_decoder": False,
+    "tie_word_embeddings": False,
+}
 
 
 def importable(name: str) -> bool:
@@ -92,14 +102,25 @@ def build_real(device: torch.device, args: argparse.Namespace) -> Any:
         umt5 = UMT5EncoderModel._from_config(UMT5Config(**UMT5_XXL), dtype=torch.bfloat16)
     text = TextEncoder(umt5, tokenizer, identity="umt5-xxl-random")
     vae = WanVAE(AutoencoderKLWan(**vae_config()).to(torch.bfloat16))
-    lrdm = LRDM(lrdm_preset("base", encoder=args.lrdm_encoder, gaussian_stride=args.gaussian_stride,
-                            gaussian_frame_step=args.gaussian_frame_step))  # fmt: skip
+    lrdm = LRDM(
+        lrdm_preset(
+            "base",
+            encoder=args.lrdm_encoder,
+            gaussian_stride=args.gaussian_stride,
+            gaussian_frame_step=args.gaussian_frame_step,
+        )
+    )
     aligner = LatentAligner(AlignerConfig(version="wan22"))
     aligner.set_normalisation(vae.mean, vae.std)
     aligner.to(torch.bfloat16)
-    sources = {"kind": "random weights, real architectures", "text_encoder": "UMT5-XXL encoder",
-               "camera_wan": "ti2v_5b", "vae": "Wan2.2 VAE", "lrdm": f"base ({args.lrdm_encoder})",
-               "aligner": "TinyVAE wan22 + linear mappers"}  # fmt: skip
+    sources = {
+        "kind": "random weights, real architectures",
+        "text_encoder": "UMT5-XXL encoder",
+        "camera_wan": "ti2v_5b",
+        "vae": "Wan2.2 VAE",
+        "lrdm": f"base ({args.lrdm_encoder})",
+        "aligner": "TinyVAE wan22 + linear mappers",
+    }
     return Diff4SplatPipeline(text, camera_wan, vae, lrdm, aligner, device=device, untrained=True, sources=sources)
 
 
@@ -112,16 +133,31 @@ def make_cfg(args: argparse.Namespace, h: int, w: int, decoder: str, out: Path) 
     from diff4splat.pipelines.generation import GenerateConfig, LRDMOptions, RenderOptions, TrajectoryOptions
 
     return GenerateConfig(
-        output_dir=str(out), overwrite=True, tiny=args.tiny, height=h, width=w, decoder=decoder, progress=False,
+        output_dir=str(out),
+        overwrite=True,
+        tiny=args.tiny,
+        height=h,
+        width=w,
+        decoder=decoder,
+        progress=False,
         trajectory=TrajectoryOptions(num_frames=args.frames, strength=0.3),
         sampling=SamplingConfig(steps=args.steps, guidance_scale=args.guidance),
-        lrdm=LRDMOptions(num_times=args.num_times), render=RenderOptions(backend=args.render_backend),
+        lrdm=LRDMOptions(num_times=args.num_times),
+        render=RenderOptions(backend=args.render_backend),
         video_preset=args.video_preset,
-    )  # fmt: skip
+    )
 
 
-def bench_size(pipe: Any, args: argparse.Namespace, h: int, w: int, decoder: str, work: Path,
-               outputs: tuple[str, ...], compiled: bool = False) -> dict[str, Any]:  # fmt: skip
+def bench_size(
+    pipe: Any,
+    args: argparse.Namespace,
+    h: int,
+    w: int,
+    decoder: str,
+    work: Path,
+    outputs: tuple[str, ...],
+    compiled: bool = False,
+) -> dict[str, Any]:
     from PIL import Image
 
     from diff4splat.pipelines.generation import make_job, run_job
@@ -151,9 +187,11 @@ def bench_size(pipe: Any, args: argparse.Namespace, h: int, w: int, decoder: str
         t = {k: meta["timings"][k] for k in STAGES}
         t["total"] = sum(t.values())
         t["total_without_write"] = t["total"] - t["write"]
-        print(f"  {h}x{w}x{args.frames} {decoder:<8}{' compiled' if compiled else ''} run {i}"
-              f"{' (warm-up)' if i == 0 else ''}: "
-              + " ".join(f"{k} {v:.3f}" for k, v in t.items()), flush=True)  # fmt: skip
+        print(
+            f"  {h}x{w}x{args.frames} {decoder:<8}{' compiled' if compiled else ''} run {i}"
+            f"{' (warm-up)' if i == 0 else ''}: " + " ".join(f"{k} {v:.3f}" for k, v in t.items()),
+            flush=True,
+        )
         if i > 0:
             runs.append(t)
             files.append(meta["timings"].get("write_files", {}))
@@ -161,10 +199,21 @@ def bench_size(pipe: Any, args: argparse.Namespace, h: int, w: int, decoder: str
     best = {k: float(np.min([r[k] for r in runs])) for k in runs[0]}
     goal = GOALS_S.get((h, w)) if args.frames == 49 and not args.tiny else None
     file_median = {k: float(np.median([f[k] for f in files])) for k in files[0]} if files and files[0] else {}
-    return {"size": f"{args.frames}x{h}x{w}", "decoder": decoder, "compiled": compiled, "median_s": median,
-            "min_s": best, "runs": runs, "write_files_median_s": file_median,
-            "peak_GiB": peak, "num_gaussians": n_gauss, "query_times": n_times, "output_MiB": size_mb,
-            "goal_s": goal, "goal_met": None if goal is None else median["total"] <= goal}  # fmt: skip
+    return {
+        "size": f"{args.frames}x{h}x{w}",
+        "decoder": decoder,
+        "compiled": compiled,
+        "median_s": median,
+        "min_s": best,
+        "runs": runs,
+        "write_files_median_s": file_median,
+        "peak_GiB": peak,
+        "num_gaussians": n_gauss,
+        "query_times": n_times,
+        "output_MiB": size_mb,
+        "goal_s": goal,
+        "goal_met": None if goal is None else median["total"] <= goal,
+    }
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -174,26 +223,34 @@ def markdown(record: dict[str, Any]) -> str:
     for r in record["results"]:
         m = r["median_s"]
         goal = "" if r["goal_s"] is None else f"<= {r['goal_s']:.0f} s: {'met' if r['goal_met'] else 'not met'}"
-        rows.append(f"| {r['size']} | {r['decoder']} | {'yes' if r.get('compiled') else 'no'} | "
-                    + " | ".join(f"{m[k]:.3f}" for k in STAGES)
-                    + f" | **{m['total']:.2f}** | {m['total_without_write']:.2f} | {r['peak_GiB']:.1f} | {goal} |")  # fmt: skip
+        rows.append(
+            f"| {r['size']} | {r['decoder']} | {'yes' if r.get('compiled') else 'no'} | "
+            + " | ".join(f"{m[k]:.3f}" for k in STAGES)
+            + f" | **{m['total']:.2f}** | {m['total_without_write']:.2f} | {r['peak_GiB']:.1f} | {goal} |"
+        )
     first = record["results"][0]
-    notes = [f"- Gaussians per scene: {first['num_gaussians']:,} ({first['query_times']} stored query times); "
-             f"files per scene {first['output_MiB']:.0f} MiB.",
-             f"- Outputs written: {', '.join(record['outputs'])}"
-             + (f"; skipped: {'; '.join(record['skipped'])}." if record["skipped"] else "."),
-             f"- Render backend: {record['render_backend']}. Seconds are medians of {record['repeats']} runs after a "
-             "warm-up (the compiled rows' warm-up includes the compilation); model building is not counted.",
-             f"- mp4 files: libx264 preset {record.get('video_preset', 'medium')}. Per-file write seconds (they run "
-             "concurrently; median):"]  # fmt: skip
+    notes = [
+        f"- Gaussians per scene: {first['num_gaussians']:,} ({first['query_times']} stored query times); "
+        f"files per scene {first['output_MiB']:.0f} MiB.",
+        f"- Outputs written: {', '.join(record['outputs'])}"
+        + (f"; skipped: {'; '.join(record['skipped'])}." if record["skipped"] else "."),
+        f"- Render backend: {record['render_backend']}. Seconds are medians of {record['repeats']} runs after a "
+        "warm-up (the compiled rows' warm-up includes the compilation); model building is not counted.",
+        f"- mp4 files: libx264 preset {record.get('video_preset', 'medium')}. Per-file write seconds (they run "
+        "concurrently; median):",
+    ]
     for r in record["results"]:
         if r.get("write_files_median_s"):
             slow = sorted(r["write_files_median_s"].items(), key=lambda kv: -kv[1])
-            notes.append(f"  - {r['size']} {r['decoder']}{' compiled' if r.get('compiled') else ''}: "
-                         + ", ".join(f"{k} {v:.2f}" for k, v in slow))  # fmt: skip
-    return (f"# Generation: image + trajectory + prompt -> 4D scene, per stage\n\n`{record['command']}` on "
-            f"{record['device']}, {record['date']}, commit {record['commit']}, torch {record['torch']}\n\n"
-            f"{record['models']}\n\n{head}" + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n")  # fmt: skip
+            notes.append(
+                f"  - {r['size']} {r['decoder']}{' compiled' if r.get('compiled') else ''}: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in slow)
+            )
+    return (
+        f"# Generation: image + trajectory + prompt -> 4D scene, per stage\n\n`{record['command']}` on "
+        f"{record['device']}, {record['date']}, commit {record['commit']}, torch {record['torch']}\n\n"
+        f"{record['models']}\n\n{head}" + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,25 +305,49 @@ def main(argv: list[str] | None = None) -> None:
     else:
         pipe = build_real(device, args)
     build_s = time.perf_counter() - t0
-    counts = {name: params(m) for name, m in (("text_encoder", pipe.text_encoder), ("camera_wan", pipe.camera_wan),
-                                              ("vae", pipe.vae), ("lrdm", pipe.lrdm), ("aligner", pipe.aligner))}  # fmt: skip
+    counts = {
+        name: params(m)
+        for name, m in (
+            ("text_encoder", pipe.text_encoder),
+            ("camera_wan", pipe.camera_wan),
+            ("vae", pipe.vae),
+            ("lrdm", pipe.lrdm),
+            ("aligner", pipe.aligner),
+        )
+    }
     lc = pipe.lrdm.config
-    models = ("Models" + (" (tiny)" if args.tiny else "") + ": " + ", ".join(f"{k} {v / 1e6:,.1f} M" for k, v in counts.items())
-              + f"; LRDM encoder {lc.encoder}, gaussian stride {lc.gaussian_stride}, frame step "
-              f"{lc.gaussian_frame_step}; {args.steps} steps, CFG {args.guidance}.")  # fmt: skip
+    models = (
+        "Models"
+        + (" (tiny)" if args.tiny else "")
+        + ": "
+        + ", ".join(f"{k} {v / 1e6:,.1f} M" for k, v in counts.items())
+        + f"; LRDM encoder {lc.encoder}, gaussian stride {lc.gaussian_stride}, frame step "
+        f"{lc.gaussian_frame_step}; {args.steps} steps, CFG {args.guidance}."
+    )
     print(f"built in {build_s:.1f} s. {models}", flush=True)
     name = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     )
     record: dict[str, Any] = {
-        "command": " ".join(["python", "experiments/benchmarks/generate.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device": name, "torch": torch.__version__, "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": git_commit(),
-        "tiny": args.tiny, "models": models, "parameters": counts, "build_s": build_s, "outputs": list(outputs),
-        "skipped": skipped, "repeats": args.repeats, "render_backend": resolve_backend(args.render_backend, device),
+        "command": " ".join(
+            ["python", "experiments/benchmarks/generate.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "device": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(),
+        "tiny": args.tiny,
+        "models": models,
+        "parameters": counts,
+        "build_s": build_s,
+        "outputs": list(outputs),
+        "skipped": skipped,
+        "repeats": args.repeats,
+        "render_backend": resolve_backend(args.render_backend, device),
         "video_preset": args.video_preset,
         "results": [],
-    }  # fmt: skip
+    }
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="diff4splat-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)

@@ -84,10 +84,21 @@ def bench_gpu(N: int, V: int, H: int, W: int) -> dict:
     def raw(backward: bool):
         def run():
             colors, alphas, _ = gsplat.rasterization(
-                leaves["means"], leaves["quats"], leaves["scales"], leaves["opacities"], leaves["colors"],
-                viewmats, Ks, W, H, near_plane=0.001, far_plane=100.0, packed=False, render_mode="RGB+ED",
+                leaves["means"],
+                leaves["quats"],
+                leaves["scales"],
+                leaves["opacities"],
+                leaves["colors"],
+                viewmats,
+                Ks,
+                W,
+                H,
+                near_plane=0.001,
+                far_plane=100.0,
+                packed=False,
+                render_mode="RGB+ED",
                 rasterize_mode="classic",
-            )  # fmt: skip
+            )
             if backward:
                 (colors.sum() + alphas.sum()).backward()
 

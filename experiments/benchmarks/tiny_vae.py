@@ -90,8 +90,12 @@ def main() -> None:
         if not args.no_compile:
             compiled = torch.compile(aligner.tiny_vae.decode)
             raw = z * wan.std + wan.mean
-            add(size, "TinyVAE decode (bf16, torch.compile, raw latents)", lambda raw=raw, c=compiled: c(raw),
-                args.repeats)  # fmt: skip
+            add(
+                size,
+                "TinyVAE decode (bf16, torch.compile, raw latents)",
+                lambda raw=raw, c=compiled: c(raw),
+                args.repeats,
+            )
         add(size, "Wan2.2 VAE encode (bf16)", lambda f=frames: wan.encode(f), max(3, args.repeats // 3))
         add(size, "TinyVAE encode (bf16)", lambda f=frames: aligner.encode(f), args.repeats)
         del z, frames
@@ -103,17 +107,33 @@ def main() -> None:
     speedups = {}
     for size in ("49x352x640", "49x480x832"):
         wan_s = get(size, "Wan2.2 VAE decode (bf16)")
-        best = min((r for r in rows if r["size"] == size and r["what"].startswith("TinyVAE decode")),
-                   key=lambda r: r["median_s"])  # fmt: skip
-        speedups[size] = {"wan_s": wan_s, "tiny_best": best["what"], "tiny_s": best["median_s"],
-                          "bf16_s": get(size, "TinyVAE decode (bf16)"), "speedup_best": wan_s / best["median_s"],
-                          "speedup_bf16": wan_s / get(size, "TinyVAE decode (bf16)")}  # fmt: skip
+        best = min(
+            (r for r in rows if r["size"] == size and r["what"].startswith("TinyVAE decode")),
+            key=lambda r: r["median_s"],
+        )
+        speedups[size] = {
+            "wan_s": wan_s,
+            "tiny_best": best["what"],
+            "tiny_s": best["median_s"],
+            "bf16_s": get(size, "TinyVAE decode (bf16)"),
+            "speedup_best": wan_s / best["median_s"],
+            "speedup_bf16": wan_s / get(size, "TinyVAE decode (bf16)"),
+        }
     head = speedups["49x352x640"]
-    result = {"command": " ".join(["python"] + sys.argv), "device": name, "torch": torch.__version__,
-              "python": platform.python_version(), "date": datetime.datetime.now(datetime.UTC).isoformat(),
-              "commit": os.environ.get("GIT_COMMIT", ""), "wan_vae_params": wan_params, "tiny_vae_params": tiny_params,
-              "rows": rows, "speedups": speedups, "goal": ">= 10x at 49x352x640",
-              "goal_met": head["speedup_bf16"] >= 10}  # fmt: skip
+    result = {
+        "command": " ".join(["python"] + sys.argv),
+        "device": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        "commit": os.environ.get("GIT_COMMIT", ""),
+        "wan_vae_params": wan_params,
+        "tiny_vae_params": tiny_params,
+        "rows": rows,
+        "speedups": speedups,
+        "goal": ">= 10x at 49x352x640",
+        "goal_met": head["speedup_bf16"] >= 10,
+    }
     table = "| size | decoder | median ms | min ms | peak GiB |\n|---|---|---:|---:|---:|\n" + "\n".join(
         f"| {r['size']} | {r['what']} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | {r['peak_GiB']:.2f} |"
         for r in rows

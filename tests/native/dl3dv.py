@@ -36,15 +36,25 @@ def write_dl3dv(scene_dir: Path, gt: GroundTruth, factor: int = 4, image_dir: st
     for i in np.random.default_rng(0).permutation(F):
         name = f"frame_{i + 1:05d}.png"
         Image.fromarray(gt.rgb[i]).save(scene_dir / image_dir / name)
-        frames.append({"file_path": f"images/{name}", "transform_matrix": opencv_to_opengl(gt.c2w[i]).tolist(),
-                       "colmap_im_id": int(i + 1)})  # fmt: skip
+        frames.append(
+            {
+                "file_path": f"images/{name}",
+                "transform_matrix": opencv_to_opengl(gt.c2w[i]).tolist(),
+                "colmap_im_id": int(i + 1),
+            }
+        )
     data = {
-        "w": W * factor, "h": H * factor,
-        "fl_x": K[0, 0] * factor, "fl_y": K[1, 1] * factor, "cx": K[0, 2] * factor, "cy": K[1, 2] * factor,
-        "camera_model": "OPENCV", **DISTORTION,
+        "w": W * factor,
+        "h": H * factor,
+        "fl_x": K[0, 0] * factor,
+        "fl_y": K[1, 1] * factor,
+        "cx": K[0, 2] * factor,
+        "cy": K[1, 2] * factor,
+        "camera_model": "OPENCV",
+        **DISTORTION,
         "frames": frames,
         "applied_transform": [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [-0.0, -0.0, -1.0, -0.0]],
-    }  # fmt: skip
+    }
     path = scene_dir / "transforms.json"
     path.write_text(json.dumps(data, indent=2))
     return path

@@ -32,8 +32,13 @@ def to_pytorch3d(c2w: np.ndarray, K: np.ndarray, height: int, width: int, fmt: I
     s = np.full(2, min(width, height) / 2.0) if fmt == "ndc_isotropic" else np.array([width / 2.0, height / 2.0])
     focal = np.array([K[0, 0], K[1, 1]]) / s
     pp = (np.array([width / 2.0, height / 2.0]) - np.array([K[0, 2], K[1, 2]])) / s
-    return {"R": R.tolist(), "T": T.tolist(), "focal_length": focal.tolist(), "principal_point": pp.tolist(),
-            "intrinsics_format": fmt}  # fmt: skip
+    return {
+        "R": R.tolist(),
+        "T": T.tolist(),
+        "focal_length": focal.tolist(),
+        "principal_point": pp.tolist(),
+        "intrinsics_format": fmt,
+    }
 
 
 def float16_png(depth: np.ndarray, path: Path) -> None:
@@ -68,24 +73,31 @@ def write_sequence(
                 z[:invalid_block, :invalid_block] = 0.0
             float16_png(z, split_dir / depth)
             pc_z = (np.linalg.inv(gt.c2w[i]) @ np.c_[gt.tracks_world[i], np.ones(len(uv[i]))].T)[2]
-            torch.save({"traj_2d": torch.from_numpy(np.c_[uv[i], pc_z].astype(np.float32)),
-                        "traj_3d_world": torch.from_numpy(gt.tracks_world[i].astype(np.float32)),
-                        "verts_inds_vis": torch.from_numpy(gt.tracks_visible[i]),
-                        "img": torch.from_numpy(gt.rgb[i]),
-                        "instances": torch.zeros(len(uv[i]))}, split_dir / traj)  # fmt: skip
-            entries.append({
-                "sequence_name": name,
-                "frame_number": i,
-                "frame_timestamp": float(gt.timestamps[i]),
-                "image": {"path": str(image), "size": [H, W]},
-                "depth": {"path": str(depth), "scale_adjustment": 1.0, "mask_path": None},
-                "mask": {"path": str(d / "masks" / f"{name}_source_{cam}_{i:04d}.png"), "mass": None},
-                "viewpoint": to_pytorch3d(gt.c2w[i] @ shift, gt.K[i], H, W, fmt),
-                "meta": {},
-                "camera_name": cam,
-                "trajectories": {"path": str(traj)},
-                "flow_forward": {"path": str(d / "flow_forward" / f"{name}_source_{cam}_{i:04d}.png")},
-            })  # fmt: skip
+            torch.save(
+                {
+                    "traj_2d": torch.from_numpy(np.c_[uv[i], pc_z].astype(np.float32)),
+                    "traj_3d_world": torch.from_numpy(gt.tracks_world[i].astype(np.float32)),
+                    "verts_inds_vis": torch.from_numpy(gt.tracks_visible[i]),
+                    "img": torch.from_numpy(gt.rgb[i]),
+                    "instances": torch.zeros(len(uv[i])),
+                },
+                split_dir / traj,
+            )
+            entries.append(
+                {
+                    "sequence_name": name,
+                    "frame_number": i,
+                    "frame_timestamp": float(gt.timestamps[i]),
+                    "image": {"path": str(image), "size": [H, W]},
+                    "depth": {"path": str(depth), "scale_adjustment": 1.0, "mask_path": None},
+                    "mask": {"path": str(d / "masks" / f"{name}_source_{cam}_{i:04d}.png"), "mass": None},
+                    "viewpoint": to_pytorch3d(gt.c2w[i] @ shift, gt.K[i], H, W, fmt),
+                    "meta": {},
+                    "camera_name": cam,
+                    "trajectories": {"path": str(traj)},
+                    "flow_forward": {"path": str(d / "flow_forward" / f"{name}_source_{cam}_{i:04d}.png")},
+                }
+            )
     return entries
 
 

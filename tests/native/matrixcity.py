@@ -70,18 +70,20 @@ def write_exr(path: Path, channels: dict[str, np.ndarray], compression: str = "Z
     chlist = b"".join(
         n.encode() + b"\0" + struct.pack("<iB3xii", _TYPES[a.dtype], 0, 1, 1) for n, a in zip(names, arrays)
     )
-    header = b"".join([
-        struct.pack("<ii", 20000630, 2),
-        _attr("channels", "chlist", chlist + b"\0"),
-        _attr("compression", "compression", bytes([comp])),
-        _attr("dataWindow", "box2i", struct.pack("<4i", 0, 0, W - 1, H - 1)),
-        _attr("displayWindow", "box2i", struct.pack("<4i", 0, 0, W - 1, H - 1)),
-        _attr("lineOrder", "lineOrder", b"\0"),
-        _attr("pixelAspectRatio", "float", struct.pack("<f", 1.0)),
-        _attr("screenWindowCenter", "v2f", struct.pack("<2f", 0.0, 0.0)),
-        _attr("screenWindowWidth", "float", struct.pack("<f", 1.0)),
-        b"\0",
-    ])  # fmt: skip
+    header = b"".join(
+        [
+            struct.pack("<ii", 20000630, 2),
+            _attr("channels", "chlist", chlist + b"\0"),
+            _attr("compression", "compression", bytes([comp])),
+            _attr("dataWindow", "box2i", struct.pack("<4i", 0, 0, W - 1, H - 1)),
+            _attr("displayWindow", "box2i", struct.pack("<4i", 0, 0, W - 1, H - 1)),
+            _attr("lineOrder", "lineOrder", b"\0"),
+            _attr("pixelAspectRatio", "float", struct.pack("<f", 1.0)),
+            _attr("screenWindowCenter", "v2f", struct.pack("<2f", 0.0, 0.0)),
+            _attr("screenWindowWidth", "float", struct.pack("<f", 1.0)),
+            b"\0",
+        ]
+    )
     lines = 16 if compression == "ZIP" else 1
     chunks = []
     for y in range(0, H, lines):
@@ -132,8 +134,20 @@ def write_block(root: Path, gt: GroundTruth, variant: str = "pose", compression:
         frames = [
             {"file_path": f"../../train/block_1/{i:04d}.png", "transform_matrix": m[i].tolist()} for i in range(F)
         ]
-        d = {"camera_angle_x": angle_x, "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": float(W), "h": float(H),
-             "k1": 0, "k2": 0, "p1": 0, "p2": 0, "frames": frames}  # fmt: skip
+        d = {
+            "camera_angle_x": angle_x,
+            "fl_x": fx,
+            "fl_y": fy,
+            "cx": cx,
+            "cy": cy,
+            "w": float(W),
+            "h": float(H),
+            "k1": 0,
+            "k2": 0,
+            "p1": 0,
+            "p2": 0,
+            "frames": frames,
+        }
         path = city / "pose" / "block_A" / "transforms_train.json"
     else:
         m = gl.copy()

@@ -81,13 +81,15 @@ def make_scene(
         p = o + t[..., None] * d_w
         depth[i] = t  # d_cam has z = 1, so the ray parameter is the z-depth
         checker = ((np.floor(p[..., 0] * 4) + np.floor(p[..., 1] * 4) + np.floor(p[..., 2] * 4)) % 2).astype(float)
-        base = np.stack([0.5 + 0.4 * np.sin(2 * p[..., 0]), 0.5 + 0.4 * np.cos(3 * p[..., 1]),
-                         0.5 + 0.4 * np.sin(p[..., 2])], -1)  # fmt: skip
+        base = np.stack(
+            [0.5 + 0.4 * np.sin(2 * p[..., 0]), 0.5 + 0.4 * np.cos(3 * p[..., 1]), 0.5 + 0.4 * np.sin(p[..., 2])], -1
+        )
         rgb[i] = np.clip(255 * (0.6 * base + 0.4 * checker[..., None]), 0, 255).astype(np.uint8)
 
     # world tracks on the wall, some moving
-    start = np.stack([rng.uniform(-1.5, 1.5, num_tracks), rng.uniform(-1.0, 0.9, num_tracks),
-                      np.full(num_tracks, 3.9)], -1)  # fmt: skip
+    start = np.stack(
+        [rng.uniform(-1.5, 1.5, num_tracks), rng.uniform(-1.0, 0.9, num_tracks), np.full(num_tracks, 3.9)], -1
+    )
     vel = rng.normal(0, 0.3, (num_tracks, 3)) * (np.arange(num_tracks) % 2 == 0)[:, None] if dynamic else 0
     vel = np.asarray(vel) * np.array([1, 1, 0])
     tracks = start[None] + s[:, None, None] * vel[None] if dynamic else np.repeat(start[None], f, 0)
@@ -102,5 +104,13 @@ def make_scene(
         col = np.clip(px.astype(int), 0, width - 1)
         row = np.clip(py.astype(int), 0, height - 1)
         visible[i] = inside & (z <= depth[i, row, col] + 1e-6)
-    return GroundTruth(c2w=c2w, fxfycxcy=fxfycxcy, K=K, rgb=rgb, depth=depth, tracks_world=tracks,
-                       tracks_visible=visible, timestamps=np.arange(f) / fps)  # fmt: skip
+    return GroundTruth(
+        c2w=c2w,
+        fxfycxcy=fxfycxcy,
+        K=K,
+        rgb=rgb,
+        depth=depth,
+        tracks_world=tracks,
+        tracks_visible=visible,
+        timestamps=np.arange(f) / fps,
+    )

@@ -21,8 +21,15 @@ BEHIND_TRACK = np.array([0.0, 0.0, -5.0])  # an extra track behind every camera:
 
 
 def stereo4d_scene(num_frames: int = 8, size: int = 64, num_tracks: int = 60) -> GroundTruth:
-    return make_scene(num_frames=num_frames, height=size, width=size, fov_x_deg=60.0, num_tracks=num_tracks,
-                      seed=CENTRED_SEED, fps=30.0)  # fmt: skip
+    return make_scene(
+        num_frames=num_frames,
+        height=size,
+        width=size,
+        fov_x_deg=60.0,
+        num_tracks=num_tracks,
+        seed=CENTRED_SEED,
+        fps=30.0,
+    )
 
 
 def ragged_tracks(gt: GroundTruth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,8 +47,13 @@ def ragged_tracks(gt: GroundTruth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(lengths, np.int32), np.concatenate(indices).astype(np.int32), np.concatenate(coords)
 
 
-def write_stereo4d(root: Path, gt: GroundTruth, split: str = "train", uid: str = "abcDEF123_4004000",
-                   video_frames: np.ndarray | None = None) -> tuple[Path, Path]:  # fmt: skip
+def write_stereo4d(
+    root: Path,
+    gt: GroundTruth,
+    split: str = "train",
+    uid: str = "abcDEF123_4004000",
+    video_frames: np.ndarray | None = None,
+) -> tuple[Path, Path]:
     """Write the npz and the rectified video of ``uid``; return (npz path, video path)."""
     F = gt.shape[0]
     lengths, indices, coords = ragged_tracks(gt)
@@ -50,10 +62,17 @@ def write_stereo4d(root: Path, gt: GroundTruth, split: str = "train", uid: str =
     npz.parent.mkdir(parents=True, exist_ok=True)
     video.parent.mkdir(parents=True, exist_ok=True)
     first = int(uid.split("_")[-1])
-    np.savez(npz, name=np.array(uid), video_id=np.array(uid.split("_")[0]),
-             timestamps=(first + np.round(np.arange(F) * 1e6 / 30)).astype(np.int64),
-             camera2world=gt.c2w[:, :3, :].astype(np.float32), track_lengths=lengths, track_indices=indices,
-             track_coordinates=coords.astype(np.float32), rectified2rig=np.tile(np.eye(3, dtype=np.float32), (2, 1, 1)),
-             fov_bounds=np.array([-90.0, 90.0, -90.0, 90.0], np.float32))  # fmt: skip
+    np.savez(
+        npz,
+        name=np.array(uid),
+        video_id=np.array(uid.split("_")[0]),
+        timestamps=(first + np.round(np.arange(F) * 1e6 / 30)).astype(np.int64),
+        camera2world=gt.c2w[:, :3, :].astype(np.float32),
+        track_lengths=lengths,
+        track_indices=indices,
+        track_coordinates=coords.astype(np.float32),
+        rectified2rig=np.tile(np.eye(3, dtype=np.float32), (2, 1, 1)),
+        fov_bounds=np.array([-90.0, 90.0, -90.0, 90.0], np.float32),
+    )
     video.write_bytes(encode_video(gt.rgb if video_frames is None else video_frames, fps=30.0, crf=12))
     return npz, video

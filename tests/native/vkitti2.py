@@ -65,8 +65,14 @@ def _fmt(values: np.ndarray) -> str:
     return " ".join(f"{x:.17g}" for x in values)
 
 
-def write_vkitti2(root: Path, gts: tuple[GroundTruth, GroundTruth], scene: str = "Scene01", variation: str = "clone",
-                  with_flow: bool = True, segmentation_folder: str = "classSegmentation") -> Path:  # fmt: skip
+def write_vkitti2(
+    root: Path,
+    gts: tuple[GroundTruth, GroundTruth],
+    scene: str = "Scene01",
+    variation: str = "clone",
+    with_flow: bool = True,
+    segmentation_folder: str = "classSegmentation",
+) -> Path:
     """Write cameras 0 and 1 (``gts[0]``, ``gts[1]``, same F,H,W) of ``root/scene/variation``; return that folder."""
     seq = Path(root) / scene / variation
     F, H, W = gts[0].shape
