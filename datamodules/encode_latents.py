@@ -32,9 +32,9 @@ from datamodules.latents import LatentMeta, LatentSample, LatentShardWriter
 from datamodules.spec import Clip, decode_frames, decode_sample
 from datamodules.stream import SkipStats, crop_box, iter_tar
 from datamodules.verify import find_shards
+from diff4splat.cli import run_cli
 from diff4splat.geometry.cameras import canonicalize, crop_intrinsics
 from diff4splat.models.wan_vae import WanVAE
-from diff4splat.pipelines.inputs import run_cli
 
 log = logging.getLogger(__name__)
 

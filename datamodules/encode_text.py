@@ -21,7 +21,7 @@ from pathlib import Path
 from datamodules.spec import ClipMeta, SpecError
 from datamodules.stream import SkipStats, iter_tar
 from datamodules.verify import find_shards
-from diff4splat.pipelines.inputs import run_cli
+from diff4splat.cli import run_cli
 
 
 def load_captions(path: str | Path, field: str | None = None) -> dict[str, str]:

@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from diff4splat.cli import InputError
 from diff4splat.gaussians.io import save_splat
 from diff4splat.geometry.trajectories import PRESETS
 from diff4splat.pipelines.generation import Diff4SplatPipeline, GenerateConfig, make_job, run_job
-from diff4splat.pipelines.inputs import InputError
 from diff4splat.pipelines.outputs import read_scene_output
 
 log = logging.getLogger("diff4splat.demo")

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from datamodules.stream import expand_shards
+from diff4splat.cli import InputError, run_cli
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.pipelines.evaluation import ClipEvalConfig, evaluate_clips, evaluate_scenes, write_results
-from diff4splat.pipelines.inputs import InputError, run_cli
 from diff4splat.pipelines.outputs import read_scene_output
 from diff4splat.pipelines.reconstruction import load_lrdm
 

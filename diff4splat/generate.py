@@ -18,9 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from diff4splat.cli import run_cli
 from diff4splat.configs import to_dataclass
 from diff4splat.pipelines.generation import GenerateConfig, generate
-from diff4splat.pipelines.inputs import run_cli
 
 
 def to_config(cfg: DictConfig) -> GenerateConfig:

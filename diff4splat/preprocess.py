@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diff4splat.cli import InputError, run_cli
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
-from diff4splat.pipelines.inputs import InputError, read_cameras, read_frames, run_cli
+from diff4splat.pipelines.inputs import read_cameras, read_frames
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

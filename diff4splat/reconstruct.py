@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from diff4splat.callbacks.media import write_video
+from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
-from diff4splat.pipelines.inputs import InputError, fit_to_multiple, read_cameras, read_frames, read_npz, run_cli
+from diff4splat.pipelines.inputs import fit_to_multiple, read_cameras, read_frames, read_npz
 from diff4splat.pipelines.outputs import atomic_output_dir
 from diff4splat.pipelines.reconstruction import (
     Reconstruction,

@@ -212,7 +212,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def _recover_swapped(path: Path) -> None:
     """Finish a replacement of a checkpoint folder that was interrupted between its two renames (see
     `diff4splat.callbacks.checkpoint.atomic_save_checkpoint`): the previous version is put back."""
-    from diff4splat.callbacks.checkpoint import recover_interrupted_replace
+    from diff4splat.files import recover_interrupted_replace
 
     recover_interrupted_replace(path)
 

@@ -20,13 +20,13 @@ from datamodules.spec import encode_clip
 from datamodules.stream import ClipSamplingConfig, ClipTransform
 from datamodules.synthetic import SyntheticConfig, generate_clip
 from diff4splat import evaluate
+from diff4splat.cli import InputError
 from diff4splat.configs import to_plain
 from diff4splat.geometry.cameras import unproject_depth
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.metrics import PSNR_CAP, depth_metrics, image_metrics, track_metrics, warp_error
 from diff4splat.models.lrdm import LRDM, lrdm_preset
 from diff4splat.pipelines.evaluation import ClipEvalConfig, clip_batch, evaluate_clip, evaluate_scene
-from diff4splat.pipelines.inputs import InputError
 from diff4splat.pipelines.outputs import read_scene_output
 from diff4splat.pipelines.reconstruction import to_uint8
 from tests.scene_outputs import write_scene_output
@@ -314,8 +314,8 @@ def test_scene_folder_errors(tmp_path, capsys):
 def test_cli_run_leaves_autograd_enabled():
     """The CLI evaluates without gradients but must not switch autograd off for the rest of the process (it did:
     every later test that backpropagated failed)."""
+    from diff4splat.cli import InputError
     from diff4splat.evaluate import parse_args, run
-    from diff4splat.pipelines.inputs import InputError
 
     with pytest.raises(InputError):
         run(parse_args(["scenes", "/nonexistent_scene_folder", "--no-lpips", "--out", "/tmp/unused_eval_out"]))

@@ -32,12 +32,12 @@ from datamodules.stream import ClipStream, SkipStats, SourceConfig, iter_tar
 from datamodules.verify import verify
 from datamodules.write import ShardWriter, read_manifest
 from diff4splat import evaluate, preprocess, reconstruct, view
+from diff4splat.cli import InputError
 from diff4splat.configs import to_plain
 from diff4splat.gaussians import io as gaussian_io
 from diff4splat.gaussians.io import load_ply, save_ply
 from diff4splat.geometry.trajectories import make_trajectory, write_trajectory_json
 from diff4splat.models.lrdm import LRDM, lrdm_preset
-from diff4splat.pipelines.inputs import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 F, H, W = 5, 36, 44  # reconstruct inputs: not multiples of the patch size (cropped to 32 x 40)

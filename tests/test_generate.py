@@ -18,12 +18,12 @@ from PIL import Image
 
 from datamodules.spec import decode_video
 from diff4splat import generate as generate_cli
+from diff4splat.cli import InputError
 from diff4splat.gaussians.io import load_4d
 from diff4splat.geometry.trajectories import make_trajectory, write_re10k_txt, write_trajectory_json
 from diff4splat.pipelines import Diff4SplatPipeline
 from diff4splat.pipelines import generation as gen_mod
 from diff4splat.pipelines.camera_video import SamplingConfig
-from diff4splat.pipelines.inputs import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_H, PHOTO_W = 480, 854  # a photograph's size; 854 is not a multiple of the model's 32-pixel unit
@@ -377,7 +377,7 @@ def test_cli_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"image": str(tmp_path / "none.png"), "output_dir": str(tmp_path / "o"), "tiny": True})
-    from diff4splat.pipelines.inputs import run_cli
+    from diff4splat.cli import run_cli
 
     assert run_cli(generate_cli.run, cfg) == 2
     err = capsys.readouterr().err

@@ -13,11 +13,12 @@ from safetensors.torch import save_file
 
 from datamodules.spec import decode_video
 from diff4splat import preprocess, reconstruct
+from diff4splat.cli import InputError
 from diff4splat.configs import to_plain
 from diff4splat.gaussians.io import load_4d, load_ply
 from diff4splat.geometry.trajectories import make_trajectory, write_trajectory_json
 from diff4splat.models.lrdm import LRDM, lrdm_preset
-from diff4splat.pipelines.inputs import InputError, fit_to_multiple
+from diff4splat.pipelines.inputs import fit_to_multiple
 from diff4splat.pipelines.reconstruction import load_lrdm
 
 F, H, W = 5, 36, 44  # not multiples of the patch size: reconstruct crops to 32 x 40

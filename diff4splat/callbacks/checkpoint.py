@@ -13,7 +13,7 @@ and renamed over the old one, so an interrupted write (an exception, a full disk
 checkpoint intact and the new one absent, never half of it. Lightning's own writer stages files in the system's temp
 folder and moves them, which is a copy (not atomic) when that folder is on another disk, as on clusters. A
 distributed checkpoint (a folder) replaces the old folder by two renames (old aside, new in place);
-`recover_interrupted_replace` puts the old one back if a kill falls between them.
+`diff4splat.files.recover_interrupted_replace` puts the old one back if a kill falls between them.
 
 ``last.ckpt`` is what a restarted run continues from (``ckpt_path=auto``): the ``last_checkpoint`` callback writes it
 every ``every_n_train_steps`` steps, at the end of training, and when the run is stopped by a signal (see
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 from weakref import proxy
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from diff4splat.callbacks.ema import EMA, full_tensor
+from diff4splat.files import atomic_file, fsync_tree, remove_path, replace_path
 
 log = logging.getLogger(__name__)
 
@@ -49,71 +49,6 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def _aside_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.old")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or every file of a folder and the folder itself, to disk."""
-    if path.is_dir():
-        for child in path.rglob("*"):
-            if child.is_file():
-                fsync_path(child)
-    else:
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    fsync_dir(path if path.is_dir() else path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Persist the entries (renames) of a folder; a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def replace_path(tmp: Path, path: Path) -> None:
-    """Move the complete ``tmp`` (file or folder) to ``path``: one atomic rename for a file over a file; otherwise
-    the old entry is renamed aside first and removed after the new one is in place."""
-    if tmp.is_file() and (path.is_file() or not path.exists()):
-        os.replace(tmp, path)
-    else:
-        aside = _aside_name(path)
-        _remove(aside)
-        if path.exists() or path.is_symlink():
-            os.replace(path, aside)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-        _remove(aside)
-    fsync_dir(path.parent)
-
-
-def recover_interrupted_replace(path: str | os.PathLike) -> None:
-    """If a `replace_path` was killed between its renames (``path`` missing, the old version aside), restore it."""
-    path = Path(path)
-    aside = _aside_name(path)
-    if not path.exists() and aside.exists():
-        try:
-            os.replace(aside, path)
-            log.warning("restored %s from %s (a checkpoint replacement was interrupted)", path, aside.name)
-        except FileNotFoundError:  # another rank restored it first
-            pass
-
-
 def atomic_save_checkpoint(trainer: L.Trainer, filepath: str | os.PathLike, weights_only: bool = False) -> None:
     """``trainer.save_checkpoint(filepath)`` through a temporary name in the same folder, fsync and rename.
 
@@ -123,32 +58,24 @@ def atomic_save_checkpoint(trainer: L.Trainer, filepath: str | os.PathLike, weig
     tmp = _temp_name(path)
     if trainer.is_global_zero:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove(tmp)  # the leftover of a write that was killed
+        remove_path(tmp)  # the leftover of a write that was killed
     trainer.strategy.barrier("atomic_save_checkpoint:start")
     try:
         trainer.save_checkpoint(tmp, weights_only)
     except BaseException:
         if trainer.is_global_zero:
-            _remove(tmp)
+            remove_path(tmp)
         raise
     if trainer.is_global_zero:
-        fsync_path(tmp)
+        fsync_tree(tmp)
         replace_path(tmp, path)
     trainer.strategy.barrier("atomic_save_checkpoint:end")
 
 
 def atomic_save_safetensors(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """``safetensors.torch.save_file`` through a temporary name, fsync and rename."""
-    path = Path(path)
-    tmp = _temp_name(path)
-    try:
+    with atomic_file(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def exportable_state_dict(trainer: L.Trainer, system: L.LightningModule, use_ema: bool = True) -> dict[str, Tensor]:
@@ -258,6 +185,5 @@ __all__ = [
     "atomic_save_safetensors",
     "exportable_state_dict",
     "last_checkpoint_callback",
-    "recover_interrupted_replace",
     "sidecar_path",
 ]

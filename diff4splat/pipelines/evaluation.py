@@ -47,13 +47,13 @@ from torch import Tensor
 from datamodules.batch import collate, finish_batch
 from datamodules.spec import Clip, decode_sample, decode_video
 from datamodules.stream import ClipSamplingConfig, ClipTransform, SkipStats, SourceConfig, batch_size_hw, iter_tar
+from diff4splat.cli import InputError
 from diff4splat.gaussians.types import Gaussians
 from diff4splat.geometry.cameras import unproject_depth
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.losses.motion import track_motion
 from diff4splat.metrics import depth_metrics, image_metrics, track_metrics, warp_error
 from diff4splat.models.lrdm import LRDM, LRDMOutput, gaussians_at_all_times
-from diff4splat.pipelines.inputs import InputError
 from diff4splat.pipelines.outputs import SceneOutput
 from diff4splat.rendering import render
 from diff4splat.systems.reconstruction import nearest_input_frames

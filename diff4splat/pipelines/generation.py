@@ -43,12 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diff4splat.cli import InputError
 from diff4splat.gaussians import DeformableGaussians
 from diff4splat.geometry.cameras import canonicalize, crop_intrinsics, fov_to_focal
 from diff4splat.geometry.trajectories import PRESETS, Trajectory, make_trajectory
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
 from diff4splat.pipelines.camera_video import SamplingConfig, sample_latents
-from diff4splat.pipelines.inputs import IMAGE_SUFFIXES, InputError
+from diff4splat.pipelines.inputs import IMAGE_SUFFIXES
 from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, depth_to_color, to_uint8
 
 log = logging.getLogger("diff4splat.generate")

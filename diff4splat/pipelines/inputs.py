@@ -7,7 +7,6 @@ normalised intrinsics [F, 4]; frames float [F, 3, H, W] in [0, 1].
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,41 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diff4splat.cli import InputError
 from diff4splat.geometry.cameras import K_to_fxfycxcy, crop_intrinsics
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
-
-
-class InputError(ValueError):
-    """Bad user input: names the file and the field."""
-
-
-# Errors of the machine rather than of the input: a full disk or quota, a read-only or forbidden output place.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def run_cli(run, args) -> int:
-    """Run a CLI's ``run(args)``; bad input prints one ``error: ...`` line to stderr and returns exit code 2; a full
-    disk (or a read-only / forbidden output place) prints one ``error: ...`` line and returns 1. The writers leave no
-    partial output either way."""
-    import sys
-
-    try:
-        result = run(args)
-    except (InputError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno not in _WRITE_ERRNOS:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        full = " (the disk is full; nothing partial was left)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        print(f"error: {where}{e.strerror or e}{full}", file=sys.stderr)
-        return 1
-    if result is not None:
-        print(result)
-    return 0
 
 
 @dataclass

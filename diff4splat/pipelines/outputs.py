@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diff4splat.cli import InputError
 from diff4splat.gaussians.io import load_4d
 from diff4splat.gaussians.types import DeformableGaussians
-from diff4splat.pipelines.inputs import InputError
 
 SCENE_FILE = "scene.safetensors"
 META_FILE = "meta.json"

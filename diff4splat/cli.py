@@ -1,0 +1,38 @@
+"""Command-line plumbing shared by every entry point: the bad-input error and the driver that turns errors into one
+``error:`` line and an exit status (2 for bad input or usage, 1 for a failure of the machine)."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class InputError(ValueError):
+    """Bad user input: names the file and the field."""
+
+
+# Errors of the machine rather than of the input: a full disk or quota, a read-only or forbidden output place.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def run_cli(run: Callable[[Any], Any], args: Any) -> int:
+    """Run a CLI's ``run(args)``; bad input prints one ``error: ...`` line to stderr and returns exit code 2; a full
+    disk (or a read-only / forbidden output place) prints one ``error: ...`` line and returns 1. The writers leave no
+    partial output either way."""
+    try:
+        result = run(args)
+    except (InputError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        full = " (the disk is full; nothing partial was left)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        print(f"error: {where}{e.strerror or e}{full}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(result)
+    return 0

@@ -1,0 +1,178 @@
+"""Atomic writes: a file or a folder appears complete under its name or not at all.
+
+Everything the project writes (checkpoints, weights, scenes, shards, manifests, caches, output folders) goes through
+`atomic_file` or `atomic_dir`: the content is written under a hidden temporary name in the destination's own folder
+(a rename across disks would be a copy), flushed to disk, given the usual permissions (``0666 & ~umask``; temporary
+files are made ``0600``) and renamed onto the destination. A failure (an exception, a full disk, a signal) removes
+the temporary entry and leaves what was there before untouched. A folder that replaces an existing one takes two
+renames (the old one aside, the new one in place); `recover_interrupted_replace` restores the old one if a kill falls
+between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "atomic_dir",
+    "atomic_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "fsync_tree",
+    "recover_interrupted_replace",
+    "remove_path",
+    "replace_path",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Persist the entries (renames) of a folder; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike) -> None:
+    """Flush a file, or every file of a folder and the folders themselves, to disk."""
+    path = Path(path)
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+            elif child.is_dir():
+                fsync_dir(child)
+        fsync_dir(path)
+    else:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_dir(path.parent)
+
+
+def _set_usual_permissions(path: Path, umask: int) -> None:
+    if path.is_dir():
+        for p in path.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                p.chmod(0o666 & ~umask)
+    elif path.is_file():
+        path.chmod(0o666 & ~umask)
+
+
+def remove_path(path: str | os.PathLike) -> None:
+    """Remove a file, a link or a whole folder; nothing when absent."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _aside_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def replace_path(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the complete ``tmp`` (file or folder) onto ``path``: one atomic rename for a file over a file (or over
+    nothing); otherwise the old entry is renamed aside first and removed once the new one is in place."""
+    tmp, path = Path(tmp), Path(path)
+    if tmp.is_file() and (path.is_file() or not (path.exists() or path.is_symlink())):
+        os.replace(tmp, path)
+    else:
+        aside = _aside_name(path)
+        remove_path(aside)
+        if path.exists() or path.is_symlink():
+            os.replace(path, aside)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        remove_path(aside)
+    fsync_dir(path.parent)
+
+
+def recover_interrupted_replace(path: str | os.PathLike) -> None:
+    """If a `replace_path` was killed between its renames (``path`` missing, the old version aside), restore it."""
+    path = Path(path)
+    aside = _aside_name(path)
+    if not path.exists() and aside.exists():
+        try:
+            os.replace(aside, path)
+            log.warning("restored %s from %s (a replacement was interrupted)", path, aside.name)
+        except FileNotFoundError:  # another process restored it first
+            pass
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write one file to; renamed onto ``path`` when the block succeeds, removed
+    when it fails. Parent folders are created. ``fsync=False`` skips the flush (caches that can be rebuilt)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _set_usual_permissions(tmp, _umask())
+        if fsync:
+            fsync_tree(tmp)
+        replace_path(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see `atomic_file`)."""
+    with atomic_file(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see `atomic_file`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+    """A fresh temporary folder beside ``target`` to fill; it replaces ``target`` (as a whole, whatever was there)
+    when the block succeeds and is removed, with any parent folders this made, when it fails. Callers decide
+    beforehand whether an existing ``target`` may be replaced."""
+    target = Path(target).absolute()
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        _set_usual_permissions(tmp, _umask())
+        tmp.chmod(0o777 & ~_umask())
+        if fsync:
+            fsync_tree(tmp)
+        replace_path(tmp, target)
+    except BaseException:
+        remove_path(tmp)
+        for p in made:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
