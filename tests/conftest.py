@@ -1,4 +1,4 @@
-"""Shared fixtures: composing the Hydra config in-process with tiny overrides, and paths to the shared fixtures."""
+"""Shared fixtures: composing the Hydra config in-process with tiny overrides, and the real sample files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+# Real sample files (RealEstate10K, TartanAir, NeRF lego), committed with their sources in FIXTURES / "README.md".
+FIXTURES = ROOT / "tests" / "fixtures"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -76,7 +77,6 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 @pytest.fixture
-def shared_fixtures() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {SHARED_FIXTURES} (CI has shared/ beside the checkout)")
-    return SHARED_FIXTURES
+def real_fixtures() -> Path:
+    """The folder of real sample files (committed, so never skipped)."""
+    return FIXTURES

@@ -396,13 +396,13 @@ def test_a_failed_write_does_not_corrupt_later_clips(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def re10k_native(shared_fixtures, tmp_path) -> tuple[Path, str]:
+def re10k_native(real_fixtures, tmp_path) -> tuple[Path, str]:
     """One real RealEstate10K clip (pose file + mp4) in the CameraCtrl layout, copied so a test can break it."""
     clip = "0bf152ef84195293"
     root = tmp_path / "native"
     for sub, ext in (("pose_files", "txt"), ("videos", "mp4")):
         (root / sub).mkdir(parents=True)
-        shutil.copy(shared_fixtures / "re10k" / sub / f"{clip}.{ext}", root / sub)
+        shutil.copy(real_fixtures / "re10k" / sub / f"{clip}.{ext}", root / sub)
     return root, clip
 
 
@@ -422,7 +422,7 @@ def test_converter_truncated_mp4_fails_the_sequence_and_writes_nothing(re10k_nat
     assert not (tmp_path / "out").exists()  # no empty output folder either
 
 
-def test_converter_non_orthonormal_pose_names_file_and_frame(re10k_native, tmp_path):
+def test_converter_non_orthonormal_pose_names_file_and_frame(re10k_native, real_fixtures, tmp_path):
     root, clip = re10k_native
     poses = root / "pose_files" / f"{clip}.txt"
     lines = poses.read_text().splitlines()
@@ -433,7 +433,7 @@ def test_converter_non_orthonormal_pose_names_file_and_frame(re10k_native, tmp_p
     summary = _convert(root, tmp_path / "out")
     assert summary.failed[clip].startswith(f"bad input: {poses}: rotation of frame 3 is not orthonormal")
     assert not (tmp_path / "out").exists()
-    shutil.copy(ROOT.parent / "shared" / "fixtures" / "re10k" / "pose_files" / f"{clip}.txt", poses)
+    shutil.copy(real_fixtures / "re10k" / "pose_files" / f"{clip}.txt", poses)
     assert _convert(root, tmp_path / "out", "max_clips=1", "clip_length=4").clips == 1  # control: the original works
 
 

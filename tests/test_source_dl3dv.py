@@ -58,9 +58,9 @@ def test_windows_and_resize(tmp_path, gt):
     assert list(dl3dv.convert_sequence(tmp_path, f"2K/{HASH}", resumed)) == []
 
 
-def test_nerfstudio_pose_path_on_blender_lego(shared_fixtures):
+def test_nerfstudio_pose_path_on_blender_lego(real_fixtures):
     """Blender/nerfstudio OpenGL c2w -> OpenCV: every lego camera looks at the origin with image y pointing down."""
-    data = json.loads((shared_fixtures / "nerf_synthetic_lego" / "transforms_train.json").read_text())
+    data = json.loads((real_fixtures / "nerf_synthetic_lego" / "transforms_train.json").read_text())
     c2w = dl3dv.nerfstudio_poses(data["frames"], "lego", "transforms_train.json")
     assert c2w.shape == (100, 4, 4)
     to_origin = -c2w[:, :3, 3] / np.linalg.norm(c2w[:, :3, 3], axis=-1, keepdims=True)

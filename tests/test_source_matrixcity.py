@@ -132,8 +132,8 @@ def test_bad_inputs_name_the_file(tmp_path, gt):
         _convert(tmp_path)
 
 
-def test_lego_json_cameras_look_at_origin(shared_fixtures):
-    path = shared_fixtures / "nerf_synthetic_lego" / "transforms_train.json"
+def test_lego_json_cameras_look_at_origin(real_fixtures):
+    path = real_fixtures / "nerf_synthetic_lego" / "transforms_train.json"
     images, c2w, camera = matrixcity.read_transforms(path, "lego", pose_unit_m=1.0)
     assert len(images) == 100 and images[0].name == "r_0.png" and images[0].is_file()
     centres, forward = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV: +z is the optical axis

@@ -124,8 +124,8 @@ def test_bad_inputs_name_the_file(tmp_path, gt):
     assert e.value.file == str(video)
 
 
-def test_real_fixture_frames_align_with_rows(shared_fixtures):
-    root = shared_fixtures / "re10k"
+def test_real_fixture_frames_align_with_rows(real_fixtures):
+    root = real_fixtures / "re10k"
     seqs = re10k.list_sequences(root, "train")
     assert len(seqs) == 5
     for seq in seqs:

@@ -164,8 +164,8 @@ def test_no_official_split(tmp_path, gt):
     assert tartanair.list_sequences(tmp_path, "test") == ["test/office/Hard/P001"]
 
 
-def test_real_pose_file_conventions(shared_fixtures):
-    c2w = tartanair.read_poses(shared_fixtures / "tartanair" / "pose_gt.txt", "sample")
+def test_real_pose_file_conventions(real_fixtures):
+    c2w = tartanair.read_poses(real_fixtures / "tartanair" / "pose_gt.txt", "sample")
     assert c2w.shape == (734, 4, 4)
     R = c2w[:, :3, :3]
     assert np.abs(R @ R.transpose(0, 2, 1) - np.eye(3)).max() < 1e-6
@@ -175,14 +175,14 @@ def test_real_pose_file_conventions(shared_fixtures):
     # trajectory rolls and pitches by up to about 45 degrees), and the first pose matches the file's own quaternion
     # with NED body x (forward) as the optical axis.
     assert c2w[:, 1, 1].mean() > 0.85 and c2w[:, 1, 1].min() > 0.6
-    first = np.loadtxt(shared_fixtures / "tartanair" / "pose_gt.txt", max_rows=1)
+    first = np.loadtxt(real_fixtures / "tartanair" / "pose_gt.txt", max_rows=1)
     ned_R = tartanair.quat_xyzw_to_matrix(first[3:])
     np.testing.assert_allclose(c2w[0, :3, 2], ned_R[[1, 2, 0], 0], atol=1e-9)  # optical axis = NED body x
     np.testing.assert_allclose(c2w[0, :3, 3], first[[1, 2, 0]], atol=1e-9)
 
 
-def test_real_flow_reads_and_resizes(shared_fixtures):
-    root = shared_fixtures / "tartanair"
+def test_real_flow_reads_and_resizes(real_fixtures):
+    root = real_fixtures / "tartanair"
     flow = tartanair.read_npy(root / "flow" / "000010_000009_flow.npy", "sample", (480, 640, 2), "f")
     f9 = np.asarray(Image.open(root / "image_left" / "000009_left.png").convert("RGB"), np.float64)
     f10 = np.asarray(Image.open(root / "image_left" / "000010_left.png").convert("RGB"), np.float64)

@@ -19,12 +19,10 @@ from diff4splat.geometry.trajectories import (
     write_trajectory_json,
 )
 
-RE10K = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "re10k" / "pose_files"
+RE10K = Path(__file__).resolve().parent / "fixtures" / "re10k" / "pose_files"
 
 
 def re10k_files() -> list[Path]:
-    if not RE10K.exists():
-        pytest.skip(f"shared fixtures absent ({RE10K})")
     return sorted(RE10K.glob("*.txt"))
 
 
