@@ -18,7 +18,8 @@ from diff4splat.models.camera_wan import (
     gaussian_bump_weight,
     plucker_for_latents,
 )
-from diff4splat.pipelines.camera_video import SamplingConfig, generate_video, sample_latents
+from diff4splat.pipelines.camera_video import generate_video
+from diff4splat.sampling import SamplingConfig, make_scheduler, sample_latents
 from diff4splat.systems.diffusion import CameraDiffusionSystem
 
 TINY = {"arch": "tiny", "vae_stride": [4, 8, 8]}
@@ -285,9 +286,7 @@ def test_sampling_is_deterministic_per_seed_and_decodes() -> None:
     g = torch.Generator("cpu").manual_seed(3)
     z = torch.randn((1, 16, 3, 4, 4), generator=g)
     xin = CameraWan.replace_first_frame(z, cond)
-    sched = __import__("diff4splat.pipelines.camera_video", fromlist=["make_scheduler"]).make_scheduler(
-        SamplingConfig("euler", 1, 4.0, seed=3)
-    )
+    sched = make_scheduler(SamplingConfig("euler", 1, 4.0, seed=3))
     sched.set_timesteps(1)
     t = sched.timesteps[0]
     tt = model.token_timesteps(t.float().expand(1), xin.shape)

@@ -23,7 +23,7 @@ from diff4splat.gaussians.io import load_4d
 from diff4splat.geometry.trajectories import make_trajectory, write_re10k_txt, write_trajectory_json
 from diff4splat.pipelines import Diff4SplatPipeline
 from diff4splat.pipelines import generation as gen_mod
-from diff4splat.pipelines.camera_video import SamplingConfig
+from diff4splat.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_H, PHOTO_W = 480, 854  # a photograph's size; 854 is not a multiple of the model's 32-pixel unit

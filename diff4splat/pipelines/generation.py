@@ -3,7 +3,7 @@
 ``Diff4SplatPipeline`` chains the three models: the prompt (and Wan's negative prompt) through the UMT5 text encoder;
 the image through the Wan VAE to the first-frame latent; CameraWan samples the video latents along the trajectory
 (flow matching, classifier-free guidance whose unconditional branch is the negative prompt with zeroed cameras:
-``pipelines.camera_video.sample_latents``); the latents become frames through the Wan VAE decoder or the aligned
+``diff4splat.sampling.sample_latents``); the latents become frames through the Wan VAE decoder or the aligned
 TinyVAE decoder (``decoder``); the LRDM reads the latents directly (``latent`` encoder, the paper) or the decoded frames
 (``rgb`` encoder, the released code) — the LRDM checkpoint says which — and returns ``DeformableGaussians``.
 
@@ -48,9 +48,9 @@ from diff4splat.gaussians import DeformableGaussians
 from diff4splat.geometry.cameras import canonicalize, crop_intrinsics, fov_to_focal
 from diff4splat.geometry.trajectories import PRESETS, Trajectory, make_trajectory
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
-from diff4splat.pipelines.camera_video import SamplingConfig, sample_latents
 from diff4splat.pipelines.inputs import IMAGE_SUFFIXES
 from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, depth_to_color, to_uint8
+from diff4splat.sampling import SamplingConfig, sample_latents
 
 log = logging.getLogger("diff4splat.generate")
 

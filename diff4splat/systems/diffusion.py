@@ -40,7 +40,7 @@ from diff4splat.models.camera_wan import (
 )
 from diff4splat.models.parallel import prepare_blocks, shard_wan
 from diff4splat.models.wan_vae import WanVAE
-from diff4splat.pipelines.camera_video import SamplingConfig, sample_latents
+from diff4splat.sampling import SamplingConfig, sample_latents
 from diff4splat.systems.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)

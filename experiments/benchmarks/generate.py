@@ -129,8 +129,8 @@ def params(module: torch.nn.Module) -> int:
 
 
 def make_cfg(args: argparse.Namespace, h: int, w: int, decoder: str, out: Path) -> Any:
-    from diff4splat.pipelines.camera_video import SamplingConfig
     from diff4splat.pipelines.generation import GenerateConfig, LRDMOptions, RenderOptions, TrajectoryOptions
+    from diff4splat.sampling import SamplingConfig
 
     return GenerateConfig(
         output_dir=str(out),
