@@ -155,12 +155,9 @@ def write_camera_weights(state: dict[str, Tensor], metadata: dict[str, str], out
 
 
 def save(state: dict[str, Tensor], metadata: dict[str, str], out: str | Path) -> Path:
-    from diff4splat.callbacks.checkpoint import atomic_save_safetensors
+    from diff4splat.weights import save_safetensors
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_safetensors(state, out, metadata)
-    return out
+    return save_safetensors(state, out, metadata)
 
 
 def main(argv: list[str] | None = None) -> int:

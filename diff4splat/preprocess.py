@@ -11,7 +11,6 @@ Fields: ``images`` (F,3,H,W) float32 in [0,1], ``C2W`` (F,4,4) OpenCV and canoni
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from diff4splat.cli import InputError, run_cli
+from diff4splat.files import atomic_file
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
 from diff4splat.pipelines.inputs import read_cameras, read_frames
@@ -62,20 +62,14 @@ def run(args: argparse.Namespace) -> Path:
         images = F.interpolate(images, size=tuple(args.resize), mode="bicubic", antialias=True).clamp(0, 1)
     c2w = canonicalize(c2w.double()).float()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.npz")
-    try:
+    with atomic_file(out) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
         np.savez(
-            tmp,
+            f,
             images=images.numpy().astype(np.float32),
             C2W=c2w.numpy(),
             fxfycxcy=fx.numpy(),
             timestep=np.linspace(0, 1, images.shape[0], dtype=np.float32),
         )
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or an interrupt leaves no half-written file
-        raise
     return out
 
 

@@ -137,10 +137,9 @@ def print_config_tree(
 @rank_zero_only
 def save_config(cfg: DictConfig, path: Path) -> None:
     """Write the fully resolved config next to the run's outputs (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(resolved_container(cfg)))
-    tmp.replace(path)
+    from diff4splat.files import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(resolved_container(cfg)))
 
 
 def resolved_container(cfg: DictConfig) -> dict[str, Any]:

@@ -12,16 +12,21 @@ requeued job; see `diff4splat.runs`) continues the run. A run stopped by SIGTERM
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from diff4splat.callbacks.preemption import PREEMPTED_EXIT_CODE
+from diff4splat.configs import ConfigError
+from diff4splat.files import remove_path
 from diff4splat.runs import (
+    RUN_ID_ENV,
     apply_extras,
     instantiate_callbacks,
     instantiate_loggers,
@@ -85,6 +90,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 "checkpoint written by this project's training"
             ) from e
         metrics.update(_floats(trainer.callback_metrics))
+        if _needs_final_validation(cfg, metrics, trainer):
+            log.info(
+                "%s was not logged during fit (validation every %s steps): validating at the end of training.",
+                cfg.optimized_metric,
+                cfg.trainer.get("val_check_interval"),
+            )
+            trainer.validate(system, datamodule=datamodule, weights_only=True)
+            metrics.update(_floats(trainer.callback_metrics))
         if ckpt_path is not None:  # a resumed run keeps the metrics of its earlier parts that it did not recompute
             metrics = {**read_summary(cfg), **metrics}
 
@@ -106,13 +119,12 @@ def write_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
 
     from lightning.pytorch.utilities import rank_zero_only
 
+    from diff4splat.files import atomic_write_text
+
     if rank_zero_only.rank != 0:
         return
     path = Path(cfg.paths.output_dir) / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"task_name": cfg.task_name, "metrics": metrics}, indent=2, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"task_name": cfg.task_name, "metrics": metrics}, indent=2, sort_keys=True))
 
 
 def read_summary(cfg: DictConfig) -> dict[str, float]:
@@ -127,16 +139,37 @@ def read_summary(cfg: DictConfig) -> dict[str, float]:
         return {}
 
 
+def _needs_final_validation(cfg: DictConfig, metrics: dict[str, Any], trainer: L.Trainer) -> bool:
+    """A run whose ``optimized_metric`` is a validation metric that fit did not log (it stopped before the first
+    validation) validates once at its end, so the metric always exists."""
+    name = cfg.get("optimized_metric")
+    return (
+        bool(name)
+        and str(name).startswith("val/")
+        and name not in metrics
+        and not trainer.interrupted
+        and trainer.limit_val_batches != 0
+    )
+
+
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: see the module docstring."""
+def _hydra_main(cfg: DictConfig) -> float | None:
     apply_extras(cfg)
     try:
         metrics, _ = train(cfg)
+    except (ConfigError, InstantiationException) as e:
+        error = e if isinstance(e, ConfigError) else e.__cause__
+        if not isinstance(error, ConfigError):
+            raise
+        import sys
+
+        print(f"error: {error}", file=sys.stderr)
+        _remove_fresh_run_dir(cfg)
+        raise SystemExit(2) from None
     except SIGTERMException:
         log.warning(
             "Stopped by a signal; last.ckpt is saved in %s/checkpoints: re-run the same command (same run id) "
@@ -146,7 +179,33 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
     finally:
         _finish_wandb()
-    return metric_value(metrics, cfg.get("optimized_metric"))
+    try:
+        return metric_value(metrics, cfg.get("optimized_metric"))
+    except KeyError as e:
+        import sys
+
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_RUN_ID_AT_START = os.environ.get(RUN_ID_ENV)
+
+
+def _remove_fresh_run_dir(cfg: DictConfig) -> None:
+    """Remove the run folder Hydra made for a run that stopped on a config error: only when this process chose its
+    run id (not a resumed run) and it holds nothing but the config copies and logs."""
+    from pathlib import Path
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if _RUN_ID_AT_START or rank_zero_only.rank != 0:
+        return
+    folder = Path(cfg.paths.output_dir)
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    if all(p.name in (".hydra", "config.yaml") or (p.is_file() and p.suffix == ".log") for p in entries):
+        remove_path(folder)
 
 
 def _finish_wandb() -> None:
@@ -157,6 +216,22 @@ def _finish_wandb() -> None:
 
         if wandb.run is not None:
             wandb.finish()
+
+
+def main() -> None:
+    """Command-line entry point (see the module docstring): a config error (a misspelt key, a value of the wrong
+    type) is one ``error:`` line and exit status 2, before any run folder is made."""
+    import sys
+    from pathlib import Path
+
+    from diff4splat.configs import check_overrides
+
+    if not any(a in ("-h", "--help", "--hydra-help", "--info", "--shell-completion") for a in sys.argv[1:]):
+        error = check_overrides(Path(__file__).resolve().parents[1] / "conf", "train.yaml", sys.argv[1:])
+        if error is not None:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2)
+    _hydra_main()
 
 
 if __name__ == "__main__":

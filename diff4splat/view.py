@@ -31,10 +31,10 @@ import torch
 from torch import Tensor
 
 from diff4splat.cli import run_cli
+from diff4splat.gaussians.sh import sh_dc_to_rgb
 from diff4splat.gaussians.types import Gaussians
 from diff4splat.geometry.rotations import matrix_to_quat, quat_to_matrix
 from diff4splat.pipelines.outputs import SceneOutput, read_scene_output
-from diff4splat.rendering.sh import sh_dc_to_rgb
 
 log = logging.getLogger("diff4splat.view")
 

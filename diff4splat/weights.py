@@ -1,6 +1,6 @@
 """Reading weight files safely: ``.safetensors``, or ``torch.load(weights_only=True)`` for ``.pt`` / ``.pth`` /
 ``.ckpt``, never a plain unpickle. A file that would need arbitrary Python objects to load (a pickle that could run
-code) is refused before anything in it runs.
+code) is refused before anything in it runs. Writing them: `save_safetensors`, atomically.
 
 Every failure is a `WeightsError` (a ``ValueError``, so the CLIs print it as one ``error:`` line) that names what was
 being loaded, the file, and the expected form: unreadable or truncated files, refused pickles, and state dicts whose
@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from diff4splat.files import atomic_file
 
 
 class WeightsError(ValueError):
@@ -73,6 +75,21 @@ def load_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, Tens
             f"file written by safetensors"
         ) from e
     return tensors, meta
+
+
+def save_safetensors(
+    tensors: Mapping[str, Tensor],
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+    fsync: bool = True,
+) -> Path:
+    """Write ``tensors`` (contiguous, each with its own storage) and string ``metadata`` to a ``.safetensors`` file
+    through `diff4splat.files.atomic_file`: the file appears complete or not at all (``fsync=False``: caches)."""
+    from safetensors.torch import save_file
+
+    with atomic_file(path, fsync=fsync) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
+    return Path(path)
 
 
 def _names(keys: list[str], limit: int = 8) -> str:

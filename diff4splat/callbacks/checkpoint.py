@@ -31,11 +31,11 @@ from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from safetensors.torch import save_file
 from torch import Tensor
 
 from diff4splat.callbacks.ema import EMA, full_tensor
-from diff4splat.files import atomic_file, fsync_tree, remove_path, replace_path
+from diff4splat.files import fsync_tree, remove_path, replace_path
+from diff4splat.weights import save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,6 @@ def atomic_save_checkpoint(trainer: L.Trainer, filepath: str | os.PathLike, weig
         fsync_tree(tmp)
         replace_path(tmp, path)
     trainer.strategy.barrier("atomic_save_checkpoint:end")
-
-
-def atomic_save_safetensors(state: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` through a temporary name, fsync and rename."""
-    with atomic_file(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
 
 
 def exportable_state_dict(trainer: L.Trainer, system: L.LightningModule, use_ema: bool = True) -> dict[str, Tensor]:
@@ -153,7 +147,7 @@ class CheckpointWithExport(ModelCheckpoint):
         state = exportable_state_dict(trainer, system, self.export_ema)
         if trainer.is_global_zero:
             used_ema = self.export_ema and any(isinstance(c, EMA) and c.shadow for c in trainer.callbacks)
-            atomic_save_safetensors(state, sidecar_path(filepath), export_metadata(trainer, system, used_ema))
+            save_safetensors(state, sidecar_path(filepath), export_metadata(trainer, system, used_ema))
         trainer.strategy.barrier("export_safetensors")
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
@@ -182,7 +176,6 @@ def last_checkpoint_callback(trainer: L.Trainer) -> CheckpointWithExport | None:
 __all__ = [
     "CheckpointWithExport",
     "atomic_save_checkpoint",
-    "atomic_save_safetensors",
     "exportable_state_dict",
     "last_checkpoint_callback",
     "sidecar_path",

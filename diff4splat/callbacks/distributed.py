@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from diff4splat.callbacks.ema import EMA, full_tensor
+from diff4splat.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,7 @@ class RankConsistency(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         report = self.report(trainer, pl_module)
         folder = Path(self.folder or trainer.default_root_dir) / "ranks"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"rank{trainer.global_rank}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-        tmp.replace(path)
+        atomic_write_text(folder / f"rank{trainer.global_rank}.json", json.dumps(report, indent=2, sort_keys=True))
         if trainer.world_size <= 1 or not torch.distributed.is_initialized():
             return
         reports: list[Any] = [None] * trainer.world_size

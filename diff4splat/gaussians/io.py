@@ -11,24 +11,23 @@
   ``delta_quats``, ``delta_log_scales`` (activated, float32) and string metadata ``format``, ``version``,
   ``sh_degree``, ``user`` (a JSON object you pass in).
 
-Every write goes to a temporary name in the target folder and is renamed into place, so a failed write leaves no
-half-written file. Loading validates and names the file, field and expected form on error.
+Every write goes through `diff4splat.files` (a temporary name in the target folder, renamed into place), so a failed
+write leaves no half-written file. Loading validates and names the file, field and expected form on error.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from diff4splat.files import atomic_file, atomic_write_bytes, atomic_write_text
+from diff4splat.gaussians.sh import rgb_to_sh_dc, sh_dc_to_rgb
 from diff4splat.gaussians.types import DeformableGaussians, Gaussians
-from diff4splat.rendering.sh import rgb_to_sh_dc, sh_dc_to_rgb
 
 __all__ = [
     "FORMAT_4D",
@@ -46,21 +45,6 @@ __all__ = [
 FORMAT_4D = "diff4splat-4d"
 VERSION_4D = "1"
 _LOGIT_EPS = 1e-7
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _unbatched(g: Gaussians, what: str) -> Gaussians:
@@ -118,12 +102,10 @@ def save_ply(gaussians: Gaussians, path: str | os.PathLike) -> Path:
     data = torch.cat(columns, dim=1).numpy().astype("<f4", copy=False)
     header = _ply_header(ply_property_names(g.sh_degree), n)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no bytes copy (~75 MB at 732k Gaussians)
-
-    return _atomic_write(path, write)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(header)
+        f.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no bytes copy (~75 MB at 732k Gaussians)
+    return Path(path)
 
 
 def _read_ply_vertices(path: Path) -> dict[str, np.ndarray]:
@@ -190,8 +172,7 @@ def save_ply_sequence(
     with ThreadPoolExecutor(max(1, workers)) as pool:
         paths = list(pool.map(lambda item: save_ply(item[1], folder / f"{prefix}{item[0]:04d}.ply"), frames))
     times = gaussians.times.detach().cpu().double().tolist()
-    payload = json.dumps({"times": times, "files": [p.name for p in paths]}, indent=1).encode()
-    _atomic_write(folder / "times.json", lambda tmp: tmp.write_bytes(payload))
+    atomic_write_text(folder / "times.json", json.dumps({"times": times, "files": [p.name for p in paths]}, indent=1))
     return paths
 
 
@@ -214,7 +195,7 @@ def save_splat(gaussians: Gaussians, path: str | os.PathLike) -> Path:
     rec["rgba"] = (rgba * 255).clamp(0, 255).numpy().astype(np.uint8)
     q = torch.nn.functional.normalize(g.quats[order], dim=-1)
     rec["rot"] = (q * 128 + 128).clamp(0, 255).numpy().astype(np.uint8)
-    return _atomic_write(path, lambda tmp: tmp.write_bytes(rec.tobytes()))
+    return atomic_write_bytes(path, rec.tobytes())
 
 
 def load_splat(path: str | os.PathLike) -> Gaussians:
@@ -245,7 +226,7 @@ _DELTA_FIELDS = ("delta_means", "delta_quats", "delta_log_scales")
 
 def save_4d(gaussians: DeformableGaussians, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Write a DeformableGaussians (unbatched or batched) to a native 4D ``.safetensors`` file."""
-    from safetensors.torch import save_file
+    from diff4splat.weights import save_safetensors
 
     d = gaussians.detach().to("cpu", torch.float32)
     tensors = {f"canonical.{k}": getattr(d.canonical, k).contiguous() for k in _CANONICAL_FIELDS}
@@ -257,7 +238,7 @@ def save_4d(gaussians: DeformableGaussians, path: str | os.PathLike, metadata: d
         "sh_degree": json.dumps(d.canonical.sh_degree),
         "user": json.dumps(metadata or {}),
     }
-    return _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return save_safetensors(tensors, path, meta)
 
 
 def read_4d_metadata(path: str | os.PathLike) -> dict:

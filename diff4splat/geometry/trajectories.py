@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from diff4splat.files import atomic_file, atomic_write_text
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.cameras import look_at as look_at_pose
 from diff4splat.geometry.rotations import axis_angle_to_matrix
@@ -244,8 +245,6 @@ def _fmt9(x: float) -> str:
 
 def write_re10k_txt(trajectory: Trajectory, path: str | os.PathLike, url: str | None = None) -> Path:
     """Write a RealEstate10K camera file (9 decimals, as the dataset's files); ``url`` defaults to ``meta['url']``."""
-    from diff4splat.gaussians.io import _atomic_write
-
     url = url if url is not None else trajectory.meta.get("url", "")
     F = len(trajectory)
     ts = trajectory.timestamps if trajectory.timestamps is not None else torch.zeros(F, dtype=torch.int64)
@@ -256,7 +255,7 @@ def write_re10k_txt(trajectory: Trajectory, path: str | os.PathLike, url: str | 
         cols = [str(int(ts[i]))] + [_fmt9(v) for v in K[i]] + [_fmt9(0.0), _fmt9(0.0)] + [_fmt9(v) for v in w2c[i]]
         out.append(" ".join(cols))
     text = "\n".join(out) + "\n"
-    return _atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write_text(path, text)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -267,8 +266,6 @@ def write_re10k_txt(trajectory: Trajectory, path: str | os.PathLike, url: str | 
 def write_trajectory_json(trajectory: Trajectory, path: str | os.PathLike) -> Path:
     """Write ``{"format", "version", "image_size", "meta", "frames": [{"c2w" 4x4, "fxfycxcy" 4, "timestamp_us"}]}``
     (floats in shortest round-trip form, so reading gives the same numbers bit for bit)."""
-    from diff4splat.gaussians.io import _atomic_write
-
     frames = []
     for i in range(len(trajectory)):
         frame = {"c2w": trajectory.c2w[i].double().tolist(), "fxfycxcy": trajectory.fxfycxcy[i].double().tolist()}
@@ -284,7 +281,7 @@ def write_trajectory_json(trajectory: Trajectory, path: str | os.PathLike) -> Pa
         "frames": frames,
     }
     text = json.dumps(doc, indent=1)
-    return _atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write_text(path, text)
 
 
 def read_trajectory_json(path: str | os.PathLike) -> Trajectory:
@@ -327,8 +324,6 @@ def plot_trajectory(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from diff4splat.gaussians.io import _atomic_write
 
     if isinstance(c2w, Trajectory):
         fxfycxcy = c2w.fxfycxcy if fxfycxcy is None else fxfycxcy
@@ -379,10 +374,9 @@ def plot_trajectory(
         fig.suptitle(title)
     fig.tight_layout()
 
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=100)
-
     try:
-        return _atomic_write(path, write)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
+    return Path(path)

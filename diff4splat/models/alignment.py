@@ -210,15 +210,11 @@ class LatentAligner(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """One ``.safetensors`` (config in the metadata), written atomically."""
-        from safetensors.torch import save_file
+        from diff4splat.weights import save_safetensors
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         meta = {"format": "diff4splat.latent_aligner", "config": json.dumps(asdict(self.cfg))}
-        save_file(state, str(tmp), metadata=meta)
-        tmp.replace(path)
+        save_safetensors(state, path, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> LatentAligner:

@@ -323,10 +323,8 @@ class CameraWan(nn.Module):
 
     def save_camera_weights(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write ``camera_state_dict`` as ``.safetensors`` (atomic), with the architecture in its metadata."""
-        from safetensors.torch import save_file
+        from diff4splat.weights import save_safetensors
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": CAMERA_FORMAT,
             "camera_injection": self.camera.injection,
@@ -339,10 +337,7 @@ class CameraWan(nn.Module):
             meta["config"] = json.dumps(to_plain(cfg))
         meta.update({k: str(v) for k, v in (extra or {}).items()})
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.camera_state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-        return path
+        return save_safetensors(tensors, path, meta)
 
     def load_camera_weights(self, path: str | os.PathLike) -> None:
         """Load a file written by ``save_camera_weights``; a clear error when it does not fit this model."""

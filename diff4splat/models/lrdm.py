@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diff4splat.gaussians import DeformableGaussians, Gaussians
+from diff4splat.gaussians.sh import rgb_to_sh_dc
 from diff4splat.geometry.cameras import camera_rays, plucker_rays
 from diff4splat.geometry.rotations import matrix_to_quat, quat_multiply, quat_normalize
 from diff4splat.models.transformer import AttentionPattern, FrameGlobalTrunk, rope_2d
@@ -38,7 +39,6 @@ Encoder = Literal["rgb", "latent"]
 ScaleMode = Literal["pixel", "reference"]
 Deformation = Literal["full", "means"]
 
-SH_C0 = 0.28209479177387814
 GAUSSIAN_CHANNELS = 1 + 3 + 4 + 1  # depth, scale, rotation, opacity (+ colour channels, which depend on SH degree)
 DEFORMATION_CHANNELS = 3 + 4 + 3  # Δμ, Δq, Δs
 
@@ -355,7 +355,7 @@ class LRDM(nn.Module):
             colors = rgb.reshape(b, -1, 3)
         else:
             rest = col_raw[..., 3:].reshape(b, -1, (c.sh_degree + 1) ** 2 - 1, 3) * 0.1
-            colors = torch.cat([((rgb - 0.5) / SH_C0).reshape(b, -1, 1, 3), rest], dim=-2)
+            colors = torch.cat([rgb_to_sh_dc(rgb).reshape(b, -1, 1, 3), rest], dim=-2)
         g = Gaussians(
             means=means.reshape(b, -1, 3),
             quats=quats.reshape(b, -1, 4),

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diff4splat.files import atomic_write_text
+
 __all__ = [
     "NEGATIVE_PROMPT",
     "MissingPromptError",
@@ -388,21 +390,15 @@ class PromptCache:
 
     def save(self, prompt: str, emb: Tensor) -> Path:
         """Store [L, D] rows for `prompt` (atomically: written to a temporary name, then renamed)."""
-        from safetensors.torch import save_file
+        from diff4splat.weights import save_safetensors
 
         if emb.ndim != 2:
             raise ValueError(f"PromptCache.save: embedding of {prompt!r} must be [L, D], got {tuple(emb.shape)}")
         self.root.mkdir(parents=True, exist_ok=True)
         self._register(int(emb.shape[-1]))
-        path = self.path(prompt)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         meta = {"prompt": prompt, "length": str(emb.shape[0]), "encoder": self.encoder_id}
-        try:
-            save_file({"embeds": emb.detach().to("cpu", self.dtype).contiguous()}, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        embeds = {"embeds": emb.detach().to("cpu", self.dtype).contiguous()}
+        return save_safetensors(embeds, self.path(prompt), meta, fsync=False)
 
     def _register(self, dim: int) -> None:
         encoders = self.encoders()
@@ -414,9 +410,7 @@ class PromptCache:
                 )
             return
         encoders[self.encoder_id] = {"dim": dim, "dtype": str(self.dtype).removeprefix("torch.")}
-        tmp = self.root / f".{_INDEX}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps({"encoders": encoders}, indent=1, sort_keys=True))
-        os.replace(tmp, self.root / _INDEX)
+        atomic_write_text(self.root / _INDEX, json.dumps({"encoders": encoders}, indent=1, sort_keys=True), fsync=False)
 
     def fill(self, encoder: TextEncoder, prompts: Iterable[str], batch_size: int = 8) -> int:
         """Encode and save the prompts that are not cached yet (duplicates once); returns how many were encoded."""

@@ -28,18 +28,18 @@ import csv
 import io
 import json
 import math
-import os
 import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+
+from diff4splat.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_METRICS_PREFIX = ("test/", "val/")
@@ -459,17 +459,6 @@ def git_commit() -> str:
     return head.stdout.strip() + (" (working tree had uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def summarize(
     sweep: Path,
     name: str,
@@ -514,9 +503,9 @@ def summarize(
     png = curves_png(jobs, list(curves) + [d for d in derived_names if d not in curves], f"ablations: {name}")
     table = results_csv(jobs)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "results.csv", table.encode())
-    write_atomic(out / "curves.png", png)
-    write_atomic(out / "results.md", md.encode())
+    atomic_write_bytes(out / "results.csv", table.encode())
+    atomic_write_bytes(out / "curves.png", png)
+    atomic_write_bytes(out / "results.md", md.encode())
     return out
 
 
