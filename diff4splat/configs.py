@@ -130,4 +130,149 @@ def check_top_level_keys(cfg: Mapping[str, Any], train_yaml: str | Path | None =
             known.add(str(name).replace("optional ", "").replace("override ", "").strip("/ "))
     unknown = sorted(str(k) for k in cfg if str(k) not in known)
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) {unknown} (not declared in {path}); valid keys: {sorted(known)}")
+        valid = sorted(k for k in known if not k.startswith("_"))
+        raise ConfigError(f"unknown top-level key(s) {unknown} (not declared in {path}); valid keys: {valid}")
+
+
+def _lookup_parent(cfg: DictConfig, key: str) -> tuple[str, list[str]] | None:
+    """The deepest existing section on the path of ``key`` and its keys, or None when ``key`` exists."""
+    parts = key.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or part not in node:
+            where = ".".join(parts[:i]) or "<top level>"
+            return where, sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
+        node = node._get_node(part)
+    return None
+
+
+def _trainer_type_errors(cfg: DictConfig) -> list[str]:
+    """Values of ``trainer.*`` that cannot be what `lightning.Trainer` declares for them (an int for
+    ``max_steps``, ...), checked for the plain annotations only."""
+    import inspect
+
+    try:
+        import lightning as L
+
+        hints = typing.get_type_hints(L.Trainer.__init__)
+    except Exception:  # an annotation that does not evaluate: nothing to check against
+        return []
+    errors = []
+    params = inspect.signature(L.Trainer.__init__).parameters
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig):
+        return []
+    for key in trainer:
+        key = str(key)
+        if key not in params or key not in hints:
+            continue
+        node = trainer._get_node(key)
+        if node is None or node._is_interpolation():
+            continue
+        value = node._value()
+        tp = hints[key]
+        allowed = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+        if not all(a in (int, float, bool, str, type(None)) for a in allowed):
+            continue
+        ok = (
+            (value is None and type(None) in allowed)
+            or (isinstance(value, bool) and bool in allowed)
+            or (isinstance(value, int) and not isinstance(value, bool) and (int in allowed or float in allowed))
+            or (isinstance(value, float) and float in allowed)
+            or (isinstance(value, str) and str in allowed)
+        )
+        if not ok:
+            want = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+            errors.append(f"trainer.{key}: expected {want}, got {value!r}")
+    return errors
+
+
+def check_overrides(config_dir: str | Path, config_name: str, args: list[str]) -> str | None:
+    """Compose ``config_name`` with the command line's overrides before Hydra makes a run folder; return one error
+    message (None when the config is fine): a misspelt key names itself and lists the valid keys where it was
+    looked up, a ``trainer`` value of the wrong type names the field and the expected type. Sweeps (``-m a=1,2``)
+    are checked with their first value."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    tokens = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(tokens)
+    except HydraException as e:
+        return str(e).splitlines()[0]
+    config_dir = Path(config_dir).resolve()
+    overrides: list[str] = []
+    sweeps: list[tuple[int, list[str]]] = []  # (index in overrides, the other values of a sweep)
+    for o in parsed:
+        if o.key_or_group.startswith("hydra.") or o.key_or_group == "hydra":
+            continue
+        if o.is_sweep_override():
+            try:
+                values = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            except Exception:  # a sweep kind with no listable values (glob, interval): not checked here
+                continue
+            if not values:
+                continue
+            sweeps.append((len(overrides), values[1:]))
+            overrides.append(values[0])
+        else:
+            overrides.append(o.input_line)
+    if GlobalHydra.instance().is_initialized():
+        return None  # inside a running Hydra app (tests, a multirun job): it composed the config already
+    variants = [overrides] + [
+        [v if i == k else o for k, o in enumerate(overrides)] for i, others in sweeps for v in others
+    ]
+    for variant in variants[:32]:
+        error = _check_composition(config_dir, config_name, variant)
+        if error is not None:
+            return error
+    return None
+
+
+def _is_group(config_dir: Path, key: str) -> bool:
+    return (config_dir / key.lstrip("+~").replace(".", "/")).is_dir()
+
+
+def _check_composition(config_dir: Path, config_name: str, overrides: list[str]) -> str | None:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            try:
+                cfg = compose(config_name, overrides=overrides)
+            except HydraException as e:
+                plain = [
+                    o
+                    for o in overrides
+                    if "=" in o
+                    and not o.startswith(("+", "~"))
+                    and "@" not in o
+                    and not _is_group(config_dir, o.split("=", 1)[0])
+                ]
+                for o in plain:
+                    key = o.split("=", 1)[0]
+                    try:
+                        base = compose(config_name, overrides=[x for x in overrides if x != o])
+                    except HydraException:
+                        continue
+                    missing = _lookup_parent(base, key)
+                    if missing is not None and OmegaConf.select(base, key, default="__absent__") == "__absent__":
+                        where, keys = missing
+                        return (
+                            f"{key}: no such key in the config; valid keys under {where}: {', '.join(keys)} "
+                            f"(use +{key}=... to add a new one)"
+                        )
+                msg = " ".join(str(e).split("Config search path")[0].split())
+                cause = e.__cause__
+                return f"{msg} ({' '.join(str(cause).split())})" if cause is not None else msg
+    except HydraException as e:
+        return " ".join(str(e).split())
+    if config_name.startswith("train"):
+        try:
+            check_top_level_keys(cfg)
+        except ConfigError as e:
+            return str(e)
+    errors = _trainer_type_errors(cfg)
+    return errors[0] if errors else None
