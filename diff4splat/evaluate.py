@@ -30,7 +30,7 @@ from diff4splat.cli import InputError, run_cli
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.pipelines.evaluation import ClipEvalConfig, evaluate_clips, evaluate_scenes, write_results
 from diff4splat.pipelines.outputs import read_scene_output
-from diff4splat.pipelines.reconstruction import load_lrdm
+from diff4splat.pipelines.reconstruction import load_lrdm, load_vae_for
 
 log = logging.getLogger("diff4splat.evaluate")
 
@@ -112,13 +112,7 @@ def run(args: argparse.Namespace) -> Path:
     if args.mode == "clips":
         shards = shard_paths(args.shards)
         model = load_lrdm(args.weights, args.device)
-        vae = None
-        if model.config.encoder == "latent":
-            if not args.vae:
-                raise InputError("--vae: this LRDM reads Wan latents; pass the Wan VAE folder")
-            from diff4splat.models.wan_vae import WanVAE
-
-            vae = WanVAE.from_pretrained(args.vae)
+        vae = load_vae_for(model, args.vae)
         cfg = ClipEvalConfig(
             num_input=args.num_input,
             num_output=args.num_output,

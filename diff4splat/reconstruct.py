@@ -21,17 +21,17 @@ from pathlib import Path
 
 import torch
 
-from diff4splat.callbacks.media import write_video
 from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
+from diff4splat.media import depth_to_color, to_uint8, write_video
 from diff4splat.pipelines.inputs import fit_to_multiple, read_cameras, read_frames, read_npz
 from diff4splat.pipelines.outputs import atomic_output_dir
 from diff4splat.pipelines.reconstruction import (
     Reconstruction,
     ReconstructionPipeline,
-    depth_to_color,
     load_lrdm,
-    to_uint8,
+    load_vae_for,
+    size_multiple,
 )
 
 log = logging.getLogger("diff4splat.reconstruct")
@@ -78,13 +78,8 @@ def run(args: argparse.Namespace) -> Path:
         images, c2w, fx = images[idx], c2w[idx], fx[idx]
         times = times[idx] if times is not None else idx.float() / max(1, int(idx[-1]))
     model = load_lrdm(args.weights, args.device)
-    vae = None
-    if model.config.encoder == "latent":
-        if not args.vae:
-            raise InputError("--vae: this LRDM reads Wan latents; pass the Wan VAE folder")
-        vae = __import__("diff4splat.models.wan_vae", fromlist=["WanVAE"]).WanVAE.from_pretrained(args.vae)
-    pipe = ReconstructionPipeline(model, vae)
-    images, fx = fit_to_multiple(images, fx, pipe.size_multiple, tuple(args.size) if args.size else None)
+    pipe = ReconstructionPipeline(model, load_vae_for(model, args.vae))
+    images, fx = fit_to_multiple(images, fx, size_multiple(model), tuple(args.size) if args.size else None)
     query = torch.linspace(0, 1, args.num_times) if args.num_times else None
     rec = pipe(images, c2w, fx, times, query, args.translation_scale, args.prune)
 

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diff4splat.callbacks.media import write_video
 from diff4splat.gaussians import DeformableGaussians, Gaussians
 from diff4splat.gaussians.io import save_4d
 from diff4splat.geometry.trajectories import make_trajectory
-from diff4splat.pipelines.reconstruction import to_uint8
+from diff4splat.media import to_uint8, write_video
 from diff4splat.rendering import render
 
 

@@ -24,11 +24,11 @@ from diff4splat.cli import InputError
 from diff4splat.configs import to_plain
 from diff4splat.geometry.cameras import unproject_depth
 from diff4splat.losses.lpips import LPIPS
+from diff4splat.media import to_uint8
 from diff4splat.metrics import PSNR_CAP, depth_metrics, image_metrics, track_metrics, warp_error
 from diff4splat.models.lrdm import LRDM, lrdm_preset
 from diff4splat.pipelines.evaluation import ClipEvalConfig, clip_batch, evaluate_clip, evaluate_scene
 from diff4splat.pipelines.outputs import read_scene_output
-from diff4splat.pipelines.reconstruction import to_uint8
 from tests.scene_outputs import write_scene_output
 
 torch.set_num_threads(1)

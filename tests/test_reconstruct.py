@@ -176,7 +176,7 @@ def test_preprocess_single_image_trajectory(tmp_path):
 def test_depth_to_color_handles_long_high_resolution_sequences():
     """49 frames at 480x832 (19.6M depths, over torch.quantile's 2^24 limit) colour without error; the nearest 2 %
     disparity sets the colour map's low end: on a depth ramp the far end is dark blue, the near end dark red."""
-    from diff4splat.pipelines.reconstruction import depth_to_color
+    from diff4splat.media import depth_to_color
 
     depth = torch.linspace(1.0, 10.0, 480 * 832).reshape(1, 1, 480, 832).expand(49, 1, 480, 832)
     rgb = depth_to_color(depth)

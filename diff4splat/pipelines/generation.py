@@ -47,9 +47,10 @@ from diff4splat.cli import InputError
 from diff4splat.gaussians import DeformableGaussians
 from diff4splat.geometry.cameras import canonicalize, crop_intrinsics, fov_to_focal
 from diff4splat.geometry.trajectories import PRESETS, Trajectory, make_trajectory
+from diff4splat.media import depth_to_color, to_uint8, write_video
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
 from diff4splat.pipelines.inputs import IMAGE_SUFFIXES
-from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, depth_to_color, to_uint8
+from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline
 from diff4splat.sampling import SamplingConfig, sample_latents
 
 log = logging.getLogger("diff4splat.generate")
@@ -1007,8 +1008,6 @@ def write_outputs(
 
 
 def _write_video(frames: np.ndarray, path: Path, fps: int, preset: str = "veryfast") -> None:
-    from diff4splat.callbacks.media import write_video  # imports Lightning: only when videos are written
-
     write_video(frames, path, fps, preset=preset)
 
 

@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from diff4splat.cli import InputError
 from diff4splat.configs import to_dataclass
 from diff4splat.gaussians import DeformableGaussians, Gaussians
 from diff4splat.geometry.cameras import canonicalize
@@ -71,6 +71,21 @@ def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
     return model.to(device).eval()
 
 
+def size_multiple(model: LRDM) -> int:
+    """Frame sides must be multiples of this: the LRDM's patch (``rgb`` encoder) or latent cell (``latent``)."""
+    c = model.config
+    return c.patch_size if c.encoder == "rgb" else c.latent_stride_s
+
+
+def load_vae_for(model: LRDM, vae: str | Path | None, flag: str = "--vae") -> WanVAE | None:
+    """The Wan VAE folder ``vae`` when ``model`` reads Wan latents (None otherwise); a missing path names ``flag``."""
+    if model.config.encoder != "latent":
+        return None
+    if not vae:
+        raise InputError(f"{flag}: this LRDM reads Wan latents; pass the Wan VAE folder")
+    return WanVAE.from_pretrained(vae)
+
+
 class ReconstructionPipeline:
     def __init__(self, model: LRDM, vae: WanVAE | None = None, backend: str = "auto") -> None:
         self.model, self.vae, self.backend = model.eval(), vae, backend
@@ -80,11 +95,6 @@ class ReconstructionPipeline:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    @property
-    def size_multiple(self) -> int:
-        c = self.model.config
-        return c.patch_size if c.encoder == "rgb" else c.latent_stride_s
 
     @torch.no_grad()
     def __call__(
@@ -144,23 +154,3 @@ class ReconstructionPipeline:
             rgbs.append(r.rgb[0])
             depths.append(r.depth[0])
         return torch.stack(rgbs).clamp(0, 1), torch.stack(depths)
-
-
-def depth_to_color(depth: Tensor) -> np.ndarray:
-    """[V, 1, H, W] depth -> (V, H, W, 3) uint8, disparity normalised over the whole sequence (turbo-like map)."""
-    disp = 1.0 / depth.clamp_min(1e-6)
-    disp = torch.where(depth > 0, disp, torch.zeros_like(disp))
-    pos = disp[disp > 0]
-    # the 2 % quantile by kthvalue: torch.quantile refuses inputs over 2^24 values (49 frames at 480x832 have 19.6M)
-    lo = pos.kthvalue(max(1, int(0.02 * (pos.numel() - 1)) + 1)).values if pos.numel() else 0.0
-    hi = disp.max()
-    x = ((disp - lo) / (hi - lo + 1e-8)).clamp(0, 1)[:, 0].cpu().numpy()
-    r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
-    return (np.stack([r, g, b], -1) * 255 + 0.5).astype(np.uint8)
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """[V, 3, H, W] in [0, 1] -> (V, H, W, 3) uint8."""
-    return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
