@@ -17,7 +17,8 @@ Decisions:
   load time). COLMAP scale: ``depth_unit="arbitrary"``, ``metric_scale=1``.
 - **Which images**: the frame's ``file_path`` when that file exists; else the same file name in the first of
   ``images_2, images_4, images_8`` present (a 960P download holds ``images_4`` while ``file_path`` says ``images/``).
-  The folder is chosen once per scene from frame 0, so a later missing frame is an error, not a silent mix.
+  The folder is chosen once per scene from frame 0, so a later missing frame is an error, not a silent mix; with
+  the source option ``skip_missing=true`` the frames whose images exist are converted and the skipped count is logged.
 - **Intrinsics**: normalised as ``fl_x / w, fl_y / h, cx / w, cy / h`` with the JSON's ``w, h``. That is right for any
   whole-image downsample of the images ``w, h`` describe (datasets.md open point 4: whether a 960P JSON is rescaled
   does not matter as long as its ``fl``/``c`` and ``w``/``h`` agree). Two guards make a disagreement an error: the
@@ -57,6 +58,8 @@ INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 DISTORTION_KEYS = ("k1", "k2", "p1", "p2")
 
 log = logging.getLogger(__name__)
+
+OPTIONS = {"skip_missing": False}
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
@@ -177,11 +180,29 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             sequence, scene / frames[0]["file_path"], f"missing image (also not in {DOWNSAMPLED_IMAGE_DIRS})"
         )
     paths = [image_dir / Path(f["file_path"]).name for f in frames]
-    for p in paths:
-        if not p.is_file():
-            raise SourceError(sequence, p, "missing image listed in transforms.json")
+    present = [i for i, p in enumerate(paths) if p.is_file()]
+    if len(present) < len(paths):
+        first_missing = next(p for p in paths if not p.is_file())
+        if not opts.source_options.get("skip_missing", False):
+            raise SourceError(
+                sequence,
+                first_missing,
+                f"missing image listed in transforms.json ({len(paths) - len(present)} of {len(paths)} missing; "
+                "pass skip_missing=true to convert the frames that exist)",
+            )
+        log.warning(
+            "dl3dv %s: skipped %d of %d frames whose images are missing (first: %s)",
+            sequence,
+            len(paths) - len(present),
+            len(paths),
+            first_missing,
+        )
     numbers = np.array([frame_number(f["file_path"]) for f in frames], dtype=np.float64)
     depth_all = read_mvs_depth(base, Path(sequence).name, len(frames), sequence)
+    if len(present) < len(paths):
+        frames, paths, sizes = [frames[i] for i in present], [paths[i] for i in present], [sizes[i] for i in present]
+        c2w_all, K_all, numbers = c2w_all[present], K_all[present], numbers[present]
+        depth_all = depth_all[present] if depth_all is not None else None
     distortion = {"camera_model": data.get("camera_model", "OPENCV")}
     distortion.update({k: float(data.get(k, 0.0)) for k in DISTORTION_KEYS})
     extra_common = {"distortion": distortion, "timestamp_unit": "frame", "image_dir": image_dir.name}

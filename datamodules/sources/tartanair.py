@@ -29,6 +29,7 @@ Decisions:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,8 @@ from datamodules.spec import Clip, ClipMeta
 from diff4splat.geometry.cameras import ned_to_opencv
 
 NAME = "tartanair"
+log = logging.getLogger(__name__)
+
 OPTIONS = {"camera": ("left", "right", "both"), "flow": True, "sky_depth": 1000.0}
 WIDTH, HEIGHT = 640, 480
 FXFYCXCY = np.array([320.0 / WIDTH, 320.0 / HEIGHT, 320.0 / WIDTH, 240.0 / HEIGHT])
@@ -151,6 +154,13 @@ def _convert_camera(seq_dir, sequence, cam, opts, sky, use_flow, done) -> Iterat
                 raise SourceError(sequence, path, f"missing frame ({n} poses in pose_{cam}.txt)")
         raise SourceError(sequence, seq_dir / f"image_{cam}", f"more images than the {n} poses in pose_{cam}.txt")
     has_depth = (seq_dir / f"depth_{cam}").is_dir()
+    if not has_depth:
+        log.warning(
+            "tartanair %s: no depth_%s/ folder: its clips are written without depth (depth_unit='none', "
+            "depth_weight=0)",
+            sequence,
+            cam,
+        )
     has_flow = use_flow and cam == "left" and opts.stride == 1 and (seq_dir / "flow").is_dir()
     key_seq = sequence if cam == "left" else f"{sequence}/right"
     size = target_size(HEIGHT, WIDTH, opts.max_side)
@@ -185,8 +195,8 @@ def _convert_camera(seq_dir, sequence, cam, opts, sky, use_flow, done) -> Iterat
             NAME,
             sequence,
             metric_scale=1.0,
-            depth_unit="m",
             extra={"camera": cam, "timestamp_unit": "frame", "sky_depth": sky},
+            **({"depth_unit": "m"} if has_depth else {"depth_unit": "none", "depth_weight": 0.0}),
         )
         yield Clip(
             key=key,
