@@ -48,3 +48,14 @@ def test_dl3dv_missing_images_skip_missing_converts_the_rest(tmp_path, caplog):
     np.testing.assert_allclose(clip.fxfycxcy, gt.fxfycxcy[keep], rtol=1e-12)
     np.testing.assert_array_equal(clip.timestamps, [1, 2, 4, 5])
     assert any("skipped 1 of 5 frames" in r.getMessage() for r in caplog.records)
+
+
+def test_wan22_vae_refuses_a_wan21_latent_by_name():
+    import torch
+
+    from diff4splat.models.wan_vae import WanVAE
+
+    vae = WanVAE.tiny(seed=0)
+    with pytest.raises(ValueError, match=r"\(Wan2.1 \(16 channels\)\) do not fit this Wan2.2 \(48 channels\) VAE"):
+        vae.decode(torch.zeros(1, 16, 2, 4, 4))
+    assert vae.decode(torch.zeros(1, 48, 2, 4, 4)).shape[1:3] == (5, 3)

@@ -121,6 +121,14 @@ class WanVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:  # [B, C, T, h, w] -> [B, F, 3, H, W] in [0, 1]
+        if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
+            family = {16: "Wan2.1 (16 channels)", 48: "Wan2.2 (48 channels)"}
+            got = family.get(latents.shape[1], f"{latents.shape[1]} channels") if latents.ndim == 5 else "-"
+            raise ValueError(
+                f"Wan VAE: latents of shape {tuple(latents.shape)} ({got}) do not fit this "
+                f"{family.get(self.latent_channels, f'{self.latent_channels}-channel')} VAE; expected "
+                f"[B, {self.latent_channels}, T, h, w] latents made by the same VAE family"
+            )
         z = (latents.float() * self.std + self.mean).to(self.vae.dtype)
         x = self.vae.decode(z).sample.float()
         return ((x + 1) / 2).clamp(0, 1).transpose(1, 2)
