@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,8 @@ from diff4splat.gaussians.types import Gaussians
 from diff4splat.geometry.cameras import fxfycxcy_to_K, invert_c2w
 from diff4splat.rendering.sh import eval_sh
 from diff4splat.rendering.torch_backend import project_gaussians, rasterize_tiles
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Backend", "RenderConfig", "RenderOutput", "gsplat_available", "render", "resolve_backend"]
 
@@ -60,10 +63,31 @@ def gsplat_available() -> bool:
     return True
 
 
+@functools.cache
+def _warn_torch_fallback() -> None:
+    """Once per process: CUDA tensors rendered by the slow pure-torch rasteriser because gsplat does not import."""
+    try:
+        import gsplat  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - the reason is what the user needs
+        reason = f"{type(e).__name__}: {e}"
+    else:
+        reason = "unknown"
+    log.warning(
+        "render backend 'auto': gsplat does not import (%s); rendering CUDA tensors with the pure-torch rasteriser, "
+        "which is much slower. Install gsplat (see the README's GPU set-up) or pass backend=torch to silence this.",
+        reason,
+    )
+
+
 def resolve_backend(backend: Backend, device: torch.device) -> Literal["gsplat", "torch"]:
     """``auto`` -> gsplat on CUDA tensors when it imports, torch otherwise; explicit names are checked."""
     if backend == "auto":
-        return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if gsplat_available():
+            return "gsplat"
+        _warn_torch_fallback()
+        return "torch"
     if backend == "gsplat":
         if device.type != "cuda":
             raise ValueError(f"render: backend 'gsplat' needs CUDA tensors, got device {device}")

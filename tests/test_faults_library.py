@@ -1,5 +1,6 @@
-"""Real-file faults in the converters: a TartanAir sequence without depth is marked depth-less (and said so), and a
-DL3DV / nerfstudio scene with missing images converts the frames that exist under ``skip_missing=true``."""
+"""Faults below the CLIs: a TartanAir sequence without depth is marked depth-less (and said so); a DL3DV / nerfstudio
+scene with missing images converts the frames that exist under ``skip_missing=true``; a Wan2.2 VAE names a Wan2.1
+latent; the auto render backend says once why CUDA tensors fall back to the torch rasteriser."""
 
 from __future__ import annotations
 
@@ -59,3 +60,32 @@ def test_wan22_vae_refuses_a_wan21_latent_by_name():
     with pytest.raises(ValueError, match=r"\(Wan2.1 \(16 channels\)\) do not fit this Wan2.2 \(48 channels\) VAE"):
         vae.decode(torch.zeros(1, 16, 2, 4, 4))
     assert vae.decode(torch.zeros(1, 48, 2, 4, 4)).shape[1:3] == (5, 3)
+
+
+def test_auto_backend_on_cuda_without_gsplat_warns_once(monkeypatch, caplog):
+    import builtins
+
+    import torch
+
+    from diff4splat.rendering import api
+
+    real_import = builtins.__import__
+
+    def no_gsplat(name, *args, **kwargs):
+        if name == "gsplat":
+            raise ImportError("libcudart.so.13: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    api.gsplat_available.cache_clear()
+    api._warn_torch_fallback.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_gsplat)
+    try:
+        with caplog.at_level(logging.WARNING, logger="diff4splat.rendering.api"):
+            assert api.resolve_backend("auto", torch.device("cuda")) == "torch"
+            assert api.resolve_backend("auto", torch.device("cuda")) == "torch"
+            assert api.resolve_backend("auto", torch.device("cpu")) == "torch"
+    finally:
+        api.gsplat_available.cache_clear()
+        api._warn_torch_fallback.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if "gsplat does not import" in r.getMessage()]
+    assert len(warnings) == 1 and "libcudart.so.13" in warnings[0]
