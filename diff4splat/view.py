@@ -89,11 +89,10 @@ class SceneViewer:
         self.time = -1.0
         self.playing = False
 
-        server.scene.set_up_direction("-y")
-        self.splats = server.scene.add_gaussian_splats("/scene", **splat_arrays(dg.at(0.0)))
-        self.frusta = self._add_frusta() if self.cameras is not None else []
-
+        # The panel first: the splats can be tens of MB to send, and the controls should not wait for them.
+        self.splats: Any = None
         gui = server.gui
+        self.notice = gui.add_markdown(scene_notice(scene))
         with gui.add_folder("Time"):
             step = 1.0 / max(1, 10 * (self.num_frames - 1))
             self.time_slider = gui.add_slider("t", min=0.0, max=1.0, step=step, initial_value=0.0)
@@ -108,8 +107,15 @@ class SceneViewer:
                 self.frusta_box = gui.add_checkbox("Show cameras", initial_value=True)
             self.snap_button.on_click(lambda event: self._snap_event(event.client, int(self.camera_slider.value)))
             self.frusta_box.on_update(lambda _: self._show_frusta(self.frusta_box.value))
+
+        server.scene.set_up_direction("-y")
+        splats = server.scene.add_gaussian_splats("/scene", **splat_arrays(dg.at(0.0)))
+        with self._lock:
+            self.splats, self.time = splats, 0.0
+        self.frusta = self._add_frusta() if self.cameras is not None else []
+        if self.cameras is not None:
             self._set_initial_camera()
-        self.set_time(0.0)
+        self.set_time(self.time_slider.value)
 
     # -- scene ---------------------------------------------------------------------------------------------------------
     def _add_frusta(self) -> list[Any]:
@@ -159,7 +165,7 @@ class SceneViewer:
         """Show the scene at time ``t`` (clamped to [0, 1]); the slider follows."""
         t = min(1.0, max(0.0, float(t)))
         with self._lock:
-            if t == self.time:
+            if t == self.time or self.splats is None:  # None: the scene is still being sent
                 return
             self.time = t
             self.splats.set_gaussians(**splat_arrays(self.gaussians.at(t)))
@@ -208,6 +214,17 @@ class SceneViewer:
             if self.playing:
                 self.advance(now - last)
             last = now
+
+
+def scene_notice(scene: SceneOutput) -> str:
+    """The panel's first line: where the scene came from, and a warning when it was made by untrained weights."""
+    meta = scene.meta
+    if meta.get("untrained"):
+        label = meta.get("label") or "UNTRAINED: random-weight models; this scene is not a result"
+        return f"**⚠ {label}**"
+    source = meta.get("models") or meta.get("weights")
+    name = scene.folder.name
+    return f"**{name}**" + (f" — {source}" if isinstance(source, str) else "")
 
 
 def serve(

@@ -112,3 +112,37 @@ def test_viewer_without_trajectory_and_subsampled(tmp_path, capsys):
         v.server.stop()
     assert view.main([str(tmp_path / "missing")]) == 2
     assert "missing/scene.safetensors: no scene file" in capsys.readouterr().err
+
+
+def test_viewer_panel_comes_before_the_scene_and_flags_untrained_weights(tmp_path, monkeypatch):
+    import json
+
+    folder, _ = write_scene_output(tmp_path / "scene")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(untrained=True, label="UNTRAINED: random-weight models (a smoke test or a benchmark)")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    seen_gui = []
+    real = viser.SceneApi.add_gaussian_splats
+
+    def spy(self, *args, **kwargs):
+        seen_gui.append(hasattr(viewer_ref[0], "time_slider") if viewer_ref else False)
+        return real(self, *args, **kwargs)
+
+    viewer_ref: list = []
+    monkeypatch.setattr(viser.SceneApi, "add_gaussian_splats", spy)
+    monkeypatch.setattr(
+        view.SceneViewer, "__new__", lambda cls, *a, **k: viewer_ref.append(object.__new__(cls)) or viewer_ref[-1]
+    )
+    v = view.serve(folder, port=0, verbose=False)
+    try:
+        assert seen_gui == [True]  # the controls existed when the splats were sent
+        assert "UNTRAINED" in v.notice.content and v.notice.content.startswith("**⚠")
+        assert v.time == 0.0
+    finally:
+        v.server.stop()
+    (folder / "meta.json").unlink()
+    v = view.serve(folder, port=0, verbose=False)
+    try:
+        assert "UNTRAINED" not in v.notice.content and "scene" in v.notice.content
+    finally:
+        v.server.stop()
