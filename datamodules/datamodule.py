@@ -1,4 +1,5 @@
-"""`ClipDataModule`: the LightningDataModule over weighted clip sources (`conf/data/*.yaml`).
+"""`ClipDataModule`: the LightningDataModule over weighted clip sources (`conf/data/*.yaml`), and `StreamDataModule`,
+the part it shares with `datamodules.latents.LatentDataModule` (loaders, epochs, resume seeds).
 
     dm = ClipDataModule(
         sources={"re10k": {"shards": "/data/shards/re10k/train-*.tar", "val_shards": ".../val-*.tar",
@@ -27,7 +28,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.batch import finish_batch
-from datamodules.stream import ClipSamplingConfig, ClipStream, SourceConfig, expand_shards, source_from_dict
+from datamodules.stream import (
+    ClipSamplingConfig,
+    ClipStream,
+    ShardStream,
+    SourceConfig,
+    expand_shards,
+    source_from_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +52,27 @@ class _EpochLoader(DataLoader):
         return super().__iter__()
 
 
-class ClipDataModule(L.LightningDataModule):
-    """Weighted mixture of clip shard sources, as batches of the `datamodules.batch` contract.
+class StreamDataModule(L.LightningDataModule):
+    """What `ClipDataModule` and `datamodules.latents.LatentDataModule` share: DataLoader settings over one
+    `datamodules.stream.ShardStream` per split, the epoch counter and the resume step in the checkpointed state.
+    Subclasses build the streams (`_make_train_stream(seed)`, `_make_val_stream()`, None: no validation).
 
     Args:
-        sources: {name: SourceConfig fields} (plain dicts from Hydra; unknown keys fail). Sources with weight 0
-            are dropped from training (kept for validation if they have `val_shards`).
-        sampling: `ClipSamplingConfig` fields (frames, resolution, augmentation, scale normalisation).
-        batch_size: clips per batch (per rank).
+        batch_size: samples per batch (per rank).
         num_workers: DataLoader workers per rank.
         batches_per_epoch: training batches per rank per epoch (every rank gets the same number).
-        val_batches: validation batches per rank (fixed clips every time); 0 disables validation.
+        val_batches: validation batches per rank (the same samples every time); 0 disables validation.
         seed: base seed of the streams.
         shuffle_buffer: raw samples buffered per source and worker.
-        max_skip_rate, skip_rate_min_samples: corrupt-sample tolerance (see `datamodules.stream`).
-        val_sampling: overrides of `sampling` for validation/test (e.g. another resolution).
+        max_skip_rate, skip_rate_min_samples: corrupt-sample tolerance (see `datamodules.stream.ShardStream`).
         pin_memory, prefetch_factor, persistent_workers: DataLoader settings.
-        synthetic: {source name: `datamodules.synthetic.SyntheticConfig` fields}: those sources are generated in
-            process instead of read from shards (smoke runs without data).
-        synthetic_pool, synthetic_val_pool: keep and reuse that many generated clips for training / validation
-            (0 = a new scene for every sample); a pool makes epochs cheap and validation clips fixed.
         sharing_strategy: torch.multiprocessing sharing strategy for worker batches (None = PyTorch's default;
             "file_system" where /dev/shm is small).
     """
 
     def __init__(
         self,
-        sources: Mapping[str, Mapping[str, Any]],
-        sampling: Mapping[str, Any] | None = None,
+        *,
         batch_size: int = 4,
         num_workers: int = 2,
         batches_per_epoch: int = 1000,
@@ -80,108 +81,57 @@ class ClipDataModule(L.LightningDataModule):
         shuffle_buffer: int = 64,
         max_skip_rate: float = 0.05,
         skip_rate_min_samples: int = 50,
-        val_sampling: Mapping[str, Any] | None = None,
         pin_memory: bool = True,
         prefetch_factor: int = 2,
         persistent_workers: bool = False,
-        synthetic: Mapping[str, Mapping[str, Any]] | None = None,
-        synthetic_pool: int = 0,
-        synthetic_val_pool: int = 0,
         sharing_strategy: str | None = None,
     ):
         super().__init__()
-        self.sources = [source_from_dict(k, dict(v)) for k, v in sources.items()]
-        sampling = _plain(sampling or {})
-        self.sampling = ClipSamplingConfig(**sampling)
-        self.val_sampling = ClipSamplingConfig(**{**sampling, **_plain(val_sampling or {})})
+        strategies = torch.multiprocessing.get_all_sharing_strategies()
+        if sharing_strategy is not None and sharing_strategy not in strategies:
+            raise ValueError(f"data.sharing_strategy: expected one of {sorted(strategies)}, got {sharing_strategy!r}")
         self.batch_size, self.num_workers = batch_size, num_workers
         self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
         self.seed, self.shuffle_buffer = seed, shuffle_buffer
         self.max_skip_rate, self.skip_rate_min_samples = max_skip_rate, skip_rate_min_samples
         self.pin_memory, self.prefetch_factor, self.persistent_workers = pin_memory, prefetch_factor, persistent_workers
-        self.synthetic = {k: dict(v) for k, v in (synthetic or {}).items()}
-        self.synthetic_pool, self.synthetic_val_pool = synthetic_pool, synthetic_val_pool
-        if sharing_strategy is not None and sharing_strategy not in torch.multiprocessing.get_all_sharing_strategies():
-            raise ValueError(
-                f"data.sharing_strategy: expected one of "
-                f"{sorted(torch.multiprocessing.get_all_sharing_strategies())}, got {sharing_strategy!r}"
-            )
         self.sharing_strategy = sharing_strategy
-        self._train: ClipStream | None = None
-        self._val: ClipStream | None = None
+        self._train: ShardStream | None = None
+        self._val: ShardStream | None = None
         self._epoch = 0
         self._resume_step = 0  # global step of the checkpoint this run resumed from (0: a fresh run)
 
     # ------------------------------------------------------------------ streams
 
-    def _rank(self) -> tuple[int | None, int | None]:
+    def _stream_options(self) -> dict[str, Any]:
+        """The `ShardStream` arguments every stream of this module takes: skip tolerance and the trainer's rank."""
         trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            return trainer.global_rank, trainer.world_size
-        return None, None
-
-    def _sample_sources(self, train: bool) -> dict[str, Any]:
-        if not self.synthetic:
-            return {}
-        from datamodules.synthetic import SyntheticConfig, SyntheticSource
-
-        pool = self.synthetic_pool if train else self.synthetic_val_pool
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (None, None)
         return {
-            k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000), pool=pool)
-            for k, v in self.synthetic.items()
+            "max_skip_rate": self.max_skip_rate,
+            "skip_rate_min_samples": self.skip_rate_min_samples,
+            "rank": rank,
+            "world_size": world,
         }
 
-    def train_stream(self) -> ClipStream:
+    def _make_train_stream(self, seed: int) -> ShardStream:
+        raise NotImplementedError
+
+    def _make_val_stream(self) -> ShardStream | None:
+        raise NotImplementedError
+
+    def train_stream(self) -> ShardStream:
         if self._train is None:
-            rank, world = self._rank()
-            sources = [s for s in self.sources if s.weight > 0]
-            self._train = ClipStream(
-                sources,
-                self.sampling,
-                self.batch_size,
-                self.batches_per_epoch,
-                train=True,
-                seed=resume_seed(self.seed, self._resume_step),
-                shuffle_buffer=self.shuffle_buffer,
-                max_skip_rate=self.max_skip_rate,
-                skip_rate_min_samples=self.skip_rate_min_samples,
-                rank=rank,
-                world_size=world,
-                sample_sources=self._sample_sources(True),
-            )
+            self._train = self._make_train_stream(resume_seed(self.seed, self._resume_step))
             self._train.set_epoch(self._epoch)
         return self._train
 
-    def val_stream(self) -> ClipStream | None:
-        sources = []
-        for s in self.sources:
-            if s.name in self.synthetic or expand_shards(s.val_shards):
-                sources.append(s)
-            elif s.val_shards is not None:
-                log.warning("source %s: no validation shards match %r; not validated", s.name, s.val_shards)
-        if self.val_batches <= 0 or not sources:
-            return None
+    def val_stream(self) -> ShardStream | None:
         if self._val is None:
-            rank, world = self._rank()
-            for s in sources:
-                if s.weight <= 0:
-                    s.weight = 1.0
-            self._val = ClipStream(
-                sources,
-                self.val_sampling,
-                self.batch_size,
-                self.val_batches,
-                train=False,
-                seed=self.seed,
-                max_skip_rate=self.max_skip_rate,
-                skip_rate_min_samples=self.skip_rate_min_samples,
-                rank=rank,
-                world_size=world,
-                sample_sources=self._sample_sources(False),
-            )
+            self._val = self._make_val_stream()
         return self._val
 
-    def _loader(self, stream: ClipStream, persistent: bool) -> DataLoader:
+    def _loader(self, stream: ShardStream, persistent: bool) -> DataLoader:
         return make_loader(
             stream, self.num_workers, self.pin_memory, self.prefetch_factor, persistent, self.sharing_strategy
         )
@@ -196,10 +146,7 @@ class ClipDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         return self.val_dataloader()
 
-    # ------------------------------------------------------------------ hooks
-
-    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        return finish_batch(batch)
+    # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
         epoch = self._train.epoch if self._train is not None else self._epoch
@@ -218,6 +165,92 @@ class ClipDataModule(L.LightningDataModule):
             self._train.seed = resume_seed(self.seed, self._resume_step)
 
 
+class ClipDataModule(StreamDataModule):
+    """Weighted mixture of clip shard sources, as batches of the `datamodules.batch` contract.
+
+    Args:
+        sources: {name: SourceConfig fields} (plain dicts from Hydra; unknown keys fail). Sources with weight 0
+            are dropped from training (kept for validation if they have `val_shards`).
+        sampling: `ClipSamplingConfig` fields (frames, resolution, augmentation, scale normalisation).
+        val_sampling: overrides of `sampling` for validation/test (e.g. another resolution).
+        synthetic: {source name: `datamodules.synthetic.SyntheticConfig` fields}: those sources are generated in
+            process instead of read from shards (smoke runs without data).
+        synthetic_pool, synthetic_val_pool: keep and reuse that many generated clips for training / validation
+            (0 = a new scene for every sample); a pool makes epochs cheap and validation clips fixed.
+        **stream: the `StreamDataModule` settings (batch_size, num_workers, batches_per_epoch, val_batches, seed,
+            shuffle_buffer, max_skip_rate, skip_rate_min_samples, pin_memory, prefetch_factor, persistent_workers,
+            sharing_strategy).
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Mapping[str, Any]],
+        sampling: Mapping[str, Any] | None = None,
+        val_sampling: Mapping[str, Any] | None = None,
+        synthetic: Mapping[str, Mapping[str, Any]] | None = None,
+        synthetic_pool: int = 0,
+        synthetic_val_pool: int = 0,
+        **stream: Any,
+    ):
+        super().__init__(**stream)
+        self.sources = [source_from_dict(k, dict(v)) for k, v in sources.items()]
+        sampling = _plain(sampling or {})
+        self.sampling = ClipSamplingConfig(**sampling)
+        self.val_sampling = ClipSamplingConfig(**{**sampling, **_plain(val_sampling or {})})
+        self.synthetic = {k: dict(v) for k, v in (synthetic or {}).items()}
+        self.synthetic_pool, self.synthetic_val_pool = synthetic_pool, synthetic_val_pool
+
+    def _sample_sources(self, train: bool) -> dict[str, Any]:
+        if not self.synthetic:
+            return {}
+        from datamodules.synthetic import SyntheticConfig, SyntheticSource
+
+        pool = self.synthetic_pool if train else self.synthetic_val_pool
+        return {
+            k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000), pool=pool)
+            for k, v in self.synthetic.items()
+        }
+
+    def _make_train_stream(self, seed: int) -> ClipStream:
+        return ClipStream(
+            [s for s in self.sources if s.weight > 0],
+            self.sampling,
+            self.batch_size,
+            self.batches_per_epoch,
+            train=True,
+            seed=seed,
+            shuffle_buffer=self.shuffle_buffer,
+            sample_sources=self._sample_sources(True),
+            **self._stream_options(),
+        )
+
+    def _make_val_stream(self) -> ClipStream | None:
+        sources = []
+        for s in self.sources:
+            if s.name in self.synthetic or expand_shards(s.val_shards):
+                sources.append(s)
+            elif s.val_shards is not None:
+                log.warning("source %s: no validation shards match %r; not validated", s.name, s.val_shards)
+        if self.val_batches <= 0 or not sources:
+            return None
+        for s in sources:
+            if s.weight <= 0:
+                s.weight = 1.0
+        return ClipStream(
+            sources,
+            self.val_sampling,
+            self.batch_size,
+            self.val_batches,
+            train=False,
+            seed=self.seed,
+            sample_sources=self._sample_sources(False),
+            **self._stream_options(),
+        )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        return finish_batch(batch)
+
+
 def resume_seed(seed: int, step: int) -> int:
     """The training stream's base seed for a run resumed at global ``step``: ``seed`` itself for a fresh run (step 0),
     else a seed drawn from (seed, step); the stream adds (rank, worker, epoch) to it."""
@@ -234,7 +267,7 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ClipDataModule", "ClipSamplingConfig", "SourceConfig"]
+__all__ = ["ClipDataModule", "ClipSamplingConfig", "SourceConfig", "StreamDataModule"]
 
 
 def make_loader(

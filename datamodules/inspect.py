@@ -18,6 +18,7 @@ import numpy as np
 from datamodules.spec import Clip, decode_frames, decode_sample
 from datamodules.stream import SkipStats, iter_tar
 from datamodules.verify import find_shards
+from diff4splat.files import atomic_file
 
 
 def summarise(paths: list[str], max_clips: int | None = None) -> tuple[dict, list[Clip]]:
@@ -101,7 +102,8 @@ def contact_sheet(clips: list[Clip], path: str | Path, frames_per_row: int = 6, 
     for r in rows:
         sheet.paste(r, (0, y))
         y += r.height
-    sheet.save(path)
+    with atomic_file(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return Path(path)
 
 

@@ -1,14 +1,17 @@
 """Streaming clips from shards: shard assignment, tar reading, clip sampling, augmentation, canonicalisation, batching.
 
-`ClipStream` is an `IterableDataset` that yields whole batches (use it with `DataLoader(batch_size=None)`):
+`ClipStream` is an `IterableDataset` that yields whole batches (use it with `DataLoader(batch_size=None)`). Its
+streaming half, `ShardStream`, is shared with the latent shards (`datamodules.latents.LatentStream`) and runs on
+webdataset (`shard_pipeline`: `ResampledShards` / `SimpleShardList`, its tar reader, `shuffle`, `with_epoch`):
 
 1. Shards. Each source's shard list (glob / brace pattern / list, sorted) is split over the (rank, worker) slots of
    the job: slot `rank * num_workers + worker` reads `shards[slot::num_slots]`, so no two workers of the job read the
    same shard (with fewer shards than slots, slots share shards and a warning says so). Training resamples shards
    from the slot's slice with a generator seeded by (seed, rank, worker, epoch); validation reads the slice in order,
    with the same seed every epoch, so it sees the same clips each time.
-2. Samples. Tar members are grouped by key (WebDataset layout); a per-source shuffle buffer mixes clips of different
-   shards (training). The source of each sample is drawn by weight (`datamodules.mix.WeightedChoice`).
+2. Samples. Tar members are grouped by key (`iter_tar`, WebDataset layout); a per-source shuffle buffer mixes clips
+   of different shards (training). The source of each sample is drawn by weight (`datamodules.mix.WeightedChoice`,
+   from the slot's seeded generator: webdataset's `RandomMix` draws from the process-wide `random` module).
 3. Clips (`ClipTransform`, the reference's `_frame_sample` and augmentation, §8.2-8.3): F_in input frames spread
    uniformly over a random gap, F_out output frames random (or the inputs plus random frames with p=0.25), timestamps
    normalised over the union; for static datasets the output time is one random constant with p=0.5. Per batch one
@@ -23,8 +26,8 @@
    metric_scale are scaled there) run batched on the training device (`datamodules.augment`), with the same random
    draws and results (the scale up to float rounding).
 4. Batches: clips are written straight into the batch tensors (`datamodules.batch.BatchBuffers`); every rank yields
-   exactly `batches_per_epoch` batches (split over its workers), so DDP ranks never wait for each other at the end
-   of an epoch (the role of WebDataset's `with_epoch`).
+   exactly `batches_per_epoch` batches (split over its workers by `with_epoch`), so DDP ranks never wait for each
+   other at the end of an epoch.
 
 Corrupt data: a sample that fails to decode or validate, and a shard that fails to read, are skipped, counted
 (`SkipStats`) and logged; when more than `max_skip_rate` of the samples seen (after `skip_rate_min_samples`) were
@@ -39,16 +42,19 @@ import logging
 import math
 import os
 import posixpath
+import random
 import tarfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as tnf
+import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from datamodules.augment import MIN_SCALE_SAMPLES, _gather, _positive_finite, _zero_invalid, scale_sample_stride
 from datamodules.batch import BatchBuffers, collate
@@ -160,30 +166,27 @@ def slot_shards(urls: list[str], slot: int, num_slots: int) -> list[str]:
 def iter_tar(url: str, stats: SkipStats) -> Iterator[dict[str, Any]]:
     """Samples ({'__key__', '__url__', suffix: bytes}) of one tar shard, grouped by key in member order.
 
-    A read error ends the shard: it is counted in `stats.shard_errors`, and a partially read sample is dropped and
-    counted as skipped. As in WebDataset, a member's key keeps its folder part (``dir/K.c2w.npy`` has key
-    ``dir/K``), so a member name that points outside the shard (``../K.meta.json``, ``/abs/K.meta.json``) gives a key
+    The members come from webdataset's tar reader (`tar_file_iterator`, names normalised by `posixpath.normpath`) and
+    split into key and suffix by its rule (`base_plus_ext`: the key keeps the folder part, the suffix starts at the
+    first dot of the file name). A read error ends the shard: it is counted in `stats.shard_errors`, and a partially
+    read sample is dropped and counted as skipped. Since the key keeps its folder part (``dir/K.c2w.npy`` has key
+    ``dir/K``), a member name that points outside the shard (``../K.meta.json``, ``/abs/K.meta.json``) gives a key
     that the clip schema refuses (`datamodules.spec.KEY_PATTERN`): that sample is skipped and counted, and nothing
     takes a file name from it.
     """
     current: dict[str, Any] | None = None
     try:
-        with tarfile.open(url, mode="r|") as tf:
-            for ti in tf:
-                if not ti.isreg():
+        with open(url, "rb") as stream:
+            for member in tar_file_iterator(stream, rename_files=posixpath.normpath):
+                key, suffix = base_plus_ext(member["fname"])
+                if key is None:
                     continue
-                folder, name = posixpath.split(posixpath.normpath(ti.name))
-                stem, dot, suffix = name.partition(".")
-                if not dot:
-                    continue
-                key = posixpath.join(folder, stem)
-                data = tf.extractfile(ti).read()  # type: ignore[union-attr]
                 if current is not None and current["__key__"] != key:
                     yield current
                     current = None
                 if current is None:
                     current = {"__key__": key, "__url__": url}
-                current[suffix.lower()] = data
+                current[suffix.lower()] = member["data"]
         if current is not None:
             yield current
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
@@ -771,28 +774,109 @@ def worker_slot(rank: int | None, world_size: int | None) -> tuple[int, int, int
     return rank, world_size, worker, num_workers
 
 
-class ClipStream(IterableDataset):
-    """Batches of clips from weighted per-dataset sources (see the module docstring).
+class Slot(NamedTuple):
+    """One DataLoader worker of one rank: `index` = rank · workers + worker among `count` = world · workers slots;
+    `seed` = the seed sequence of its generators in this pass."""
+
+    index: int
+    count: int
+    seed: tuple[int, ...]
+
+    def rng(self, stream: int = 0) -> np.random.Generator:
+        """Generator `stream` of the slot: 0 draws batches, frames and mixtures; i > 0 belongs to source i - 1."""
+        return np.random.default_rng([*self.seed, stream] if stream else list(self.seed))
+
+
+def _seed_given() -> int:
+    """`wds.ResampledShards`'s per-worker seed term: 0, because the seed it is given already holds (seed, rank, worker,
+    epoch, pass); its default would read the rank and worker from the environment instead."""
+    return 0
+
+
+def read_shards(
+    shards: Iterable[dict[str, Any]],
+    stats: SkipStats,
+    what: str,
+    num_shards: int,
+    after_shard: Callable[[], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The raw samples of a stream of webdataset shard items ({'url': path}), read by `iter_tar`; ``after_shard`` runs
+    after each shard (skip-rate checks). Once every one of the slice's ``num_shards`` shards was read without giving a
+    sample since the last sample, the slice has none to give: `DataSkipRateError` naming ``what``."""
+    dry: set[str] = set()
+    for shard in shards:
+        url, produced = shard["url"], False
+        for sample in iter_tar(url, stats):
+            produced = True
+            yield sample
+        if produced:
+            dry.clear()
+        else:
+            dry.add(url)
+            if len(dry) >= num_shards:
+                raise DataSkipRateError(f"{what}: no readable sample in {num_shards} shards {sorted(dry)[:3]}")
+        if after_shard is not None:
+            after_shard()
+
+
+def shard_pipeline(
+    urls: list[str],
+    rng: np.random.Generator,
+    stats: SkipStats,
+    train: bool,
+    shuffle_buffer: int,
+    what: str,
+    after_shard: Callable[[], None] | None = None,
+) -> wds.DataPipeline:
+    """Endless raw samples of a shard slice, as a webdataset pipeline: training draws shards with replacement
+    (`wds.ResampledShards`) and mixes their samples in a buffer of ``shuffle_buffer`` (`wds.shuffle`), both seeded
+    from ``rng``; evaluation reads the shards in order, again and again (`wds.SimpleShardList`, `.repeat()`). Shards
+    are read by `read_shards` (``what`` and ``after_shard`` as there)."""
+    shard_seed, shuffle_seed = (int(s) for s in rng.integers(0, 2**31, 2))
+    if train:
+        shards = wds.ResampledShards(urls, seed=shard_seed, worker_seed=_seed_given, deterministic=True)
+    else:
+        shards = wds.SimpleShardList(urls)
+    read = functools.partial(read_shards, stats=stats, what=what, num_shards=len(urls), after_shard=after_shard)
+    stages = [shards, read]
+    if train and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(shuffle_seed)))
+    pipeline = wds.DataPipeline(*stages)
+    return pipeline if train else pipeline.repeat()
+
+
+class ShardStream(IterableDataset):
+    """Whole batches from tar shards (use with `DataLoader(batch_size=None)`): what `ClipStream` and
+    `datamodules.latents.LatentStream` share.
+
+    - Shards: every shard list is split over the job's (rank, worker) slots (`slot_shards`) and read through
+      `shard_pipeline`: resampled and shuffled in training, in order for evaluation.
+    - Seeds: a pass draws from generators seeded by (seed, rank, worker, epoch, pass) in training and by
+      (seed, rank, worker) for evaluation, which therefore sees the same samples every time (`Slot`).
+    - Length: each rank yields exactly `batches_per_epoch` batches per pass, split over its DataLoader workers
+      (webdataset's `with_epoch` per worker), so DDP ranks never wait for each other at the end of an epoch.
+    - Corrupt data: a sample that `_decode` refuses is skipped, counted (`stats`) and logged; when more than
+      `max_skip_rate` of the samples seen (after `skip_rate_min_samples`) were skipped, iteration raises
+      `DataSkipRateError`.
+
+    Subclasses give `_samples` (endless (source index, raw sample) pairs, from `_shard_samples`), `_decode` (raw sample
+    → item, raising on a corrupt one) and `_collate` (items → batch), and may draw per-batch state in `_start_batch`.
 
     Args:
-        sources: the datasets; each reads `shards` (train) or `val_shards` (train=False).
-        sampling: frame selection, augmentation and normalisation.
-        batch_size: clips per batch.
+        batch_size: samples per batch.
         batches_per_epoch: batches each rank yields per epoch (split over its DataLoader workers).
-        train: resampled, shuffled, augmented stream; else the fixed validation slice.
-        seed: base seed; the generators use (seed, rank, worker, epoch).
-        shuffle_buffer: raw samples buffered per source (train).
+        train: resampled, shuffled stream; else the fixed evaluation slice.
+        seed: base seed; the generators use (seed, rank, worker, epoch, pass).
+        shuffle_buffer: raw samples buffered per shard list (train).
         max_skip_rate: stop with `DataSkipRateError` when more than this fraction of samples was skipped ...
         skip_rate_min_samples: ... once this many samples were seen.
         rank, world_size: override the detected distributed rank (tests, custom launchers).
-        sample_sources: optional `{name: callable(rng) -> raw sample}` replacing shard reading (in-process synthetic
-            data; see `datamodules.synthetic.SyntheticSource`).
     """
+
+    what = "data"  # names the stream in errors and logs
 
     def __init__(
         self,
-        sources: list[SourceConfig],
-        sampling: ClipSamplingConfig,
         batch_size: int,
         batches_per_epoch: int,
         train: bool = True,
@@ -802,29 +886,15 @@ class ClipStream(IterableDataset):
         skip_rate_min_samples: int = 50,
         rank: int | None = None,
         world_size: int | None = None,
-        sample_sources: dict[str, Callable[[np.random.Generator], dict[str, Any]]] | None = None,
     ):
         super().__init__()
-        if not sources:
-            raise ValueError("ClipStream needs at least one source")
-        self.sources, self.sampling = sources, sampling
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
         self.max_skip_rate, self.skip_rate_min_samples = max_skip_rate, skip_rate_min_samples
         self.rank, self.world_size = rank, world_size
-        self.sample_sources = sample_sources or {}
-        self.urls = {}
-        for s in sources:
-            if s.name in self.sample_sources:
-                continue
-            urls = expand_shards(s.shards if train else s.val_shards)
-            if not urls:
-                raise FileNotFoundError(f"source {s.name!r}: no shards match {s.shards if train else s.val_shards!r}")
-            self.urls[s.name] = urls
-        self.transform = ClipTransform(sampling, train=train)
         self.epoch = 0  # set by the DataModule/loader before each epoch (workers get a copy)
-        self._iterations = 0  # advances per __iter__ inside persistent workers
-        self.stats = SkipStats()
+        self._iterations = 0  # advances per pass inside persistent workers
+        self.stats = SkipStats()  # of the latest pass in this process
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -836,102 +906,158 @@ class ClipStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, worker, num_workers = worker_slot(self.rank, self.world_size)
-        slot, num_slots = rank * num_workers + worker, world * num_workers
-        if self.train:
-            seq = [self.seed, rank, worker, self.epoch, self._iterations]
-        else:
-            seq = [self.seed, rank, worker]
+        seed = (self.seed, rank, worker, self.epoch, self._iterations) if self.train else (self.seed, rank, worker)
         self._iterations += 1
-        rng = np.random.default_rng(seq)
+        slot = Slot(rank * num_workers + worker, world * num_workers, seed)
         self.stats = stats = SkipStats()
-        iters = []
-        for s in self.sources:
-            src_rng = np.random.default_rng([*seq, len(iters) + 1])
-            if s.name in self.sample_sources:
-                iters.append(_generated(self.sample_sources[s.name], src_rng))
-                continue
-            urls = slot_shards(self.urls[s.name], slot, num_slots)
-            if len(self.urls[s.name]) < num_slots and self.train:
-                log.warning(
-                    "source %s: %d shards for %d (rank, worker) slots: slots share shards",
-                    s.name,
-                    len(self.urls[s.name]),
-                    num_slots,
-                )
-            iters.append(self._source_samples(s.name, urls, src_rng, stats))
-        choose = WeightedChoice([s.weight for s in self.sources], rng)
-        for _ in range(self.num_batches(worker, num_workers)):
-            out_hw = batch_size_hw(self.sampling, rng if self.train else None)
-            frames = self.sampling.num_input + self.sampling.num_output
-            buffers = None  # augment_on="device": per-clip payloads; "worker": clips are written in place (no stacking)
-            if self.sampling.augment_on == "worker":
-                buffers = BatchBuffers(self.batch_size, frames, *out_hw)
-            samples = []
-            while len(samples) < self.batch_size:
-                i = choose() if len(self.sources) > 1 else 0
-                raw = next(iters[i])
+        n = self.num_batches(worker, num_workers)
+        if n == 0:  # with_epoch(0) would not stop
+            return iter(())
+        rng = slot.rng()
+        pipeline = wds.DataPipeline(
+            functools.partial(self._samples, slot, rng, stats),
+            functools.partial(self._batches, rng=rng, stats=stats),
+        )
+        return iter(pipeline.with_epoch(n))
+
+    def _shard_samples(
+        self, urls: list[str], slot: Slot, rng: np.random.Generator, stats: SkipStats, what: str
+    ) -> wds.DataPipeline:
+        """Endless raw samples of the slot's share of ``urls`` (`shard_pipeline`)."""
+        if len(urls) < slot.count and self.train:
+            log.warning("%s: %d shards for %d (rank, worker) slots: slots share shards", what, len(urls), slot.count)
+        after_shard = functools.partial(self._check_rate, stats)
+        shards = slot_shards(urls, slot.index, slot.count)
+        return shard_pipeline(shards, rng, stats, self.train, self.shuffle_buffer, what, after_shard)
+
+    def _batches(
+        self, samples: Iterator[tuple[int, dict[str, Any]]], rng: np.random.Generator, stats: SkipStats
+    ) -> Iterator[dict[str, Any]]:
+        """Endless batches of `batch_size` decoded samples (the webdataset stage after `_samples`)."""
+        while True:
+            state = self._start_batch(rng)
+            items: list[Any] = []
+            while len(items) < self.batch_size:
+                source, raw = next(samples)
                 try:
-                    slot = None if buffers is None else buffers.slot(len(samples))
-                    samples.append(self.transform(raw, rng, out_hw, self.sources[i], slot))
+                    items.append(self._decode(raw, source, rng, state, len(items)))
                     stats.good += 1
                 except Exception as e:  # any corrupt sample: skip, count, go on
                     stats.skipped += 1
                     _note(
                         stats,
-                        f"{self.sources[i].name} sample {raw.get('__key__')!r} "
-                        f"({raw.get('__url__')}): {type(e).__name__}: {e}",
+                        f"{self._source_name(source)} sample {raw.get('__key__')!r} ({raw.get('__url__')}): "
+                        f"{type(e).__name__}: {e}",
                     )
                 self._check_rate(stats)
-            yield collate(samples, self.sampling.num_input, num_skipped=stats.skipped, buffers=buffers)
+            yield self._collate(items, state, stats)
 
     def _check_rate(self, stats: SkipStats) -> None:
         if stats.seen >= self.skip_rate_min_samples and stats.rate() > self.max_skip_rate:
             raise DataSkipRateError(
-                f"skipped {stats.skipped} of {stats.seen} samples ({stats.rate():.1%} > max_skip_rate "
+                f"{self.what}: skipped {stats.skipped} of {stats.seen} samples ({stats.rate():.1%} > max_skip_rate "
                 f"{self.max_skip_rate:.1%}) and {stats.shard_errors} shards; first reasons: {stats.reasons[:5]}"
             )
 
-    def _source_samples(
-        self, name: str, urls: list[str], rng: np.random.Generator, stats: SkipStats
-    ) -> Iterator[dict[str, Any]]:
-        """Endless raw samples of one source's shard slice: resampled + shuffle buffer (train) or cycled in order."""
-        return shard_samples(
-            urls, rng, stats, self.train, self.shuffle_buffer, f"source {name!r}", lambda: self._check_rate(stats)
-        )
+    def _samples(self, slot: Slot, rng: np.random.Generator, stats: SkipStats) -> Iterator[tuple[int, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def _start_batch(self, rng: np.random.Generator) -> Any:
+        return None
+
+    def _decode(self, raw: dict[str, Any], source: int, rng: np.random.Generator, state: Any, index: int) -> Any:
+        raise NotImplementedError
+
+    def _collate(self, items: list[Any], state: Any, stats: SkipStats) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _source_name(self, source: int) -> str:
+        return self.what
 
 
-def shard_samples(
-    urls: list[str],
-    rng: np.random.Generator,
-    stats: SkipStats,
-    train: bool,
-    shuffle_buffer: int,
-    what: str,
-    after_shard: Callable[[], None] | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Endless raw samples of a shard slice: shards resampled with replacement through a shuffle buffer (train) or
-    cycled in order (evaluation); ``after_shard`` runs after each shard (skip-rate checks). A slice with no readable
-    sample is an error naming ``what``."""
-    buffer: list[dict[str, Any]] = []
-    while True:
-        order = rng.integers(0, len(urls), len(urls)) if train else range(len(urls))
-        produced = 0
-        for j in order:
-            for sample in iter_tar(urls[j], stats):
-                produced += 1
-                if not train or shuffle_buffer <= 1:
-                    yield sample
-                    continue
-                if len(buffer) < shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                k = int(rng.integers(0, len(buffer)))
-                buffer[k], sample = sample, buffer[k]
-                yield sample
-            if after_shard is not None:
-                after_shard()
-        if produced == 0 and not buffer:
-            raise DataSkipRateError(f"{what}: no readable sample in {len(urls)} shards {urls[:3]}")
+class ClipStream(ShardStream):
+    """Batches of clips from weighted per-dataset sources (see the module docstring and `ShardStream`).
+
+    Args:
+        sources: the datasets; each reads `shards` (train) or `val_shards` (train=False).
+        sampling: frame selection, augmentation and normalisation.
+        batch_size: clips per batch.
+        batches_per_epoch: batches each rank yields per epoch (split over its DataLoader workers).
+        sample_sources: optional `{name: callable(rng) -> raw sample}` replacing shard reading (in-process synthetic
+            data; see `datamodules.synthetic.SyntheticSource`).
+        **stream: the `ShardStream` settings (train: resampled, shuffled, augmented stream, else the fixed validation
+            slice; seed, shuffle_buffer per source, max_skip_rate, skip_rate_min_samples, rank, world_size).
+    """
+
+    what = "clip data"
+
+    def __init__(
+        self,
+        sources: list[SourceConfig],
+        sampling: ClipSamplingConfig,
+        batch_size: int,
+        batches_per_epoch: int,
+        sample_sources: dict[str, Callable[[np.random.Generator], dict[str, Any]]] | None = None,
+        **stream: Any,
+    ):
+        super().__init__(batch_size, batches_per_epoch, **stream)
+        if not sources:
+            raise ValueError("ClipStream needs at least one source")
+        self.sources, self.sampling = sources, sampling
+        self.sample_sources = sample_sources or {}
+        self.urls = {}
+        for s in sources:
+            if s.name in self.sample_sources:
+                continue
+            urls = expand_shards(s.shards if self.train else s.val_shards)
+            if not urls:
+                raise FileNotFoundError(
+                    f"source {s.name!r}: no shards match {s.shards if self.train else s.val_shards!r}"
+                )
+            self.urls[s.name] = urls
+        self.transform = ClipTransform(sampling, train=self.train)
+
+    def _samples(self, slot: Slot, rng: np.random.Generator, stats: SkipStats) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Raw samples of the sources, each drawn from a source chosen by weight (`WeightedChoice`)."""
+        iters = []
+        for i, s in enumerate(self.sources):
+            if s.name in self.sample_sources:
+                iters.append(_generated(self.sample_sources[s.name], slot.rng(i + 1)))
+            else:
+                shards = self._shard_samples(self.urls[s.name], slot, slot.rng(i + 1), stats, f"source {s.name!r}")
+                iters.append(iter(shards))
+        choose = WeightedChoice([s.weight for s in self.sources], rng)
+        while True:
+            i = choose() if len(iters) > 1 else 0
+            yield i, next(iters[i])
+
+    def _start_batch(self, rng: np.random.Generator) -> tuple[tuple[int, int], BatchBuffers | None]:
+        """The batch's output size and, with `augment_on="worker"`, the tensors its clips are written into in place
+        (with "device" the clips are per-clip payloads)."""
+        out_hw = batch_size_hw(self.sampling, rng if self.train else None)
+        if self.sampling.augment_on != "worker":
+            return out_hw, None
+        return out_hw, BatchBuffers(self.batch_size, self.sampling.num_input + self.sampling.num_output, *out_hw)
+
+    def _decode(
+        self,
+        raw: dict[str, Any],
+        source: int,
+        rng: np.random.Generator,
+        state: tuple[tuple[int, int], BatchBuffers | None],
+        index: int,
+    ) -> dict[str, Any]:
+        out_hw, buffers = state
+        out = None if buffers is None else buffers.slot(index)
+        return self.transform(raw, rng, out_hw, self.sources[source], out)
+
+    def _collate(
+        self, items: list[Any], state: tuple[tuple[int, int], BatchBuffers | None], stats: SkipStats
+    ) -> dict[str, Any]:
+        return collate(items, self.sampling.num_input, num_skipped=stats.skipped, buffers=state[1])
+
+    def _source_name(self, source: int) -> str:
+        return self.sources[source].name
 
 
 def _generated(fn: Callable[[np.random.Generator], dict[str, Any]], rng: np.random.Generator) -> Iterator[dict]:

@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
             key = f"synth{'dyn' if args.dynamic else 'static'}_{args.seed:04d}_{i:06d}"
             if not writer.is_done(key):
                 writer.write(generate_clip(cfg, seed=args.seed * 1_000_003 + i, key=key))
-    print(f"wrote {writer.written_clips} clips ({len(writer.written_shards)} shards) to {args.out}")
+    print(f"wrote {writer.written} clips ({len(writer.written_shards)} shards) to {args.out}")
 
 
 if __name__ == "__main__":
