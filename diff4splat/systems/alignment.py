@@ -26,7 +26,7 @@ The exported weights (``export_prefix = "aligner."``) load with ``LatentAligner.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -43,7 +43,7 @@ from diff4splat.models.lrdm import LRDM, LRDMConfig, gaussians_at_all_times
 from diff4splat.models.tiny_vae import TinyVAE
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.rendering import render
-from diff4splat.systems.schedules import warmup_cosine
+from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,9 @@ class AlignLoss:
     lpips_lin_path: str | None = None
 
 
-@dataclass
-class AlignOptim:
-    """AdamW with warm-up then cosine decay (the reference: lr 1e-4, betas (0.9, 0.95), wd 0.01, 500 warm-up)."""
-
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.01
-    warmup_steps: int = 500
-    min_lr_ratio: float = 0.0
+# The reference: AdamW, lr 1e-4, betas (0.9, 0.95), wd 0.01, 500 warm-up steps, cosine decay. One group, "aligner".
+DEFAULT_OPTIM = OptimConfig(lr=1e-4, betas=[0.9, 0.95], weight_decay=0.01, warmup_steps=500, min_lr_ratio=0.0)
+OPTIM_GROUPS = ("aligner",)
 
 
 @dataclass
@@ -133,7 +127,7 @@ class LatentAlignmentSystem(L.LightningModule):
         self,
         aligner: dict[str, Any] | DictConfig | AlignerConfig | None = None,
         loss: dict[str, Any] | DictConfig | AlignLoss | None = None,
-        optim: dict[str, Any] | DictConfig | AlignOptim | None = None,
+        optim: dict[str, Any] | DictConfig | OptimConfig | None = None,
         train_parts: dict[str, Any] | DictConfig | AlignTrain | None = None,
         taehv_path: str | None = None,
         vae: Literal["pretrained", "tiny"] = "pretrained",
@@ -150,7 +144,7 @@ class LatentAlignmentSystem(L.LightningModule):
         super().__init__()
         self.aligner_cfg = to_dataclass(AlignerConfig, aligner, "system.aligner")
         self.loss_cfg = to_dataclass(AlignLoss, loss, "system.loss")
-        self.optim_cfg = to_dataclass(AlignOptim, optim, "system.optim")
+        self.optim_cfg = optim_config(optim, DEFAULT_OPTIM, OPTIM_GROUPS)
         self.train_cfg = to_dataclass(AlignTrain, train_parts, "system.train_parts")
         self.lrdm_cfg = to_dataclass(LRDMConfig, lrdm, "system.lrdm") if lrdm is not None else None
         self.max_steps, self.lrdm_num_input, self.render_views = max_steps, lrdm_num_input, render_views
@@ -347,12 +341,6 @@ class LatentAlignmentSystem(L.LightningModule):
         self._evaluate(batch, "test", batch_idx)
 
     def configure_optimizers(self) -> Any:
-        o = self.optim_cfg
-        params = [p for p in self.aligner.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in self.aligner.parameters()):
             raise ValueError("system.train_parts: nothing to train (every part is frozen)")
-        optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio),
-        }
+        return configure_optimizer(self.optim_cfg, {OPTIM_GROUPS[0]: list(self.aligner.parameters())}, self.max_steps)

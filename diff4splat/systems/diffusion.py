@@ -8,10 +8,11 @@ prompt **and** the cameras of 10 % of the samples together (the released code ke
 becomes the null prompt (the negative prompt's cached embedding when a text cache is given, else zeros) and the
 Plücker maps become zeros, exactly the unconditional branch of sampling.
 
-Optimisation: AdamW with two groups, the camera branch (and LoRA adapters) at ``lr`` and the base DiT at
-``lr × base_lr_mult`` (the reference: 4e-4 and 0.1×); or LoRA only (``model.lora_rank`` > 0, base frozen). Under
-Lightning's ``ModelParallelStrategy`` the model is sharded with FSDP2 per ``WanTransformerBlock`` in
-``configure_model`` (activation checkpointing and ``torch.compile`` per block as configured).
+Optimisation (`diff4splat.systems.optimizer`): AdamW with two groups, ``camera`` (the camera branch and LoRA adapters)
+at ``lr`` and ``base`` (the DiT) at ``lr × lr_mult.base`` (the reference: 4e-4 and 0.1×); or LoRA only
+(``model.lora_rank`` > 0, base frozen). Under Lightning's ``ModelParallelStrategy`` the model is sharded with FSDP2
+per ``WanTransformerBlock`` in ``configure_model`` (activation checkpointing and ``torch.compile`` per block as
+configured).
 
 Batches (dicts): ``latents`` [B, C, T, h, w] or ``frames`` [B, F, 3, H, W] in [0, 1]; ``c2w`` [B, F, 4, 4] metric
 OpenCV c2w with the first camera = identity; ``fxfycxcy`` [B, F, 4]; optional ``prompt_embeds`` [B, L, D] and
@@ -21,7 +22,7 @@ OpenCV c2w with the first camera = identity; ``fxfycxcy`` [B, F, 4]; optional ``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -41,7 +42,7 @@ from diff4splat.models.camera_wan import (
 from diff4splat.models.parallel import prepare_blocks, shard_wan
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.sampling import SamplingConfig, sample_latents
-from diff4splat.systems.schedules import warmup_cosine
+from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,18 @@ class FlowObjective:
     num_cond_frames: int = 1  # clean latent frames (TI2V: the first)
 
 
-@dataclass
-class DiffusionOptim:
-    lr: float = 4e-4  # camera branch and LoRA
-    base_lr_mult: float = 0.1  # the base DiT (full fine-tuning)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.01
-    eps: float = 1e-8
-    warmup_steps: int = 500
-    min_lr_ratio: float = 1.0  # 1.0: constant after warm-up; < 1: cosine to this fraction
-    fused: bool | None = None  # fused AdamW kernel; None: when the parameters are on a GPU
+# Constant lr after the warm-up; the fused AdamW kernel on a GPU.
+DEFAULT_OPTIM = OptimConfig(
+    lr=4e-4,
+    lr_mult={"base": 0.1},
+    betas=[0.9, 0.999],
+    weight_decay=0.01,
+    eps=1e-8,
+    warmup_steps=500,
+    min_lr_ratio=1.0,
+    fused=None,
+)
+OPTIM_GROUPS = ("camera", "base")  # CameraWan.parameter_groups
 
 
 @dataclass
@@ -87,7 +90,7 @@ class CameraDiffusionSystem(L.LightningModule):
         self,
         model: dict[str, Any] | DictConfig | CameraWanConfig | None = None,
         objective: dict[str, Any] | DictConfig | FlowObjective | None = None,
-        optim: dict[str, Any] | DictConfig | DiffusionOptim | None = None,
+        optim: dict[str, Any] | DictConfig | OptimConfig | None = None,
         sampling: dict[str, Any] | DictConfig | SamplingConfig | None = None,
         scale: dict[str, Any] | DictConfig | DiffusionScale | None = None,
         max_steps: int = 100_000,
@@ -102,7 +105,7 @@ class CameraDiffusionSystem(L.LightningModule):
         super().__init__()
         self.model_cfg = to_dataclass(CameraWanConfig, model, "system.model")
         self.objective = to_dataclass(FlowObjective, objective, "system.objective")
-        self.optim_cfg = to_dataclass(DiffusionOptim, optim, "system.optim")
+        self.optim_cfg = optim_config(optim, DEFAULT_OPTIM, OPTIM_GROUPS)
         self.sampling = to_dataclass(SamplingConfig, sampling, "system.sampling")
         self.scale = to_dataclass(DiffusionScale, scale, "system.scale")
         if not 0.0 <= self.objective.cfg_dropout < 1.0:
@@ -351,21 +354,7 @@ class CameraDiffusionSystem(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        o = self.optim_cfg
-        groups = self.model.parameter_groups()
-        param_groups = [
-            {"params": groups["camera"], "lr": o.lr, "name": "camera"},
-            {"params": groups["base"], "lr": o.lr * o.base_lr_mult, "name": "base"},
-        ]
-        param_groups = [g for g in param_groups if g["params"]]
-        fused = o.fused if o.fused is not None else param_groups[0]["params"][0].is_cuda
-        optimizer = torch.optim.AdamW(
-            param_groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps, fused=fused
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio),
-        }
+        return configure_optimizer(self.optim_cfg, self.model.parameter_groups(), self.max_steps)
 
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None

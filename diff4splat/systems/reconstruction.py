@@ -32,7 +32,7 @@ from diff4splat.losses.photometric import psnr, ssim
 from diff4splat.models.lrdm import LRDM, LRDMConfig, LRDMOutput, gaussians_at_all_times
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.rendering import render
-from diff4splat.systems.schedules import warmup_cosine
+from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,10 @@ class ReconLoss:
     lpips_lin_path: str | None = None
 
 
-@dataclass
-class ReconOptim:
-    """AdamW with linear warm-up then cosine decay (the reference's recipe)."""
-
-    lr: float = 4e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.05
-    warmup_steps: int = 1000
-    min_lr_ratio: float = 0.0
-    head_lr_mult: float = 1.0  # heads, decoder and conditioning embeddings
-    trunk_lr_mult: float = 1.0  # the transformer trunk and patch embedding (the reference: 0.1 when fine-tuning)
+# The reference's recipe: AdamW, linear warm-up then cosine decay. Groups: "trunk" (the transformer trunk and patch
+# embedding; the reference fine-tunes it at 0.1 × lr) and "heads" (heads, decoder and conditioning embeddings).
+DEFAULT_OPTIM = OptimConfig(lr=4e-4, betas=[0.9, 0.95], weight_decay=0.05, warmup_steps=1000, min_lr_ratio=0.0)
+OPTIM_GROUPS = ("trunk", "heads")
 
 
 @dataclass
@@ -85,7 +78,7 @@ class ReconstructionSystem(L.LightningModule):
         self,
         model: dict[str, Any] | DictConfig | LRDMConfig | None = None,
         loss: dict[str, Any] | DictConfig | ReconLoss | None = None,
-        optim: dict[str, Any] | DictConfig | ReconOptim | None = None,
+        optim: dict[str, Any] | DictConfig | OptimConfig | None = None,
         render_cfg: dict[str, Any] | DictConfig | ReconRender | None = None,
         stage: Literal["static", "dynamic"] = "dynamic",
         max_steps: int = 100_000,
@@ -97,7 +90,7 @@ class ReconstructionSystem(L.LightningModule):
         super().__init__()
         self.model_cfg = to_dataclass(LRDMConfig, model, "system.model")
         self.loss_cfg = to_dataclass(ReconLoss, loss, "system.loss")
-        self.optim_cfg = to_dataclass(ReconOptim, optim, "system.optim")
+        self.optim_cfg = optim_config(optim, DEFAULT_OPTIM, OPTIM_GROUPS)
         self.render_cfg = to_dataclass(ReconRender, render_cfg, "system.render_cfg")
         if stage not in ("static", "dynamic"):
             raise ValueError(f"system.stage must be 'static' or 'dynamic', got {stage!r}")
@@ -323,22 +316,10 @@ class ReconstructionSystem(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        o = self.optim_cfg
-        trunk, heads = [], []
+        groups: dict[str, list[nn.Parameter]] = {name: [] for name in OPTIM_GROUPS}
         for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (trunk if name.startswith(("trunk.", "patch_embed.")) else heads).append(p)
-        groups = [
-            {"params": trunk, "lr": o.lr * o.trunk_lr_mult, "name": "trunk"},
-            {"params": heads, "lr": o.lr * o.head_lr_mult, "name": "heads"},
-        ]
-        groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": warmup_cosine(optimizer, o.warmup_steps, self.max_steps, o.min_lr_ratio),
-        }
+            groups["trunk" if name.startswith(("trunk.", "patch_embed.")) else "heads"].append(p)
+        return configure_optimizer(self.optim_cfg, groups, self.max_steps)
 
 
 def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[Tensor, Tensor]]:

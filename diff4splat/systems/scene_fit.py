@@ -21,20 +21,21 @@ from diff4splat.configs import to_dataclass, to_plain
 from diff4splat.losses.photometric import psnr, ssim
 from diff4splat.models.gaussian_field import GaussianField, GaussianFieldConfig
 from diff4splat.rendering import render
+from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
 
-
-@dataclass
-class SceneFitOptim:
-    """Adam with per-attribute learning rates (3DGS practice: positions slow, opacities fast)."""
-
-    lr_means: float = 2e-3
-    lr_scales: float = 1e-2
-    lr_quats: float = 2e-3
-    lr_opacities: float = 5e-2
-    lr_colors: float = 1e-2
-    lr_deformation: float = 2e-3
-    means_lr_final_ratio: float = 0.05  # positions' lr decays exponentially to this fraction at max_steps
-    eps: float = 1e-15
+# 3DGS practice: per-attribute learning rates (positions slow, opacities fast), no weight decay, and the positions'
+# lr decaying exponentially to 0.05 × at max_steps while the others stay constant.
+DEFAULT_OPTIM = OptimConfig(
+    lr=2e-3,
+    lr_mult={"scales": 5.0, "quats": 1.0, "opacities": 25.0, "colors": 5.0, "deformation": 1.0},
+    betas=[0.9, 0.999],
+    weight_decay=0.0,
+    eps=1e-15,
+    min_lr_ratio=0.05,
+    decay="exponential",
+    decay_groups=["means"],
+)
+OPTIM_GROUPS = ("means", "scales", "quats", "opacities", "colors", "deformation")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class SceneFitSystem(L.LightningModule):
     def __init__(
         self,
         model: dict[str, Any] | DictConfig | GaussianFieldConfig | None = None,
-        optim: dict[str, Any] | DictConfig | SceneFitOptim | None = None,
+        optim: dict[str, Any] | DictConfig | OptimConfig | None = None,
         loss: dict[str, Any] | DictConfig | SceneFitLoss | None = None,
         render_cfg: dict[str, Any] | DictConfig | SceneFitEval | None = None,
         max_steps: int = 1000,
@@ -63,7 +64,7 @@ class SceneFitSystem(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model_cfg = to_dataclass(GaussianFieldConfig, model, "system.model")
-        self.optim_cfg = to_dataclass(SceneFitOptim, optim, "system.optim")
+        self.optim_cfg = optim_config(optim, DEFAULT_OPTIM, OPTIM_GROUPS)
         self.loss_cfg = to_dataclass(SceneFitLoss, loss, "system.loss")
         self.render_cfg = to_dataclass(SceneFitEval, render_cfg, "system.render_cfg")
         self.max_steps = max_steps
@@ -149,21 +150,13 @@ class SceneFitSystem(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        o = self.optim_cfg
         f = self.field
-        groups = [
-            {"params": [f.means], "lr": o.lr_means, "name": "means"},
-            {"params": [f.log_scales], "lr": o.lr_scales, "name": "scales"},
-            {"params": [f.quats], "lr": o.lr_quats, "name": "quats"},
-            {"params": [f.opacity_logits], "lr": o.lr_opacities, "name": "opacities"},
-            {"params": [f.color_logits], "lr": o.lr_colors, "name": "colors"},
-        ]
-        if f.delta_means is not None:
-            deltas = [f.delta_means, f.delta_quats, f.delta_log_scales]
-            groups.append({"params": deltas, "lr": o.lr_deformation, "name": "deformation"})
-        optimizer = torch.optim.Adam(groups, eps=o.eps)
-        steps = max(1, self.max_steps)
-        gamma = o.means_lr_final_ratio ** (1.0 / steps)
-        decays = [lambda s, g=gamma: g**s] + [lambda s: 1.0] * (len(groups) - 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decays)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        groups = {
+            "means": [f.means],
+            "scales": [f.log_scales],
+            "quats": [f.quats],
+            "opacities": [f.opacity_logits],
+            "colors": [f.color_logits],
+            "deformation": [f.delta_means, f.delta_quats, f.delta_log_scales] if f.delta_means is not None else [],
+        }
+        return configure_optimizer(self.optim_cfg, groups, self.max_steps)
