@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 # Installed first and pinned so a CPU machine never pulls CUDA builds; on a GPU box e.g. TORCH="torch==2.11.0".
 TORCH ?= torch==2.13.0
+# A pip constraints file applied to every install, e.g. CONSTRAINTS=requirements/gpu-constraints.txt on a GPU machine
+# (the versions behind the recorded GPU results).
+CONSTRAINTS ?=
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 EXTRAS ?= dev,slurm,viewer
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -15,15 +19,15 @@ ARGS ?=
 help: ## Show this list of targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml requirements/dev-no-deps.txt
+$(STAMP): pyproject.toml requirements/dev-no-deps.txt $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet $(PIP_C) "$(TORCH)"
+	$(PY) -m pip install --quiet $(PIP_C) -e ".[$(EXTRAS)]"
 	$(PY) -m pip install --quiet --no-deps -r requirements/dev-no-deps.txt
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv: torch first (pinned by TORCH=, default torch==2.13.0), then the project + extras
+install: $(STAMP) ## Create .venv: torch first (TORCH=, default torch==2.13.0), then the project + extras (CONSTRAINTS=: pins)
 
 lint: $(STAMP) ## Lint and check formatting with ruff
 	$(VENV)/bin/ruff check .

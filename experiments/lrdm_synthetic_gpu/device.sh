@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU work of issue [5/9], as run on the lent H100 (see README.md beside this file for the results).
-#   bash experiments/lrdm_synthetic_gpu/device.sh setup    # wheels, gsplat JIT build (through the GPU render tests)
+#   bash experiments/lrdm_synthetic_gpu/device.sh setup    # wheels (.whl/, pinned by requirements/gpu-constraints.txt),
+#                                                          # gsplat JIT build (through the GPU render tests)
 #   bash experiments/lrdm_synthetic_gpu/device.sh shards   # 256x256 procedural shards rendered with gsplat
 #   MAX_TIME=00:00:12:50 bash experiments/lrdm_synthetic_gpu/device.sh train   # static and dynamic from scratch side
 #       by side, each then tested (a second call with a larger MAX_TIME continues both from their last.ckpt)
@@ -37,7 +38,9 @@ EOF
 
 case "$1" in
 setup)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  # the carried wheels must be the pinned versions (pip refuses a wheel that contradicts the constraints)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    -c requirements/gpu-constraints.txt .whl/*.whl
   python3 -m pytest tests/test_render_gpu.py -q -m gpu -p no:cacheprovider 2>&1 | tail -3  # builds gsplat
   ;;
 shards)

@@ -3,7 +3,8 @@
 # (SIGTERM) in the middle, the identical command again (it continues from last.ckpt), the sharded checkpoint
 # consolidated into one .safetensors, and that file loaded into a single-process inference pipeline.
 # Results: experiments/scale_out/README.md.
-#   bash experiments/scale_out/device.sh setup    # wheels (gsplat, diffusers, hydra, ...) into /tmp/site
+#   bash experiments/scale_out/device.sh setup    # wheels (gsplat, diffusers, hydra, ...) into /tmp/site, at the versions
+#                                                 # of requirements/gpu-constraints.txt
 #   bash experiments/scale_out/device.sh lrdm     # base LRDM, trainer=fsdp, 128² synthetic clips
 #   bash experiments/scale_out/device.sh camwan   # 5B CameraWan (random init, LoRA 32 + camera branch), trainer=fsdp2,
 #                                                 # 352x640x49 procedural videos through a random Wan2.2-layout VAE
@@ -57,7 +58,9 @@ EOF
 
 case "${1:-}" in
 setup)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  # the carried wheels must be the pinned versions (pip refuses a wheel that contradicts the constraints)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    -c requirements/gpu-constraints.txt .whl/*.whl
   ;;
 lrdm)
   STEPS=${STEPS:-60}
