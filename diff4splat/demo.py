@@ -28,7 +28,8 @@ from typing import Any
 from diff4splat.cli import InputError
 from diff4splat.gaussians.io import save_splat
 from diff4splat.geometry.trajectories import PRESETS
-from diff4splat.pipelines.generation import Diff4SplatPipeline, GenerateConfig, make_job, run_job
+from diff4splat.pipelines.generation import Diff4SplatPipeline
+from diff4splat.pipelines.jobs import GenerateConfig, make_job, run_job
 from diff4splat.pipelines.outputs import read_scene_output
 
 log = logging.getLogger("diff4splat.demo")

@@ -123,12 +123,13 @@ def recover_interrupted_replace(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike, fsync: bool = True, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` to write one file to; renamed onto ``path`` when the block succeeds, removed
-    when it fails. Parent folders are created. ``fsync=False`` skips the flush (caches that can be rebuilt)."""
+    when it fails. Parent folders are created. ``fsync=False`` skips the flush (caches that can be rebuilt);
+    ``suffix`` ends the temporary name, for writers that choose by it (``np.savez`` appends ``.npz`` to any other)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -7,7 +7,7 @@
 
 Hydra ``key=value`` overrides of ``conf/generate.yaml`` (model paths under ``models.``, low-memory options under
 ``low_memory.``). Writes ``scene.safetensors``, ``ply/frame_XXXX.ply``, ``video.mp4``, ``render.mp4``, ``novel.mp4``,
-``depth.mp4``, ``trajectory.png`` and ``meta.json`` (see ``diff4splat.pipelines.generation``). Bad input prints one
+``depth.mp4``, ``trajectory.png`` and ``meta.json`` (see ``diff4splat.pipelines.jobs``). Bad input prints one
 ``error:`` line naming the file and field and exits with code 2, leaving nothing behind.
 """
 
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diff4splat.cli import run_cli
 from diff4splat.configs import to_dataclass
-from diff4splat.pipelines.generation import GenerateConfig, generate
+from diff4splat.pipelines.jobs import GenerateConfig, generate
 
 
 def to_config(cfg: DictConfig) -> GenerateConfig:

@@ -15,14 +15,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from diff4splat.cli import InputError, run_cli
 from diff4splat.files import atomic_file
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
-from diff4splat.pipelines.inputs import read_cameras, read_frames
+from diff4splat.pipelines.inputs import fit_frames, fov_intrinsics, read_cameras, read_frames, read_image
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,46 +43,30 @@ def run(args: argparse.Namespace) -> Path:
         if not args.poses:
             raise InputError("--poses is required with --images")
         images = read_frames(args.images)
-        c2w, fx = read_cameras(args.poses)
+        c2w, fx, _ = read_cameras(args.poses)
+        c2w, fx = c2w.float(), fx.float()
         if c2w.shape[0] != images.shape[0]:
             raise InputError(f"{args.poses}: {c2w.shape[0]} cameras for {images.shape[0]} frames in {args.images}")
     else:
         if args.num_frames < 1:
             raise InputError(f"--num-frames {args.num_frames}: the trajectory needs at least one frame")
-        images = read_frames_single(Path(args.image)).expand(args.num_frames, -1, -1, -1)
-        h, w = images.shape[-2:]
-        fy = 0.5 / np.tan(np.deg2rad(args.fov) / 2)
-        traj = make_trajectory(
-            args.trajectory, args.num_frames, strength=args.strength, fxfycxcy=[fy * h / w, fy, 0.5, 0.5]
-        )
+        images = read_image(args.image, field=None)[None].expand(args.num_frames, -1, -1, -1)
+        intrinsics = fov_intrinsics(args.fov, *images.shape[-2:])
+        traj = make_trajectory(args.trajectory, args.num_frames, strength=args.strength, fxfycxcy=intrinsics)
         c2w, fx = traj.c2w.float(), traj.fxfycxcy.float()
     if args.resize:
-        images = F.interpolate(images, size=tuple(args.resize), mode="bicubic", antialias=True).clamp(0, 1)
+        images, fx, _ = fit_frames(images, fx, size=tuple(args.resize))
     c2w = canonicalize(c2w.double()).float()
     out = Path(args.out)
-    with atomic_file(out) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+    with atomic_file(out, suffix=".npz") as tmp:
         np.savez(
-            f,
+            tmp,
             images=images.numpy().astype(np.float32),
             C2W=c2w.numpy(),
             fxfycxcy=fx.numpy(),
             timestep=np.linspace(0, 1, images.shape[0], dtype=np.float32),
         )
     return out
-
-
-def read_frames_single(path: Path) -> torch.Tensor:
-    """One image file as [1, 3, H, W]."""
-    from PIL import Image
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such image")
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im.convert("RGB"))
-    except OSError as e:  # PIL's UnidentifiedImageError and truncated files
-        raise InputError(f"{path}: unreadable image ({e}); expected a PNG/JPEG/WebP file") from e
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ import torch
 from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
 from diff4splat.media import depth_to_color, to_uint8, write_video
-from diff4splat.pipelines.inputs import fit_to_multiple, read_cameras, read_frames, read_npz
+from diff4splat.pipelines.inputs import fit_frames, read_cameras, read_frames, read_npz
 from diff4splat.pipelines.outputs import atomic_output_dir
 from diff4splat.pipelines.reconstruction import (
     Reconstruction,
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> Path:
     else:
         images, c2w, fx, times = read_frames(inp), None, None, None
     if args.cameras:
-        c2w, fx = read_cameras(args.cameras)
+        c2w, fx, _ = read_cameras(args.cameras)
+        c2w, fx = c2w.float(), fx.float()
     if c2w is None:
         raise InputError(f"{inp}: no cameras in the input; pass --cameras (.npz, .json or .txt)")
     if c2w.shape[0] != images.shape[0]:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> Path:
         times = times[idx] if times is not None else idx.float() / max(1, int(idx[-1]))
     model = load_lrdm(args.weights, args.device)
     pipe = ReconstructionPipeline(model, load_vae_for(model, args.vae))
-    images, fx = fit_to_multiple(images, fx, size_multiple(model), tuple(args.size) if args.size else None)
+    images, fx, _ = fit_frames(images, fx, size_multiple(model), tuple(args.size) if args.size else None)
     query = torch.linspace(0, 1, args.num_times) if args.num_times else None
     rec = pipe(images, c2w, fx, times, query, args.translation_scale, args.prune)
 

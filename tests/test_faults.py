@@ -670,7 +670,7 @@ def _generate_config(*overrides: str):
 
 
 def test_generate_non_orthonormal_trajectory_fails_before_any_model(tmp_path, inputs):
-    from diff4splat.pipelines.generation import generate
+    from diff4splat.pipelines.jobs import generate
 
     traj = make_trajectory("orbit", 13, strength=0.2)
     traj.c2w[4, :3, :3] *= 1.2
@@ -684,8 +684,8 @@ def test_generate_non_orthonormal_trajectory_fails_before_any_model(tmp_path, in
     )
     with pytest.raises(
         InputError,
-        match=r"scaled\.json: frame 4: field c2w: its rotation is not orthonormal; "
-        r"expected a rigid OpenCV camera-to-world matrix",
+        match=r"scaled\.json: field c2w, frame 4: not a rigid pose \(\|RᵀR - I\| = .*\); "
+        r"expected \[R t; 0 0 0 1\] with R orthonormal, det \+1",
     ):
         generate(cfg)
     assert snapshot(tmp_path) == before

@@ -21,8 +21,9 @@ from diff4splat import generate as generate_cli
 from diff4splat.cli import InputError
 from diff4splat.gaussians.io import load_4d
 from diff4splat.geometry.trajectories import make_trajectory, write_re10k_txt, write_trajectory_json
-from diff4splat.pipelines import Diff4SplatPipeline
-from diff4splat.pipelines import generation as gen_mod
+from diff4splat.pipelines import Diff4SplatPipeline, outputs
+from diff4splat.pipelines.inputs import fit_frames, read_image, resolve_cameras
+from diff4splat.pipelines.jobs import GenerateConfig, TrajectoryOptions, make_job, read_batch
 from diff4splat.sampling import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
-def compose(*overrides: str) -> gen_mod.GenerateConfig:
+def compose(*overrides: str) -> GenerateConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -183,8 +184,8 @@ def test_cli_meta_records_inputs_timings_and_the_fitted_trajectory(cli_run, phot
 def test_pipeline_rgb_lrdm_with_tiny_vae_decoder_is_seeded_and_camera_controlled(photo):
     torch.manual_seed(0)
     pipe = Diff4SplatPipeline.tiny(seed=0, lrdm_encoder="rgb", decoder="tiny_vae")
-    cams = gen_mod.resolve_cameras("orbit", gen_mod.TrajectoryOptions(strength=0.3), FRAMES, (PHOTO_H, PHOTO_W))
-    image, fx, _ = gen_mod.fit_image(gen_mod.read_image(photo), cams.fxfycxcy, MODEL_H, MODEL_W)
+    cams = resolve_cameras("orbit", TrajectoryOptions(strength=0.3), FRAMES, (PHOTO_H, PHOTO_W))
+    image, fx, _ = fit_frames(read_image(photo), cams.fxfycxcy, size=(MODEL_H, MODEL_W), cover=True)
 
     def run(seed: int, c2w=cams.c2w):
         return pipe(
@@ -206,7 +207,7 @@ def test_pipeline_rgb_lrdm_with_tiny_vae_decoder_is_seeded_and_camera_controlled
     torch.testing.assert_close(g.video, pipe.aligner.decode(g.latents[None])[0])  # decoder=tiny_vae
     assert torch.equal(run(1).latents, g.latents)  # a seed gives the same video
     assert not torch.allclose(run(2).latents, g.latents, atol=1e-3)
-    static = gen_mod.resolve_cameras("static", gen_mod.TrajectoryOptions(), FRAMES, (PHOTO_H, PHOTO_W))
+    static = resolve_cameras("static", TrajectoryOptions(), FRAMES, (PHOTO_H, PHOTO_W))
     assert not torch.allclose(run(1, static.c2w).latents, g.latents, atol=1e-4)  # the cameras reach the video model
     assert g.latents[:, 0].sub(pipe.vae.encode(image[None, None])[0, :, 0]).abs().max() < 1e-5  # TI2V first frame
 
@@ -257,7 +258,7 @@ def test_local_checkpoints_load_through_the_config(tmp_path, photo):
     )
     pipe = Diff4SplatPipeline.from_config(cfg)
     assert not pipe.untrained and pipe.describe()["lrdm"] == str(tmp_path / "lrdm.safetensors")
-    job = gen_mod.make_job(compose(*FAST), photo, "orbit", "a boat", 1, tmp_path / "unused")
+    job = make_job(compose(*FAST), photo, "orbit", "a boat", 1, tmp_path / "unused")
     args = (job.image, job.cameras.c2w.float(), job.cameras.fxfycxcy.float(), job.cameras.times.float(), "a boat")
     a, b = (p(*args, sampling=SamplingConfig(steps=2, seed=1)) for p in (ref, pipe))
     torch.testing.assert_close(b.latents, a.latents)
@@ -309,7 +310,7 @@ def test_batch_folder_lists_its_images(tmp_path, photo):
     for name in ("b.jpg", "a.png"):
         Image.open(photo).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
-    jobs = gen_mod.read_batch(compose(*FAST, f"batch={folder}", "prompt=p", "camera=pan_left"), tmp_path / "o")
+    jobs = read_batch(compose(*FAST, f"batch={folder}", "prompt=p", "camera=pan_left"), tmp_path / "o")
     assert [(j.target.name, j.camera_spec, j.prompt) for j in jobs] == [("a", "pan_left", "p"), ("b", "pan_left", "p")]
     assert all(j.image.shape == (3, MODEL_H, MODEL_W) for j in jobs)
 
@@ -344,7 +345,7 @@ def _trajectory_files(tmp: Path) -> dict[str, Path]:
         ),
         (
             ["camera={tmp}/nan.json"],
-            r"camera=.*nan\.json: frame 3: field c2w has non-finite values \(NaN or inf\); expected a finite 4x4",
+            r"camera=.*nan\.json: field c2w, frame 3: non-finite values \(NaN or inf\); expected a finite 4x4",
         ),
         (
             ["camera={tmp}/empty.json"],
@@ -392,7 +393,7 @@ def test_failure_while_writing_leaves_no_partial_folder(tmp_path, photo, monkeyp
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(gen_mod, "_write_video", disk_full)  # after scene.safetensors and ply/ were written
+    monkeypatch.setattr(outputs, "write_video", disk_full)  # after scene.safetensors and ply/ were written
     out = tmp_path / "new" / "deeper" / "out"
     with pytest.raises(OSError, match="No space left"):
         generate_cli.generate(compose(*FAST, f"image={photo}", f"output_dir={out}", "render.novel_frames=2"))
@@ -416,7 +417,7 @@ def test_offload_gives_the_same_scene_and_frees_the_gpu(photo):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     job_cfg = compose(*FAST, "device=cuda", f"image={photo}", "output_dir=unused")
-    job = gen_mod.make_job(job_cfg, photo, "orbit", "p", 0, Path("unused"))
+    job = make_job(job_cfg, photo, "orbit", "p", 0, Path("unused"))
     results = []
     # the same kernels in both runs (cuDNN autotuning may pick others; random weights amplify the differences)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
@@ -446,7 +447,7 @@ def test_compiled_blocks_give_the_eager_latents(photo):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     job_cfg = compose(*FAST, "device=cuda", f"image={photo}", "output_dir=unused")
-    job = gen_mod.make_job(job_cfg, photo, "orbit", "p", 0, Path("unused"))
+    job = make_job(job_cfg, photo, "orbit", "p", 0, Path("unused"))
     pipe = Diff4SplatPipeline.tiny(seed=0, device="cuda")
     args = (job.image, job.cameras.c2w.float(), job.cameras.fxfycxcy.float(), job.cameras.times.float(), "p")
     eager = pipe(*args, sampling=SamplingConfig(steps=3)).latents

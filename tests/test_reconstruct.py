@@ -18,7 +18,7 @@ from diff4splat.configs import to_plain
 from diff4splat.gaussians.io import load_4d, load_ply
 from diff4splat.geometry.trajectories import make_trajectory, write_trajectory_json
 from diff4splat.models.lrdm import LRDM, lrdm_preset
-from diff4splat.pipelines.inputs import fit_to_multiple
+from diff4splat.pipelines.inputs import fit_frames
 from diff4splat.pipelines.reconstruction import load_lrdm
 
 F, H, W = 5, 36, 44  # not multiples of the patch size: reconstruct crops to 32 x 40
@@ -151,7 +151,7 @@ def test_reconstruct_from_frames_and_re10k_txt_errors(tmp_path, weights, frames_
 def test_fit_to_multiple_updates_intrinsics():
     images = torch.rand(2, 3, 37, 50)
     fx = torch.tensor([[0.8, 1.1, 0.5, 0.45]]).repeat(2, 1)
-    out, fx2 = fit_to_multiple(images, fx, 8)
+    out, fx2, _ = fit_frames(images, fx, 8)
     assert out.shape[-2:] == (32, 48)
     # a pixel's ray is unchanged by the crop: the principal point moves by the crop offset, in normalised units
     top, left = (37 - 32) // 2, (50 - 48) // 2

@@ -1,28 +1,67 @@
-"""Reading what users bring to `reconstruct` / `preprocess`: frames (a folder, a video, an ``.npz``) and cameras (an
-``.npz``, our trajectory JSON, a RealEstate10K ``.txt``), checked against each other, and fitted to a model's size.
+"""Reading and checking what users bring to `generate`, `reconstruct` and `preprocess`: images and frames (a folder, a
+video, an ``.npz``), cameras (an ``.npz``, our trajectory JSON, a RealEstate10K ``.txt``, or a preset trajectory for
+generation), and fitting frames with their intrinsics to a model's frame size.
 
-Every error names the file and the field and says what was expected. All cameras come out OpenCV c2w [F, 4, 4] with
-normalised intrinsics [F, 4]; frames float [F, 3, H, W] in [0, 1].
+Every error names the file (or the option) and the field and says what was expected. All cameras come out OpenCV
+c2w [F, 4, 4] with normalised intrinsics [F, 4]; images float [..., 3, H, W] in [0, 1].
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from diff4splat.cli import InputError
-from diff4splat.geometry.cameras import K_to_fxfycxcy, crop_intrinsics
+from diff4splat.geometry.cameras import K_to_fxfycxcy, canonicalize, crop_intrinsics, fov_to_focal
+from diff4splat.geometry.trajectories import PRESETS, make_trajectory
+
+if TYPE_CHECKING:
+    from diff4splat.pipelines.jobs import TrajectoryOptions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+CAMERA_SUFFIXES = (".json", ".txt", ".npz")
+CAMERA_FILES = "expected a trajectory .json, a RealEstate10K .txt or an .npz with C2W (F,4,4) and fxfycxcy (F,4)"
+FRAME_STRIDE = 4  # the Wan VAE's temporal stride: videos have 1 + 4k frames
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images and frames
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _read_rgb(path: Path, where: str) -> np.ndarray:  # (H, W, 3) uint8
+    from PIL import Image, ImageOps
+
+    if not path.is_file():
+        raise InputError(f"{where}: no such file; expected an image file ({', '.join(IMAGE_SUFFIXES)})")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated files
+        raise InputError(
+            f"{where}: unreadable image ({e}); expected a PNG/JPEG/WebP file or another image format PIL reads"
+        ) from e
+
+
+def read_image(path: str | Path, field: str | None = "image") -> Tensor:  # -> [3, H, W] in [0, 1]
+    """One image file (EXIF orientation applied). Errors name ``field=path`` (or the path alone when ``field`` is
+    None), the problem and the accepted forms."""
+    path = Path(path)
+    arr = _read_rgb(path, f"{field}={path}" if field else str(path))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
 
 @dataclass
 class Views:
+    """What an ``.npz`` holds: frames (empty for a poses-only file) with their cameras and times."""
+
     images: Tensor  # [F, 3, H, W] float in [0, 1]
     c2w: Tensor | None  # [F, 4, 4] OpenCV
     fxfycxcy: Tensor | None  # [F, 4]
@@ -31,20 +70,12 @@ class Views:
 
 def read_frames(path: str | Path) -> Tensor:
     """Frames of a folder of images (sorted by name) or a video file: [F, 3, H, W] float in [0, 1]."""
-    from PIL import Image
-
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise InputError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        arrays = []
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    arrays.append(np.asarray(im.convert("RGB")))
-            except OSError as e:
-                raise InputError(f"{f}: unreadable image ({e})") from e
+        arrays = [_read_rgb(f, str(f)) for f in files]
         if len({a.shape for a in arrays}) != 1:
             raise InputError(f"{path}: images differ in size ({sorted({a.shape for a in arrays})})")
         frames = np.stack(arrays)
@@ -62,142 +93,276 @@ def read_frames(path: str | Path) -> Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
 
 
-def _npz_field(data: np.lib.npyio.NpzFile, path: Path, names: tuple[str, ...], required: bool = True):
+def fit_frames(
+    images: Tensor,  # [..., 3, h, w] in [0, 1]
+    fxfycxcy: Tensor,  # [..., 4] normalised for the frames
+    multiple: int = 1,
+    size: tuple[int, int] | None = None,
+    cover: bool = False,
+) -> tuple[Tensor, Tensor, dict]:
+    """Fit frames and their normalised intrinsics to a model's frame size: resize to ``size`` (H, W) when given
+    (stretched; with ``cover``, scaled keeping the aspect ratio until it covers ``size``), then centre-crop (to
+    ``size`` with ``cover``, else to multiples of ``multiple``). A resize keeps normalised intrinsics, the crop
+    updates them, so each pixel keeps its ray. Returns the frames, the intrinsics and what was done."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[-2:]
+    rh, rw = (h, w) if size is None else size
+    if size is not None and cover:
+        s = max(size[0] / h, size[1] / w)
+        rh, rw = max(size[0], round(h * s)), max(size[1], round(w * s))
+    ch, cw = size if size is not None and cover else (rh, rw)
+    ch, cw = ch // multiple * multiple, cw // multiple * multiple
+    if ch == 0 or cw == 0:
+        raise InputError(
+            f"frames of {rh}x{rw} are smaller than the model's {multiple}-pixel unit; pass a larger --size"
+        )
+    if (rh, rw) != (h, w):
+        flat = images.reshape(-1, *images.shape[-3:])
+        flat = F.interpolate(flat, size=(rh, rw), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        images = flat.reshape(*images.shape[:-2], rh, rw)
+    top, left = (rh - ch) // 2, (rw - cw) // 2
+    if (ch, cw) != (rh, rw):
+        fxfycxcy = crop_intrinsics(fxfycxcy, rh, rw, top, left, ch, cw)
+        images = images[..., top : top + ch, left : left + cw]
+    fit = {"input_size": [h, w], "resized_to": [rh, rw], "crop_top_left": [top, left], "model_size": [ch, cw]}
+    return images, fxfycxcy, fit
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cameras
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def check_poses(
+    c2w: Tensor, fxfycxcy: Tensor, where: str | Path, name: str = "c2w", times: Tensor | None = None
+) -> None:
+    """At least one camera; every c2w [F, 4, 4] finite and rigid (orthonormal rotation, det +1, last row 0 0 0 1),
+    every focal length in fxfycxcy [F, 4] finite and > 0, and ``times`` [F] (when given) finite and non-decreasing.
+    Errors name ``where`` (the file or option), the field (``name`` for the poses) and the frame."""
+    if c2w.shape[0] == 0:
+        raise InputError(f"{where}: field {name} holds zero cameras; expected at least one (F,4,4) pose")
+    c2w, fxfycxcy = c2w.double(), fxfycxcy.double()
+    bad = ~torch.isfinite(c2w).flatten(1).all(1)
+    if bad.any():
+        raise InputError(
+            f"{where}: field {name}, frame {int(bad.nonzero()[0])}: non-finite values (NaN or inf); "
+            f"expected a finite 4x4 OpenCV camera-to-world matrix"
+        )
+    rot = c2w[:, :3, :3]
+    err = (rot.transpose(1, 2) @ rot - torch.eye(3, dtype=rot.dtype)).abs().flatten(1).amax(1)
+    last = (c2w[:, 3] - c2w.new_tensor([0.0, 0.0, 0.0, 1.0])).abs().amax(1)
+    bad = (err > 1e-3) | (torch.linalg.det(rot) <= 0) | (last > 1e-6)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise InputError(
+            f"{where}: field {name}, frame {i}: not a rigid pose (|RᵀR - I| = {float(err[i]):.2g}, "
+            f"det R = {float(torch.linalg.det(rot[i])):.3g}, last row {[round(float(x), 6) for x in c2w[i, 3]]}); "
+            f"expected [R t; 0 0 0 1] with R orthonormal, det +1"
+        )
+    bad = ~torch.isfinite(fxfycxcy).all(1) | (fxfycxcy[:, :2] <= 0).any(1)
+    if bad.any():
+        raise InputError(
+            f"{where}: field fxfycxcy, frame {int(bad.nonzero()[0])}: expected finite normalised "
+            f"intrinsics with fx/W, fy/H > 0"
+        )
+    if times is None:
+        return
+    bad = ~torch.isfinite(times)
+    if not bad.any():
+        bad[1:] = times[1:] < times[:-1]
+    if bad.any():
+        raise InputError(
+            f"{where}: field timestamps, frame {int(bad.nonzero()[0])}: not finite or smaller than the one before; "
+            f"expected finite, non-decreasing timestamps"
+        )
+
+
+def _npz_field(data: np.lib.npyio.NpzFile, where: str, names: tuple[str, ...], required: bool = True):
     for n in names:
         if n in data.files:
             try:
                 a = np.asarray(data[n])
             except (ValueError, OSError, EOFError) as e:  # object arrays (pickles) are refused; truncated members
                 raise InputError(
-                    f"{path}: field {n} is not a plain numeric array ({e}); expected a numeric "
+                    f"{where}: field {n} is not a plain numeric array ({e}); expected a numeric "
                     f"array saved without pickling (np.savez)"
                 ) from e
             if a.dtype.kind not in "biuf":
-                raise InputError(f"{path}: field {n} has dtype {a.dtype}; expected numbers")
+                raise InputError(f"{where}: field {n} has dtype {a.dtype}; expected numbers")
             return a
     if required:
-        raise InputError(f"{path}: missing field {' or '.join(names)} (fields present: {sorted(data.files)})")
+        raise InputError(f"{where}: missing field {' or '.join(names)} (fields present: {sorted(data.files)})")
     return None
 
 
-def read_npz(path: str | Path) -> Views:
+def read_npz(path: str | Path, where: str | None = None) -> Views:
     """The original system's ``.npz`` (``images`` (F,3,H,W) or (F,H,W,3), ``C2W`` (F,4,4), ``fxfycxcy`` (F,4) or
-    ``intrinsics`` (F,3,3) in pixels, optional ``timestep`` (F,)); poses-only files give ``images`` = empty."""
+    ``intrinsics`` (F,3,3) in pixels, optional ``timestep`` (F,)), checked; poses-only files give ``images`` = empty.
+    Errors start with ``where`` (default: the path)."""
     import zipfile
 
     path = Path(path)
+    where = where or str(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{where}: no such file")
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path}: not a readable .npz ({e}); expected np.savez output with C2W, fxfycxcy, ...") from e
+        raise InputError(f"{where}: not a readable .npz ({e}); expected np.savez output with C2W, fxfycxcy, ...") from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise InputError(f"{path}: a single array, not an .npz archive; expected fields C2W, fxfycxcy (+ images)")
+        raise InputError(f"{where}: a single array, not an .npz archive; expected fields C2W, fxfycxcy (+ images)")
     with npz as data:
-        images = _npz_field(data, path, ("images",), required=False)
-        c2w = _npz_field(data, path, ("C2W", "c2w", "pose", "extrinsics"))
-        fx = _npz_field(data, path, ("fxfycxcy",), required=False)
-        K = _npz_field(data, path, ("intrinsics", "K"), required=False) if fx is None else None
-        t = _npz_field(data, path, ("timestep", "timestamps", "times"), required=False)
+        images = _npz_field(data, where, ("images",), required=False)
+        c2w = _npz_field(data, where, ("C2W", "c2w", "pose", "extrinsics"))
+        fx = _npz_field(data, where, ("fxfycxcy",), required=False)
+        K = _npz_field(data, where, ("intrinsics", "K"), required=False) if fx is None else None
+        t = _npz_field(data, where, ("timestep", "timestamps", "times"), required=False)
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
-        raise InputError(f"{path}: field C2W must be (F,4,4), got {c2w.shape}")
+        raise InputError(f"{where}: field C2W must be (F,4,4), got {c2w.shape}")
     imgs = torch.zeros(0)
     if images is not None:
         if images.ndim != 4 or 3 not in (images.shape[1], images.shape[-1]):
-            raise InputError(f"{path}: field images must be (F,3,H,W) or (F,H,W,3), got {images.shape}")
+            raise InputError(f"{where}: field images must be (F,3,H,W) or (F,H,W,3), got {images.shape}")
         imgs = torch.from_numpy(images.astype(np.float32))
         if imgs.shape[1] != 3:
             imgs = imgs.permute(0, 3, 1, 2)
         if images.dtype == np.uint8:
             imgs = imgs / 255.0
         if imgs.shape[0] != c2w.shape[0]:
-            raise InputError(f"{path}: field images has {imgs.shape[0]} frames but C2W has {c2w.shape[0]} cameras")
+            raise InputError(f"{where}: field images has {imgs.shape[0]} frames but C2W has {c2w.shape[0]} cameras")
         if not torch.isfinite(imgs).all():
-            raise InputError(f"{path}: field images has non-finite values; expected colours in [0, 1] (or uint8)")
+            raise InputError(f"{where}: field images has non-finite values; expected colours in [0, 1] (or uint8)")
     if fx is None:
         if K is None:
-            raise InputError(f"{path}: missing field fxfycxcy (normalised) or intrinsics (F,3,3 in pixels)")
+            raise InputError(f"{where}: missing field fxfycxcy (normalised) or intrinsics (F,3,3 in pixels)")
         if imgs.numel() == 0:
-            raise InputError(f"{path}: intrinsics in pixels need the images' size; give fxfycxcy instead")
+            raise InputError(f"{where}: intrinsics in pixels need the images' size; give fxfycxcy instead")
         h, w = imgs.shape[-2:]
         fx = K_to_fxfycxcy(torch.as_tensor(K, dtype=torch.float64), h, w).numpy()
     if fx.shape != (c2w.shape[0], 4):
-        raise InputError(f"{path}: field fxfycxcy must be ({c2w.shape[0]},4), got {fx.shape}")
-    check_poses(torch.as_tensor(c2w, dtype=torch.float64), torch.as_tensor(fx, dtype=torch.float64), path, "C2W")
+        raise InputError(f"{where}: field fxfycxcy must be ({c2w.shape[0]},4), got {fx.shape}")
     times = None
     if t is not None:
         times = torch.as_tensor(t, dtype=torch.float32)
         if times.shape != (c2w.shape[0],) or not torch.isfinite(times).all():
-            raise InputError(f"{path}: field timestep must be ({c2w.shape[0]},) finite times, got {tuple(t.shape)}")
+            raise InputError(f"{where}: field timestep must be ({c2w.shape[0]},) finite times, got {tuple(t.shape)}")
+    check_poses(torch.as_tensor(c2w), torch.as_tensor(fx), where, "C2W", times)
     return Views(imgs, torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(fx, dtype=torch.float32), times)
 
 
-def check_poses(c2w: Tensor, fxfycxcy: Tensor, path: str | Path, name: str = "c2w") -> None:
-    """At least one camera; every c2w [F, 4, 4] finite and rigid (orthonormal rotation, det +1, last row 0 0 0 1)
-    and every focal length in fxfycxcy [F, 4] finite and > 0. Errors name the file, the field and the frame."""
-    if c2w.shape[0] == 0:
-        raise InputError(f"{path}: field {name} holds zero cameras; expected at least one (F,4,4) pose")
-    bad = ~torch.isfinite(c2w).flatten(1).all(1)
-    if bad.any():
-        raise InputError(
-            f"{path}: field {name}, frame {int(bad.nonzero()[0])}: non-finite values (NaN or inf); "
-            f"expected a finite OpenCV camera-to-world matrix"
-        )
-    rot = c2w[:, :3, :3].double()
-    err = (rot.transpose(1, 2) @ rot - torch.eye(3, dtype=rot.dtype)).abs().flatten(1).amax(1)
-    last = (c2w[:, 3].double() - c2w.new_tensor([0.0, 0.0, 0.0, 1.0]).double()).abs().amax(1)
-    bad = (err > 1e-3) | (torch.linalg.det(rot) <= 0) | (last > 1e-6)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise InputError(
-            f"{path}: field {name}, frame {i}: not a rigid pose (|RᵀR - I| = {float(err[i]):.2g}, "
-            f"det R = {float(torch.linalg.det(rot[i])):.3g}); expected [R t; 0 0 0 1] with R orthonormal, "
-            f"det +1"
-        )
-    bad = ~torch.isfinite(fxfycxcy).all(1) | (fxfycxcy[:, :2] <= 0).any(1)
-    if bad.any():
-        raise InputError(
-            f"{path}: field fxfycxcy, frame {int(bad.nonzero()[0])}: expected finite normalised "
-            f"intrinsics with fx/W, fy/H > 0"
-        )
-
-
-def read_cameras(path: str | Path) -> tuple[Tensor, Tensor]:
-    """Cameras from an ``.npz`` (C2W + fxfycxcy), our trajectory ``.json`` or a RealEstate10K ``.txt``."""
+def read_cameras(
+    path: str | Path, where: str | None = None, expected: str = CAMERA_FILES
+) -> tuple[Tensor, Tensor, Tensor]:  # c2w [F, 4, 4], fxfycxcy [F, 4], times [F] in [0, 1] (float64)
+    """Checked cameras of an ``.npz`` (C2W + fxfycxcy, optional timestep), our trajectory ``.json`` or a
+    RealEstate10K ``.txt``. Errors start with ``where`` (default: the path) and end with ``expected``."""
     from diff4splat.geometry.trajectories import read_re10k_txt, read_trajectory_json
 
     path = Path(path)
+    where = where or str(path)
+    suffix = path.suffix.lower()
     if not path.is_file():
-        raise InputError(f"{path}: camera file not found")
-    if path.suffix == ".npz":
-        v = read_npz(path)
-        return v.c2w, v.fxfycxcy
-    if path.suffix not in (".json", ".txt"):
-        raise InputError(f"{path}: cameras must be .npz (C2W, fxfycxcy), .json (trajectory) or .txt (RealEstate10K)")
+        raise InputError(f"{where}: camera file not found; {expected}")
+    if suffix not in CAMERA_SUFFIXES:
+        raise InputError(f"{where}: not a camera file; {expected}")
+    if suffix == ".npz":
+        views = read_npz(path, where)
+        times = views.times if views.times is not None else torch.linspace(0, 1, views.c2w.shape[0])
+        return views.c2w.double(), views.fxfycxcy.double(), times.double()
     try:
-        traj = read_trajectory_json(path) if path.suffix == ".json" else read_re10k_txt(path)
+        traj = read_trajectory_json(path) if suffix == ".json" else read_re10k_txt(path)
     except RuntimeError as e:  # a singular world-to-camera matrix (torch.linalg.LinAlgError) in a .txt
-        raise InputError(f"{path}: a camera matrix cannot be inverted ({e}); expected rigid poses") from e
-    check_poses(traj.c2w.double(), traj.fxfycxcy.double(), path)
-    return traj.c2w.float(), traj.fxfycxcy.float()
+        raise InputError(f"{where}: a camera matrix cannot be inverted ({e}); expected rigid poses") from e
+    except (ValueError, OSError, KeyError, TypeError) as e:  # UnicodeDecodeError and JSON errors are ValueErrors
+        raise InputError(f"{where}: unreadable trajectory file ({e}); {expected}") from e
+    c2w, fxfycxcy, times = traj.c2w.double(), traj.fxfycxcy.double(), traj.times().double()
+    check_poses(c2w, fxfycxcy, where, "c2w", times)
+    return c2w, fxfycxcy, times
 
 
-def fit_to_multiple(
-    images: Tensor, fxfycxcy: Tensor, multiple: int, size: tuple[int, int] | None = None
-) -> tuple[Tensor, Tensor]:
-    """Resize to ``size`` (H, W) when given (normalised intrinsics unchanged), then centre-crop to multiples of
-    ``multiple`` with the intrinsics updated for the crop."""
-    import torch.nn.functional as F
+def fov_intrinsics(fov: float, height: int, width: int) -> list[float]:
+    """Normalised fxfycxcy of a centred camera with vertical field of view ``fov`` (degrees) and square pixels."""
+    fy = fov_to_focal(math.radians(fov))
+    return [fy * height / width, fy, 0.5, 0.5]
 
-    if size is not None and tuple(images.shape[-2:]) != tuple(size):
-        images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-    h, w = images.shape[-2:]
-    ch, cw = h // multiple * multiple, w // multiple * multiple
-    if ch == 0 or cw == 0:
-        raise InputError(f"frames of {h}x{w} are smaller than the model's {multiple}-pixel unit; pass a larger --size")
-    if (ch, cw) != (h, w):
-        top, left = (h - ch) // 2, (w - cw) // 2
-        fxfycxcy = crop_intrinsics(fxfycxcy, h, w, top, left, ch, cw)
-        images = images[..., top : top + ch, left : left + cw]
-    return images, fxfycxcy
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Generation: a preset or a camera file, resampled to the video's frames
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cameras:
+    """A checked trajectory for one video: canonical (camera 0 = identity) metric OpenCV c2w."""
+
+    c2w: Tensor  # [F, 4, 4] float64
+    fxfycxcy: Tensor  # [F, 4] float64, normalised for the input image
+    times: Tensor  # [F] float64 in [0, 1]
+    source: dict  # how the cameras were made (meta.json)
+
+
+def camera_forms() -> str:
+    """What ``camera=`` accepts, for error messages."""
+    return (
+        f"expected a preset name ({', '.join(sorted(PRESETS))}), a trajectory .json, a RealEstate10K .txt "
+        f"or an .npz with C2W (F,4,4) and fxfycxcy (F,4)"
+    )
+
+
+def check_num_frames(n: int | None, where: str = "trajectory.num_frames") -> int:
+    if n is None or n < 1 + FRAME_STRIDE or (n - 1) % FRAME_STRIDE:
+        raise InputError(
+            f"{where}: the video model makes 1 + {FRAME_STRIDE}k frames with k >= 1 (e.g. 13, 49, 81), got {n}"
+        )
+    return n
+
+
+def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image_size: tuple[int, int]) -> Cameras:
+    """A preset (with ``opts``) or a camera file, resampled to ``num_frames``, checked, canonicalised and scaled.
+
+    Preset intrinsics come from ``opts.fov`` for an input image of ``image_size`` (H, W), square pixels."""
+    check_num_frames(num_frames)
+    path = Path(camera)
+    key = camera.replace("-", "_").lower()
+    if key in PRESETS and not path.is_file():
+        if not 0 < opts.fov < 180:
+            raise InputError(f"trajectory.fov: expected a vertical field of view in (0, 180) degrees, got {opts.fov}")
+        try:
+            traj = make_trajectory(
+                key,
+                num_frames,
+                strength=opts.strength,
+                look_at=opts.look_at,
+                fxfycxcy=fov_intrinsics(opts.fov, *image_size),
+            )
+        except ValueError as e:
+            raise InputError(f"trajectory: {e}") from e
+        c2w, fx, times = traj.c2w, traj.fxfycxcy, traj.times()
+        source = {"preset": key, **asdict(opts), "num_frames": num_frames}
+    else:
+        if path.suffix.lower() not in CAMERA_SUFFIXES:
+            raise InputError(f"camera={camera}: not a trajectory preset and not a camera file; {camera_forms()}")
+        if not path.is_file():
+            raise InputError(f"camera={path}: no such file; {camera_forms()}")
+        c2w, fx, times = read_cameras(path, f"camera={path}", camera_forms())
+        n = c2w.shape[0]
+        if n < num_frames:
+            raise InputError(
+                f"camera={path}: {n} cameras, fewer than trajectory.num_frames={num_frames}; pass a "
+                f"smaller trajectory.num_frames (1 + 4k <= {n}) or a longer trajectory"
+            )
+        idx = torch.linspace(0, n - 1, num_frames, dtype=torch.float64).round().long()
+        c2w, fx, times = c2w[idx], fx[idx], times[idx]
+        span = times[-1] - times[0]
+        times = (times - times[0]) / span if span > 0 else torch.linspace(0, 1, num_frames, dtype=torch.float64)
+        source = {
+            "file": str(path.resolve()),
+            "file_frames": n,
+            "frame_indices": idx.tolist(),
+            "num_frames": num_frames,
+            "translation_scale": opts.translation_scale,
+        }
+    check_poses(c2w, fx, f"camera={camera}", "c2w", times)
+    c2w = canonicalize(c2w.double())
+    c2w[:, :3, 3] *= opts.translation_scale
+    return Cameras(c2w, fx.double(), times.double(), source)

@@ -1,6 +1,6 @@
-"""Writing and reading what the CLIs write: an output folder that appears only when complete (`atomic_output_dir`),
-and a scene output folder of ``python -m diff4splat.generate`` or
-``python -m diff4splat.reconstruct``, for the viewer, the demo and the evaluation.
+"""The output folders of ``python -m diff4splat.generate`` and ``python -m diff4splat.reconstruct``: a folder that
+appears only when complete (`atomic_output_dir`), the generation's files and its ``meta.json`` (`write_outputs`,
+`build_meta`), and reading a folder back for the viewer, the demo and the evaluation (`read_scene_output`).
 
 A folder holds ``scene.safetensors`` (the native 4D format, `diff4splat.gaussians.io.save_4d`), and, when the
 generation CLI wrote it, ``meta.json`` whose ``"trajectory"`` object gives the requested cameras::
@@ -9,32 +9,43 @@ generation CLI wrote it, ``meta.json`` whose ``"trajectory"`` object gives the r
                     "height": H, "width": W}, ...}
 
 and ``video.mp4`` (the generated frames). Reconstruction folders have no trajectory: ``cameras`` is then None.
-Every error names the file and the field and says what was expected (`diff4splat.pipelines.inputs.InputError`).
+Every error names the file and the field and says what was expected (`diff4splat.cli.InputError`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from diff4splat.cli import InputError
+from diff4splat.files import atomic_dir
 from diff4splat.gaussians.io import load_4d
 from diff4splat.gaussians.types import DeformableGaussians
+from diff4splat.media import depth_to_color, to_uint8, write_video
+from diff4splat.pipelines.generation import UNTRAINED_LABEL, Generation, Renders
+from diff4splat.pipelines.stages import STAGES, Stages
+
+if TYPE_CHECKING:
+    from diff4splat.pipelines.generation import Diff4SplatPipeline
+    from diff4splat.pipelines.jobs import GenerateConfig, Job
+    from diff4splat.sampling import SamplingConfig
 
 SCENE_FILE = "scene.safetensors"
 META_FILE = "meta.json"
 VIDEO_FILE = "video.mp4"
+META_FORMAT = "diff4splat-generation"
+OUTPUTS = ("scene", "ply", "video", "render", "novel", "depth", "trajectory")
 
 
 @dataclass
@@ -62,43 +73,29 @@ class SceneOutput:
     video: Path | None  # video.mp4 when present
 
 
+def check_output_dir(
+    target: Path, overwrite: bool, option: str = "--out ", overwrite_flag: str = "--overwrite"
+) -> None:
+    """An output folder may be written when absent or empty, or with ``overwrite``; errors name the folder after
+    ``option`` (how the command line names it: ``--out ``, ``output_dir=``) and ``overwrite_flag``."""
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{option}{target}: exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise InputError(f"{option}{target}: folder exists and is not empty; pass {overwrite_flag} to replace it")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(
-    target: str | Path, overwrite: bool = False, where: str = "--out", overwrite_flag: str = "--overwrite"
+    target: str | Path, overwrite: bool = False, option: str = "--out ", overwrite_flag: str = "--overwrite"
 ) -> Iterator[Path]:
-    """A fresh temporary folder beside ``target`` to write into; renamed onto ``target`` when the block succeeds,
-    removed (with any parent folders this made) when it fails, so a failed run leaves nothing behind. An existing
-    non-empty ``target`` is an `InputError` (naming ``where`` and ``overwrite_flag``) unless ``overwrite``; it is
-    then replaced as a whole only after the new folder is complete."""
+    """A fresh temporary folder beside ``target`` to write into, renamed onto ``target`` when the block succeeds and
+    removed (with any parent folders this made) when it fails (`diff4splat.files.atomic_dir`), so a failed run leaves
+    nothing behind. An existing non-empty ``target`` is an `InputError` (see `check_output_dir`) unless
+    ``overwrite``; it is then replaced as a whole only after the new folder is complete."""
     target = Path(target).absolute()
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{where} {target}: exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise InputError(f"{where} {target}: folder exists and is not empty; pass {overwrite_flag} to replace it")
-    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    check_output_dir(target, overwrite, option, overwrite_flag)
+    with atomic_dir(target) as tmp:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for p in tmp.rglob("*"):  # files made through mkstemp (0600) get the usual permissions
-            if p.is_file():
-                p.chmod(0o666 & ~umask)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for p in made:  # deepest first
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
 
 
 def _field(traj: dict[str, Any], name: str, path: Path, shape: tuple[int | None, ...]) -> np.ndarray:
@@ -172,3 +169,148 @@ def read_scene_output(folder: str | Path, device: str | torch.device = "cpu") ->
             cameras = parse_camera_path(meta["trajectory"], meta_path)
     video = folder / VIDEO_FILE
     return SceneOutput(folder, gaussians, cameras, meta, video if video.is_file() else None)
+
+
+def write_outputs(
+    gen: Generation,
+    renders: Renders | Callable[[], Renders],
+    folder: Path,
+    fps: int,
+    stages: Stages,
+    outputs: tuple[str, ...] = OUTPUTS,
+    scene_metadata: dict | None = None,
+    video_preset: str = "veryfast",
+    file_timings: dict[str, float] | None = None,
+) -> tuple[list[str], Renders]:
+    """``outputs`` of ``OUTPUTS`` into ``folder``: scene.safetensors, ply/, video.mp4, render.mp4, novel.mp4,
+    depth.mp4, trajectory.png. Returns the written names and the renders. (meta.json is written by the caller, last.)
+
+    ``renders`` may be a function that makes them: the files that do not need renders (scene, ply frames, the
+    generated video) are then written while it runs. The ``write`` stage counts from the end of rendering to the last
+    file, so the stages still add up to the wall-clock time. ``file_timings``: filled with each file's own write time
+    in seconds (they overlap)."""
+    from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+
+    from diff4splat.gaussians.io import save_4d, save_ply_sequence
+
+    g = gen.scene.gaussians
+    rendered: dict[str, Renders] = {}
+    early: list[tuple[str, Any]] = []  # independent of the renders
+    late: list[tuple[str, Any]] = []
+    if "scene" in outputs:
+        early.append(("scene.safetensors", lambda: save_4d(g, folder / "scene.safetensors", scene_metadata)))
+    if "ply" in outputs:
+        early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply")))
+    videos = {
+        "video": ("video.mp4", lambda: to_uint8(gen.video)),
+        "render": ("render.mp4", lambda: to_uint8(rendered["renders"].rgb)),
+        "novel": ("novel.mp4", lambda: to_uint8(rendered["renders"].novel)),
+        "depth": ("depth.mp4", lambda: depth_to_color(rendered["renders"].depth)),
+    }
+    for key, (name, frames) in videos.items():
+        if key in outputs:
+            step = (name, lambda name=name, frames=frames: write_video(frames(), folder / name, fps, video_preset))
+            (early if key == "video" else late).append(step)
+    if "trajectory" in outputs:
+        late.append(("trajectory.png", lambda: _plot(gen, folder / "trajectory.png")))
+
+    def timed(name: str, write: Any) -> None:
+        start = time.perf_counter()
+        write()
+        if file_timings is not None:
+            file_timings[name] = time.perf_counter() - start
+
+    # the files are independent: written concurrently (encoding, tensor work and file I/O release the GIL); the first
+    # error is raised after every writer has stopped (leaving the pool waits), and the caller removes the folder
+    with ThreadPoolExecutor(max(1, len(early) + len(late))) as pool:
+        futures: dict[Future, str] = {pool.submit(timed, name, write): name for name, write in early}
+        rendered["renders"] = renders() if callable(renders) else renders
+        with stages("write", total=len(early) + len(late), unit="file") as bar:
+            for name, write in late:
+                if name != "trajectory.png":  # the plot stays on this thread: pyplot is not thread-safe
+                    futures[pool.submit(timed, name, write)] = name
+            for name, write in late:
+                if name == "trajectory.png":
+                    timed(name, write)
+                    bar.update(1)
+            for future in as_completed(futures):
+                future.result()
+                bar.update(1)
+    return [name for name, _ in early + late], rendered["renders"]
+
+
+def _plot(gen: Generation, path: Path) -> None:
+    from diff4splat.geometry.trajectories import plot_trajectory
+
+    plot_trajectory(gen.scene.c2w.cpu(), path, gen.scene.fxfycxcy.cpu(), title="trajectory (LRDM units, OpenCV)")
+
+
+def build_meta(
+    job: Job,
+    pipe: Diff4SplatPipeline,
+    gen: Generation,
+    renders: Renders,
+    cfg: GenerateConfig,
+    sampling: SamplingConfig,
+    files: list[str],
+    load_s: float,
+) -> dict:
+    """meta.json: inputs, seeds, models, per-stage timings and the trajectory a viewer needs (``trajectory``)."""
+    import diffusers
+
+    from diff4splat import __version__
+
+    scene = gen.scene
+    timings = {k: round(v, 6) for k, v in gen.timings.items()}
+    timings["total"] = round(sum(gen.timings.get(k, 0.0) for k in STAGES), 6)
+    timings["load_models"] = round(load_s, 6)
+    meta = {
+        "format": META_FORMAT,
+        "version": 1,
+        "untrained": pipe.untrained,
+        "label": UNTRAINED_LABEL if pipe.untrained else "trained weights (see models)",
+        "inputs": {
+            "image": str(job.image_path.resolve()),
+            "camera": job.camera_spec,
+            "prompt": job.prompt,
+            "negative_prompt": cfg.negative_prompt,
+            "trajectory_options": asdict(cfg.trajectory),
+            "cameras": job.cameras.source,
+        },
+        "preprocess": {
+            **job.fit,
+            "method": "resize to cover (bicubic, antialiased), centre crop; normalised "
+            "intrinsics of the input image carried through the crop",
+        },
+        "seed": job.seed,
+        "seeds": {"sampling_noise": sampling.seed, "tiny_weights": cfg.seed if pipe.untrained else None},
+        "sampling": asdict(sampling),
+        "models": pipe.describe(),
+        "lrdm": {
+            "input_frames": gen.lrdm_frames.tolist(),
+            "translation_scale": cfg.lrdm.translation_scale,
+            "prune_threshold": cfg.lrdm.prune_threshold,
+            "num_gaussians": scene.gaussians.num_gaussians,
+            "query_times": scene.gaussians.times.tolist(),
+        },
+        "timings": timings,
+        "trajectory": {
+            "c2w": scene.c2w.cpu().tolist(),
+            "fxfycxcy": scene.fxfycxcy.cpu().tolist(),
+            "times": scene.input_times.cpu().tolist(),
+            "height": scene.image_size[0],
+            "width": scene.image_size[1],
+            "fps": cfg.fps,
+            "convention": "OpenCV c2w in LRDM units (camera 0 = identity), normalised fxfycxcy",
+        },
+        "novel": renders.novel_info,
+        "files": [*files, META_FILE],
+        "versions": {
+            "diff4splat": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return meta

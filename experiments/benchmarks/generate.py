@@ -12,8 +12,8 @@ peak memory per configuration. Goals: <= 6 s end to end at 352x640x49, <= 12 s a
 
 The Gaussian count is the LRDM checkpoint's choice; here ``--gaussian-stride 2 --gaussian-frame-step 4`` (one
 Gaussian per 2x2 pixels of every 4th frame: 732 k at 352x640) and one stored query time per latent frame (13), as
-the CLI's defaults do. mp4 files are written when PyAV and Lightning import (the CLI's writer lives in the media
-callback), ``trajectory.png`` when matplotlib imports; otherwise those files are skipped and the results say so.
+the CLI's defaults do. mp4 files are written when PyAV imports (``diff4splat.media``), ``trajectory.png`` when
+matplotlib imports; otherwise those files are skipped and the results say so.
 
     python experiments/benchmarks/generate.py [--out experiments/benchmarks/results] [--repeats 3]
     python experiments/benchmarks/generate.py --tiny --device cpu --out /tmp/bench   # tiny models: any machine
@@ -67,14 +67,14 @@ def importable(name: str) -> bool:
 
 def available_outputs() -> tuple[tuple[str, ...], list[str]]:
     """The CLI outputs this machine can write, and why the others are skipped."""
-    from diff4splat.pipelines.generation import OUTPUTS
+    from diff4splat.pipelines.outputs import OUTPUTS
 
-    missing = {m for m in ("av", "lightning", "matplotlib") if not importable(m)}
+    missing = {m for m in ("av", "matplotlib") if not importable(m)}
     skipped = []
     outputs = list(OUTPUTS)
-    if missing & {"av", "lightning"}:
+    if "av" in missing:
         outputs = [o for o in outputs if o not in ("video", "render", "novel", "depth")]
-        skipped.append(f"mp4 files (needs {', '.join(sorted(missing & {'av', 'lightning'}))})")
+        skipped.append("mp4 files (needs av)")
     if "matplotlib" in missing:
         outputs.remove("trajectory")
         skipped.append("trajectory.png (needs matplotlib)")
@@ -129,7 +129,7 @@ def params(module: torch.nn.Module) -> int:
 
 
 def make_cfg(args: argparse.Namespace, h: int, w: int, decoder: str, out: Path) -> Any:
-    from diff4splat.pipelines.generation import GenerateConfig, LRDMOptions, RenderOptions, TrajectoryOptions
+    from diff4splat.pipelines.jobs import GenerateConfig, LRDMOptions, RenderOptions, TrajectoryOptions
     from diff4splat.sampling import SamplingConfig
 
     return GenerateConfig(
@@ -160,7 +160,7 @@ def bench_size(
 ) -> dict[str, Any]:
     from PIL import Image
 
-    from diff4splat.pipelines.generation import make_job, run_job
+    from diff4splat.pipelines.jobs import make_job, run_job
 
     pipe.decoder = decoder
     image = work / f"input_{h}x{w}.png"

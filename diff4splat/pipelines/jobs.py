@@ -1,0 +1,363 @@
+"""Generation jobs and the ``python -m diff4splat.generate`` driver: the typed configuration (``conf/generate.yaml``),
+one job per (image, trajectory, prompt, seed, output folder) — a single image or a batch folder / CSV — every input
+checked before any model is built, and each scene generated and written into a temporary folder beside its target
+that is renamed into place only when every file is written.
+
+``generate(cfg)`` is what the CLI runs: it checks every input first (image, trajectory, output folders: a bad one
+fails before any model is loaded), builds `Diff4SplatPipeline` once and runs `run_job` per job. Inputs are fitted to
+the model's frame size (`diff4splat.pipelines.inputs.fit_frames` with ``cover``): the image is resized to cover
+(H, W) keeping its aspect ratio, then centre-cropped; the trajectory's normalised intrinsics describe the *input image*
+and are carried through the crop, so a camera sees what it saw before. Preset trajectories get their intrinsics from
+``trajectory.fov`` (vertical field of view of the input image, square pixels). ``tiny=true`` builds tiny random-weight
+instances of the same classes, labelled untrained in ``meta.json`` and in the log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from diff4splat.cli import InputError
+from diff4splat.files import atomic_write_text
+from diff4splat.models.camera_wan import CameraWanConfig
+from diff4splat.pipelines.generation import UNTRAINED_LABEL, Diff4SplatPipeline, render_outputs
+from diff4splat.pipelines.inputs import (
+    IMAGE_SUFFIXES,
+    Cameras,
+    check_num_frames,
+    fit_frames,
+    read_image,
+    resolve_cameras,
+)
+from diff4splat.pipelines.outputs import (
+    META_FILE,
+    OUTPUTS,
+    atomic_output_dir,
+    build_meta,
+    check_output_dir,
+    write_outputs,
+)
+from diff4splat.pipelines.stages import STAGES, Stages
+from diff4splat.sampling import SamplingConfig
+
+log = logging.getLogger("diff4splat.generate")
+
+# compile=null compiles for batches of at least this many scenes: on the H100 compiling costs ~12 s once per frame
+# size and saves ~1.9 s per scene at 352x640x49 (experiments/benchmarks/results/generate_h100.md)
+AUTO_COMPILE_JOBS = 3
+DEFAULT_SIZE, DEFAULT_FRAMES = (352, 640), 49  # the reference's generation size
+TINY_SIZE, TINY_FRAMES = (96, 160), 13
+OUTPUT_OPTION, OVERWRITE_FLAG = "output_dir=", "overwrite=true"  # how error messages name them
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration (conf/generate.yaml)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrajectoryOptions:
+    num_frames: int | None = None  # None: 49 (13 tiny); 1 + 4k; a file's cameras are resampled evenly to this count
+    strength: float = 1.0  # presets: how far the camera moves (see geometry.trajectories)
+    look_at: float | list[float] = 2.0  # presets: the point aimed at / orbited (metric distance or xyz)
+    fov: float = 60.0  # presets: vertical field of view of the input image, degrees
+    translation_scale: float = 1.0  # multiplies every camera translation (e.g. to make a file's units metric)
+
+
+@dataclass
+class LRDMOptions:
+    input_frames: int | None = 13  # rgb encoder: frames fed to the LRDM, evenly spaced (None: all)
+    num_times: int | None = None  # query times stored in the scene (ply frames); None: one per latent frame
+    translation_scale: float = 1.0  # video-model (metric) translations -> LRDM units
+    prune_threshold: float | None = None  # None: the checkpoint's (0.005 by default)
+    tiny_encoder: Literal["latent", "rgb"] = "latent"  # tiny=true only: the random LRDM's input encoder
+
+
+@dataclass
+class RenderOptions:
+    backend: Literal["auto", "gsplat", "torch"] = "auto"
+    novel_preset: str = "orbit"  # novel.mp4: a preset path about the scene centre at mid time
+    novel_strength: float = 0.1  # orbit: 36 degrees
+    novel_frames: int | None = None  # None: as many as the trajectory
+
+
+@dataclass
+class LowMemoryOptions:
+    offload: bool = False  # keep every model on the CPU and move each to the device only while it runs
+    vae_tiling: bool = False  # tiled Wan VAE encode/decode (diffusers' tiling)
+    vae_tile: tuple[int, int] = (256, 192)  # tile size and stride in pixels
+    text_encoder_on_cpu: bool = False  # the UMT5 encoder runs on the CPU (float32)
+
+
+@dataclass
+class ModelPaths:
+    text_encoder: str | None = None  # diffusers root with text_encoder/ + tokenizer/, or one folder with both
+    vae: str | None = None  # diffusers root with vae/, or the VAE folder
+    camera_wan: CameraWanConfig = field(default_factory=CameraWanConfig)  # base weights + camera_weights
+    lrdm: str | None = None  # a training export (.safetensors with the config in its metadata) or a .ckpt
+    aligner: str | None = None  # LatentAligner .safetensors (decoder=tiny_vae)
+
+
+@dataclass
+class GenerateConfig:
+    """Everything ``python -m diff4splat.generate`` reads (``conf/generate.yaml``); unknown keys and wrong types fail."""
+
+    image: str | None = None
+    prompt: str = ""
+    negative_prompt: str | None = None  # None: Wan's standard negative prompt
+    camera: str = "orbit"  # a preset name, a trajectory .json, a RealEstate10K .txt or an .npz (C2W, fxfycxcy)
+    trajectory: TrajectoryOptions = field(default_factory=TrajectoryOptions)
+    output_dir: str | None = None
+    overwrite: bool = False
+    seed: int = 0
+    tiny: bool = False
+    height: int | None = None  # model frame size; None: 352 x 640 (96 x 160 tiny)
+    width: int | None = None
+    fps: int = 16
+    device: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
+    decoder: Literal["wan", "tiny_vae"] = "wan"  # latents -> frames (video.mp4, and the rgb LRDM's input)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    models: ModelPaths = field(default_factory=ModelPaths)
+    lrdm: LRDMOptions = field(default_factory=LRDMOptions)
+    render: RenderOptions = field(default_factory=RenderOptions)
+    low_memory: LowMemoryOptions = field(default_factory=LowMemoryOptions)
+    batch: str | None = None  # a folder of images or a CSV with columns image, trajectory, prompt (+ name, seed)
+    progress: bool = True
+    compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for batches of >= 3 scenes
+    video_preset: str = "veryfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Jobs: single image or batch, checked before any model is built
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One checked generation: the fitted image, its cameras and where it goes."""
+
+    image_path: Path
+    image: Tensor  # [3, H, W] at the model size
+    cameras: Cameras  # fxfycxcy already for the model frame
+    prompt: str
+    seed: int
+    target: Path
+    fit: dict
+    camera_spec: str
+
+
+def model_size(cfg: GenerateConfig) -> tuple[int, int]:
+    h, w = TINY_SIZE if cfg.tiny else DEFAULT_SIZE
+    h, w = cfg.height or h, cfg.width or w
+    unit = 32  # the Wan2.2 DiT token: VAE stride 16 x patch 2 (the models may need more, checked when loaded)
+    if h % unit or w % unit or h <= 0 or w <= 0:
+        raise InputError(f"height={h} width={w}: expected positive multiples of {unit} (e.g. 352 x 640, 480 x 832)")
+    return h, w
+
+
+def make_job(
+    cfg: GenerateConfig, image: str | Path, camera: str, prompt: str, seed: int, target: Path, where: str = ""
+) -> Job:
+    """Read, check and fit one (image, trajectory); ``where`` prefixes errors (e.g. a CSV row)."""
+    try:
+        pixels = read_image(image)
+        n = cfg.trajectory.num_frames
+        num_frames = check_num_frames((TINY_FRAMES if cfg.tiny else DEFAULT_FRAMES) if n is None else n)
+        cams = resolve_cameras(camera, cfg.trajectory, num_frames, tuple(pixels.shape[-2:]))
+    except InputError as e:
+        raise InputError(f"{where}{e}") from e
+    h, w = model_size(cfg)
+    fitted, fx, fit = fit_frames(pixels, cams.fxfycxcy, size=(h, w), cover=True)
+    cams = replace(cams, fxfycxcy=fx)
+    return Job(Path(image), fitted, cams, prompt, seed, target, fit, camera)
+
+
+def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
+    """Jobs of a folder of images (each with ``camera`` and ``prompt``) or a CSV: header ``image`` (required),
+    ``trajectory``, ``prompt``, ``name``, ``seed`` (optional; empty cells take the command line's values). Relative
+    paths in a CSV are relative to the CSV's folder; each job writes ``output_dir/<name or image stem>/``."""
+    src = Path(cfg.batch)
+    rows: list[tuple[str, dict]] = []
+    if src.is_dir():
+        images = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise InputError(f"batch={src}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        rows = [(f"batch={src}: {p.name}: ", {"image": str(p)}) for p in images]
+    elif src.is_file() and src.suffix.lower() == ".csv":
+        with open(src, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
+            reader = csv.DictReader(fh)
+            columns = set(reader.fieldnames or [])
+            unknown = columns - {"image", "trajectory", "prompt", "name", "seed"}
+            if "image" not in columns or unknown:
+                raise InputError(
+                    f"batch={src}: header {sorted(columns)}; expected a column 'image' and optionally "
+                    f"'trajectory', 'prompt', 'name', 'seed'"
+                )
+            for row in reader:
+                i = reader.line_num
+                if not (row.get("image") or "").strip():
+                    raise InputError(f"batch={src}: line {i}: field image is empty; expected an image path")
+                image = Path(row["image"].strip())
+                row["image"] = str(image if image.is_absolute() else src.parent / image)
+                traj = (row.get("trajectory") or "").strip()
+                if traj.lower().endswith((".json", ".txt", ".npz")) and not Path(traj).is_absolute():
+                    row["trajectory"] = str(src.parent / traj)
+                rows.append((f"batch={src}: line {i}: ", row))
+        if not rows:
+            raise InputError(f"batch={src}: no rows after the header")
+    else:
+        raise InputError(f"batch={src}: expected a folder of images or a .csv file (image, trajectory, prompt)")
+    jobs, seen = [], {}
+    for where, row in rows:
+        name = (row.get("name") or "").strip() or Path(row["image"]).stem
+        if Path(name).name != name or name in (".", ".."):
+            raise InputError(f"{where}field name is {name!r}; expected a plain folder name (no path separators)")
+        if name in seen:
+            raise InputError(f"{where}writes to {out / name}, as does {seen[name]}; give the rows distinct 'name's")
+        seen[name] = where.rstrip(": ")
+        seed_text = (row.get("seed") or "").strip()
+        try:
+            seed = int(seed_text) if seed_text else cfg.seed
+        except ValueError as e:
+            raise InputError(f"{where}field seed is {seed_text!r}; expected an integer") from e
+        target = out / name
+        check_output_dir(target, cfg.overwrite, f"{where}output folder=", OVERWRITE_FLAG)
+        jobs.append(
+            make_job(
+                cfg,
+                row["image"],
+                (row.get("trajectory") or "").strip() or cfg.camera,
+                (row.get("prompt") or "").strip() or cfg.prompt,
+                seed,
+                target,
+                where,
+            )
+        )
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run_job(
+    pipe: Diff4SplatPipeline, job: Job, cfg: GenerateConfig, load_s: float = 0.0, outputs: tuple[str, ...] = OUTPUTS
+) -> Path:
+    """Generate one scene and write every output into ``job.target`` atomically; returns the folder."""
+    label = f"[{UNTRAINED_LABEL}] " if pipe.untrained else ""
+    log.info(
+        "%sgenerating %s (camera=%s, %d frames, seed %d) -> %s",
+        label,
+        job.image_path.name,
+        job.camera_spec,
+        job.cameras.c2w.shape[0],
+        job.seed,
+        job.target,
+    )
+    sampling = replace(cfg.sampling, seed=job.seed)
+    stages = Stages(pipe.device, progress=cfg.progress)
+    with atomic_output_dir(job.target, cfg.overwrite, OUTPUT_OPTION, OVERWRITE_FLAG) as tmp:
+        gen = pipe(
+            job.image,
+            job.cameras.c2w.float(),
+            job.cameras.fxfycxcy.float(),
+            job.cameras.times.float(),
+            job.prompt,
+            cfg.negative_prompt,
+            sampling,
+            query_times=_query_times(job, cfg),
+            lrdm_input_frames=cfg.lrdm.input_frames,
+            translation_scale=cfg.lrdm.translation_scale,
+            prune_threshold=cfg.lrdm.prune_threshold,
+            stages=stages,
+        )
+        scene_meta = {"image": str(job.image_path), "prompt": job.prompt, "seed": job.seed, "untrained": pipe.untrained}
+        file_timings: dict[str, float] = {}
+        files, renders = write_outputs(
+            gen,
+            lambda: render_outputs(pipe, gen, cfg.render, stages),
+            tmp,
+            cfg.fps,
+            stages,
+            outputs,
+            scene_meta,
+            cfg.video_preset,
+            file_timings,
+        )
+        gen.timings = dict(stages.timings)
+        meta = build_meta(job, pipe, gen, renders, cfg, sampling, files, load_s)
+        meta["timings"]["write_files"] = {k: round(v, 6) for k, v in sorted(file_timings.items())}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    t = meta["timings"]
+    log.info(
+        "%s%d Gaussians, %d query times; %.2f s (%s) -> %s",
+        label,
+        gen.scene.gaussians.num_gaussians,
+        gen.scene.gaussians.num_times,
+        t["total"],
+        ", ".join(f"{k} {t[k]:.2f}" for k in STAGES if k in t),
+        job.target,
+    )
+    return job.target
+
+
+def _query_times(job: Job, cfg: GenerateConfig) -> Tensor | None:
+    n = cfg.lrdm.num_times
+    if n is None:
+        return None
+    if n < 1:
+        raise InputError(f"lrdm.num_times: expected a positive count (or null: one per latent frame), got {n}")
+    times = job.cameras.times.float()
+    return times[torch.linspace(0, len(times) - 1, n).round().long()].unique()
+
+
+def generate(cfg: GenerateConfig) -> Path:
+    """``python -m diff4splat.generate``: check every input, build the pipeline once, write each scene atomically.
+
+    Returns the output folder (in batch mode, the folder holding one sub-folder per job)."""
+    if not cfg.output_dir:
+        raise InputError("output_dir: required (the folder to write scene.safetensors, ply/, videos, meta.json to)")
+    out = Path(cfg.output_dir)
+    if cfg.batch:
+        if cfg.image:
+            raise InputError("image and batch are exclusive: pass one image or a batch folder/CSV")
+        jobs = read_batch(cfg, out)
+    else:
+        if not cfg.image:
+            raise InputError("image: required (a path to the first frame), or batch=FOLDER_OR_CSV")
+        check_output_dir(out, cfg.overwrite, OUTPUT_OPTION, OVERWRITE_FLAG)
+        jobs = [make_job(cfg, cfg.image, cfg.camera, cfg.prompt, cfg.seed, out)]
+    start = time.perf_counter()
+    pipe = Diff4SplatPipeline.from_config(cfg)
+    if cfg.compile is None and pipe.device.type == "cuda" and len(jobs) >= AUTO_COMPILE_JOBS:
+        log.info(
+            "compiling the CameraWan blocks for %d scenes (the first one pays ~12 s; compile=false to skip)", len(jobs)
+        )
+        pipe.compile()
+    load_s = time.perf_counter() - start
+    unit = pipe.size_multiple
+    if any(j.image.shape[-1] % unit or j.image.shape[-2] % unit for j in jobs):
+        raise InputError(
+            f"height x width = {jobs[0].image.shape[-2]}x{jobs[0].image.shape[-1]}: these models need "
+            f"multiples of {unit}"
+        )
+    done = [run_job(pipe, job, cfg, load_s) for job in jobs]
+    if cfg.batch:
+        index = {
+            "batch": str(Path(cfg.batch).resolve()),
+            "jobs": [str(p.name) for p in done],
+            "untrained": pipe.untrained,
+        }
+        atomic_write_text(out / "batch.json", json.dumps(index, indent=1))
+        return out
+    return done[0]
