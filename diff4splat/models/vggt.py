@@ -402,7 +402,7 @@ class Aggregator(nn.Module):
         tokens = torch.cat([*special, patch_tokens], dim=1)  # [B*S, P, C]
         num_tokens, dim = tokens.shape[1:]
         # 2. RoPE tables: patch (y, x) at 1-based grid positions, special tokens at 0 (identity rotation)
-        rope = None
+        frame_rope = global_rope = None
         if self.rope_freq > 0:
             ys, xs = torch.meshgrid(
                 torch.arange(grid_h, device=tokens.device), torch.arange(grid_w, device=tokens.device), indexing="ij"
@@ -410,14 +410,14 @@ class Aggregator(nn.Module):
             pos = torch.stack([ys.flatten(), xs.flatten()], dim=-1) + 1
             pos = torch.cat([pos.new_zeros(self.patch_start_idx, 2), pos], dim=0)
             cos, sin = rope_2d_tables(pos, self.head_dim, self.rope_freq)
-            rope = (cos, sin), (cos.repeat(frames, 1), sin.repeat(frames, 1))
+            frame_rope, global_rope = (cos, sin), (cos.repeat(frames, 1), sin.repeat(frames, 1))
         # 3. Alternating frame / global blocks
         keep = set(range(self.depth)) if keep_layers is None else {i % self.depth for i in keep_layers}
         outputs: list[Tensor | None] = []
         for i in range(self.depth):
-            tokens = self.frame_blocks[i](tokens.reshape(batch * frames, num_tokens, dim), rope and rope[0])
+            tokens = self.frame_blocks[i](tokens.reshape(batch * frames, num_tokens, dim), frame_rope)
             frame_out = tokens.reshape(batch, frames, num_tokens, dim)
-            tokens = self.global_blocks[i](tokens.reshape(batch, frames * num_tokens, dim), rope and rope[1])
+            tokens = self.global_blocks[i](tokens.reshape(batch, frames * num_tokens, dim), global_rope)
             global_out = tokens.reshape(batch, frames, num_tokens, dim)
             outputs.append(torch.cat([frame_out, global_out], dim=-1) if i in keep else None)
         return outputs, self.patch_start_idx
