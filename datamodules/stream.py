@@ -58,6 +58,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from datamodules.augment import MIN_SCALE_SAMPLES, _gather, _positive_finite, _zero_invalid, scale_sample_stride
 from datamodules.batch import BatchBuffers, collate
+from datamodules.holdout import Part, check_part, part_of
 from datamodules.mix import WeightedChoice
 from datamodules.spec import Clip, decode_image, decode_sample, decode_video
 
@@ -176,7 +177,9 @@ def iter_tar(url: str, stats: SkipStats) -> Iterator[dict[str, Any]]:
     """
     current: dict[str, Any] | None = None
     try:
-        with open(url, "rb") as stream:
+        # unbuffered: tarfile's stream reader fetches its own 10 KiB records; a BufferedReader below it would copy
+        # every byte once more (reading took 1.27x as long)
+        with open(url, "rb", buffering=0) as stream:
             for member in tar_file_iterator(stream, rename_files=posixpath.normpath):
                 key, suffix = base_plus_ext(member["fname"])
                 if key is None:
@@ -799,14 +802,18 @@ def read_shards(
     what: str,
     num_shards: int,
     after_shard: Callable[[], None] | None = None,
+    part: Part | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The raw samples of a stream of webdataset shard items ({'url': path}), read by `iter_tar`; ``after_shard`` runs
-    after each shard (skip-rate checks). Once every one of the slice's ``num_shards`` shards was read without giving a
-    sample since the last sample, the slice has none to give: `DataSkipRateError` naming ``what``."""
+    after each shard (skip-rate checks); with ``part``, only the samples of that half of the held-out data
+    (`datamodules.holdout.part_of` of their key). Once every one of the slice's ``num_shards`` shards was read without
+    giving a sample since the last sample, the slice has none to give: `DataSkipRateError` naming ``what``."""
     dry: set[str] = set()
     for shard in shards:
         url, produced = shard["url"], False
         for sample in iter_tar(url, stats):
+            if part is not None and part_of(sample["__key__"]) != part:
+                continue
             produced = True
             yield sample
         if produced:
@@ -814,7 +821,8 @@ def read_shards(
         else:
             dry.add(url)
             if len(dry) >= num_shards:
-                raise DataSkipRateError(f"{what}: no readable sample in {num_shards} shards {sorted(dry)[:3]}")
+                of = "" if part is None else f" of the {part} half of the held-out clips"
+                raise DataSkipRateError(f"{what}: no readable sample{of} in {num_shards} shards {sorted(dry)[:3]}")
         if after_shard is not None:
             after_shard()
 
@@ -827,17 +835,20 @@ def shard_pipeline(
     shuffle_buffer: int,
     what: str,
     after_shard: Callable[[], None] | None = None,
+    part: Part | None = None,
 ) -> wds.DataPipeline:
     """Endless raw samples of a shard slice, as a webdataset pipeline: training draws shards with replacement
     (`wds.ResampledShards`) and mixes their samples in a buffer of ``shuffle_buffer`` (`wds.shuffle`), both seeded
     from ``rng``; evaluation reads the shards in order, again and again (`wds.SimpleShardList`, `.repeat()`). Shards
-    are read by `read_shards` (``what`` and ``after_shard`` as there)."""
+    are read by `read_shards` (``what``, ``after_shard`` and ``part`` as there)."""
     shard_seed, shuffle_seed = (int(s) for s in rng.integers(0, 2**31, 2))
     if train:
         shards = wds.ResampledShards(urls, seed=shard_seed, worker_seed=_seed_given, deterministic=True)
     else:
         shards = wds.SimpleShardList(urls)
-    read = functools.partial(read_shards, stats=stats, what=what, num_shards=len(urls), after_shard=after_shard)
+    read = functools.partial(
+        read_shards, stats=stats, what=what, num_shards=len(urls), after_shard=after_shard, part=part
+    )
     stages = [shards, read]
     if train and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, rng=random.Random(shuffle_seed)))
@@ -871,6 +882,8 @@ class ShardStream(IterableDataset):
         max_skip_rate: stop with `DataSkipRateError` when more than this fraction of samples was skipped ...
         skip_rate_min_samples: ... once this many samples were seen.
         rank, world_size: override the detected distributed rank (tests, custom launchers).
+        part: evaluation only: read the clips of this half of the held-out shards (`datamodules.holdout`: "val" or
+            "test"); None reads them all.
     """
 
     what = "data"  # names the stream in errors and logs
@@ -886,12 +899,16 @@ class ShardStream(IterableDataset):
         skip_rate_min_samples: int = 50,
         rank: int | None = None,
         world_size: int | None = None,
+        part: Part | None = None,
     ):
         super().__init__()
+        if part is not None and train:
+            raise ValueError("ShardStream: `part` selects held-out clips; a training stream reads all of its shards")
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.train, self.seed, self.shuffle_buffer = train, seed, shuffle_buffer
         self.max_skip_rate, self.skip_rate_min_samples = max_skip_rate, skip_rate_min_samples
         self.rank, self.world_size = rank, world_size
+        self.part = None if part is None else check_part(part)
         self.epoch = 0  # set by the DataModule/loader before each epoch (workers get a copy)
         self._iterations = 0  # advances per pass inside persistent workers
         self.stats = SkipStats()  # of the latest pass in this process
@@ -928,7 +945,7 @@ class ShardStream(IterableDataset):
             log.warning("%s: %d shards for %d (rank, worker) slots: slots share shards", what, len(urls), slot.count)
         after_shard = functools.partial(self._check_rate, stats)
         shards = slot_shards(urls, slot.index, slot.count)
-        return shard_pipeline(shards, rng, stats, self.train, self.shuffle_buffer, what, after_shard)
+        return shard_pipeline(shards, rng, stats, self.train, self.shuffle_buffer, what, after_shard, self.part)
 
     def _batches(
         self, samples: Iterator[tuple[int, dict[str, Any]]], rng: np.random.Generator, stats: SkipStats
@@ -986,7 +1003,7 @@ class ClipStream(ShardStream):
         sample_sources: optional `{name: callable(rng) -> raw sample}` replacing shard reading (in-process synthetic
             data; see `datamodules.synthetic.SyntheticSource`).
         **stream: the `ShardStream` settings (train: resampled, shuffled, augmented stream, else the fixed validation
-            slice; seed, shuffle_buffer per source, max_skip_rate, skip_rate_min_samples, rank, world_size).
+            slice; seed, shuffle_buffer per source, max_skip_rate, skip_rate_min_samples, rank, world_size, part).
     """
 
     what = "clip data"

@@ -1,6 +1,7 @@
 """Data pipeline throughput: clips per second per CPU core through the full streaming pipeline vs plain decoding.
 
     python experiments/benchmarks/data.py [--clips 32] [--repeats 5] [--seconds 4] [--out experiments/benchmarks/results]
+        [--own-reader STREAM_PY]
 
 Data: 13-frame 256×256 JPEG (quality 95) clips with depth, tracks and dynamic masks, made from procedural scenes
 (`datamodules.synthetic`, rendered at 128² and upsampled to 256² so that the JPEGs hold smooth image content), written
@@ -31,12 +32,17 @@ does not count (wall-clock clips/s are recorded too).
   because the issue measures the DataLoader side that feeds a GPU trainer, and there the rest is GPU work.
   "worker + augmentation on CPU" also runs `augment_pixels` on the CPU in the same process (numpy/uint8 kernels;
   images stay uint8 as in the worker rows): the whole CPU cost when nothing runs on a GPU.
+- reader comparison (`--own-reader STREAM_PY`, a `datamodules/stream.py` of a commit before the streams ran on
+  webdataset, e.g. `git show 07a9fb1:datamodules/stream.py > /tmp/stream_own.py`): the same rows through that
+  module's `ClipStream` (its own tar reader, resampler and shuffle buffer) interleaved with the current ones, and
+  "tar read only" rows (the shards' samples, nothing decoded) through either module's `iter_tar`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -89,6 +95,25 @@ def _rates(n: int, t0: float, c0: float) -> tuple[float, float]:
     return n / (time.process_time() - c0), n / (time.perf_counter() - t0)
 
 
+def load_own_reader(path: str) -> Any:
+    """The stream module saved at ``path`` (an earlier `datamodules/stream.py`), imported beside the current one."""
+    spec = importlib.util.spec_from_file_location("own_reader_stream", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def tar_read(urls: list[str], min_seconds: float, reader: Any = iter_tar) -> tuple[float, float]:
+    """Samples read from the shards by ``reader`` (an `iter_tar`), nothing decoded."""
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.process_time() - c0 < min_seconds:
+        for u in urls:
+            for _ in reader(u, SkipStats()):
+                n += 1
+    return _rates(n, t0, c0)
+
+
 def plain_decode(urls: list[str], min_seconds: float) -> tuple[float, float]:
     n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while True:
@@ -113,11 +138,16 @@ def decode_only(jpegs: list[list[bytes]], min_seconds: float) -> tuple[float, fl
 
 
 def pipeline(
-    glob: str, sampling: ClipSamplingConfig, min_seconds: float, to_float: bool, augment: bool = False
+    glob: str,
+    sampling: ClipSamplingConfig,
+    min_seconds: float,
+    to_float: bool,
+    augment: bool = False,
+    stream_class: Any = ClipStream,
 ) -> tuple[float, float]:
     src = SourceConfig("synthetic", glob, max_gap=13)
     batch = 4
-    stream = ClipStream([src], sampling, batch_size=batch, batches_per_epoch=10**9, seed=0, shuffle_buffer=16)
+    stream = stream_class([src], sampling, batch_size=batch, batches_per_epoch=10**9, seed=0, shuffle_buffer=16)
     it = iter(stream)
     next(it)  # warm up (first shard open, buffers)
     n, t0, c0 = 0, time.perf_counter(), time.process_time()
@@ -142,8 +172,12 @@ def cpu_model() -> str:
 
 
 HEADLINE = "all13 @256, augment_on=device: worker only"
+COMPARED = (HEADLINE, "all13 @256")  # rows that get an own-reader twin with --own-reader
+OWN = "[own reader]"
+READ = "tar read only"
 
 INCLUDES = {
+    READ: "tar read (iter_tar: samples grouped by key, nothing decoded)",
     "plain decode": "tar read (iter_tar) + PIL decode of the 13 JPEGs of each clip",
     "decode only": "PIL decode of the 13 JPEGs of each clip, bytes already in memory",
     "pipeline": "tar read, decode_sample, frame sampling, JPEG decode, crop + resize (images bilinear AA; depth, "
@@ -165,7 +199,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="minimum CPU time per measurement")
     p.add_argument("--repeats", type=int, default=5, help="measurements per row (the median is reported)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--own-reader", default=None, help="an earlier datamodules/stream.py to compare readers with")
     args = p.parse_args()
+    own = load_own_reader(args.own_reader) if args.own_reader else None
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_data_"))
     try:
@@ -206,16 +242,34 @@ def main() -> None:
                 False,
             ),
         }
+        # with --own-reader, twins of these rows run through the earlier module's ClipStream, each right after its row
+        classes = {name: ClipStream for name in configs}
+        if own is not None:
+            ordered = {}
+            for name, config in configs.items():
+                ordered[name] = config
+                if name in COMPARED:
+                    ordered[f"{name} {OWN}"] = config
+                    classes[f"{name} {OWN}"] = own.ClipStream
+            configs = ordered
+        readers = {READ: iter_tar, **({f"{READ} {OWN}": own.iter_tar} if own is not None else {})}
         # repeats are interleaved (plain, decode only, then every config) so that load from other processes hits all
         # rows alike; each ratio is taken against the plain measurement of the same repeat
-        runs: dict[str, list[tuple[float, float]]] = {"plain": [], "decode": [], **{name: [] for name in configs}}
-        ratios: dict[str, list[float]] = {"decode": [], **{name: [] for name in configs}}
+        runs: dict[str, list[tuple[float, float]]] = {
+            "plain": [],
+            "decode": [],
+            **{k: [] for k in [*readers, *configs]},
+        }
+        ratios: dict[str, list[float]] = {"decode": [], **{name: [] for name in [*readers, *configs]}}
         for _ in range(args.repeats):
             runs["plain"].append(plain_decode(urls, args.seconds))
             runs["decode"].append(decode_only(jpegs, args.seconds))
             ratios["decode"].append(runs["decode"][-1][0] / runs["plain"][-1][0])
+            for name, reader in readers.items():
+                runs[name].append(tar_read(urls, args.seconds, reader))
+                ratios[name].append(runs[name][-1][0] / runs["plain"][-1][0])
             for name, (g, cfg, to_float, augment) in configs.items():
-                runs[name].append(pipeline(g, cfg, args.seconds, to_float, augment))
+                runs[name].append(pipeline(g, cfg, args.seconds, to_float, augment, classes[name]))
                 ratios[name].append(runs[name][-1][0] / runs["plain"][-1][0])
 
         def row(config: str, key: str, ratio: float, includes: str) -> dict[str, Any]:
@@ -235,6 +289,7 @@ def main() -> None:
             row("plain decode (13 JPEG/clip)", "plain", 1.0, INCLUDES["plain decode"]),
             row("decode only (bytes in memory)", "decode", float(np.median(ratios["decode"])), INCLUDES["decode only"]),
         ]
+        rows += [row(name, name, float(np.median(ratios[name])), INCLUDES[READ]) for name in readers]
         for name in configs:
             includes = INCLUDES["pipeline"]
             if "worker only" in name:
@@ -242,6 +297,18 @@ def main() -> None:
             elif "augmentation on CPU" in name:
                 includes = INCLUDES["augment_on=device, worker + augmentation on CPU"]
             rows.append(row(name, name, float(np.median(ratios[name])), includes))
+        comparison = [
+            {
+                "config": name,
+                "webdataset_clips_per_cpu_s": float(np.median([r[0] for r in runs[name]])),
+                "own_clips_per_cpu_s": float(np.median([r[0] for r in runs[f"{name} {OWN}"]])),
+                "webdataset_vs_own": float(
+                    np.median([a[0] / b[0] for a, b in zip(runs[name], runs[f"{name} {OWN}"], strict=True)])
+                ),
+            }
+            for name in [*readers, *configs]
+            if f"{name} {OWN}" in runs
+        ]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'config':60s} {'clips/cpu-s':>11s} {'ms/clip':>8s} {'clips/wall-s':>12s} {'vs plain':>9s}")
@@ -270,6 +337,7 @@ def main() -> None:
         "goal": "pipeline >= 0.8x plain decode (issue 3/9)",
         "headline": {"config": HEADLINE, "ratio": headline["ratio"], "met": headline["ratio"] >= 0.8},
         "rows": rows,
+        "reader_comparison": {"own_reader": args.own_reader, "rows": comparison},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +361,21 @@ def main() -> None:
         f"{r['ratio']:.2f} |"
         for r in rows
     ]
+    if comparison:
+        md += [
+            "",
+            f"Reader comparison: webdataset (this commit) vs the own reader ({OWN}: `{args.own_reader}`), same "
+            "settings, run interleaved; ratio = median of the per-repeat ratios of clips/s/core (> 1: webdataset "
+            "faster)",
+            "",
+            "| config | webdataset clips/s/core | own reader clips/s/core | webdataset / own |",
+            "|---|---:|---:|---:|",
+        ]
+        md += [
+            f"| {c['config']} | {c['webdataset_clips_per_cpu_s']:.1f} | {c['own_clips_per_cpu_s']:.1f} | "
+            f"{c['webdataset_vs_own']:.3f} |"
+            for c in comparison
+        ]
     md += ["", "What each row includes:", ""] + [f"- {k}: {v}" for k, v in INCLUDES.items()]
     (out / "data.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / 'data.json'} and {out / 'data.md'}")
