@@ -1,12 +1,12 @@
 """Atomic writes: a file or a folder appears complete under its name or not at all.
 
 Everything the project writes (checkpoints, weights, scenes, shards, manifests, caches, output folders) goes through
-`atomic_file` or `atomic_dir`: the content is written under a hidden temporary name in the destination's own folder
-(a rename across disks would be a copy), flushed to disk, given the usual permissions (``0666 & ~umask``; temporary
-files are made ``0600``) and renamed onto the destination. A failure (an exception, a full disk, a signal) removes
-the temporary entry and leaves what was there before untouched. A folder that replaces an existing one takes two
-renames (the old one aside, the new one in place); `recover_interrupted_replace` restores the old one if a kill falls
-between them.
+`atomic_file` (one file), `atomic_files` (a set) or `atomic_dir`: the content is written under a hidden temporary name
+in the destination's own folder (a rename across disks would be a copy), flushed to disk, given the usual permissions
+(``0666 & ~umask``; temporary files are made ``0600``) and renamed onto the destination. A failure (an exception, a
+full disk, a signal) removes the temporary entry and leaves what was there before untouched. A folder that replaces
+an existing one takes two renames (the old one aside, the new one in place); `recover_interrupted_replace` restores
+the old one if a kill falls between them.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
     "atomic_dir",
     "atomic_file",
+    "atomic_files",
     "atomic_write_bytes",
     "atomic_write_text",
     "fsync_dir",
@@ -156,24 +157,46 @@ def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) ->
 
 
 @contextlib.contextmanager
+def _parents_made(folder: Path) -> Iterator[None]:
+    """Create ``folder`` and its missing parents; if the block fails, remove the ones this made (when empty)."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for p in made:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_files(paths: Iterable[str | os.PathLike], fsync: bool = True) -> Iterator[list[Path]]:
+    """Temporary paths beside each of ``paths`` (see `atomic_file`) to write a set of files to: each is renamed into
+    place only once the block has written them all, so a failure leaves every old file as it was; on failure the
+    temporary files are removed, with any parent folders this made."""
+    paths = [Path(p).absolute() for p in paths]
+    with contextlib.ExitStack() as stack:
+        for folder in sorted({p.parent for p in paths}):
+            stack.enter_context(_parents_made(folder))
+        yield [stack.enter_context(atomic_file(p, fsync=fsync)) for p in paths]
+
+
+@contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """A fresh temporary folder beside ``target`` to fill; it replaces ``target`` (as a whole, whatever was there)
     when the block succeeds and is removed, with any parent folders this made, when it fails. Callers decide
     beforehand whether an existing ``target`` may be replaced."""
     target = Path(target).absolute()
-    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        _set_usual_permissions(tmp, _umask())
-        tmp.chmod(0o777 & ~_umask())
-        if fsync:
-            fsync_tree(tmp)
-        replace_path(tmp, target)
-    except BaseException:
-        remove_path(tmp)
-        for p in made:  # deepest first
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
+    with _parents_made(target.parent):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            yield tmp
+            _set_usual_permissions(tmp, _umask())
+            tmp.chmod(0o777 & ~_umask())
+            if fsync:
+                fsync_tree(tmp)
+            replace_path(tmp, target)
+        except BaseException:
+            remove_path(tmp)
+            raise

@@ -715,7 +715,7 @@ def test_evaluate_scene_with_nan_trajectory_is_clear_and_writes_nothing(tmp_path
 
 
 def test_evaluate_full_disk_keeps_the_previous_results(tmp_path, monkeypatch):
-    from diff4splat.pipelines import evaluation
+    from diff4splat.pipelines.evaluation import results as evaluation
 
     rows = [{c: 1.0 for c in evaluation.SCENE_COLUMNS} | {"scene": "a"}]
     details = [{c: 1.0 for c in evaluation.FRAME_COLUMNS} | {"scene": "a", "frame": k} for k in range(3)]
