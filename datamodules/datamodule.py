@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.batch import finish_batch
+from datamodules.holdout import SEED_OFFSET, Part
 from datamodules.stream import (
     ClipSamplingConfig,
     ClipStream,
@@ -55,13 +56,16 @@ class _EpochLoader(DataLoader):
 class StreamDataModule(L.LightningDataModule):
     """What `ClipDataModule` and `datamodules.latents.LatentDataModule` share: DataLoader settings over one
     `datamodules.stream.ShardStream` per split, the epoch counter and the resume step in the checkpointed state.
-    Subclasses build the streams (`_make_train_stream(seed)`, `_make_val_stream()`, None: no validation).
+    Subclasses build the streams (`_make_train_stream(seed)`, `_make_eval_stream(part)`, None: no validation).
+    Validation and test read disjoint halves of the held-out data (`datamodules.holdout`): the checkpoint that
+    validation selects is tested on clips it was not selected on.
 
     Args:
         batch_size: samples per batch (per rank).
         num_workers: DataLoader workers per rank.
         batches_per_epoch: training batches per rank per epoch (every rank gets the same number).
-        val_batches: validation batches per rank (the same samples every time); 0 disables validation.
+        val_batches: validation batches per rank (the same samples every time), and as many test batches; 0 disables
+            validation and test.
         seed: base seed of the streams.
         shuffle_buffer: raw samples buffered per source and worker.
         max_skip_rate, skip_rate_min_samples: corrupt-sample tolerance (see `datamodules.stream.ShardStream`).
@@ -98,15 +102,22 @@ class StreamDataModule(L.LightningDataModule):
         self.sharing_strategy = sharing_strategy
         self._train: ShardStream | None = None
         self._val: ShardStream | None = None
+        self._test: ShardStream | None = None
         self._epoch = 0
         self._resume_step = 0  # global step of the checkpoint this run resumed from (0: a fresh run)
 
     # ------------------------------------------------------------------ streams
 
+    def _rank(self) -> tuple[int | None, int | None]:
+        """(rank, world size) of the trainer; (None, None) without one (the stream then detects them)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return None, None
+
     def _stream_options(self) -> dict[str, Any]:
         """The `ShardStream` arguments every stream of this module takes: skip tolerance and the trainer's rank."""
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (None, None)
+        rank, world = self._rank()
         return {
             "max_skip_rate": self.max_skip_rate,
             "skip_rate_min_samples": self.skip_rate_min_samples,
@@ -117,7 +128,8 @@ class StreamDataModule(L.LightningDataModule):
     def _make_train_stream(self, seed: int) -> ShardStream:
         raise NotImplementedError
 
-    def _make_val_stream(self) -> ShardStream | None:
+    def _make_eval_stream(self, part: Part) -> ShardStream | None:
+        """The validation (``part="val"``) or test stream, None when there is none."""
         raise NotImplementedError
 
     def train_stream(self) -> ShardStream:
@@ -128,8 +140,13 @@ class StreamDataModule(L.LightningDataModule):
 
     def val_stream(self) -> ShardStream | None:
         if self._val is None:
-            self._val = self._make_val_stream()
+            self._val = self._make_eval_stream("val")
         return self._val
+
+    def test_stream(self) -> ShardStream | None:
+        if self._test is None:
+            self._test = self._make_eval_stream("test")
+        return self._test
 
     def _loader(self, stream: ShardStream, persistent: bool) -> DataLoader:
         return make_loader(
@@ -144,7 +161,8 @@ class StreamDataModule(L.LightningDataModule):
         return [] if stream is None else self._loader(stream, False)
 
     def test_dataloader(self) -> DataLoader | list:
-        return self.val_dataloader()
+        stream = self.test_stream()
+        return [] if stream is None else self._loader(stream, False)
 
     # ------------------------------------------------------------------ state
 
@@ -174,9 +192,11 @@ class ClipDataModule(StreamDataModule):
         sampling: `ClipSamplingConfig` fields (frames, resolution, augmentation, scale normalisation).
         val_sampling: overrides of `sampling` for validation/test (e.g. another resolution).
         synthetic: {source name: `datamodules.synthetic.SyntheticConfig` fields}: those sources are generated in
-            process instead of read from shards (smoke runs without data).
-        synthetic_pool, synthetic_val_pool: keep and reuse that many generated clips for training / validation
-            (0 = a new scene for every sample); a pool makes epochs cheap and validation clips fixed.
+            process instead of read from shards (smoke runs without data); validation and test scenes come from
+            other seeds than training's and than each other's (`datamodules.holdout.SEED_OFFSET`).
+        synthetic_pool, synthetic_val_pool: keep and reuse that many generated clips for training / validation (and
+            as many, other ones, for test) (0 = a new scene for every sample); a pool makes epochs cheap and
+            validation clips fixed.
         **stream: the `StreamDataModule` settings (batch_size, num_workers, batches_per_epoch, val_batches, seed,
             shuffle_buffer, max_skip_rate, skip_rate_min_samples, pin_memory, prefetch_factor, persistent_workers,
             sharing_strategy).
@@ -200,14 +220,14 @@ class ClipDataModule(StreamDataModule):
         self.synthetic = {k: dict(v) for k, v in (synthetic or {}).items()}
         self.synthetic_pool, self.synthetic_val_pool = synthetic_pool, synthetic_val_pool
 
-    def _sample_sources(self, train: bool) -> dict[str, Any]:
+    def _sample_sources(self, split: Literal["train", "val", "test"]) -> dict[str, Any]:
         if not self.synthetic:
             return {}
         from datamodules.synthetic import SyntheticConfig, SyntheticSource
 
-        pool = self.synthetic_pool if train else self.synthetic_val_pool
+        pool = self.synthetic_pool if split == "train" else self.synthetic_val_pool
         return {
-            k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + (0 if train else 10_000), pool=pool)
+            k: SyntheticSource(SyntheticConfig(**v), seed=self.seed + SEED_OFFSET[split], pool=pool)
             for k, v in self.synthetic.items()
         }
 
@@ -220,11 +240,11 @@ class ClipDataModule(StreamDataModule):
             train=True,
             seed=seed,
             shuffle_buffer=self.shuffle_buffer,
-            sample_sources=self._sample_sources(True),
+            sample_sources=self._sample_sources("train"),
             **self._stream_options(),
         )
 
-    def _make_val_stream(self) -> ClipStream | None:
+    def _make_eval_stream(self, part: Part) -> ClipStream | None:
         sources = []
         for s in self.sources:
             if s.name in self.synthetic or expand_shards(s.val_shards):
@@ -243,7 +263,8 @@ class ClipDataModule(StreamDataModule):
             self.val_batches,
             train=False,
             seed=self.seed,
-            sample_sources=self._sample_sources(False),
+            sample_sources=self._sample_sources(part),
+            part=part,
             **self._stream_options(),
         )
 
