@@ -335,3 +335,29 @@ def test_safetensors_round_trip_of_the_movies_checkpoint_layout(tmp_path):
     again = VGGSplat.from_checkpoint(path, **small_facts(config))
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
+
+
+@torch.no_grad()
+def test_movies_under_bf16_autocast_stays_close_to_float32():
+    """Geometry (Plücker rays, pose encoding, unprojection) stays float32 under autocast, as the reference's."""
+    io, config = read_io("movies_small_io.safetensors")
+    model = VGGSplat.from_checkpoint(MOVIES_WEIGHTS, **small_facts(config)).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(io["images"], io["C2W"], io["fxfycxcy"], io["input_timesteps"], io["output_timesteps"])
+        gaussians = activate_gaussians(out, io["C2W"], io["fxfycxcy"])
+    assert out["depth"].dtype == torch.bfloat16
+    rel = (out["depth"].float() - io["depth"]).abs() / io["depth"].abs()
+    assert rel.max() < 0.05
+    assert (gaussians["means"][:, 1].float() - io["render.1.xyz"]).abs().max() < 0.1
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_full_size_models_run_on_the_meta_device():
+    with torch.device("meta"):
+        vggt, movies = VGGT(), VGGSplat()
+        images, c2w, fxfycxcy = torch.rand(1, 2, 3, 56, 70), torch.rand(1, 2, 4, 4), torch.rand(1, 2, 4)
+        out = vggt(images)
+        assert out["depth"].shape == (1, 2, 56, 70, 1) and out["pose_enc"].shape == (1, 2, 9)
+        out = movies(images, c2w, fxfycxcy, torch.rand(1, 2), torch.rand(1, 3))
+        assert out["offset"].shape == (1, 3, 2, 3, 56, 70) and out["color_t"].shape == (1, 3, 2, 3, 56, 70)

@@ -29,6 +29,7 @@ Gaussian starts at its own frame's time). ``*_t[:, q]`` are the raw colour / sca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -104,6 +105,13 @@ class VGGSplatConfig:
     mask_by_motion: float = 0.005  # pixels with ‖offset‖ below keep their static colour, scale, rotation
     mask_by_motion_opacity: float = 0.005  # ... and opacity
     activation: GaussianActivation = field(default_factory=GaussianActivation)
+
+
+def _float32_geometry(device: torch.device) -> contextlib.AbstractContextManager:
+    """Camera geometry (rays, poses, unprojection) in float32 even under autocast, as the reference computes it."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def time_embedding(t: Tensor, dim: int) -> Tensor:  # [...] in [0, 1] -> [..., dim]
@@ -186,7 +194,9 @@ class VGGSplat(nn.Module):
         cfg = self.config
         batch, frames, _, height, width = images.shape
         # 1. Conditioning: pose encoding, time embeddings
-        pose = pose_encoding(c2w, fxfycxcy) if cfg.aggregator.extra_dim > 0 else None
+        with _float32_geometry(images.device):
+            pose = pose_encoding(c2w, fxfycxcy) if cfg.aggregator.extra_dim > 0 else None
+            plucker = plucker_rays(c2w.float(), fxfycxcy.float(), height, width) if cfg.plucker else None
         input_emb = None
         if cfg.aggregator.time_dim > 0:
             if input_times is None:
@@ -200,7 +210,7 @@ class VGGSplat(nn.Module):
         # 2. Patch tokens (+ Plücker embedding)
         tokens = self.encoder(self.backbone.normalize(images).flatten(0, 1))  # [B*F, h*w, C]
         if cfg.plucker:
-            plucker = plucker_rays(c2w.float(), fxfycxcy.float(), height, width).to(images.dtype)  # [B, F, 6, H, W]
+            plucker = plucker.to(images.dtype)  # [B, F, 6, H, W]
             emb = self.plucker_ln(self.plucker_embed(plucker.transpose(1, 2)))  # [B, C, F, h, w]
             tokens = tokens + emb.permute(0, 2, 3, 4, 1).reshape(batch * frames, -1, emb.shape[1])
         # 3. Aggregator: only the layers the heads read
@@ -454,7 +464,8 @@ def activate_gaussians(
     """
     act = activation or GaussianActivation()
     depth = outputs["depth"].clamp(min=act.znear, max=act.zfar)[:, :, 0]  # [B, F, H, W]
-    xyz = unproject_depth(depth.float(), c2w.float(), fxfycxcy.float())  # [B, F, H, W, 3]
+    with _float32_geometry(depth.device):
+        xyz = unproject_depth(depth.float(), c2w.float(), fxfycxcy.float())  # [B, F, H, W, 3]
     xyz = xyz.permute(0, 1, 4, 2, 3).to(depth.dtype)  # [B, F, 3, H, W]
     if "offset" in outputs:
         means = xyz[:, None] + outputs["offset"]
