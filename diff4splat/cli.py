@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,10 +18,12 @@ class InputError(ValueError):
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def run_cli(run: Callable[[Any], Any], args: Any) -> int:
+def run_cli(run: Callable[[Any], Any], args: Any, log: bool = False) -> int:
     """Run a CLI's ``run(args)``; bad input prints one ``error: ...`` line to stderr and returns exit code 2; a full
     disk (or a read-only / forbidden output place) prints one ``error: ...`` line and returns 1. The writers leave no
-    partial output either way."""
+    partial output either way. ``log``: the run's INFO messages go to stderr as plain lines."""
+    if log:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = run(args)
     except (InputError, FileNotFoundError, ValueError) as e:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from diff4splat.cli import InputError
+from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_splat
 from diff4splat.geometry.trajectories import PRESETS
 from diff4splat.pipelines.generation import Diff4SplatPipeline
@@ -135,13 +135,17 @@ def load_config(overrides: list[str]) -> GenerateConfig:
     """``conf/generate.yaml`` with Hydra overrides (``tiny=true``, ``models.lrdm=...``), typed as the generation CLI's."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     from diff4splat.generate import to_config
 
     conf = Path(__file__).resolve().parent.parent / "conf"
     GlobalHydra.instance().clear()  # an entry point: no other Hydra context is in use
-    with initialize_config_dir(str(conf), version_base="1.3"):
-        return to_config(compose("generate", overrides=overrides))
+    try:
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            return to_config(compose("generate", overrides=overrides))
+    except HydraException as e:  # a misspelt or malformed override is bad input
+        raise InputError(str(e)) from e
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,20 +157,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    from hydra.errors import HydraException
-
-    try:
-        runner = DemoRunner(load_config(args.overrides), args.outputs)
-    except (InputError, ValueError, FileNotFoundError, HydraException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    demo = build_demo(runner)
+def run(args: argparse.Namespace) -> None:
+    demo = build_demo(DemoRunner(load_config(args.overrides), args.outputs))
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.outputs).resolve())])
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, parse_args(argv), log=True)
 
 
 if __name__ == "__main__":

@@ -141,8 +141,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_cli(run, parse_args(argv))
+    return run_cli(run, parse_args(argv), log=True)
 
 
 if __name__ == "__main__":
