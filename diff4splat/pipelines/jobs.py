@@ -30,6 +30,7 @@ from diff4splat.files import atomic_write_text
 from diff4splat.models.camera_wan import CameraWanConfig
 from diff4splat.pipelines.generation import UNTRAINED_LABEL, Diff4SplatPipeline, render_outputs
 from diff4splat.pipelines.inputs import (
+    CAMERA_SUFFIXES,
     IMAGE_SUFFIXES,
     Cameras,
     check_num_frames,
@@ -151,7 +152,7 @@ class Job:
     prompt: str
     seed: int
     target: Path
-    fit: dict
+    fit: dict  # the resize and crop (meta.json's "preprocess")
     camera_spec: str
 
 
@@ -209,7 +210,7 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
                 image = Path(row["image"].strip())
                 row["image"] = str(image if image.is_absolute() else src.parent / image)
                 traj = (row.get("trajectory") or "").strip()
-                if traj.lower().endswith((".json", ".txt", ".npz")) and not Path(traj).is_absolute():
+                if traj.lower().endswith(CAMERA_SUFFIXES) and not Path(traj).is_absolute():
                     row["trajectory"] = str(src.parent / traj)
                 rows.append((f"batch={src}: line {i}: ", row))
         if not rows:
