@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from datamodules.datamodule import StreamDataModule
+from datamodules.holdout import Part
 from datamodules.stream import ShardStream, SkipStats, Slot, expand_shards
 from datamodules.write import TarShardWriter, read_manifest
 
@@ -341,7 +342,8 @@ class LatentDataModule(StreamDataModule):
 
     Args:
         shards: training shards (glob, brace pattern or list).
-        val_shards: validation shards (None: no validation).
+        val_shards: held-out shards (None: no validation or test): validation reads one half of their samples,
+            test the other (`datamodules.holdout.part_of`).
         text_cache: `PromptCache` folder (None: zero embeddings of `text_dim`); text_encoder_id: which encoder's
             embeddings (None: the only one in the folder).
         text_dim: embedding width D (4096 for UMT5-XXL); max_len: padded rows (Wan: 512).
@@ -373,7 +375,9 @@ class LatentDataModule(StreamDataModule):
     def prompt_embeddings(self) -> PromptEmbeddings:
         return PromptEmbeddings(self.text_cache, self.text_encoder_id, self.text_dim, self.max_len)
 
-    def _stream(self, shards: str | list[str], batches: int, train: bool, seed: int) -> LatentStream:
+    def _stream(
+        self, shards: str | list[str], batches: int, train: bool, seed: int, part: Part | None = None
+    ) -> LatentStream:
         return LatentStream(
             shards,
             self.prompt_embeddings(),
@@ -383,19 +387,20 @@ class LatentDataModule(StreamDataModule):
             train=train,
             seed=seed,
             shuffle_buffer=self.shuffle_buffer,
+            part=part,
             **self._stream_options(),
         )
 
     def _make_train_stream(self, seed: int) -> LatentStream:
         return self._stream(self.shards, self.batches_per_epoch, True, seed)
 
-    def _make_val_stream(self) -> LatentStream | None:
+    def _make_eval_stream(self, part: Part) -> LatentStream | None:
         if self.val_batches <= 0 or self.val_shards is None:
             return None
         if not expand_shards(self.val_shards):
             log.warning("latent data: no validation shards match %r; not validated", self.val_shards)
             return None
-        return self._stream(self.val_shards, self.val_batches, False, self.seed)
+        return self._stream(self.val_shards, self.val_batches, False, self.seed, part)
 
 
 __all__ = [

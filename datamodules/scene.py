@@ -2,7 +2,8 @@
 
 The clip comes from a shard (``source=path/to/shard.tar``, optionally ``key=``) or is generated in-process by the
 synthetic scene generator (``source=synthetic``). Every ``holdout_every``-th frame (starting at frame 1) is held
-out for validation and test; training batches are ``views_per_step`` random training views. Batches carry one scene:
+out: the first, third, ... of them for validation, the second, fourth, ... for test (the fit chosen on validation is
+tested on other views); training batches are ``views_per_step`` random training views. Batches carry one scene:
 ``images`` [1, V, 3, H, W] in [0, 1], ``c2w`` [1, V, 4, 4] (first camera = identity), ``fxfycxcy`` [1, V, 4],
 ``timestamps`` [1, V] in [0, 1] and ``time_index`` [1, V] (the frame index, i.e. the row of a per-frame deformation
 table). ``init_points()`` unprojects the training views' depth (when the clip has it) to seed the Gaussians.
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from datamodules.holdout import Part
 from datamodules.spec import Clip, decode_frames, decode_sample
 from diff4splat.geometry.cameras import canonicalize, unproject_depth
 
@@ -128,10 +130,20 @@ class SceneDataModule(L.LightningDataModule):
         self.depth = torch.as_tensor(clip.depth, dtype=torch.float32) if clip.depth is not None else None
         self.depth_valid = torch.as_tensor(clip.depth_valid) if clip.depth_valid is not None else None
         f = clip.num_frames
-        self.val_indices = list(range(1, f, self.holdout_every))
-        self.train_indices = [i for i in range(f) if i not in self.val_indices]
+        held_out = list(range(1, f, self.holdout_every))
+        if len(held_out) < 2:
+            raise ValueError(
+                f"data.num_frames={f} with data.holdout_every={self.holdout_every} holds out frame(s) {held_out}: "
+                "validation and test need one held-out frame each (more frames or a smaller holdout_every)"
+            )
+        self.val_indices, self.test_indices = held_out[0::2], held_out[1::2]
+        self.train_indices = [i for i in range(f) if i not in held_out]
         log.info(
-            "scene %s: %d training views, %d held-out views", clip.key, len(self.train_indices), len(self.val_indices)
+            "scene %s: %d training views, %d validation views, %d test views",
+            clip.key,
+            len(self.train_indices),
+            len(self.val_indices),
+            len(self.test_indices),
         )
 
     def views(self, indices: list[int]) -> dict[str, Any]:
@@ -173,12 +185,13 @@ class SceneDataModule(L.LightningDataModule):
             _ViewSampler(self, self.steps_per_epoch, self.seed), batch_size=None, num_workers=self.num_workers
         )
 
-    def _eval_loader(self) -> DataLoader:
+    def _eval_loader(self, part: Part) -> DataLoader:
         self.setup()
-        return DataLoader([self.views(self.val_indices)], batch_size=None, num_workers=0)
+        indices = self.val_indices if part == "val" else self.test_indices
+        return DataLoader([self.views(indices)], batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader()
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader()
+        return self._eval_loader("test")

@@ -4,7 +4,8 @@ Each sample is one procedural scene (``datamodules.synthetic``) filmed along one
 ``num_frames`` frames in time order (F = 1 + 4k, the Wan VAE's frame count), as the diffusion batch contract wants
 (see ``diff4splat.systems.diffusion``): ``frames`` [F, 3, H, W] float in [0, 1], ``c2w`` [F, 4, 4] metric OpenCV
 c2w with the first camera = identity, ``fxfycxcy`` [F, 4], ``key``. The system encodes ``frames`` online with its Wan
-VAE. Scenes are generated once into a pool (training) and a disjoint held-out pool (validation / test, other seeds);
+VAE. Scenes are generated once into a pool (training) and disjoint held-out pools of other seeds (validation, and
+test: the checkpoint chosen on validation is tested on clips it was not chosen on; `datamodules.holdout`);
 training draws ``batches_per_epoch`` batches from the pool with a seeded sampler. ``trajectories_per_scene`` > 1
 films each scene along that many different camera paths (identical first frames: only the cameras tell the clips
 apart, which is what camera control must learn); ``trajectory_strength`` fixes the paths' strength (default: the
@@ -13,8 +14,9 @@ seed's random one in [0.3, 1]).
 ``holdout`` chooses what validation holds out: ``scenes`` (other seeds, filmed like the training scenes) or
 ``paths``: the training scenes themselves, each filmed along ``val_pool / scenes`` camera presets that none of its
 training clips uses (a scene's presets are a seeded permutation of ``datamodules.synthetic.TRAJECTORIES``: the first
-``trajectories_per_scene`` train, the next ones are held out). Held-out paths measure whether a model reads the
-cameras rather than memorising clips: same first frame, new camera motion.
+``trajectories_per_scene`` train, the next ``val_pool / scenes`` validate, and up to as many of the rest test).
+Held-out paths measure whether a model reads the cameras rather than memorising clips: same first frame, new camera
+motion.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from datamodules.datamodule import resume_seed
 from datamodules.synthetic import TRAJECTORIES, SyntheticConfig, generate_arrays
 
 VAL_SEED_OFFSET = 1_000_003
+TEST_SEED_OFFSET = 2 * VAL_SEED_OFFSET
 
 
 def video_sample(
@@ -137,11 +140,13 @@ class SyntheticVideoDataModule(L.LightningDataModule):
             )
         scenes = pool // trajectories_per_scene
         if holdout == "paths":
-            if val_pool % scenes or trajectories_per_scene + val_pool // scenes > len(TRAJECTORIES):
+            # validation's presets, then at least one left for the test set
+            if val_pool % scenes or trajectories_per_scene + val_pool // scenes > len(TRAJECTORIES) - 1:
                 raise ValueError(
                     f"data.holdout=paths films each of the {scenes} training scenes along data.val_pool / {scenes} "
-                    f"presets unused in training: data.val_pool ({val_pool}) must be a multiple of {scenes} and "
-                    f"data.trajectories_per_scene + data.val_pool / {scenes} at most {len(TRAJECTORIES)}"
+                    f"presets unused in training (and the test set along presets left after those): data.val_pool "
+                    f"({val_pool}) must be a multiple of {scenes} and data.trajectories_per_scene + data.val_pool / "
+                    f"{scenes} at most {len(TRAJECTORIES) - 1}"
                 )
         self.per_scene, self.strength, self.holdout = trajectories_per_scene, trajectory_strength, holdout
         self.pool, self.val_pool = pool, val_pool
@@ -159,6 +164,7 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         )
         self._train: _Pool | None = None
         self._val: _Pool | None = None
+        self._test: _Pool | None = None
         self._resume_step = 0  # global step of the checkpoint this run resumed from (0: a fresh run)
 
     def setup(self, stage: str | None = None) -> None:
@@ -167,12 +173,20 @@ class SyntheticVideoDataModule(L.LightningDataModule):
         paths = self.holdout == "paths"
         if self._train is None and stage in (None, "fit"):
             self._train = _Pool(self.cfg, train_seeds, self.per_scene, self.strength, 0 if paths else None)
-        if self._val is None and self.val_pool and stage in (None, "fit", "validate", "test"):
+        if self._val is None and self.val_pool and stage in (None, "fit", "validate"):
             if paths:
                 self._val = _Pool(self.cfg, train_seeds, self.val_pool // scenes, self.strength, self.per_scene)
             else:
                 seeds = [VAL_SEED_OFFSET + self.seed * 100_000 + i for i in range(self.val_pool // self.per_scene)]
                 self._val = _Pool(self.cfg, seeds, self.per_scene, self.strength)
+        if self._test is None and self.val_pool and stage in (None, "test"):
+            if paths:  # the presets after validation's, as many as validation has or as are left
+                first = self.per_scene + self.val_pool // scenes
+                count = min(self.val_pool // scenes, len(TRAJECTORIES) - first)
+                self._test = _Pool(self.cfg, train_seeds, count, self.strength, first)
+            else:
+                seeds = [TEST_SEED_OFFSET + self.seed * 100_000 + i for i in range(self.val_pool // self.per_scene)]
+                self._test = _Pool(self.cfg, seeds, self.per_scene, self.strength)
 
     def train_seed(self) -> int:
         """The training sampler's seed: ``seed`` for a fresh run, else drawn from (seed, resume step), so a resumed
@@ -203,18 +217,20 @@ class SyntheticVideoDataModule(L.LightningDataModule):
             drop_last=True,
         )
 
-    def _eval_loader(self) -> DataLoader:
-        n = min(len(self._val), self.val_batches * self.batch_size)
-        subset = torch.utils.data.Subset(self._val, list(range(n)))
+    def _eval_loader(self, pool: _Pool | None) -> DataLoader | list:
+        if pool is None or not self.val_batches:
+            return []
+        n = min(len(pool), self.val_batches * self.batch_size)
+        subset = torch.utils.data.Subset(pool, list(range(n)))
         return DataLoader(
             subset, batch_size=self.batch_size, shuffle=False, collate_fn=collate_videos, num_workers=self.num_workers
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._eval_loader() if self._val is not None and self.val_batches else []
+        return self._eval_loader(self._val)
 
     def test_dataloader(self) -> DataLoader | list:
-        return self._eval_loader() if self._val is not None and self.val_batches else []
+        return self._eval_loader(self._test)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         if batch["frames"].dtype == torch.uint8:

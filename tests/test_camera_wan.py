@@ -142,7 +142,7 @@ def test_video_datamodule_holds_out_paths_of_the_training_scenes(tmp_path) -> No
             assert not torch.equal(s["c2w"], tr[0]["c2w"]) or not torch.equal(s["fxfycxcy"], tr[0]["fxfycxcy"])
     with pytest.raises(ValueError, match="data.val_pool"):
         SyntheticVideoDataModule(synthetic=small, pool=6, val_pool=3, trajectories_per_scene=3, holdout="paths")
-    with pytest.raises(ValueError, match="at most 13"):
+    with pytest.raises(ValueError, match="at most 12"):
         SyntheticVideoDataModule(synthetic=small, pool=6, val_pool=22, trajectories_per_scene=3, holdout="paths")
     with pytest.raises(ValueError, match="data.holdout"):
         SyntheticVideoDataModule(synthetic=small, pool=6, holdout="clips")
