@@ -108,10 +108,19 @@ def to_dataclass(cls: type[T], cfg: Mapping[str, Any] | DictConfig | T | None, w
     return cls(**kwargs)
 
 
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
 def to_plain(obj: Any) -> Any:
-    """Plain Python containers for dataclasses / DictConfigs (safe for ``torch.load(weights_only=True)``)."""
+    """Plain Python containers for dataclasses / DictConfigs (safe for ``torch.load(weights_only=True)``); tuples
+    become lists at every depth (nested dataclasses too), so YAML and JSON writers take them."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+        return _lists(dataclasses.asdict(obj))
     if isinstance(obj, DictConfig):
         return OmegaConf.to_container(obj, resolve=True)
     return obj

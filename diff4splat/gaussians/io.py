@@ -8,8 +8,9 @@
 - ``.splat``: 32-byte records, largest x most opaque first: position 3 x f32, linear scale 3 x f32, RGBA 4 x u8
   (alpha = opacity), rotation 4 x u8 = ``clip(q_wxyz / |q| * 128 + 128, 0, 255)``. No header.
 - 4D ``.safetensors``: tensors ``canonical.{means,quats,scales,opacities,colors}``, ``times``, ``delta_means``,
-  ``delta_quats``, ``delta_log_scales`` (activated, float32) and string metadata ``format``, ``version``,
-  ``sh_degree``, ``user`` (a JSON object you pass in).
+  ``delta_quats``, ``delta_log_scales`` (activated, float32), optionally ``opacities_t`` / ``colors_t`` (opacity and
+  colour per query time, when they change over time; readers that do not know them see the canonical ones), and
+  string metadata ``format``, ``version``, ``sh_degree``, ``user`` (a JSON object you pass in).
 
 Every write goes through `diff4splat.files` (a temporary name in the target folder, renamed into place), so a failed
 write leaves no half-written file. Loading validates and names the file, field and expected form on error.
@@ -222,6 +223,7 @@ def load_splat(path: str | os.PathLike) -> Gaussians:
 
 _CANONICAL_FIELDS = ("means", "quats", "scales", "opacities", "colors")
 _DELTA_FIELDS = ("delta_means", "delta_quats", "delta_log_scales")
+_TIME_VARYING_FIELDS = ("opacities_t", "colors_t")  # optional: opacity / colour per query time (MoVieS)
 
 
 def save_4d(gaussians: DeformableGaussians, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -232,6 +234,7 @@ def save_4d(gaussians: DeformableGaussians, path: str | os.PathLike, metadata: d
     tensors = {f"canonical.{k}": getattr(d.canonical, k).contiguous() for k in _CANONICAL_FIELDS}
     tensors["times"] = d.times.contiguous()
     tensors.update({k: getattr(d, k).contiguous() for k in _DELTA_FIELDS})
+    tensors.update({k: getattr(d, k).contiguous() for k in _TIME_VARYING_FIELDS if getattr(d, k) is not None})
     meta = {
         "format": FORMAT_4D,
         "version": VERSION_4D,
@@ -270,4 +273,9 @@ def load_4d(path: str | os.PathLike, device: torch.device | str = "cpu") -> Defo
     if missing:
         raise ValueError(f"load_4d({path}): tensors {missing} missing; expected {needed}")
     canonical = Gaussians(**{k: tensors[f"canonical.{k}"] for k in _CANONICAL_FIELDS})
-    return DeformableGaussians(canonical, tensors["times"], *(tensors[k] for k in _DELTA_FIELDS))
+    return DeformableGaussians(
+        canonical,
+        tensors["times"],
+        *(tensors[k] for k in _DELTA_FIELDS),
+        *(tensors.get(k) for k in _TIME_VARYING_FIELDS),
+    )

@@ -7,6 +7,8 @@ Y_k(d)``). All fields share optional leading batch dimensions ``[...]`` (e.g. on
 Deformation (the paper's): at query time ``t``, ``μ_t = μ + Δμ_t``, ``q_t = q ⊗ Δq_t`` (Hamilton product, the
 canonical rotation first, then the delta in the Gaussian's local frame) and ``s_t = s · exp(Δs_t)`` (``Δs`` is a
 log-space offset). Deltas are stored for a set of query times; ``at(t)`` matches ``t`` to them (see there).
+Opacity and colour may change over time too (MoVieS re-predicts them for the Gaussians that move): then
+``opacities_t`` / ``colors_t`` hold their absolute values at every query time; None means the canonical's at all times.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ class DeformableGaussians:
     """Canonical Gaussians plus per-query-time deformations.
 
     ``times`` are the query times in [0, 1], increasing, either shared ``[T]`` or per batch element ``[..., T]``.
+    ``opacities_t`` / ``colors_t`` (optional): opacity and colour at each query time, absolute values that replace
+    the canonical ones there (the colours in the canonical's form, RGB or SH).
     """
 
     canonical: Gaussians
@@ -160,6 +164,8 @@ class DeformableGaussians:
     delta_means: Tensor  # [..., T, N, 3]
     delta_quats: Tensor  # [..., T, N, 4] wxyz; identity = (1, 0, 0, 0)
     delta_log_scales: Tensor  # [..., T, N, 3] log-space offsets
+    opacities_t: Tensor | None = None  # [..., T, N] in [0, 1]; None: the canonical opacities at every time
+    colors_t: Tensor | None = None  # [..., T, N, 3] or [..., T, N, K, 3]; None: the canonical colours
 
     def __post_init__(self) -> None:
         batch, n = self.canonical.batch_shape, self.canonical.num_gaussians
@@ -171,6 +177,10 @@ class DeformableGaussians:
         _check("delta_means", self.delta_means, (t, n, 3), batch)
         _check("delta_quats", self.delta_quats, (t, n, 4), batch)
         _check("delta_log_scales", self.delta_log_scales, (t, n, 3), batch)
+        if self.opacities_t is not None:
+            _check("opacities_t", self.opacities_t, (t, n), batch)
+        if self.colors_t is not None:
+            _check("colors_t", self.colors_t, (t, *self.canonical.colors.shape[len(batch) :]), batch)
 
     @classmethod
     def static(cls, canonical: Gaussians, times: Tensor) -> DeformableGaussians:
@@ -197,42 +207,82 @@ class DeformableGaussians:
     def device(self) -> torch.device:
         return self.canonical.device
 
-    def to(self, *args, **kwargs) -> DeformableGaussians:
+    @property
+    def time_varying_appearance(self) -> bool:
+        """Whether opacity or colour change over time (``opacities_t`` / ``colors_t`` set)."""
+        return self.opacities_t is not None or self.colors_t is not None
+
+    def _map(self, fn) -> DeformableGaussians:
+        """``fn`` on every tensor (the canonical Gaussians' included); None fields stay None."""
         return DeformableGaussians(
-            self.canonical.to(*args, **kwargs),
-            self.times.to(*args, **kwargs),
-            self.delta_means.to(*args, **kwargs),
-            self.delta_quats.to(*args, **kwargs),
-            self.delta_log_scales.to(*args, **kwargs),
+            self.canonical._map(fn),
+            fn(self.times),
+            fn(self.delta_means),
+            fn(self.delta_quats),
+            fn(self.delta_log_scales),
+            None if self.opacities_t is None else fn(self.opacities_t),
+            None if self.colors_t is None else fn(self.colors_t),
         )
 
+    def to(self, *args, **kwargs) -> DeformableGaussians:
+        return self._map(lambda x: x.to(*args, **kwargs))
+
     def detach(self) -> DeformableGaussians:
-        return DeformableGaussians(
-            self.canonical.detach(),
-            self.times.detach(),
-            self.delta_means.detach(),
-            self.delta_quats.detach(),
-            self.delta_log_scales.detach(),
-        )
+        return self._map(lambda x: x.detach())
+
+    def unbind(self) -> list[DeformableGaussians]:
+        """Split the first batch dimension into a list of scenes (shared ``[T]`` times stay shared)."""
+        if not self.batch_shape:
+            raise ValueError("unbind: these Gaussians have no batch dimension")
+        out = []
+        for i, canonical in enumerate(self.canonical.unbind()):
+            out.append(
+                DeformableGaussians(
+                    canonical,
+                    self.times if self.times.dim() == 1 else self.times[i],
+                    self.delta_means[i],
+                    self.delta_quats[i],
+                    self.delta_log_scales[i],
+                    None if self.opacities_t is None else self.opacities_t[i],
+                    None if self.colors_t is None else self.colors_t[i],
+                )
+            )
+        return out
+
+    def opacities_at_times(self) -> Tensor:  # [..., T, N]
+        """Opacity at every stored query time (the canonical's, repeated, when it does not change)."""
+        if self.opacities_t is not None:
+            return self.opacities_t
+        c = self.canonical
+        return c.opacities[..., None, :].expand(*self.delta_means.shape[:-1])
+
+    def colors_at_times(self) -> Tensor:  # [..., T, N, 3] or [..., T, N, K, 3]
+        """Colours at every stored query time (the canonical's, repeated, when they do not change)."""
+        if self.colors_t is not None:
+            return self.colors_t
+        c = self.canonical
+        lead = len(self.batch_shape)
+        return c.colors.unsqueeze(lead).expand(*self.delta_means.shape[:-2], *c.colors.shape[lead:])
 
     # -- evaluation ----------------------------------------------------------------------------------------------------
     def at_index(self, i: int) -> Gaussians:
         """Static Gaussians at the i-th stored query time."""
         c = self.canonical
+        lead = (slice(None),) * len(self.batch_shape)
         return Gaussians(
             means=c.means + self.delta_means[..., i, :, :],
             quats=quat_normalize(quat_multiply(c.quats, self.delta_quats[..., i, :, :])),
             scales=c.scales * torch.exp(self.delta_log_scales[..., i, :, :]),
-            opacities=c.opacities,
-            colors=c.colors,
+            opacities=c.opacities if self.opacities_t is None else self.opacities_t[..., i, :],
+            colors=c.colors if self.colors_t is None else self.colors_t[lead + (i,)],
         )
 
     def at(self, t: float | Tensor) -> Gaussians:
         """Static Gaussians at time ``t`` (a float or a tensor ``[...]`` with one time per batch element).
 
         ``t`` equal to a stored query time uses that time's deltas exactly. Between two stored times the deltas are
-        interpolated linearly (Δμ, Δs; Δq by normalised linear interpolation with the sign of the first aligned to
-        the second). Outside ``[times[0], times[-1]]`` the nearest end's deltas are used (no extrapolation).
+        interpolated linearly (Δμ, Δs, and the time-varying opacity and colour when present; Δq by normalised linear
+        interpolation with the sign of the first aligned to the second). Outside ``[times[0], times[-1]]`` the nearest end's deltas are used (no extrapolation).
         """
         times = self.times
         batch = self.batch_shape
@@ -251,9 +301,14 @@ class DeformableGaussians:
         )
         w = w.clamp(0.0, 1.0)
 
-        def pick(x: Tensor, idx: Tensor) -> Tensor:  # x [..., T, N, C], idx [...] -> [..., N, C]
-            g = idx[..., None, None, None].expand(*idx.shape, 1, *x.shape[-2:])
+        def pick(x: Tensor, idx: Tensor) -> Tensor:  # x [..., T, *rest], idx [...] -> [..., *rest]
+            rest = x.shape[len(batch) + 1 :]
+            g = idx.view(*idx.shape, 1, *(1,) * len(rest)).expand(*idx.shape, 1, *rest)
             return torch.gather(x, len(batch), g).squeeze(len(batch))
+
+        def lerp(x: Tensor) -> Tensor:  # [..., T, N, *rest] -> [..., N, *rest] at t
+            wx = w.view(*w.shape, *(1,) * (x.dim() - len(batch) - 1)).to(x.dtype)
+            return torch.lerp(pick(x, lo), pick(x, hi), wx)
 
         wb = w[..., None, None].to(self.delta_means.dtype)
         dm = torch.lerp(pick(self.delta_means, lo), pick(self.delta_means, hi), wb)
@@ -266,8 +321,8 @@ class DeformableGaussians:
             means=c.means + dm,
             quats=quat_normalize(quat_multiply(c.quats, dq)),
             scales=c.scales * torch.exp(ds),
-            opacities=c.opacities,
-            colors=c.colors,
+            opacities=c.opacities if self.opacities_t is None else lerp(self.opacities_t),
+            colors=c.colors if self.colors_t is None else lerp(self.colors_t),
         )
 
     def frames(self) -> list[Gaussians]:
@@ -278,22 +333,31 @@ class DeformableGaussians:
     def index(self, idx: Tensor | slice) -> DeformableGaussians:
         """Select Gaussians along N (canonical and all deltas alike)."""
         nd = len(self.batch_shape)
-        lead = (slice(None),) * nd
+        sel = (slice(None),) * nd + (slice(None), idx)
         return DeformableGaussians(
             self.canonical.index(idx),
             self.times,
-            self.delta_means[lead + (slice(None), idx)],
-            self.delta_quats[lead + (slice(None), idx)],
-            self.delta_log_scales[lead + (slice(None), idx)],
+            self.delta_means[sel],
+            self.delta_quats[sel],
+            self.delta_log_scales[sel],
+            None if self.opacities_t is None else self.opacities_t[sel],
+            None if self.colors_t is None else self.colors_t[sel],
         )
 
+    def prune_mask(self, threshold: float = DEFAULT_PRUNE_THRESHOLD) -> Tensor:  # [..., N] bool
+        """Gaussians to keep: opacity > threshold (at some query time when the opacity changes over time)."""
+        if self.opacities_t is None:
+            return self.canonical.prune_mask(threshold)
+        return (self.opacities_t > threshold).any(dim=-2)
+
     def prune(self, threshold: float = DEFAULT_PRUNE_THRESHOLD) -> DeformableGaussians:
-        """Drop Gaussians whose (time-independent) opacity is <= threshold; unbatched only."""
+        """Drop Gaussians whose opacity is <= threshold (at every query time, when it changes over time); unbatched
+        only."""
         if self.batch_shape:
             raise ValueError(
                 f"prune: batched Gaussians (batch shape {tuple(self.batch_shape)}) would become ragged; index per scene"
             )
-        return self.index(self.canonical.prune_mask(threshold))
+        return self.index(self.prune_mask(threshold))
 
     @staticmethod
     def cat(items: Sequence[DeformableGaussians]) -> DeformableGaussians:
@@ -304,10 +368,17 @@ class DeformableGaussians:
             if d.times.shape != items[0].times.shape or not torch.equal(d.times, items[0].times):
                 raise ValueError("DeformableGaussians.cat: all items must have the same query times")
         nd = len(items[0].batch_shape) + 1
+        opacities_t = colors_t = None
+        if any(d.opacities_t is not None for d in items):  # time-varying in one item: materialised for all
+            opacities_t = torch.cat([d.opacities_at_times() for d in items], nd)
+        if any(d.colors_t is not None for d in items):
+            colors_t = torch.cat([d.colors_at_times() for d in items], nd)
         return DeformableGaussians(
             Gaussians.cat([d.canonical for d in items]),
             items[0].times,
             torch.cat([d.delta_means for d in items], nd),
             torch.cat([d.delta_quats for d in items], nd),
             torch.cat([d.delta_log_scales for d in items], nd),
+            opacities_t,
+            colors_t,
         )

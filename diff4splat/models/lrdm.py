@@ -17,10 +17,18 @@ the deformation head, conditioned on each query time by AdaLN (zero-initialised,
 predicts Δμ (3), Δq (4, composed q ⊗ Δq) and Δs (3, log space), so at init every query time sees the static scene
 (``deformation="means"``, an ablation: Δμ only, rotation and scale fixed over time).
 Each pixel's Gaussian lives at its own frame's time; Δ(t_q) moves it to the query time (as the reference).
+
+A third encoder, ``vggt``, is the released reconstructor itself: MoVieS's VGGSplaT (`diff4splat.models.movies`; the
+VGGT aggregator on DINOv2 patch tokens, DPT heads per pixel, its own activations), held as ``backbone`` so the state
+dict has exactly the keys of ``movies_ckpt.safetensors``, with its architecture in ``vggt`` (a `VGGSplatConfig`).
+Its outputs map onto the same ``DeformableGaussians`` (`diff4splat.models.movies.deformable_gaussians`), including the
+opacity and colour MoVieS re-predicts per query time (``opacities_t`` / ``colors_t``), so every query-time render is
+MoVieS's. The rgb/latent fields (dim, depth, heads, decoder, activations) do not apply to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,9 +41,12 @@ from diff4splat.gaussians import DeformableGaussians, Gaussians
 from diff4splat.gaussians.sh import rgb_to_sh_dc
 from diff4splat.geometry.cameras import camera_rays, plucker_rays
 from diff4splat.geometry.rotations import matrix_to_quat, quat_multiply, quat_normalize
+from diff4splat.models.dpt import DPTConfig
+from diff4splat.models.movies import VGGSplat, VGGSplatConfig, deformable_gaussians, movies_config
 from diff4splat.models.transformer import AttentionPattern, FrameGlobalTrunk, rope_2d
+from diff4splat.models.vggt import AggregatorConfig, EncoderConfig
 
-Encoder = Literal["rgb", "latent"]
+Encoder = Literal["rgb", "latent", "vggt"]
 ScaleMode = Literal["pixel", "reference"]
 Deformation = Literal["full", "means"]
 
@@ -78,7 +89,46 @@ class LRDMConfig:
     opacity_bias: float = -2.0  # opacity = sigmoid(2x + bias); the reference's tanh(x-1)/2+1/2 is bias -2
     prune_threshold: float = 0.005  # inference-time opacity pruning (the paper's value)
     pose_dim: int = 9  # translation 3 + quaternion 4 + 2 fields of view (VGGT pose encoding)
+    # vggt encoder: the VGGSplaT architecture (None: VGGT-1B's sizes). `dynamic` and `sh_degree` decide: a config
+    # that disagrees gets (or loses) the motion heads and input-time token, or its Gaussian heads resized.
+    vggt: VGGSplatConfig | None = None
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. the experiment that produced the weights)
+
+    def __post_init__(self) -> None:
+        if self.encoder == "vggt":
+            self.vggt = _resolve_vggt(self.vggt, self.dynamic, self.sh_degree, 2 * self.time_freqs)
+
+
+def _resolve_vggt(cfg: VGGSplatConfig | None, dynamic: bool, sh_degree: int, time_dim: int) -> VGGSplatConfig:
+    """The VGGSplaT architecture of a ``vggt`` LRDM: ``cfg`` (VGGT-1B's sizes when None), made dynamic or static and
+    given ``sh_degree`` as the LRDM config says (rebuilt by `movies_config` only where it disagrees)."""
+    if cfg is None:
+        return movies_config(
+            EncoderConfig(),
+            AggregatorConfig(),
+            DPTConfig(output_dim=2, activation="exp"),
+            dynamic=dynamic,
+            sh_degree=sh_degree,
+            time_dim=time_dim,
+        )
+    if (cfg.motion_head is not None) == dynamic and cfg.sh_degree == sh_degree:
+        return cfg
+    rebuilt = movies_config(
+        cfg.encoder,
+        cfg.aggregator,
+        cfg.depth_head,
+        dynamic=dynamic,
+        sh_degree=sh_degree,
+        time_dim=cfg.time_dim,
+        motion=cfg.motion_head,
+        plucker=cfg.plucker,
+    )
+    return dataclasses.replace(
+        rebuilt,
+        mask_by_motion=cfg.mask_by_motion,
+        mask_by_motion_opacity=cfg.mask_by_motion_opacity,
+        activation=cfg.activation,
+    )
 
 
 def lrdm_preset(size: Literal["tiny", "base", "large"], **overrides) -> LRDMConfig:
@@ -158,6 +208,9 @@ class LRDM(nn.Module):
         d = c.dim
         if c.deformation not in ("full", "means"):
             raise ValueError(f"deformation must be 'full' or 'means', got {c.deformation!r}")
+        if c.encoder == "vggt":
+            self._init_vggt()
+            return
         if c.encoder == "rgb":
             self.patch_embed = nn.Conv2d(3, d, c.patch_size, stride=c.patch_size)
             self.plucker_embed = nn.Conv2d(6, d, c.patch_size, stride=c.patch_size)
@@ -176,7 +229,7 @@ class LRDM(nn.Module):
                 )
             self._up = (c.latent_stride_t, c.latent_stride_s // c.gaussian_stride)
         else:
-            raise ValueError(f"encoder must be 'rgb' or 'latent', got {c.encoder!r}")
+            raise ValueError(f"encoder must be 'rgb', 'latent' or 'vggt', got {c.encoder!r}")
         nn.init.zeros_(self.plucker_embed.weight)
         nn.init.zeros_(self.plucker_embed.bias)
         self.pose_token = nn.Parameter(torch.randn(d) * 0.02)
@@ -210,6 +263,37 @@ class LRDM(nn.Module):
             self.deform_head = None
             self.deform_channels = 0
 
+    def _init_vggt(self) -> None:
+        """The ``vggt`` encoder: a VGGSplaT as ``backbone`` (activation checkpointing per transformer block when
+        ``gradient_checkpointing``; the wrappers keep the state-dict keys)."""
+        c = self.config
+        self.backbone = VGGSplat(c.vggt)
+        self.deform_head = None  # the motion heads are the backbone's (`dynamic` says whether there are any)
+        self.frames_chunk_size = 8  # DPT heads run on this many frames at a time (MoVieS trains with 8)
+        if c.gradient_checkpointing:
+            from diff4splat.models.parallel import wrap_checkpoint
+
+            for blocks in self._block_lists():
+                for i in range(len(blocks)):
+                    blocks[i] = wrap_checkpoint(blocks[i], "full")
+
+    def _block_lists(self) -> list[nn.ModuleList]:
+        if self.config.encoder == "vggt":
+            agg = self.backbone.backbone
+            return [self.backbone.encoder.blocks, agg.frame_blocks, agg.global_blocks]
+        return [self.trunk.blocks]
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the model deforms the Gaussians over time (a deformation head, or VGGSplaT's motion heads)."""
+        if self.config.encoder == "vggt":
+            return self.backbone.is_dynamic
+        return self.deform_head is not None
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The transformer blocks (each a unit for compilation and FSDP), without checkpoint wrappers."""
+        return [getattr(b, "_checkpoint_wrapped_module", b) for blocks in self._block_lists() for b in blocks]
+
     # ------------------------------------------------------------------------------------------------------------
     def forward(
         self,
@@ -223,6 +307,8 @@ class LRDM(nn.Module):
     ) -> LRDMOutput:
         c = self.config
         b, f = c2w.shape[:2]
+        if c.encoder == "vggt":
+            return self._forward_vggt(c2w, fxfycxcy, input_times, query_times, images)
         # 1. Tokens per (latent) frame: patches + Plücker, pose token, input-time token
         if c.encoder == "rgb":
             if images is None:
@@ -311,6 +397,28 @@ class LRDM(nn.Module):
             )
         return LRDMOutput(gaussians=dg, depth=depth, frame_indices=frame_idx, grid=(fg, h, w))
 
+    def _forward_vggt(
+        self, c2w: Tensor, fxfycxcy: Tensor, input_times: Tensor, query_times: Tensor, images: Tensor | None
+    ) -> LRDMOutput:
+        """VGGSplaT's per-pixel Gaussians (one per pixel of every input frame) as ``DeformableGaussians``."""
+        if images is None:
+            raise ValueError("LRDM(encoder='vggt') needs images [B, F, 3, H, W]")
+        if images.shape[:2] != c2w.shape[:2]:
+            raise ValueError(f"images {tuple(images.shape)} and c2w {tuple(c2w.shape)} disagree on (B, F)")
+        v = self.config.vggt
+        out = self.backbone(
+            images,
+            c2w,
+            fxfycxcy,
+            input_times,
+            query_times if self.backbone.is_dynamic else None,
+            frames_chunk_size=self.frames_chunk_size,
+        )
+        gaussians, depth = deformable_gaussians(out, c2w, fxfycxcy, query_times, v.activation, v.sh_degree)
+        f, (h, w) = images.shape[1], images.shape[-2:]
+        frames = torch.arange(f, device=c2w.device)
+        return LRDMOutput(gaussians=gaussians, depth=depth, frame_indices=frames, grid=(f, h, w))
+
     def _decode(self, x: Tensor, gh: int, gw: int) -> Tensor:
         """Per-token channel blocks [B, F', P, st·ss·ss·C] -> per-frame grids [B, F, C, gh·ss, gw·ss]."""
         b, n, _, k = x.shape
@@ -373,8 +481,6 @@ def gaussians_at_all_times(dg: DeformableGaussians) -> Gaussians:
         means=c.means[..., None, :, :] + dg.delta_means,
         quats=quat_normalize(quat_multiply(c.quats[..., None, :, :], dg.delta_quats)),
         scales=c.scales[..., None, :, :] * torch.exp(dg.delta_log_scales),
-        opacities=c.opacities[..., None, :].expand(*dg.delta_means.shape[:-1]),
-        colors=c.colors[..., None, :, :].expand(*dg.delta_means.shape[:-1], 3)
-        if c.colors.dim() == c.means.dim()
-        else c.colors[..., None, :, :, :].expand(*dg.delta_means.shape[:-1], *c.colors.shape[-2:]),
+        opacities=dg.opacities_at_times(),
+        colors=dg.colors_at_times(),
     )

@@ -30,6 +30,7 @@ Gaussian starts at its own frame's time). ``*_t[:, q]`` are the raw colour / sca
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -39,15 +40,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diff4splat.gaussians.types import DeformableGaussians, Gaussians
 from diff4splat.geometry.cameras import invert_c2w, plucker_rays, unproject_depth
-from diff4splat.geometry.rotations import matrix_to_quat, quat_wxyz_to_xyzw
+from diff4splat.geometry.rotations import (
+    matrix_to_quat,
+    quat_conjugate,
+    quat_multiply,
+    quat_to_matrix,
+    quat_wxyz_to_xyzw,
+    quat_xyzw_to_wxyz,
+)
 from diff4splat.models.dpt import DPTConfig, DPTHead, infer_dpt_config
 from diff4splat.models.vggt import (
-    VGGT_LAYERS,
     Aggregator,
     AggregatorConfig,
     DinoEncoder,
     EncoderConfig,
+    dpt_layers,
     drop_track_head,
     infer_aggregator_config,
     infer_encoder_config,
@@ -131,6 +140,56 @@ def pose_encoding(c2w: Tensor, fxfycxcy: Tensor) -> Tensor:  # [..., 4, 4], [...
     fov_h = 2 * torch.atan(0.5 / fxfycxcy[..., 1].float())
     fov_w = 2 * torch.atan(0.5 / fxfycxcy[..., 0].float())
     return torch.cat([w2c[..., :3, 3], quat, fov_h[..., None], fov_w[..., None]], dim=-1).to(c2w.dtype)
+
+
+def pose_decoding(encoding: Tensor) -> tuple[Tensor, Tensor]:  # [..., 9] -> c2w [..., 4, 4], fxfycxcy [..., 4]
+    """The inverse of `pose_encoding` (and VGGT's camera-head output to our cameras): the W2C translation and xyzw
+    quaternion -> OpenCV c2w, the fields of view -> normalised focal lengths ``0.5 / tan(fov / 2)`` with the principal
+    point at the image centre (VGGT's ``pose_encoding_to_extri_intri``, divided by the image size)."""
+    enc = encoding.float()
+    rot = quat_to_matrix(quat_xyzw_to_wxyz(F.normalize(enc[..., 3:7], dim=-1)))
+    w2c = torch.zeros(*enc.shape[:-1], 4, 4, dtype=enc.dtype, device=enc.device)
+    w2c[..., :3, :3], w2c[..., :3, 3], w2c[..., 3, 3] = rot, enc[..., :3], 1.0
+    fy, fx = 0.5 / torch.tan(enc[..., 7] / 2), 0.5 / torch.tan(enc[..., 8] / 2)
+    fxfycxcy = torch.stack([fx, fy, torch.full_like(fx, 0.5), torch.full_like(fx, 0.5)], dim=-1)
+    return invert_c2w(w2c), fxfycxcy
+
+
+def movies_config(
+    encoder: EncoderConfig,
+    aggregator: AggregatorConfig,
+    depth_head: DPTConfig,
+    *,
+    dynamic: bool = True,
+    sh_degree: int = 0,
+    time_dim: int = 20,
+    motion: DPTConfig | None = None,
+    plucker: bool = True,
+) -> VGGSplatConfig:
+    """MoVieS's architecture on a VGGT of the given sizes (``VGGSplaT.__init__`` with ``opt_dict["movies"]``, or
+    ``"movies_static"`` when not ``dynamic``): a pose token on the aggregator (and an input-time token when dynamic);
+    the Gaussian heads sized as the depth head; the motion head as ``motion`` (VGGT's point head) or, when not given,
+    the depth head's sizes with 3 + 1 linear outputs."""
+    aggregator = dataclasses.replace(aggregator, extra_dim=POSE_ENCODING_DIM, time_dim=time_dim if dynamic else 0)
+    sizes = {k: getattr(depth_head, k) for k in ("dim_in", "patch_size", "features", "out_channels", "layers")}
+    sizes["head_features"] = depth_head.head_features
+    gaussians = dict(sizes, output_dim=_gaussian_channels(sh_degree) + 1, activation="linear")
+    motion_head = motion_splat_head = None
+    if dynamic:
+        motion = motion or DPTConfig(**sizes, output_dim=4, activation="linear")
+        motion_head = dataclasses.replace(motion, activation="linear", time_dim=time_dim)
+        motion_splat_head = DPTConfig(**gaussians, shortcut_dim=_gaussian_channels(sh_degree), time_dim=time_dim)
+    return VGGSplatConfig(
+        encoder=encoder,
+        aggregator=aggregator,
+        depth_head=dataclasses.replace(depth_head, activation="exp"),
+        splat_head=DPTConfig(**gaussians, shortcut_dim=3),
+        motion_head=motion_head,
+        motion_splat_head=motion_splat_head,
+        plucker=plucker,
+        sh_degree=sh_degree,
+        time_dim=time_dim,
+    )
 
 
 class PluckerEmbed(nn.Module):
@@ -267,15 +326,16 @@ class VGGSplat(nn.Module):
         state_dict: Mapping[str, Tensor],
         *,
         encoder_num_heads: int | None = None,
-        layers: Sequence[int] = VGGT_LAYERS,
+        layers: Sequence[int] | None = None,
         activation: GaussianActivation | None = None,
     ) -> VGGSplatConfig:
         """The architecture of a MoVieS state dict (with or without the checkpoint's ``backbone.`` prefix), from its
         tensor shapes. Not in the shapes: the encoder's heads (default head dim 64), the DPT layers (default
-        VGGT-1B's) and the renderer activations."""
+        `diff4splat.models.vggt.dpt_layers`: VGGT-1B's at 24 layers) and the renderer activations."""
         sd = strip_checkpoint_prefix(state_dict)
         encoder = infer_encoder_config(sd, "encoder.", num_heads=encoder_num_heads)
         aggregator = infer_aggregator_config(sd, "backbone.")
+        layers = dpt_layers(aggregator.depth) if layers is None else tuple(layers)
         patch = encoder.patch_size
         heads = {}
         for name, act in (("depth_head", "exp"), ("splat_head", "linear"), ("motion_head", "linear")):
@@ -319,6 +379,31 @@ class VGGSplat(nn.Module):
         return cls.from_state_dict(read_state_dict(path, "MoVieS checkpoint"), source=str(path), **facts)
 
     @classmethod
+    def config_from_vggt(
+        cls,
+        vggt_state_dict: Mapping[str, Tensor],
+        *,
+        dynamic: bool = True,
+        sh_degree: int = 0,
+        time_dim: int = 20,
+        encoder_num_heads: int | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> VGGSplatConfig:
+        """MoVieS's architecture on the VGGT of ``vggt_state_dict`` (sizes from its tensor shapes; the motion head
+        as VGGT's point head)."""
+        encoder = infer_encoder_config(vggt_state_dict, "aggregator.patch_embed.", num_heads=encoder_num_heads)
+        aggregator = infer_aggregator_config(vggt_state_dict, "aggregator.")
+        layers = dpt_layers(aggregator.depth) if layers is None else tuple(layers)
+        patch = encoder.patch_size
+        depth = infer_dpt_config(vggt_state_dict, "depth_head.", patch_size=patch, layers=layers, activation="exp")
+        motion = None
+        if dynamic:
+            motion = infer_dpt_config(vggt_state_dict, "point_head.", patch_size=patch, layers=layers)
+        return movies_config(
+            encoder, aggregator, depth, dynamic=dynamic, sh_degree=sh_degree, time_dim=time_dim, motion=motion
+        )
+
+    @classmethod
     def from_vggt(
         cls,
         vggt_state_dict: Mapping[str, Tensor],
@@ -328,41 +413,20 @@ class VGGSplat(nn.Module):
         sh_degree: int = 0,
         time_dim: int = 20,
         encoder_num_heads: int | None = None,
-        layers: Sequence[int] = VGGT_LAYERS,
+        layers: Sequence[int] | None = None,
     ) -> VGGSplat:
         """MoVieS's initialisation: a new model sized after a VGGT checkpoint, with every tensor VGGT has loaded
         strictly (encoder, aggregator, depth head, and the point head as the motion head); the new parts initialised
         as the reference does (Plücker embedding and the heads' AdaLN zero, the rest PyTorch's default), listed in
         one log line. VGGT's camera and track heads are not used."""
         vggt = drop_track_head(vggt_state_dict, source)
-        encoder = infer_encoder_config(vggt, "aggregator.patch_embed.", num_heads=encoder_num_heads)
-        aggregator = infer_aggregator_config(vggt, "aggregator.")
-        aggregator.extra_dim, aggregator.time_dim = POSE_ENCODING_DIM, time_dim if dynamic else 0
-        depth = infer_dpt_config(vggt, "depth_head.", patch_size=encoder.patch_size, layers=layers, activation="exp")
-        gs_kwargs = dict(
-            dim_in=depth.dim_in,
-            patch_size=depth.patch_size,
-            features=depth.features,
-            out_channels=depth.out_channels,
-            layers=depth.layers,
-            head_features=depth.head_features,
-            output_dim=_gaussian_channels(sh_degree) + 1,
-            activation="linear",
-        )
-        motion = motion_splat = None
-        if dynamic:
-            motion = infer_dpt_config(vggt, "point_head.", patch_size=encoder.patch_size, layers=layers)
-            motion.time_dim = time_dim
-            motion_splat = DPTConfig(**gs_kwargs, shortcut_dim=_gaussian_channels(sh_degree), time_dim=time_dim)
-        config = VGGSplatConfig(
-            encoder=encoder,
-            aggregator=aggregator,
-            depth_head=depth,
-            splat_head=DPTConfig(**gs_kwargs, shortcut_dim=3),
-            motion_head=motion,
-            motion_splat_head=motion_splat,
+        config = cls.config_from_vggt(
+            vggt,
+            dynamic=dynamic,
             sh_degree=sh_degree,
             time_dim=time_dim,
+            encoder_num_heads=encoder_num_heads,
+            layers=layers,
         )
         model = cls(config)
         model.load_vggt(vggt, source)
@@ -488,12 +552,71 @@ def activate_gaussians(
     }
 
 
+def deformable_gaussians(
+    outputs: Mapping[str, Tensor],
+    c2w: Tensor,  # [B, F, 4, 4] the input cameras given to forward
+    fxfycxcy: Tensor,  # [B, F, 4]
+    query_times: Tensor,  # [B, Q] (the static model: any Q; the scene does not change)
+    activation: GaussianActivation | None = None,
+    sh_degree: int = 0,
+) -> tuple[DeformableGaussians, Tensor]:  # batch [B], N = F·H·W; depth [B, F, H, W]
+    """MoVieS's outputs as our deformable Gaussians, exactly: at query time q every Gaussian has the position, rotation,
+    scale, opacity and colour that MoVieS renders there (`activate_gaussians`).
+
+    Gaussians are ordered frame-major, then row-major over the pixels. The canonical Gaussians are the static
+    prediction (each pixel's unprojected depth with the static attributes, at its own frame's time); at query time q,
+    Δμ = offset(q), Δq = conj(q0) ⊗ q(q) (so q0 ⊗ Δq = q(q)), Δs = log s(q) - log s0, and ``opacities_t`` /
+    ``colors_t`` hold MoVieS's time-dependent opacity and colour (equal to the static ones where ‖offset‖ < 0.005).
+    Also returns the clamped depth the depth loss reads."""
+    act = activation or GaussianActivation()
+    static_keys = ("depth", "color", "scale", "rotation", "opacity")
+    static = activate_gaussians({k: outputs[k] for k in static_keys}, c2w, fxfycxcy, act, sh_degree)
+    batch = c2w.shape[0]
+
+    def flat(x: Tensor) -> Tensor:  # [B, Q, F, C, H, W] -> [B, Q, F·H·W, C]
+        return x.permute(0, 1, 2, 4, 5, 3).reshape(batch, x.shape[1], -1, x.shape[3]).float()
+
+    def colours(x: Tensor) -> Tensor:  # [..., N, 3(sh+1)²] -> [..., N, 3] (RGB) or [..., N, K, 3] (SH, k-major)
+        return x if sh_degree == 0 else x.unflatten(-1, (-1, 3))
+
+    q0 = flat(static["quats"])[:, 0]
+    s0 = flat(static["scales"])[:, 0]
+    canonical = Gaussians(
+        means=flat(static["means"])[:, 0],
+        quats=q0,
+        scales=s0,
+        opacities=flat(static["opacities"])[:, 0, :, 0],
+        colors=colours(flat(static["colors"])[:, 0]),
+    )
+    depth = outputs["depth"][:, :, 0].clamp(min=act.znear, max=act.zfar).float()
+    if "offset" not in outputs:
+        return DeformableGaussians.static(canonical, query_times.float()), depth
+    moving = activate_gaussians(outputs, c2w, fxfycxcy, act, sh_degree)
+    q_t, s_t = flat(moving["quats"]), flat(moving["scales"])
+    tiny = torch.finfo(torch.float32).tiny  # softplus underflows to 0 far below its range: keep the logs finite
+    return (
+        DeformableGaussians(
+            canonical=canonical,
+            times=query_times.float(),
+            delta_means=flat(outputs["offset"]),
+            delta_quats=quat_multiply(quat_conjugate(q0)[:, None], q_t),
+            delta_log_scales=s_t.clamp_min(tiny).log() - s0.clamp_min(tiny).log()[:, None],
+            opacities_t=flat(moving["opacities"])[..., 0],
+            colors_t=colours(flat(moving["colors"])),
+        ),
+        depth,
+    )
+
+
 __all__ = [
     "GaussianActivation",
     "PluckerEmbed",
     "VGGSplat",
     "VGGSplatConfig",
     "activate_gaussians",
+    "deformable_gaussians",
+    "movies_config",
+    "pose_decoding",
     "pose_encoding",
     "strip_checkpoint_prefix",
     "time_embedding",

@@ -41,6 +41,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGGT_LAYERS = (4, 11, 17, 23)  # the aggregator layers VGGT-1B's DPT heads read
 
 
+def dpt_layers(depth: int) -> tuple[int, int, int, int]:
+    """The aggregator layers a DPT head reads by default: VGGT-1B's (4, 11, 17, 23) for its 24 layers, the same
+    relative depths otherwise (layer l of 24 -> round((l + 1) depth / 24) - 1; a 4-layer aggregator: 0, 1, 2, 3)."""
+    return tuple(min(depth - 1, max(0, math.floor((l + 1) * depth / 24 + 0.5) - 1)) for l in VGGT_LAYERS)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------------------------------------------
@@ -537,15 +543,17 @@ class VGGT(nn.Module):
         *,
         encoder_num_heads: int | None = None,
         camera_num_heads: int | None = None,
-        layers: Sequence[int] = VGGT_LAYERS,
+        layers: Sequence[int] | None = None,
     ) -> VGGTConfig:
         """The architecture of a VGGT state dict, read from its tensor shapes.
 
         What the shapes cannot say: the DINO encoder's heads (default: head dim 64, as every DINOv2), the camera
-        head's heads (default: the aggregator's, as VGGT-1B) and the DPT heads' layers (default: VGGT-1B's).
+        head's heads (default: the aggregator's, as VGGT-1B) and the DPT heads' layers (default: `dpt_layers`, VGGT-1B's
+        at 24 layers).
         """
         encoder = infer_encoder_config(state_dict, "aggregator.patch_embed.", num_heads=encoder_num_heads)
         aggregator = infer_aggregator_config(state_dict, "aggregator.")
+        layers = dpt_layers(aggregator.depth) if layers is None else tuple(layers)
         camera = None
         if "camera_head.token_norm.weight" in state_dict:
             camera = infer_camera_head_config(
@@ -690,6 +698,7 @@ __all__ = [
     "VGGT",
     "VGGTConfig",
     "VGGT_LAYERS",
+    "dpt_layers",
     "drop_track_head",
     "infer_aggregator_config",
     "infer_camera_head_config",
