@@ -39,11 +39,12 @@ from diff4splat.configs import to_dataclass, to_plain
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.losses.photometric import psnr, ssim
 from diff4splat.models.alignment import AlignerConfig, LatentAligner
-from diff4splat.models.lrdm import LRDM, LRDMConfig, gaussians_at_all_times
+from diff4splat.models.lrdm import LRDM, LRDMConfig
 from diff4splat.models.tiny_vae import TinyVAE
 from diff4splat.models.wan_vae import WanVAE
-from diff4splat.rendering import render
-from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
+from diff4splat.systems.frozen import check_latent_interface, frozen_wan_vae
+from diff4splat.systems.optimizer import OptimConfig, check_finite_loss, configure_optimizer, optim_config
+from diff4splat.systems.reconstruction import load_lrdm_weights, render_at_query_times
 
 log = logging.getLogger(__name__)
 
@@ -172,24 +173,12 @@ class LatentAlignmentSystem(L.LightningModule):
             tv = TinyVAE.from_taehv(taehv_path, self.aligner_cfg.version, **self.aligner_cfg.tiny_vae)
             self.aligner.tiny_vae.load_state_dict(tv.state_dict())
         # Frozen helpers are kept out of the module tree: neither trained, nor checkpointed, nor exported.
-        self._vae: list[WanVAE] = []
-        if vae == "pretrained":
-            if not vae_path:
-                raise ValueError("system.vae=pretrained needs system.vae_path (a local diffusers Wan VAE folder)")
-            self._vae.append(WanVAE.from_pretrained(vae_path))
-        elif vae == "tiny":
-            self._vae.append(
-                WanVAE.tiny(z_dim=self.aligner.latent_channels, calibrate=True, base_dim=tiny_vae_base_dim)
-            )
-        else:
-            raise ValueError(f"system.vae must be 'pretrained' or 'tiny', got {vae!r}")
-        wan = self._vae[0]
-        if (wan.latent_channels, wan.stride_s) != (self.aligner.latent_channels, self.aligner.stride_s):
-            raise ValueError(
-                f"Wan VAE gives {wan.latent_channels} channels at stride {wan.stride_s}; the TinyVAE "
-                f"({self.aligner_cfg.version}) expects {self.aligner.latent_channels} at "
-                f"{self.aligner.stride_s}"
-            )
+        channels = self.aligner.latent_channels
+        wan = frozen_wan_vae(vae, vae_path, channels, base_dim=tiny_vae_base_dim, choices=("pretrained", "tiny"))
+        self._vae: list[WanVAE] = [wan]
+        check_latent_interface(
+            wan, channels, self.aligner.stride_s, consumer=f"the TinyVAE ({self.aligner_cfg.version})"
+        )
         self.aligner.set_normalisation(wan.mean, wan.std)
 
         self._lrdm: list[LRDM] = []
@@ -198,8 +187,6 @@ class LatentAlignmentSystem(L.LightningModule):
                 raise ValueError("system.lrdm: the frozen LRDM must use encoder 'rgb' (it reads decoded frames)")
             model = LRDM(self.lrdm_cfg)
             if lrdm_init_from:
-                from diff4splat.systems.reconstruction import load_lrdm_weights
-
                 load_lrdm_weights(model, lrdm_init_from)
             else:
                 log.warning(
@@ -254,18 +241,15 @@ class LatentAlignmentSystem(L.LightningModule):
             images=frames[:, i],
             image_size=(h, w),
         )
-        g = gaussians_at_all_times(out.gaussians)
-        bg = torch.zeros(3, device=frames.device)
-        r = render(
-            g,
-            view.target_c2w[:, targets, None],
-            view.target_fxfycxcy[:, targets, None],
+        return render_at_query_times(
+            out.gaussians,
+            view.target_c2w[:, targets],
+            view.target_fxfycxcy[:, targets],
             h,
             w,
             backend=self.render_backend,
-            background=bg,
+            background=torch.zeros(3, device=frames.device),
         )
-        return r.rgb[:, :, 0]
 
     # --- losses ----------------------------------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], AlignView, Tensor, Tensor]:
@@ -298,11 +282,7 @@ class LatentAlignmentSystem(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses, view, decoded, _ = self.compute_losses(batch)
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"non-finite loss at step {self.global_step}: "
-                f"{ {k: float(v) for k, v in losses.items()} } for {batch.get('key')}"
-            )
+        check_finite_loss(losses, self.global_step, batch.get("key"))
         bs = view.frames.shape[0]
         for k, v in losses.items():
             self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)

@@ -42,7 +42,8 @@ from diff4splat.models.camera_wan import (
 from diff4splat.models.parallel import prepare_blocks, shard_wan
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.sampling import SamplingConfig, sample_latents
-from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
+from diff4splat.systems.frozen import check_latent_interface, frozen_wan_vae
+from diff4splat.systems.optimizer import OptimConfig, check_finite_loss, configure_optimizer, optim_config
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,8 @@ class CameraDiffusionSystem(L.LightningModule):
         self.sample_every_n_val = sample_every_n_val
         self._text_cache, self._null_prompt = text_cache, null_prompt
         # The frozen VAE is kept outside the module tree (not trained, checkpointed or exported).
-        self._vae: list[WanVAE] = []
-        if vae == "pretrained":
-            if not vae_path:
-                raise ValueError("system.vae=pretrained needs system.vae_path (a local diffusers Wan VAE folder)")
-            self._vae.append(WanVAE.from_pretrained(vae_path))
-        elif vae == "tiny":
-            self._vae.append(WanVAE.tiny(z_dim=vae_z_dim, calibrate=True))
-        elif vae != "none":
-            raise ValueError(f"system.vae must be none, pretrained or tiny, got {vae!r}")
+        wan = frozen_wan_vae(vae, vae_path, vae_z_dim)
+        self._vae: list[WanVAE] = [wan] if wan is not None else []
         self._val_count = 0
         self.last_media: dict[str, Tensor] | None = None
 
@@ -158,12 +152,8 @@ class CameraDiffusionSystem(L.LightningModule):
         if self.model.vae_stride != tuple(self.model_cfg.vae_stride):
             raise ValueError("CameraWan vae_stride mismatch")
         if self._vae:
-            v = self._vae[0]
-            if (v.latent_channels, v.stride_t, v.stride_s) != (self.model.latent_channels, *self.model.vae_stride[:2]):
-                raise ValueError(
-                    f"Wan VAE gives {v.latent_channels} channels at strides ({v.stride_t}, {v.stride_s}), the "
-                    f"transformer expects {self.model.latent_channels} at {self.model.vae_stride[:2]}"
-                )
+            st, ss = self.model.vae_stride[:2]
+            check_latent_interface(self._vae[0], self.model.latent_channels, ss, st, consumer="the transformer")
         sc = self.scale
         if mesh is not None:
             prepare_blocks(
@@ -293,8 +283,7 @@ class CameraDiffusionSystem(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, parts = self.flow_loss(batch)
         total = loss.mean()
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite diffusion loss at step {self.global_step} for {batch.get('key')}")
+        check_finite_loss({"loss": total}, self.global_step, batch.get("key"))
         b = loss.shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=b)
         self.log("train/sigma", parts["sigma"].mean(), batch_size=b)

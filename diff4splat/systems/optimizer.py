@@ -1,4 +1,5 @@
-"""The optimiser of every training system: AdamW over named parameter groups with a per-step learning-rate schedule.
+"""The optimiser of every training system: AdamW over named parameter groups with a per-step learning-rate schedule,
+and the guard that stops training on a non-finite loss before it reaches the optimiser.
 
 A system names its groups (reconstruction: ``trunk``, ``heads``; diffusion: ``camera``, ``base``; alignment:
 ``aligner``; scene fit: ``means``, ``scales``, ``quats``, ``opacities``, ``colors``, ``deformation``) and its default
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from diff4splat.configs import ConfigError, to_dataclass
 
@@ -125,3 +126,11 @@ def configure_optimizer(
         lambdas = [schedule if g["name"] in cfg.decay_groups else _constant for g in param_groups]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_finite_loss(losses: Mapping[str, Tensor], step: int, samples: Any) -> None:
+    """A ``FloatingPointError`` naming the step, every loss part and the batch's sample keys when ``losses["loss"]``
+    is not finite."""
+    if not torch.isfinite(losses["loss"]):
+        parts = {k: float(v) for k, v in losses.items()}
+        raise FloatingPointError(f"non-finite loss at step {step}: {parts} for samples {samples}")

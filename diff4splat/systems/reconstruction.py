@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from diff4splat.configs import to_dataclass, to_plain
+from diff4splat.gaussians import DeformableGaussians
 from diff4splat.losses.geometry import depth_loss_paper, depth_loss_released
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.losses.motion import motion_loss_paper, motion_loss_released, no_motion_loss, track_motion
@@ -32,7 +33,8 @@ from diff4splat.losses.photometric import psnr, ssim
 from diff4splat.models.lrdm import LRDM, LRDMConfig, LRDMOutput, gaussians_at_all_times
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.rendering import render
-from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
+from diff4splat.systems.frozen import check_latent_interface, frozen_wan_vae
+from diff4splat.systems.optimizer import OptimConfig, check_finite_loss, configure_optimizer, optim_config
 
 log = logging.getLogger(__name__)
 
@@ -122,22 +124,12 @@ class ReconstructionSystem(L.LightningModule):
         )
         self.last_media: dict[str, Tensor] | None = None
         self._compile = compile
-        # The frozen Wan VAE (latent encoder only) is kept out of the module tree: it is neither trained, nor
-        # checkpointed, nor exported (705 M parameters for Wan2.2); batches may instead carry precomputed latents.
-        self._vae: list[WanVAE] = []
-        if self.model_cfg.encoder == "latent" and vae != "none":
-            if vae == "pretrained":
-                if not vae_path:
-                    raise ValueError("system.vae=pretrained needs system.vae_path (a local diffusers Wan VAE folder)")
-                self._vae.append(WanVAE.from_pretrained(vae_path))
-            else:
-                self._vae.append(WanVAE.tiny(z_dim=self.model_cfg.latent_channels))
-            v = self._vae[0]
-            if (v.latent_channels, v.stride_s) != (self.model_cfg.latent_channels, self.model_cfg.latent_stride_s):
-                raise ValueError(
-                    f"Wan VAE gives {v.latent_channels} channels at stride {v.stride_s}, but the model expects "
-                    f"{self.model_cfg.latent_channels} at {self.model_cfg.latent_stride_s}"
-                )
+        # The frozen Wan VAE (latent encoder only; see `systems.frozen`); batches may instead carry latents.
+        mc = self.model_cfg
+        wan = frozen_wan_vae(vae if mc.encoder == "latent" else "none", vae_path, mc.latent_channels, calibrate=False)
+        self._vae: list[WanVAE] = [wan] if wan is not None else []
+        if wan is not None:
+            check_latent_interface(wan, mc.latent_channels, mc.latent_stride_s)
 
     def configure_model(self) -> None:
         if self._compile:  # in place: no `_orig_mod.` wrapper, so checkpoints and exports keep the model's keys
@@ -152,7 +144,16 @@ class ReconstructionSystem(L.LightningModule):
         fi = int(batch["num_input"])
         h, w = batch["images"].shape[-2:]
         out = self.predict(batch, self.input_latents(batch))
-        rgb = self.render_outputs(out, batch["c2w"][:, fi:], batch["fxfycxcy"][:, fi:], h, w)
+        rgb = render_at_query_times(
+            out.gaussians,
+            batch["c2w"][:, fi:],
+            batch["fxfycxcy"][:, fi:],
+            h,
+            w,
+            backend=self.render_cfg.backend,
+            background=self.background,
+            tile_size=self.render_cfg.tile_size,
+        )
         return out, rgb
 
     def input_latents(self, batch: dict[str, Any]) -> Tensor | None:
@@ -187,27 +188,11 @@ class ReconstructionSystem(L.LightningModule):
         latents = self.input_latents(batch)
         return 3 * forward_flops(lambda: self.predict(batch, latents))
 
-    def render_outputs(self, out: LRDMOutput, c2w: Tensor, fxfycxcy: Tensor, h: int, w: int) -> Tensor:
-        """Render output view k at query time k, all in one call: [B, F_out, 3, H, W]."""
-        g = gaussians_at_all_times(out.gaussians)  # batch [B, F_out]
-        r = render(
-            g,
-            c2w[:, :, None],
-            fxfycxcy[:, :, None],
-            h,
-            w,
-            backend=self.render_cfg.backend,
-            background=self.background,
-            tile_size=self.render_cfg.tile_size,
-        )
-        return r.rgb[:, :, 0]
-
     # --- losses ----------------------------------------------------------------------------------------------------
     def compute_losses(self, batch: dict[str, Any], out: LRDMOutput, rgb: Tensor) -> dict[str, Tensor]:
         lc = self.loss_cfg
         fi = int(batch["num_input"])
         target = batch["images"][:, fi:]
-        h, w = target.shape[-2:]
         parts: dict[str, Tensor] = {}
         parts["mse"] = F.mse_loss(rgb, target, reduction="none").flatten(1).mean(1)  # [B]
         if self.lpips is not None:
@@ -215,12 +200,7 @@ class ReconstructionSystem(L.LightningModule):
         if lc.ssim > 0:
             parts["ssim"] = 1 - ssim(rgb, target, reduction="none").mean(1)
         if lc.depth > 0:
-            fg, gh, gw = out.grid
-            gt = batch["depth"][:, out.frame_indices]
-            valid = batch["depth_valid"][:, out.frame_indices]
-            if (gh, gw) != (h, w):  # Gaussian grid coarser than pixels: nearest sample at cell centres
-                gt = F.interpolate(gt, size=(gh, gw), mode="nearest")
-                valid = F.interpolate(valid.float(), size=(gh, gw), mode="nearest") > 0.5
+            gt, valid = depth_targets(batch, out)
             fn = depth_loss_released if lc.depth_mode == "released" else depth_loss_paper
             kw = (
                 {"gradient_weight": lc.depth_gradient_weight}
@@ -232,19 +212,7 @@ class ReconstructionSystem(L.LightningModule):
             parts["depth"] = parts["depth"] * batch["depth_weight"]
         if lc.motion > 0 and self.stage == "dynamic" and self.model.deform_head is not None:
             dm = out.gaussians.delta_means
-            query_frames = torch.arange(fi, batch["c2w"].shape[1], device=dm.device)
-            pred, gt_motion, valid = track_motion(
-                dm,
-                out.grid,
-                out.frame_indices,
-                query_frames,
-                batch["tracks_world"],
-                batch["tracks_visible"],
-                batch["c2w"],
-                batch["fxfycxcy"],
-                h,
-                w,
-            )
+            pred, gt_motion, valid = track_pairs(batch, out)
             fn = motion_loss_released if lc.motion_mode == "released" else motion_loss_paper
             kw = {"distribution_weight": lc.motion_distribution_weight} if lc.motion_mode == "released" else {}
             has_tracks = valid.flatten(1).any(1)
@@ -270,11 +238,7 @@ class ReconstructionSystem(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out, rgb = self(batch)
         losses = self.compute_losses(batch, out, rgb)
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"non-finite loss at step {self.global_step}: "
-                f"{ {k: float(v) for k, v in losses.items()} } for samples {batch.get('key')}"
-            )
+        check_finite_loss(losses, self.global_step, batch.get("key"))
         bs = rgb.shape[0]
         for k, v in losses.items():
             self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
@@ -322,12 +286,56 @@ class ReconstructionSystem(L.LightningModule):
         return configure_optimizer(self.optim_cfg, groups, self.max_steps)
 
 
+def render_at_query_times(
+    gaussians: DeformableGaussians,  # batch [B], T query times
+    c2w: Tensor,  # [B, T, 4, 4]
+    fxfycxcy: Tensor,  # [B, T, 4]
+    height: int,
+    width: int,
+    **render_kw: Any,
+) -> Tensor:  # [B, T, 3, H, W]
+    """Render view k at query time k of every scene, all in one call (``render_kw``: `diff4splat.rendering.render`'s
+    options)."""
+    g = gaussians_at_all_times(gaussians)  # batch [B, T]
+    return render(g, c2w[:, :, None], fxfycxcy[:, :, None], height, width, **render_kw).rgb[:, :, 0]
+
+
+def depth_targets(batch: dict[str, Any], out: LRDMOutput) -> tuple[Tensor, Tensor]:
+    """Ground-truth depth and its validity [B, F_g, h, w] at the Gaussian cells: the frames that emitted Gaussians,
+    sampled nearest at the cell centres when the Gaussian grid is coarser than the pixels."""
+    gt = batch["depth"][:, out.frame_indices]
+    valid = batch["depth_valid"][:, out.frame_indices]
+    grid = tuple(out.grid[1:])
+    if tuple(gt.shape[-2:]) != grid:
+        gt = F.interpolate(gt, size=grid, mode="nearest")
+        valid = F.interpolate(valid.float(), size=grid, mode="nearest") > 0.5
+    return gt, valid
+
+
+def track_pairs(batch: dict[str, Any], out: LRDMOutput) -> tuple[Tensor, Tensor, Tensor]:
+    """(predicted Δμ, world motion, valid) of the tracks at every output frame (see `losses.motion.track_motion`)."""
+    fi = int(batch["num_input"])
+    h, w = batch["images"].shape[-2:]
+    dm = out.gaussians.delta_means
+    query_frames = torch.arange(fi, batch["c2w"].shape[1], device=dm.device)
+    return track_motion(
+        dm,
+        out.grid,
+        out.frame_indices,
+        query_frames,
+        batch["tracks_world"],
+        batch["tracks_visible"],
+        batch["c2w"],
+        batch["fxfycxcy"],
+        h,
+        w,
+    )
+
+
 def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[Tensor, Tensor]]:
     """Name -> (mean, count): ``depth_abs_rel``, mean |d̂ - d| / d over the Gaussian cells with ground-truth depth
     (sampled as the depth loss does), and ``motion_epe``, mean ‖Δμ̂ - Δx‖₂ over the visible track pairs (the pairs
     of the motion loss). The mean is 0 where the count is 0 (a batch without depth or tracks)."""
-    fi = int(batch["num_input"])
-    h, w = batch["images"].shape[-2:]
     metrics: dict[str, tuple[Tensor, Tensor]] = {}
 
     def masked(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
@@ -335,27 +343,10 @@ def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[
         return torch.where(m, x, 0.0).sum() / n.clamp_min(1), n
 
     if "depth" in batch:
-        gt = batch["depth"][:, out.frame_indices]
-        valid = batch["depth_valid"][:, out.frame_indices]
-        if tuple(out.depth.shape[-2:]) != (h, w):
-            gt = F.interpolate(gt, size=out.depth.shape[-2:], mode="nearest")
-            valid = F.interpolate(valid.float(), size=out.depth.shape[-2:], mode="nearest") > 0.5
+        gt, valid = depth_targets(batch, out)
         metrics["depth_abs_rel"] = masked((out.depth - gt).abs() / gt.clamp_min(1e-8), valid & (gt > 0))
     if "tracks_world" in batch:
-        dm = out.gaussians.delta_means
-        query_frames = torch.arange(fi, batch["c2w"].shape[1], device=dm.device)
-        pred, target, valid = track_motion(
-            dm,
-            out.grid,
-            out.frame_indices,
-            query_frames,
-            batch["tracks_world"],
-            batch["tracks_visible"],
-            batch["c2w"],
-            batch["fxfycxcy"],
-            h,
-            w,
-        )
+        pred, target, valid = track_pairs(batch, out)
         metrics["motion_epe"] = masked((pred - target).norm(dim=-1), valid)
     return metrics
 

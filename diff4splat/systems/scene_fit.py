@@ -21,7 +21,7 @@ from diff4splat.configs import to_dataclass, to_plain
 from diff4splat.losses.photometric import psnr, ssim
 from diff4splat.models.gaussian_field import GaussianField, GaussianFieldConfig
 from diff4splat.rendering import render
-from diff4splat.systems.optimizer import OptimConfig, configure_optimizer, optim_config
+from diff4splat.systems.optimizer import OptimConfig, check_finite_loss, configure_optimizer, optim_config
 
 # 3DGS practice: per-attribute learning rates (positions slow, opacities fast), no weight decay, and the positions'
 # lr decaying exponentially to 0.05 × at max_steps while the others stay constant.
@@ -126,8 +126,7 @@ class SceneFitSystem(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         pred = self.render_views(batch)
         loss = self._loss(pred, batch["images"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.global_step} for clip {batch.get('key')}")
+        check_finite_loss({"loss": loss}, self.global_step, batch.get("key"))
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/psnr", psnr(pred.detach(), batch["images"]), prog_bar=True)
         self.log("train/num_gaussians", float(self.model_cfg.num_gaussians))
