@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timing import cuda_times
 
 PEAK_TFLOPS = 798.0
 DEFAULT_CONFIGS = ["camerawan_single:2x4", "camerawan_single:3", "diffusers_compile:2x4", "camerawan_selective:4"]
@@ -277,16 +278,7 @@ def run_inference(args: argparse.Namespace, device: torch.device, reps: int = 10
     text = batch["prompt_embeds"]
 
     def timed(fn: Any) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        samples = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            samples.append(time.perf_counter() - t0)
-        samples.sort()
+        samples = cuda_times(fn, reps)
         return samples[len(samples) // 2] * 1000
 
     with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -15,10 +15,10 @@ import datetime
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
+from timing import cuda_times
 
 from diff4splat.models.lrdm import LRDM, gaussians_at_all_times, lrdm_preset
 from diff4splat.rendering import render
@@ -33,17 +33,8 @@ def cameras(b: int, f: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    times.sort()
+    """(median, best) seconds of ``fn``."""
+    times = cuda_times(fn, repeats)
     return times[len(times) // 2], times[0]
 
 

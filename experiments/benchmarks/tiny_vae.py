@@ -19,11 +19,11 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import cuda_times
 
 from diff4splat.models.alignment import AlignerConfig, LatentAligner
 from diff4splat.models.wan_convert import vae_config
@@ -31,19 +31,13 @@ from diff4splat.models.wan_vae import WanVAE
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict:
+    """Median and best seconds of ``fn``, and its peak memory above what was allocated before the timed calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    times.sort()
+    times = cuda_times(fn, repeats, warmup=0)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     return {"median_s": times[len(times) // 2], "min_s": times[0], "peak_GiB": peak}
 
