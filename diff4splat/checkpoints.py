@@ -12,6 +12,11 @@ hyper-parameters as metadata. The single-device loaders read it: ``pipelines.rec
 ``LatentAligner.load`` (alignment), and `load_camera_wan` (a ``CameraWan`` built from the stored model config). ``--camera-weights`` also writes the camera branch (and LoRA) as ``CameraWan.save_camera_weights``
 does, the file generation reads as ``models.camera_wan.camera_weights``.
 
+``python -m diff4splat.checkpoints convert SRC OUT [--static]`` turns a released reconstructor checkpoint into the
+same format: MoVieS's ``movies_ckpt.safetensors`` (loaded strictly) or ``facebook/VGGT-1B``'s ``model.pt`` /
+``model.safetensors`` (MoVieS's initialisation: the parts MoVieS adds are new; ``--static``: without the motion heads),
+as an LRDM with encoder ``vggt`` whose config goes in the metadata, so every CLI takes ``OUT`` as ``--weights``.
+
 No process group is needed: the shards are read with ``torch.distributed.checkpoint`` in single-process mode, and
 everything is loaded with ``weights_only`` (tensors and plain containers only).
 """
@@ -154,6 +159,25 @@ def write_camera_weights(state: dict[str, Tensor], metadata: dict[str, str], out
     return model.save_camera_weights(out, extra={"global_step": metadata.get("global_step", "")})
 
 
+def convert(path: str | Path, dynamic: bool = True) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """A released VGGT / MoVieS checkpoint as our LRDM export (`diff4splat.models.released`): the ``vggt`` LRDM's
+    weights and the export metadata with its config."""
+    from diff4splat.configs import to_plain
+    from diff4splat.models.released import load_released
+
+    model = load_released(path, dynamic=dynamic)
+    metadata = {
+        "format": "diff4splat-weights",
+        "system": "reconstruction",
+        "export_prefix": "model.",
+        "global_step": "",
+        "ema": "false",
+        "hparams": json.dumps({"model": to_plain(model.config)}),
+        "source": str(Path(path).name),
+    }
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}, metadata
+
+
 def save(state: dict[str, Tensor], metadata: dict[str, str], out: str | Path) -> Path:
     from diff4splat.weights import save_safetensors
 
@@ -173,10 +197,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="also write CameraWan camera-branch (+LoRA) weights here (diffusion checkpoints)",
     )
+    v = sub.add_parser("convert", help="a released VGGT-1B / MoVieS checkpoint -> our LRDM .safetensors (vggt)")
+    v.add_argument("checkpoint", type=Path, help="movies_ckpt.safetensors, or VGGT-1B's model.pt / model.safetensors")
+    v.add_argument("out", type=Path, help="the .safetensors to write")
+    v.add_argument("--static", action="store_true", help="VGGT-1B: MoVieS's static model (no motion heads)")
     args = parser.parse_args(argv)
     if args.out.suffix != ".safetensors":
         print(f"error: out: {args.out} should end in .safetensors", file=sys.stderr)
         return 2
+    if args.command == "convert":
+        from diff4splat.weights import WeightsError
+
+        try:
+            state, metadata = convert(args.checkpoint, dynamic=not args.static)
+            save(state, metadata, args.out)
+        except (WeightsError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.out} ({len(state)} tensors, LRDM encoder vggt, from {args.checkpoint.name})")
+        return 0
     try:
         state, metadata = consolidate(args.checkpoint, use_ema=not args.raw)
         if args.camera_weights is not None:

@@ -2,6 +2,10 @@
 
     python -m diff4splat.preprocess --images frames/ --poses cams.json --out scene.npz [--resize H W]
     python -m diff4splat.preprocess --image photo.png --trajectory orbit --num-frames 13 --out scene.npz
+    python -m diff4splat.preprocess --images video.mp4 --weights $CKPT_ROOT/VGGT-1B/model.pt --out scene.npz
+
+Without ``--poses``, ``--weights`` (``facebook/VGGT-1B``'s ``model.pt``) estimates the cameras and intrinsics with
+VGGT's camera head, scaled as the reconstructor expects (`diff4splat.pipelines.poses`).
 
 Fields: ``images`` (F,3,H,W) float32 in [0,1], ``C2W`` (F,4,4) OpenCV and canonical (camera 0 = identity),
 ``fxfycxcy`` (F,4) normalised, ``timestep`` (F,) = linspace(0, 1). Unlike the original script's synthetic orbit
@@ -15,12 +19,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from diff4splat.cli import InputError, run_cli
 from diff4splat.files import atomic_file
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
 from diff4splat.pipelines.inputs import fit_frames, fov_intrinsics, read_cameras, read_frames, read_image
+from diff4splat.pipelines.poses import VGGT_FILE, estimate_cameras, load_camera_estimator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--images", help="folder of frames (sorted by name) or a video")
     src.add_argument("--image", help="one image, repeated along a preset trajectory")
     p.add_argument("--poses", help="cameras for --images: .npz (C2W, fxfycxcy), trajectory .json, RE10K .txt")
+    p.add_argument("--weights", help="without --poses: VGGT weights that estimate the cameras (VGGT-1B's model.pt)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --weights")
     p.add_argument("--trajectory", default="orbit", help=f"preset for --image: one of {sorted(PRESETS)}")
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--fov", type=float, default=60.0, help="vertical field of view for --image (degrees)")
@@ -40,10 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> Path:
     if args.images:
-        if not args.poses:
-            raise InputError("--poses is required with --images")
+        if not args.poses and not args.weights:
+            raise InputError(f"--images without --poses: pass --poses, or --weights with {VGGT_FILE} to estimate them")
         images = read_frames(args.images)
-        c2w, fx, _ = read_cameras(args.poses)
+        if args.poses:
+            c2w, fx, _ = read_cameras(args.poses)
+        else:
+            c2w, fx = estimate_cameras(load_camera_estimator(args.weights), images, args.device)
         c2w, fx = c2w.float(), fx.float()
         if c2w.shape[0] != images.shape[0]:
             raise InputError(f"{args.poses}: {c2w.shape[0]} cameras for {images.shape[0]} frames in {args.images}")

@@ -5,7 +5,10 @@
 
 ``--input`` is a folder of frames, a video, or an ``.npz`` (``images``, ``C2W``, ``fxfycxcy``, ``timestep``: the
 original system's format, written by ``python -m diff4splat.preprocess``); ``--cameras`` (.npz, trajectory .json or
-RealEstate10K .txt) is needed unless the ``.npz`` has them. Writes ``scene.safetensors`` (native 4D), ``ply/``
+RealEstate10K .txt) is needed unless the ``.npz`` has them, or ``--pose-weights`` (``facebook/VGGT-1B``'s
+``model.pt``) estimates them with VGGT's camera head (`diff4splat.pipelines.poses`). ``--weights`` may also be a
+released checkpoint (MoVieS's ``movies_ckpt.safetensors``, VGGT-1B's ``model.pt``), whose frames are read at its native
+size (long side 518). Writes ``scene.safetensors`` (native 4D), ``ply/``
 (one standard 3DGS ``.ply`` per query time), and videos: ``input.mp4``, ``render_input_cameras.mp4`` (each input
 camera at its own time), ``render_fixed_camera.mp4`` (camera 0, time moving), ``render_fixed_time.mp4`` (last time,
 camera moving through the inputs) and ``depth.mp4``. Everything is written into a temporary folder beside ``--out``
@@ -26,11 +29,13 @@ from diff4splat.gaussians.io import save_4d, save_ply_sequence
 from diff4splat.media import depth_to_color, to_uint8, write_video
 from diff4splat.pipelines.inputs import fit_frames, read_cameras, read_frames, read_npz
 from diff4splat.pipelines.outputs import atomic_output_dir
+from diff4splat.pipelines.poses import VGGT_FILE, estimate_cameras, load_camera_estimator
 from diff4splat.pipelines.reconstruction import (
     Reconstruction,
     ReconstructionPipeline,
     load_lrdm,
     load_vae_for,
+    native_size,
     size_multiple,
 )
 
@@ -42,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", required=True, help="LRDM weights: a training export (.safetensors) or a .ckpt")
     p.add_argument("--input", required=True, help="frames folder, video file or .npz")
     p.add_argument("--cameras", help="cameras: .npz (C2W, fxfycxcy), trajectory .json or RealEstate10K .txt")
+    p.add_argument("--pose-weights", help="without cameras: estimate them with VGGT (facebook/VGGT-1B's model.pt)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W before cropping")
@@ -71,7 +77,12 @@ def run(args: argparse.Namespace) -> Path:
         c2w, fx, _ = read_cameras(args.cameras)
         c2w, fx = c2w.float(), fx.float()
     if c2w is None:
-        raise InputError(f"{inp}: no cameras in the input; pass --cameras (.npz, .json or .txt)")
+        if not args.pose_weights:
+            raise InputError(
+                f"{inp}: no cameras in the input; pass --cameras (.npz, .json or .txt), or --pose-weights with "
+                f"{VGGT_FILE} to estimate them"
+            )
+        c2w, fx = estimate_cameras(load_camera_estimator(args.pose_weights, "--pose-weights"), images, args.device)
     if c2w.shape[0] != images.shape[0]:
         raise InputError(f"{args.cameras or inp}: {c2w.shape[0]} cameras for {images.shape[0]} frames")
     if args.num_frames and args.num_frames < images.shape[0]:
@@ -80,7 +91,8 @@ def run(args: argparse.Namespace) -> Path:
         times = times[idx] if times is not None else idx.float() / max(1, int(idx[-1]))
     model = load_lrdm(args.weights, args.device)
     pipe = ReconstructionPipeline(model, load_vae_for(model, args.vae))
-    images, fx, _ = fit_frames(images, fx, size_multiple(model), tuple(args.size) if args.size else None)
+    size = tuple(args.size) if args.size else native_size(model, *images.shape[-2:])
+    images, fx, _ = fit_frames(images, fx, size_multiple(model), size)
     query = torch.linspace(0, 1, args.num_times) if args.num_times else None
     rec = pipe(images, c2w, fx, times, query, args.translation_scale, args.prune)
 

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diff4splat.cli import InputError
-from diff4splat.gaussians import DeformableGaussians
 from diff4splat.geometry.trajectories import make_trajectory
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
-from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, size_multiple
+from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, native_size, size_multiple
 from diff4splat.pipelines.stages import Stages
 from diff4splat.sampling import SamplingConfig, sample_latents
 
@@ -257,8 +257,10 @@ class Diff4SplatPipeline:
     # --- properties ---------------------------------------------------------------------------------------------
     @property
     def size_multiple(self) -> int:
-        """Frame sizes must be multiples of this (the DiT's token size and the LRDM's patch / latent cell)."""
-        return math.lcm(self.vae.stride_s * self.camera_wan.patch_size[1], size_multiple(self.lrdm))
+        """Frame sizes must be multiples of this (the DiT's token size and the LRDM's patch / latent cell; a ``vggt``
+        LRDM reads the frames resized to its own size, so it adds no constraint)."""
+        unit = self.vae.stride_s * self.camera_wan.patch_size[1]
+        return unit if self.lrdm.config.encoder == "vggt" else math.lcm(unit, size_multiple(self.lrdm))
 
     @property
     def autocast(self) -> bool:
@@ -383,11 +385,12 @@ class Diff4SplatPipeline:
                 )
             else:
                 i = idx.to(dev)
-                out = self.lrdm(cams[i][None], fx[i][None], t[i][None], q[None], images=video[i][None].to(dev))
-        dg = out.gaussians
-        gaussians = DeformableGaussians(
-            dg.canonical.unbind()[0], dg.times[0], dg.delta_means[0], dg.delta_quats[0], dg.delta_log_scales[0]
-        )
+                frames = video[i].to(dev)
+                size = native_size(self.lrdm, *frames.shape[-2:])  # vggt: its 14-pixel grid (normalised K unchanged)
+                if size is not None and size != tuple(frames.shape[-2:]):
+                    frames = F.interpolate(frames.float(), size=size, mode="bicubic", antialias=True).clamp(0, 1)
+                out = self.lrdm(cams[i][None], fx[i][None], t[i][None], q[None], images=frames[None])
+        gaussians = out.gaussians.unbind()[0]
         threshold = cfg.prune_threshold if prune_threshold is None else prune_threshold
         gaussians = gaussians.prune(threshold) if threshold > 0 else gaussians
         return Reconstruction(gaussians, cams, fx, t, tuple(video.shape[-2:])), idx

@@ -1,8 +1,10 @@
 """Reconstruction pipeline: frames + cameras (+ times) -> a trained LRDM -> deformable Gaussians, renders and files.
 
-Load weights exported by training (``<checkpoint>.safetensors``, whose metadata holds the model config) or a
-Lightning ``.ckpt``. Cameras are canonicalised to the first input camera, as in training; translations must be in
-the training units (mean scene depth ≈ 1), which ``translation_scale`` can adjust.
+Load weights exported by training (``<checkpoint>.safetensors``, whose metadata holds the model config), a
+Lightning ``.ckpt``, or a released reconstructor checkpoint: MoVieS's ``movies_ckpt.safetensors`` or
+``facebook/VGGT-1B``'s ``model.pt`` / ``model.safetensors`` (a ``vggt``-encoder LRDM, architecture from the shapes;
+see `diff4splat.models.released`). Cameras are canonicalised to the first input camera, as in training; translations
+must be in the training units (mean scene depth ≈ 1), which ``translation_scale`` can adjust.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from diff4splat.cli import InputError
 from diff4splat.configs import to_dataclass
-from diff4splat.gaussians import DeformableGaussians, Gaussians
+from diff4splat.gaussians import DeformableGaussians
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.models.lrdm import LRDM, LRDMConfig
 from diff4splat.models.wan_vae import WanVAE
@@ -33,9 +35,11 @@ class Reconstruction:
 
 
 def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
-    """An LRDM from our ``.safetensors`` export (config in its metadata) or a Lightning ``.ckpt``
-    (``torch.load(weights_only=True)``). Errors (`diff4splat.weights.WeightsError`) name the file and what is wrong."""
+    """An LRDM from our ``.safetensors`` export (config in its metadata), a Lightning ``.ckpt``
+    (``torch.load(weights_only=True)``), or a released VGGT / MoVieS checkpoint. Errors
+    (`diff4splat.weights.WeightsError`) name the file and what is wrong."""
     from diff4splat.configs import ConfigError
+    from diff4splat.models.released import lrdm_from_released, released_kind
     from diff4splat.weights import WeightsError, load_safetensors, load_state_checked, load_torch_file
 
     path = Path(path)
@@ -43,6 +47,8 @@ def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
         raise FileNotFoundError(f"weights: no file at {path}")
     if path.suffix == ".safetensors":
         state, meta = load_safetensors(path, "LRDM weights")
+        if "hparams" not in meta and released_kind(state) is not None:
+            return lrdm_from_released(state, str(path)).to(device).eval()
         if "hparams" not in meta:
             raise WeightsError(
                 f"LRDM weights: {path}: no 'hparams' metadata (not a diff4splat export); cannot tell the model config"
@@ -53,6 +59,8 @@ def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
             raise WeightsError(f"LRDM weights: {path}: metadata 'hparams' is not a JSON object ({e})") from e
     else:
         ckpt = load_torch_file(path, "LRDM weights")
+        if isinstance(ckpt, dict) and all(isinstance(v, Tensor) for v in ckpt.values()) and released_kind(ckpt):
+            return lrdm_from_released(ckpt, str(path)).to(device).eval()  # VGGT-1B's model.pt
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
             raise WeightsError(
                 f"LRDM weights: {path}: no 'state_dict' mapping; expected a Lightning checkpoint "
@@ -72,9 +80,26 @@ def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
 
 
 def size_multiple(model: LRDM) -> int:
-    """Frame sides must be multiples of this: the LRDM's patch (``rgb`` encoder) or latent cell (``latent``)."""
+    """Frame sides must be multiples of this: the LRDM's patch (``rgb`` encoder; ``vggt``: its DINO encoder's, 14) or
+    latent cell (``latent``)."""
     c = model.config
+    if c.encoder == "vggt":
+        return c.vggt.encoder.patch_size
     return c.patch_size if c.encoder == "rgb" else c.latent_stride_s
+
+
+def native_size(model: LRDM, height: int, width: int) -> tuple[int, int] | None:
+    """The frame size a ``vggt`` LRDM reads frames of ``height`` x ``width`` at (give it to `fit_frames` as ``size``):
+    the long side at the encoder's native size (its position grid x patch: VGGT-1B's 518), the other side scaled by
+    the same factor and rounded to the nearest whole number of patches, as VGGT's own preprocessing does (a stretch
+    of at most half a patch, which leaves normalised intrinsics exact; nothing is cropped). None for the other
+    encoders (they read frames at the size given)."""
+    c = model.config
+    if c.encoder != "vggt":
+        return None
+    patch = c.vggt.encoder.patch_size
+    scale = c.vggt.encoder.pos_grid * patch / max(height, width)
+    return tuple(max(1, round(side * scale / patch)) * patch for side in (height, width))
 
 
 def load_vae_for(model: LRDM, vae: str | Path | None, flag: str = "--vae") -> WanVAE | None:
@@ -128,16 +153,7 @@ class ReconstructionPipeline:
             latents=latents,
             image_size=tuple(images.shape[-2:]),
         )
-        dg = out.gaussians
-        unbatched = DeformableGaussians(
-            canonical=Gaussians(
-                **{k: getattr(dg.canonical, k)[0] for k in ("means", "quats", "scales", "opacities", "colors")}
-            ),
-            times=dg.times[0],
-            delta_means=dg.delta_means[0],
-            delta_quats=dg.delta_quats[0],
-            delta_log_scales=dg.delta_log_scales[0],
-        )
+        unbatched = out.gaussians.unbind()[0]
         threshold = self.model.config.prune_threshold if prune_threshold is None else prune_threshold
         if threshold > 0:
             unbatched = unbatched.prune(threshold)
