@@ -169,3 +169,47 @@ def test_ssim_after_inference_mode_still_trains():
     x = a.clone().requires_grad_(True)
     (1 - ssim(x, b)).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def _movies_depth_loss(pred, gt, masks, scales=4):
+    """MoVieS's DepthLoss (src/models/losses.py @ b2611f2) as released: confs = ones, depth_conf_alpha = 0,
+    depth_grad_weight = 1, written out loop by loop."""
+    b = pred.shape[0]
+    p, g, m = pred.reshape(b, -1), gt.reshape(b, -1), masks.reshape(b, -1).float()
+    loss = ((p - g) ** 2 * m).sum(-1) / (m.sum(1) + 1e-6)
+    conf = torch.ones_like(pred)
+    total = 0.0
+    for s in range(scales):
+        st = 2**s
+        pr, ta, ma, co = (
+            pred[:, :, ::st, ::st],
+            gt[:, :, ::st, ::st],
+            masks[:, :, ::st, ::st].float(),
+            conf[:, :, ::st, ::st],
+        )
+        summed = ma.sum((-3, -2, -1))
+        diff = ma * (pr - ta)
+        gx = (
+            (diff[..., 1:] - diff[..., :-1]).abs() * torch.mean(co[..., 1:] + co[..., :-1]) * ma[..., 1:] * ma[..., :-1]
+        )
+        gy = (diff[..., 1:, :] - diff[..., :-1, :]).abs() * torch.mean(co[..., 1:, :] + co[..., :-1, :])
+        gy = gy * ma[..., 1:, :] * ma[..., :-1, :]
+        total = total + ((gx.sum((-3, -2, -1)) + gy.sum((-3, -2, -1))) / 2.0) / (summed + 1e-6)
+    return loss + total / scales
+
+
+def test_released_losses_are_movies_exactly():
+    """depth_loss_released and motion_loss_released equal MoVieS's DepthLoss and MotionLoss (the reference's code
+    transcribed above and below; the Gram term over all valid pairs, fewer than its 1000-point sample)."""
+    g = torch.Generator().manual_seed(1)
+    pred, gt = torch.rand(2, 3, 13, 17, generator=g) + 0.5, torch.rand(2, 3, 13, 17, generator=g) + 0.5
+    valid = torch.rand(2, 3, 13, 17, generator=g) > 0.2
+    torch.testing.assert_close(depth_loss_released(pred, gt, valid), _movies_depth_loss(pred, gt, valid))
+    p, t = torch.randn(2, 4, 30, 3, generator=g), torch.randn(2, 4, 30, 3, generator=g)
+    v = torch.rand(2, 4, 30, generator=g) > 0.4
+    ours = motion_loss_released(p, t, v)
+    for i in range(2):
+        a, c = p[i][v[i]], t[i][v[i]]  # (M, 3) valid pairs, as MoVieS gathers them
+        l1 = torch.nn.functional.l1_loss(a, c, reduction="none").mean()
+        dist = torch.nn.functional.l1_loss(a @ a.T, c @ c.T, reduction="none").mean()
+        torch.testing.assert_close(ours[i], l1 + 10.0 * dist)

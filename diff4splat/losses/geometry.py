@@ -6,7 +6,6 @@ All take predicted and target z-depth [B, F, H, W], a validity mask [B, F, H, W]
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -21,30 +20,25 @@ def depth_mse(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:  # -> [B]
 
 
 def gradient_matching(pred: Tensor, target: Tensor, valid: Tensor, scales: int = 4) -> Tensor:  # -> [B]
-    """Multi-scale gradient matching on the depth difference (MiDaS): at each of ``scales`` halvings, the L1 of the
-    x and y finite differences of (pred - target) over pixels whose neighbours are valid too."""
-    b, f, h, w = pred.shape
-    diff = (pred - target).reshape(b * f, 1, h, w)
-    mask = valid.reshape(b * f, 1, h, w).to(pred.dtype)
-    total = pred.new_zeros(b)
+    """Multi-scale gradient matching on the depth difference (MiDaS; MoVieS's ``GradientLoss`` exactly): at scale s
+    the maps are subsampled every 2^s pixels, and the L1 of the x and y finite differences of the masked difference
+    over pixel pairs that are both valid is summed, halved and divided by the number of valid pixels; the result is
+    the mean over the scales. (MoVieS passes all-one confidences, which double each term before the halving.)"""
+    total = pred.new_zeros(pred.shape[0])
     for s in range(scales):
-        if s:
-            diff = F.avg_pool2d(diff * mask, 2) / F.avg_pool2d(mask, 2).clamp_min(1e-6)
-            mask = (F.avg_pool2d(mask, 2) > 0.99).to(pred.dtype)
-        if diff.shape[-1] < 2 or diff.shape[-2] < 2:
-            break
-        mx = mask[..., :, 1:] * mask[..., :, :-1]
-        my = mask[..., 1:, :] * mask[..., :-1, :]
-        gx = (diff[..., :, 1:] - diff[..., :, :-1]).abs() * mx
-        gy = (diff[..., 1:, :] - diff[..., :-1, :]).abs() * my
-        num = gx.reshape(b, -1).sum(1) + gy.reshape(b, -1).sum(1)
-        den = mx.reshape(b, -1).sum(1) + my.reshape(b, -1).sum(1)
-        total = total + num / den.clamp_min(1.0)
-    return total
+        step = 2**s
+        p, t = pred[..., ::step, ::step], target[..., ::step, ::step]
+        m = valid[..., ::step, ::step].to(pred.dtype)
+        diff = m * (p - t)
+        gx = (diff[..., :, 1:] - diff[..., :, :-1]).abs() * (m[..., :, 1:] * m[..., :, :-1])
+        gy = (diff[..., 1:, :] - diff[..., :-1, :]).abs() * (m[..., 1:, :] * m[..., :-1, :])
+        total = total + (gx.sum((1, 2, 3)) + gy.sum((1, 2, 3))) / (m.sum((1, 2, 3)) + 1e-6)
+    return total / scales
 
 
 def depth_loss_released(pred: Tensor, target: Tensor, valid: Tensor, gradient_weight: float = 1.0) -> Tensor:
-    """The released code's DepthLoss: masked MSE + ``gradient_weight`` × 4-scale gradient matching. -> [B]"""
+    """The released code's DepthLoss (MoVieS's, confidence term off as released): masked MSE + ``gradient_weight`` ×
+    4-scale gradient matching. -> [B]"""
     return depth_mse(pred, target, valid) + gradient_weight * gradient_matching(pred, target, valid)
 
 

@@ -65,8 +65,9 @@ def gram_distribution_loss(
 
 
 def motion_loss_released(pred: Tensor, target: Tensor, valid: Tensor, distribution_weight: float = 10.0) -> Tensor:
-    """The released MotionLoss: L1 on valid pairs + ``distribution_weight`` × Gram distribution loss. -> [B]"""
-    l1 = _masked_mean((pred - target).abs().sum(-1), valid)
+    """The released MotionLoss (MoVieS's, confidence term off as released): the L1 loss averaged over the valid
+    pairs and the 3 coordinates + ``distribution_weight`` × Gram distribution loss. -> [B]"""
+    l1 = _masked_mean((pred - target).abs().mean(-1), valid)
     return l1 + distribution_weight * gram_distribution_loss(pred, target, valid)
 
 
