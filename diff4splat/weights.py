@@ -77,6 +77,20 @@ def load_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, Tens
     return tensors, meta
 
 
+def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or of a ``torch.load(weights_only=True)`` checkpoint (a plain state dict,
+    or one nested under ``state_dict`` / ``model``)."""
+    if str(path).endswith(".safetensors"):
+        return load_safetensors(path, what)[0]
+    state = load_torch_file(path, what)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"{what}: {path}: expected a state dict of tensors")
+    return state
+
+
 def save_safetensors(
     tensors: Mapping[str, Tensor],
     path: str | os.PathLike,

@@ -31,18 +31,6 @@ def _vgg16_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _load_state(path: Path) -> dict[str, Tensor]:
-    """A state dict from ``.safetensors`` or ``torch.load(weights_only=True)``; errors name the file."""
-    from diff4splat.weights import WeightsError, load_safetensors, load_torch_file
-
-    if path.suffix == ".safetensors":
-        return load_safetensors(path, "LPIPS weights")[0]
-    state = load_torch_file(path, "LPIPS weights")
-    if not isinstance(state, dict):
-        raise WeightsError(f"LPIPS weights: {path}: expected a state dict, got {type(state).__name__}")
-    return state
-
-
 class LPIPS(nn.Module):
     """Perceptual distance between images [..., 3, H, W] in [0, 1]; returns one value per image [...]."""
 
@@ -69,12 +57,12 @@ class LPIPS(nn.Module):
                 f"LPIPS weights not found: {missing}. Put torchvision's vgg16-397923af.pth and LPIPS's vgg.pth "
                 "(or one .safetensors with both) under $CKPT_ROOT/lpips/, or set the LPIPS loss weight to 0."
             )
-        from diff4splat.weights import WeightsError, load_state_checked
+        from diff4splat.weights import WeightsError, load_state_checked, read_state_dict
 
-        vgg = _load_state(Path(vgg_path))
+        vgg = read_state_dict(vgg_path, "LPIPS weights")
         feats = {k[len("features.") :]: v for k, v in vgg.items() if k.startswith("features.")}
         load_state_checked(self.features, feats, vgg_path, "LPIPS VGG16 weights (features.*)")
-        lin = _load_state(Path(lin_path))
+        lin = read_state_dict(lin_path, "LPIPS weights")
         for i, layer in enumerate(self.lins):
             key = f"lin{i}.model.1.weight"
             if key not in lin or not isinstance(lin[key], Tensor) or lin[key].shape != layer.weight.shape:

@@ -226,16 +226,9 @@ class TinyVAE(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TinyVAE.from_taehv: no weight file at {path}")
-        from diff4splat.weights import WeightsError, load_safetensors, load_torch_file
+        from diff4splat.weights import read_state_dict
 
-        if path.suffix == ".safetensors":
-            state = load_safetensors(path, "TinyVAE weights")[0]
-        else:
-            state = load_torch_file(path, "TinyVAE weights")
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-            if not isinstance(state, dict):
-                raise WeightsError(f"TinyVAE weights: {path}: expected a state dict, got {type(state).__name__}")
+        state = read_state_dict(path, "TinyVAE weights")
         for key in ("encoder.0.weight", "decoder.1.weight"):
             if key not in state:
                 raise ValueError(f"{path}: not a TAEHV state dict (no {key!r}; keys start {sorted(state)[:4]})")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diff4splat.models.dpt import DPTConfig, DPTHead, infer_dpt_config
-from diff4splat.weights import WeightsError, load_safetensors, load_state_checked, load_torch_file
+from diff4splat.weights import WeightsError, load_state_checked, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -672,20 +672,6 @@ def drop_track_head(state_dict: Mapping[str, Tensor], source: str) -> dict[str, 
             len(state_dict) - len(kept),
         )
     return kept
-
-
-def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or of a ``torch.load(weights_only=True)`` checkpoint (a plain state dict,
-    or one nested under ``state_dict`` / ``model``)."""
-    if str(path).endswith(".safetensors"):
-        return load_safetensors(path, what)[0]
-    state = load_torch_file(path, what)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsError(f"{what}: {path}: expected a state dict of tensors")
-    return state
 
 
 __all__ = [
