@@ -14,11 +14,14 @@
   ``X_{t+1}(p)`` (where the point seen at p at time t is at time t+1) lands inside view t+1 and is not occluded
   there (its depth within ``occlusion_tol`` of the depth seen at t+1). Colour differences are in [0, 1] units,
   averaged over channels; bilinear sampling. Zero for a video that follows the scene exactly.
+- The nearest-input baseline (`nearest_input_frames`): each output view answered by the input frame whose camera is
+  nearest, what a reconstruction must beat (``psnr_nearest_input``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +30,7 @@ from torch import Tensor
 from diff4splat.geometry.cameras import project_points
 from diff4splat.losses.lpips import LPIPS
 
-__all__ = ["PSNR_CAP", "depth_metrics", "image_metrics", "track_metrics", "warp_error"]
+__all__ = ["PSNR_CAP", "depth_metrics", "image_metrics", "nearest_input_frames", "track_metrics", "warp_error"]
 
 PSNR_CAP = 100.0  # dB: what identical images score (MSE 0)
 
@@ -139,3 +142,14 @@ def warp_error(
     )[0]
     diff = (frame.float() - warped).abs().mean(0).reshape(-1)
     return float(diff[ok].double().mean()), n / (h * w)
+
+
+def nearest_input_frames(batch: dict[str, Any]) -> Tensor:
+    """For each output view, the input frame whose camera centre is nearest (ties: nearest time). [B, F_out, 3, H, W]"""
+    fi = int(batch["num_input"])
+    centres = batch["c2w"][..., :3, 3]
+    d = torch.cdist(centres[:, fi:], centres[:, :fi])  # [B, F_out, F_in]
+    dt = (batch["timestamps"][:, fi:, None] - batch["timestamps"][:, None, :fi]).abs()
+    idx = (d + 1e-6 * dt).argmin(-1)  # [B, F_out]
+    images = batch["images"][:, :fi]
+    return torch.gather(images, 1, idx[..., None, None, None].expand(-1, -1, *images.shape[2:]))

@@ -30,6 +30,7 @@ from diff4splat.losses.geometry import depth_loss_paper, depth_loss_released
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.losses.motion import motion_loss_paper, motion_loss_released, no_motion_loss, track_motion
 from diff4splat.losses.photometric import psnr, ssim
+from diff4splat.metrics import nearest_input_frames
 from diff4splat.models.lrdm import LRDM, LRDMConfig, LRDMOutput, gaussians_at_all_times
 from diff4splat.models.wan_vae import WanVAE
 from diff4splat.rendering import render
@@ -349,17 +350,6 @@ def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[
         pred, target, valid = track_pairs(batch, out)
         metrics["motion_epe"] = masked((pred - target).norm(dim=-1), valid)
     return metrics
-
-
-def nearest_input_frames(batch: dict[str, Any]) -> Tensor:
-    """For each output view, the input frame whose camera centre is nearest (ties: nearest time). [B, F_out, 3, H, W]"""
-    fi = int(batch["num_input"])
-    centres = batch["c2w"][..., :3, 3]
-    d = torch.cdist(centres[:, fi:], centres[:, :fi])  # [B, F_out, F_in]
-    dt = (batch["timestamps"][:, fi:, None] - batch["timestamps"][:, None, :fi]).abs()
-    idx = (d + 1e-6 * dt).argmin(-1)  # [B, F_out]
-    images = batch["images"][:, :fi]
-    return torch.gather(images, 1, idx[..., None, None, None].expand(-1, -1, *images.shape[2:]))
 
 
 def load_lrdm_weights(model: LRDM, path: str | Path) -> None:

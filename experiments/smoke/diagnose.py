@@ -2,7 +2,7 @@
 
 For the validation batches of ``experiment=smoke`` (plus any Hydra overrides given), prints:
 
-- ``nearest``: PSNR of the nearest-input-frame baseline (``systems.reconstruction.nearest_input_frames``, the metric
+- ``nearest``: PSNR of the nearest-input-frame baseline (``diff4splat.metrics.nearest_input_frames``, the metric
   ``val/psnr_nearest_input``);
 - ``oracle_static``: PSNR, on the static pixels of the output views (dynamic mask False), of a render of the
   inputs' static pixels lifted as pixel-aligned Gaussians with their **ground-truth** depth and colours (std
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from datamodules.batch import finish_batch
     from diff4splat.losses.photometric import psnr
-    from diff4splat.systems.reconstruction import nearest_input_frames
+    from diff4splat.metrics import nearest_input_frames
 
     cfg = compose(args.overrides)
     dm = hydra.utils.instantiate(cfg.data, _recursive_=False)

@@ -19,12 +19,11 @@ from datamodules.stream import ClipSamplingConfig, ClipTransform, SkipStats, Sou
 from diff4splat.cli import InputError
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.losses.motion import track_motion
-from diff4splat.metrics import depth_metrics, image_metrics, track_metrics
+from diff4splat.metrics import depth_metrics, image_metrics, nearest_input_frames, track_metrics
 from diff4splat.models.lrdm import LRDM, LRDMOutput, gaussians_at_all_times
 from diff4splat.pipelines.evaluation.results import Results
 from diff4splat.pipelines.reconstruction import size_multiple
 from diff4splat.rendering import render
-from diff4splat.systems.reconstruction import nearest_input_frames
 
 log = logging.getLogger(__name__)
 
