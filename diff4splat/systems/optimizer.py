@@ -63,7 +63,11 @@ def optim_config(
 
 
 def check_optim_config(cfg: OptimConfig, groups: Sequence[str], where: str = "system.optim") -> None:
-    """Every group that ``cfg`` names is one of ``groups``; an exponential decay has a floor above 0."""
+    """Every group that ``cfg`` names is one of ``groups`` with a numeric multiplier; an exponential decay has a floor
+    above 0."""
+    bad = {k: v for k, v in cfg.lr_mult.items() if isinstance(v, bool) or not isinstance(v, int | float)}
+    if bad:
+        raise ConfigError(f"{where}.lr_mult: expected numbers, got {bad}")
     for key, names in (("lr_mult", list(cfg.lr_mult)), ("decay_groups", cfg.decay_groups or [])):
         unknown = [n for n in names if n not in groups]
         if unknown:
