@@ -400,9 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"datamodules.convert: {e}", file=sys.stderr)
         return 2
-    except SourceError as e:  # list_sequences found no usable layout
+    except SourceError as e:  # list_sequences found no usable layout: bad input
         print(f"datamodules.convert: {e}", file=sys.stderr)
-        return 1
+        return 2
     print_summary(summary)
     return summary.exit_code
 

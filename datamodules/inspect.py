@@ -3,12 +3,15 @@
 Prints shard/clip/frame counts and per-dataset statistics (resolution, frames per clip, static share, which fields
 are present, valid-depth ratio, tracks per clip, camera path length), and writes a PNG with a few clips: a row of
 frames each, and the clip's camera trajectory (`diff4splat.geometry.trajectories.plot_trajectory`) at the row's end.
+A path that does not exist, or paths that hold no shard, are one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -113,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=4, help="clips on the contact sheet")
     p.add_argument("--out", default="contact_sheet.png")
     args = p.parse_args(argv)
+    missing = [q for q in args.paths if not Path(q).exists() and not glob.glob(q)]
+    if missing:
+        print(
+            f"error: {', '.join(missing)}: no such file, folder or glob match; expected shards (.tar)", file=sys.stderr
+        )
+        return 2
+    if not find_shards(args.paths):
+        print(f"error: {', '.join(args.paths)}: no shards (.tar) found", file=sys.stderr)
+        return 2
     summary, clips = summarise(args.paths, max_clips=args.clips)
     print(json.dumps(summary, indent=1))
     if clips:

@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{r['shards']} shards, {r['clips']} valid clips, {r['frames']} frames; datasets {r['datasets']}")
     for shard, key, msg in r["bad"]:
         print(f"BAD {shard} [{key}]: {msg}")
-    if r["shards"] == 0:
-        print(f"no shards found in {args.paths}")
-        return 1
+    if r["shards"] == 0:  # a path without shards is bad input (exit 2); bad clips found are a result (exit 1)
+        print(f"error: no shards found in {args.paths}", file=sys.stderr)
+        return 2
     print("OK" if not r["bad"] else f"{len(r['bad'])} problems")
     return 1 if r["bad"] else 0
 

@@ -99,9 +99,35 @@ class DemoRunner:
 
         try:
             r = self.generate(image, preset, strength, prompt, seed)
-        except InputError as e:
+        except (InputError, ValueError) as e:  # bad input: the reason, as the CLI's error line says it
             raise gr.Error(str(e)) from e
+        except Exception as e:  # a failure of the machine or a bug: the user still sees what happened
+            log.exception("request failed")
+            raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from e
         return str(r.video), str(r.render), str(r.splat), [str(r.splat), str(r.scene)], r.status
+
+
+def image_input(label: str) -> Any:
+    """The image upload: hands the callback the file's path as uploaded (``image_mode=None``, so transparency and
+    16-bit data reach `diff4splat.pipelines.inputs.read_image`); a file that is not an image, or one too large to
+    open, is refused with the reason (a ``gr.Error``) instead of gradio's generic "upstream app raised an exception"."""
+    import gradio as gr
+
+    # wrapped on the instance: a gr.Image subclass would make gradio write a .pyi stub beside this module
+    image = gr.Image(type="filepath", image_mode=None, label=label)
+    preprocess = image.preprocess
+
+    def checked(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as e:  # PIL's UnidentifiedImageError, DecompressionBombError, ...
+            name = getattr(payload, "orig_name", None) or getattr(payload, "path", None) or "the upload"
+            raise gr.Error(f"image: {name}: not an image this demo can read ({e})") from e
+
+    image.preprocess = checked
+    return image
 
 
 def build_demo(callback: Any, default_preset: str = "orbit", title: str = "Diff4Splat") -> Any:
@@ -113,7 +139,7 @@ def build_demo(callback: Any, default_preset: str = "orbit", title: str = "Diff4
         gr.Markdown(f"# {title}\nOne image, a camera trajectory and a prompt to a 4D Gaussian scene.")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="Image (first frame)")
+                image = image_input("Image (first frame)")
                 preset = gr.Dropdown(sorted(PRESETS), value=default_preset, label="Trajectory")
                 strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Trajectory strength")
                 prompt = gr.Textbox(label="Prompt", lines=2)
@@ -160,7 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     demo = build_demo(DemoRunner(load_config(args.overrides), args.outputs))
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(Path(args.outputs).resolve())])
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        allowed_paths=[str(Path(args.outputs).resolve())],
+        show_error=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

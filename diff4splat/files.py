@@ -7,28 +7,41 @@ in the destination's own folder (a rename across disks would be a copy), flushed
 full disk, a signal) removes the temporary entry and leaves what was there before untouched. A folder that replaces
 an existing one takes two renames (the old one aside, the new one in place); `recover_interrupted_replace` restores
 the old one if a kill falls between them.
+
+Signals: under `cleanup_on_signals` (every CLI's `diff4splat.cli.run_cli`) SIGTERM, like Ctrl-C, raises `Interrupted` in
+the main thread, so the writers' cleanup runs before the process exits. A kill that cannot be caught (SIGKILL, the
+OOM killer) leaves the temporary folder; its name records the owner (``.<name>.tmp-<pid>@<host>-<random>``), and the
+next `atomic_dir` for the same destination removes it once that process is gone (`remove_stale_temp_dirs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
+    "Interrupted",
     "atomic_dir",
     "atomic_file",
     "atomic_files",
     "atomic_write_bytes",
     "atomic_write_text",
+    "cleanup_on_signals",
     "fsync_dir",
     "fsync_tree",
     "recover_interrupted_replace",
     "remove_path",
+    "remove_stale_temp_dirs",
     "replace_path",
 ]
 
@@ -182,14 +195,59 @@ def atomic_files(paths: Iterable[str | os.PathLike], fsync: bool = True) -> Iter
         yield [stack.enter_context(atomic_file(p, fsync=fsync)) for p in paths]
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "localhost"
+
+
+# .<name>.tmp-<pid>@<host>-<8 characters of tempfile's random suffix>
+_TEMP_DIR = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)@(?P<host>.+)-[a-z0-9_]{8}")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders `atomic_dir` left beside ``target`` for runs that were killed without a chance to
+    clean up (SIGKILL, the OOM killer): only folders named as `atomic_dir` names them for ``target``, made on this
+    host by a process that no longer exists. A live run's folder, another host's and any other entry are left alone.
+    Returns the folders removed."""
+    target = Path(target).absolute()
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    host = _host()
+    for entry in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        m = _TEMP_DIR.fullmatch(entry.name)
+        if not (m and m["name"] == target.name and m["host"] == host and entry.is_dir() and not entry.is_symlink()):
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or _process_exists(pid):
+            continue
+        remove_path(entry)
+        removed.append(entry)
+        log.warning("removed %s: the unfinished output of a run (pid %d) that was killed", entry, pid)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     """A fresh temporary folder beside ``target`` to fill; it replaces ``target`` (as a whole, whatever was there)
     when the block succeeds and is removed, with any parent folders this made, when it fails. Callers decide
-    beforehand whether an existing ``target`` may be replaced."""
+    beforehand whether an existing ``target`` may be replaced. The folder's name records this process
+    (``.<name>.tmp-<pid>@<host>-<random>``); temporary folders of killed runs for the same ``target`` are removed
+    first (`remove_stale_temp_dirs`)."""
     target = Path(target).absolute()
+    remove_stale_temp_dirs(target)
     with _parents_made(target.parent):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        prefix = f".{target.name}.tmp-{os.getpid()}@{_host()}-"
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
         try:
             yield tmp
             _set_usual_permissions(tmp, _umask())
@@ -200,3 +258,36 @@ def atomic_dir(target: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         except BaseException:
             remove_path(tmp)
             raise
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT under `cleanup_on_signals`. A `KeyboardInterrupt`, so everything that handles Ctrl-C (servers
+    that shut down, ``except BaseException`` cleanups) treats a SIGTERM the same way."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def cleanup_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """While the block runs, the first of ``signals`` raises `Interrupted` in the main thread, so the atomic writers
+    remove their temporary files and folders as the exception unwinds; later signals are ignored until the block has
+    exited, so a second Ctrl-C cannot cut that cleanup short. The previous handlers come back afterwards. Outside
+    the main thread (where handlers cannot be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

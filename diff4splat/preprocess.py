@@ -25,7 +25,14 @@ from diff4splat.cli import InputError, run_cli
 from diff4splat.files import atomic_file
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
-from diff4splat.pipelines.inputs import fit_frames, fov_intrinsics, read_cameras, read_frames, read_image
+from diff4splat.pipelines.inputs import (
+    fit_frames,
+    fov_intrinsics,
+    frame_names,
+    read_cameras,
+    read_frames,
+    read_image,
+)
 from diff4splat.pipelines.poses import VGGT_FILE, estimate_cameras, load_camera_estimator
 
 
@@ -34,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="folder of frames (sorted by name) or a video")
     src.add_argument("--image", help="one image, repeated along a preset trajectory")
-    p.add_argument("--poses", help="cameras for --images: .npz (C2W, fxfycxcy), trajectory .json, RE10K .txt")
+    p.add_argument(
+        "--poses",
+        help="cameras for --images: .npz (C2W, fxfycxcy), trajectory .json, nerfstudio / instant-ngp transforms.json "
+        "(matched to the images by file name), RE10K .txt",
+    )
     p.add_argument("--weights", help="without --poses: VGGT weights that estimate the cameras (VGGT-1B's model.pt)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for --weights")
     p.add_argument("--trajectory", default="orbit", help=f"preset for --image: one of {sorted(PRESETS)}")
@@ -52,7 +63,7 @@ def run(args: argparse.Namespace) -> Path:
             raise InputError(f"--images without --poses: pass --poses, or --weights with {VGGT_FILE} to estimate them")
         images = read_frames(args.images)
         if args.poses:
-            c2w, fx, _ = read_cameras(args.poses)
+            c2w, fx, _ = read_cameras(args.poses, image_size=images.shape[-2:], frame_names=frame_names(args.images))
         else:
             c2w, fx = estimate_cameras(load_camera_estimator(args.weights), images, args.device)
         c2w, fx = c2w.float(), fx.float()

@@ -12,13 +12,16 @@ size (long side 518). Writes ``scene.safetensors`` (native 4D), ``ply/``
 (one standard 3DGS ``.ply`` per query time), and videos: ``input.mp4``, ``render_input_cameras.mp4`` (each input
 camera at its own time), ``render_fixed_camera.mp4`` (camera 0, time moving), ``render_fixed_time.mp4`` (last time,
 camera moving through the inputs) and ``depth.mp4``. Everything is written into a temporary folder beside ``--out``
-that is renamed into place when complete; an existing non-empty ``--out`` is replaced only with ``--overwrite``.
+that is renamed into place when complete, with ``meta.json`` (inputs, weights, files); an existing non-empty ``--out``
+is replaced only with ``--overwrite`` and only when it is an earlier output (its ``meta.json`` lists every entry).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -27,8 +30,14 @@ import torch
 from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
 from diff4splat.media import depth_to_color, to_uint8, write_video
-from diff4splat.pipelines.inputs import fit_frames, read_cameras, read_frames, read_npz
-from diff4splat.pipelines.outputs import atomic_output_dir
+from diff4splat.pipelines.inputs import fit_frames, frame_names, read_cameras, read_frames, read_npz
+from diff4splat.pipelines.outputs import (
+    META_FILE,
+    RECONSTRUCTION_FORMAT,
+    atomic_output_dir,
+    check_output_dir,
+    check_writable,
+)
 from diff4splat.pipelines.poses import VGGT_FILE, estimate_cameras, load_camera_estimator
 from diff4splat.pipelines.reconstruction import (
     Reconstruction,
@@ -49,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cameras", help="cameras: .npz (C2W, fxfycxcy), trajectory .json or RealEstate10K .txt")
     p.add_argument("--pose-weights", help="without cameras: estimate them with VGGT (facebook/VGGT-1B's model.pt)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it is an earlier output")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W before cropping")
     p.add_argument("--num-frames", type=int, default=0, help="use this many frames spread over the input (0 = all)")
     p.add_argument("--num-times", type=int, default=0, help="query times (0 = the input times)")
@@ -61,11 +70,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The numeric options must mean something; each error names its option."""
+    if args.fps < 1:
+        raise InputError(f"--fps {args.fps}: expected a frame rate >= 1")
+    if args.num_frames < 0 or args.num_times < 0:
+        raise InputError(f"--num-frames {args.num_frames} --num-times {args.num_times}: expected counts >= 0 (0: all)")
+    if args.size is not None and min(args.size) < 1:
+        raise InputError(f"--size {args.size[0]} {args.size[1]}: expected a positive height and width")
+    if not (math.isfinite(args.translation_scale) and args.translation_scale > 0):
+        raise InputError(f"--translation-scale {args.translation_scale}: expected a finite number > 0")
+    if args.prune is not None and not (math.isfinite(args.prune) and 0 <= args.prune < 1):
+        raise InputError(f"--prune {args.prune}: expected an opacity threshold in [0, 1)")
+
+
 def run(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
+    out = Path(args.out).absolute()
     inp = Path(args.input)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        raise InputError(f"--out {out}: exists and is not an empty folder; pass --overwrite to replace it")
+    check_args(args)
+    check_output_dir(out, args.overwrite)
+    check_writable(out)
     if inp.suffix == ".npz":
         views = read_npz(inp)
         images, c2w, fx, times = views.images, views.c2w, views.fxfycxcy, views.times
@@ -74,7 +98,7 @@ def run(args: argparse.Namespace) -> Path:
     else:
         images, c2w, fx, times = read_frames(inp), None, None, None
     if args.cameras:
-        c2w, fx, _ = read_cameras(args.cameras)
+        c2w, fx, _ = read_cameras(args.cameras, image_size=images.shape[-2:], frame_names=frame_names(inp))
         c2w, fx = c2w.float(), fx.float()
     if c2w is None:
         if not args.pose_weights:
@@ -97,7 +121,19 @@ def run(args: argparse.Namespace) -> Path:
     rec = pipe(images, c2w, fx, times, query, args.translation_scale, args.prune)
 
     with atomic_output_dir(out, args.overwrite) as tmp:
-        write_outputs(pipe, rec, images, inp, args, tmp)
+        files = write_outputs(pipe, rec, images, inp, args, tmp)
+        meta = {
+            "format": RECONSTRUCTION_FORMAT,
+            "version": 1,
+            "input": str(inp.resolve()),
+            "cameras": str(Path(args.cameras).resolve()) if args.cameras else None,
+            "weights": str(args.weights),
+            "num_gaussians": rec.gaussians.num_gaussians,
+            "query_times": rec.gaussians.times.tolist(),
+            "fps": args.fps,
+            "files": [*files, META_FILE],
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     log.info("%d Gaussians, %d query times -> %s", rec.gaussians.num_gaussians, len(rec.gaussians.times), out)
     return out
 
@@ -109,8 +145,8 @@ def write_outputs(
     inp: Path,
     args: argparse.Namespace,
     out: Path,
-) -> None:
-    """scene.safetensors, ply/ and the videos of one reconstruction into ``out``."""
+) -> list[str]:
+    """scene.safetensors, ply/ and the videos of one reconstruction into ``out``; returns their names."""
     save_4d(rec.gaussians, out / "scene.safetensors", metadata={"source": str(inp), "weights": str(args.weights)})
     save_ply_sequence(rec.gaussians, out / "ply")
     f = rec.c2w.shape[0]
@@ -125,6 +161,15 @@ def write_outputs(
     write_video(to_uint8(rgb_cam0), out / "render_fixed_camera.mp4", args.fps)
     write_video(to_uint8(rgb_last), out / "render_fixed_time.mp4", args.fps)
     write_video(depth_to_color(depth_in), out / "depth.mp4", args.fps)
+    return [
+        "scene.safetensors",
+        "ply/",
+        "input.mp4",
+        "render_input_cameras.mp4",
+        "render_fixed_camera.mp4",
+        "render_fixed_time.mp4",
+        "depth.mp4",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,6 +103,26 @@ def test_demo_callback_errors(runner, image):
     assert after == before  # nothing written
 
 
+def test_demo_errors_reach_the_user(runner, image, tmp_path, monkeypatch):
+    """What gradio would show as "upstream app raised an exception" is a gr.Error with the reason: a seed beyond 64
+    bits, an upload that is not an image (refused by the image input before the callback runs), a failure inside."""
+    from gradio.data_classes import FileData
+
+    with pytest.raises(gr.Error, match=r"seed: expected an integer in \[0, 2\^63 - 1\], got 1180591620717411303424"):
+        runner(image, "orbit", 1.0, "", 2**70)
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    (fn,) = demo_module.build_demo(runner).fns.values()
+    upload = fn.inputs[0]
+    with pytest.raises(gr.Error, match=r"image: notes\.png: not an image this demo can read \(cannot identify"):
+        upload.preprocess(FileData(path=str(notes), orig_name="notes.png"))
+    assert upload.preprocess(FileData(path=image, orig_name="photo.png")) == image  # an image passes, as uploaded
+    monkeypatch.setattr(runner, "generate", lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA error: launch")))
+    with pytest.raises(gr.Error, match=r"generation failed: RuntimeError: CUDA error: launch"):
+        runner(image, "orbit", 1.0, "", 0)
+    assert not list(Path(demo_module.__file__).parent.glob("*.pyi"))  # gradio wrote no stub beside the module
+
+
 def test_demo_app_serves_its_page(runner):
     demo = demo_module.build_demo(runner)
     demo.queue(default_concurrency_limit=1)

@@ -606,7 +606,7 @@ def test_reconstruct_refuses_a_non_empty_output_folder(tmp_path, inputs, capsys)
         str(out),
     ]
     err = cli_error(reconstruct.main, argv, capsys)
-    assert f"--out {out}: exists and is not an empty folder; pass --overwrite to replace it" in err
+    assert f"--out {out}: folder exists and is not empty; pass --overwrite to replace it" in err
     assert snapshot(out) == {"notes.txt": b"mine"}
 
 
@@ -890,3 +890,324 @@ def test_camera_weights_that_are_a_pickle_or_of_another_lora_rank_name_the_file(
         WeightsError, match=rf"camera weights: {re.escape(str(path))}: \d+ tensors of another shape.*LoRA rank"
     ):
         CameraWan.from_config(CameraWanConfig(**tiny, lora_rank=2)).load_camera_weights(path)
+
+
+# ---------------------------------------------------------------------------------------------------- hardening
+#
+# Inputs that used to be accepted silently, read wrongly or answered with a traceback: each is now refused with one
+# line naming the option or file (exit 2), or accepted with one warning line where the input is changed.
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header announces ``width`` x ``height`` pixels (a decompression bomb) with one tiny data chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    return path
+
+
+def _generate_cli(overrides: dict, capsys) -> tuple[int, str]:
+    """``python -m diff4splat.generate`` in-process (the composed config's values as ``run`` gets them): the exit
+    status and stderr."""
+    from omegaconf import OmegaConf
+
+    from diff4splat import generate
+    from diff4splat.cli import run_cli
+
+    capsys.readouterr()
+    code = run_cli(generate.run, OmegaConf.create({"tiny": True, "progress": False, **overrides}))
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 200, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_sixteen_bit_and_float_images_are_read_at_their_values(tmp_path):
+    from diff4splat.pipelines.inputs import read_image
+
+    grey16 = np.array([[0, 1000], [32768, 65535]], dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    img = read_image(tmp_path / "grey16.png")  # 16-bit greyscale: x / 65535 (it read as 99.8 % white)
+    torch.testing.assert_close(img, torch.from_numpy(grey16 / 65535.0).float().expand(3, 2, 2))
+    ramp = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "ramp.tiff")
+    torch.testing.assert_close(read_image(tmp_path / "ramp.tiff"), torch.from_numpy(ramp).expand(3, 3, 4))  # not black
+    Image.fromarray(ramp * 1000, mode="F").save(tmp_path / "hdr.tiff")
+    with pytest.raises(InputError, match=r"hdr\.tiff: floating-point image with values in \[0, 1000\]; expected"):
+        read_image(tmp_path / "hdr.tiff")
+
+
+def test_transparent_pixels_are_composited_over_white(real_fixtures, caplog):
+    from diff4splat.pipelines.inputs import read_image
+
+    path = real_fixtures / "nerf_synthetic_lego" / "train" / "r_0.png"  # RGBA, transparent background
+    with Image.open(path) as im:
+        rgba = np.asarray(im.convert("RGBA")).astype(np.float64) / 255
+    with caplog.at_level("WARNING"):
+        img = read_image(path).permute(1, 2, 0).double().numpy()
+    a = rgba[..., 3:]
+    np.testing.assert_allclose(img, rgba[..., :3] * a + (1 - a), atol=1e-6)
+    assert (img[a[..., 0] == 0] == 1).all() and (a == 0).mean() > 0.5  # the background is white, not black
+    assert "transparent: composited over white" in caplog.text
+
+
+def test_decompression_bomb_is_one_error_line(tmp_path, capsys):
+    bomb = _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    code, err = _generate_cli({"image": str(bomb), "output_dir": str(tmp_path / "out")}, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: image={bomb}: image too large (") and "downscale it first" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.png"]
+
+
+def test_singular_world_to_camera_in_a_trajectory_file_names_the_line(tmp_path, photo, capsys):
+    from diff4splat.geometry.trajectories import write_re10k_txt
+
+    path = tmp_path / "cams.txt"
+    write_re10k_txt(make_trajectory("forward", 13), path)
+    lines = path.read_text().splitlines()
+    cols = lines[4].split()
+    lines[4] = " ".join(cols[:7] + ["0"] * 12)  # frame 4's world-to-camera matrix: all zeros
+    path.write_text("\n".join(lines) + "\n")
+    code, err = _generate_cli({"image": str(photo), "camera": str(path), "output_dir": str(tmp_path / "o")}, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "cams.txt: unreadable trajectory file (read_re10k_txt" in err
+    assert "line 5: the world-to-camera matrix is singular" in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sampling": {"steps": 0}}, "sampling.steps: expected at least 1 denoising step, got 0"),
+        ({"fps": 0}, "fps: expected a frame rate >= 1, got 0"),
+        ({"trajectory": {"strength": float("nan")}}, "trajectory.strength: expected finite numbers, got nan"),
+        ({"seed": 2**70}, "seed: expected an integer in [0, 2^63 - 1], got 1180591620717411303424"),
+        ({"sampling": {"flow_shift": -1.0}}, "sampling.flow_shift: expected a finite number > 0, got -1.0"),
+    ],
+    ids=["zero steps", "zero fps", "NaN strength", "huge seed", "negative shift"],
+)
+def test_meaningless_generation_options_are_refused(tmp_path, photo, capsys, overrides, message):
+    code, err = _generate_cli({"image": str(photo), "output_dir": str(tmp_path / "out"), **overrides}, capsys)
+    assert code == 2 and err == f"error: {message}\n", err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tiny_image_is_refused_and_a_big_crop_is_reported(tmp_path, caplog):
+    from diff4splat.pipelines.jobs import make_job
+
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(tmp_path / "dot.png")
+    cfg = _generate_config("tiny=true", f"image={tmp_path / 'dot.png'}", f"output_dir={tmp_path / 'o'}")
+    with pytest.raises(InputError, match=r"dot\.png: the image is 1x1 pixels; expected at least 32 pixels per side"):
+        make_job(cfg, tmp_path / "dot.png", "orbit", "", 0, tmp_path / "o")
+    Image.new("RGB", (540, 960)).save(tmp_path / "portrait.png")  # 9:16 into the model's 3:5 landscape frame
+    with caplog.at_level("WARNING"):
+        job = make_job(cfg, tmp_path / "portrait.png", "orbit", "", 0, tmp_path / "o")
+    assert job.image.shape == (3, 96, 160)
+    assert re.search(r"portrait\.png: the 960x540 image is centre-cropped .* cutting away 66 % of it", caplog.text)
+
+
+def test_resampled_cameras_are_reported(tmp_path, photo, caplog):
+    from diff4splat.pipelines.jobs import make_job
+
+    traj = make_trajectory("orbit", 10_000, strength=0.2)
+    write_trajectory_json(traj, tmp_path / "long.json")
+    cfg = _generate_config("tiny=true", f"output_dir={tmp_path / 'o'}")
+    with caplog.at_level("WARNING"):
+        job = make_job(cfg, photo, str(tmp_path / "long.json"), "", 0, tmp_path / "o")
+    assert job.cameras.c2w.shape[0] == 13
+    assert "long.json: 10000 cameras resampled evenly to trajectory.num_frames=13" in caplog.text
+
+
+def test_npz_images_outside_the_unit_range_are_refused(tmp_path, inputs, capsys):
+    with np.load(inputs["nan.npz"]) as d:
+        images, fx = d["images"], d["fxfycxcy"]
+    c2w = make_trajectory("orbit", F, strength=0.3).c2w.numpy()
+    np.savez(tmp_path / "scaled.npz", images=images.astype(np.float32) / 255 * 1000, C2W=c2w, fxfycxcy=fx)
+    argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(tmp_path / "scaled.npz")]
+    err = cli_error(reconstruct.main, [*argv, "--out", str(tmp_path / "out"), "--device", "cpu"], capsys)
+    assert re.search(r"scaled\.npz: field images has values in \[0, 996\.078\]; expected floats in \[0, 1\] or uint8", err)
+    err = cli_error(reconstruct.main, [*argv, "--out", str(tmp_path / "out"), "--fps", "0"], capsys)
+    assert err == "error: --fps 0: expected a frame rate >= 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scaled.npz"]
+
+
+def test_generate_overwrite_replaces_only_an_earlier_output(tmp_path, photo, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    base = {"image": str(photo), "output_dir": str(out), "sampling": {"steps": 1}, "render": {"novel_frames": 2}}
+    code, err = _generate_cli({**base, "overwrite": True}, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "thesis.tex and no meta.json of a generate or reconstruct output; overwrite=true replaces only" in err
+    assert snapshot(out) == {"thesis.tex": b"mine"}
+    (out / "thesis.tex").unlink()
+    assert _generate_cli(base, capsys)[0] == 0  # an empty folder is written
+    first = json.loads((out / "meta.json").read_text())["created"]
+    assert _generate_cli({**base, "overwrite": True, "seed": 1}, capsys)[0] == 0  # an earlier output is replaced
+    assert json.loads((out / "meta.json").read_text())["seed"] == 1 and first
+    (out / "notes.txt").write_text("added later")
+    code, err = _generate_cli({**base, "overwrite": True}, capsys)
+    assert code == 2 and "an earlier output but also holds notes.txt, which its meta.json does not list" in err
+    assert (out / "notes.txt").read_text() == "added later"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_reconstruct_overwrite_replaces_only_an_earlier_output(tmp_path, inputs, capsys):
+    out = tmp_path / "out"
+    argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"])]
+    argv += ["--cameras", str(inputs["cams.json"]), "--out", str(out), "--device", "cpu", "--num-times", "2"]
+    assert reconstruct.main(argv) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["format"] == "diff4splat-reconstruction" and "scene.safetensors" in meta["files"]
+    assert reconstruct.main([*argv, "--overwrite"]) == 0  # its own earlier output
+    (out / "mine.txt").write_text("keep")
+    err = cli_error(reconstruct.main, [*argv, "--overwrite"], capsys)
+    assert "also holds mine.txt, which its meta.json does not list; --overwrite replaces only" in err
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_unwritable_output_is_found_before_any_model_and_named(tmp_path, photo, capsys, monkeypatch):
+    from diff4splat.pipelines.generation import Diff4SplatPipeline
+
+    if os.geteuid() == 0:
+        parent = Path("/sys/diff4splat-test")  # root may write anywhere but on a read-only file system
+    else:
+        parent = tmp_path / "locked"
+        parent.mkdir(mode=0o555)
+    monkeypatch.setattr(Diff4SplatPipeline, "from_config", lambda *a: pytest.fail("models built before the check"))
+    out = parent / "out"
+    code, err = _generate_cli({"image": str(photo), "output_dir": str(out)}, capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: output_dir={out}: cannot be written (") and ".tmp" not in err
+
+
+def _wait_for(pattern: str, folder: Path, proc, timeout: float = 240.0) -> Path:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended ({proc.returncode}) before its temporary folder appeared: {proc.stderr.read()}")
+        time.sleep(0.05)
+    pytest.fail(f"no {pattern} in {folder} after {timeout} s")
+
+
+def test_killed_runs_leave_no_temporary_folder(tmp_path, photo):
+    """SIGTERM removes the run's temporary folder before it exits; SIGKILL (the OOM killer) cannot be caught, so
+    the next run for the same output removes the folder of the dead process, and nothing else."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "diff4splat.generate", "tiny=true", f"image={photo}", f"output_dir={out}"]
+    cmd += ["sampling.steps=200", "progress=false"]
+    mine = tmp_path / ".out.tmp-notes"  # a user's entry with a similar name
+    mine.mkdir()
+    live = tmp_path / f".out.tmp-{os.getpid()}@{__import__('socket').gethostname()}-abcdefgh"  # a live process's
+    live.mkdir()
+
+    killed = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    left = _wait_for(".out.tmp-*@*", tmp_path, killed)
+    killed.kill()
+    assert killed.wait() == -signal.SIGKILL and left.is_dir()  # nothing can clean up after SIGKILL
+
+    run = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    tmp = _wait_for(f".out.tmp-{run.pid}@*", tmp_path, run)
+    assert not left.exists()  # the dead run's folder went when this one started
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    assert run.stderr.read().strip().endswith("error: stopped by SIGTERM; nothing partial was left")
+    assert not tmp.exists() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, live.name])
+
+
+def test_generate_misspelt_key_is_one_line_naming_the_valid_keys(capsys):
+    from diff4splat import generate
+
+    with pytest.raises(SystemExit) as info:
+        generate.main(["tiny=true", "sampling.stepz=3"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: sampling.stepz: no such key in the config; valid keys under")
+    assert "steps" in err and "guidance_scale" in err
+
+
+def test_generate_help_lists_its_own_options(capsys):
+    from dataclasses import fields, is_dataclass
+
+    from diff4splat import generate
+    from diff4splat.pipelines.jobs import GenerateConfig
+
+    with pytest.raises(SystemExit) as info:
+        generate.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m diff4splat.generate" in out and "tiny=true image=photo.jpg" in out
+    assert "trainer" not in out and "Config groups" not in out  # not the training config's help
+    for line in ("trajectory.num_frames=null", "sampling.steps=25", "low_memory.offload=false", "overwrite=false"):
+        assert f"  {line}\n" in out, line
+
+    def leaves(obj, prefix=""):
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value) and f"{prefix}{f.name}" != "models.camera_wan":
+                yield from leaves(value, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}".replace("models.camera_wan", "models.camera_wan.camera_weights")
+
+    lines = out.split("Options (key=default: meaning):\n")[1].splitlines()
+    described = {  # "  key=default" followed by "      meaning"
+        line.strip().split("=")[0]: nxt.strip()
+        for line, nxt in zip(lines, [*lines[1:], ""])
+        if line.startswith("  ") and not line.startswith("   ") and nxt.startswith("      ")
+    }
+    names = list(leaves(GenerateConfig()))
+    assert len(names) > 40 and all(described.get(n) for n in names), [n for n in names if not described.get(n)]
+
+
+def test_preprocess_reads_a_nerfstudio_transforms_json(tmp_path, real_fixtures, caplog):
+    from datamodules.sources.dl3dv import nerfstudio_poses
+
+    lego = real_fixtures / "nerf_synthetic_lego"
+    frames = tmp_path / "train"
+    frames.mkdir()
+    for name in ("r_2.png", "r_0.png"):  # two of the 100 listed frames (r_2: r_0's pixels)
+        shutil.copy(lego / "train" / "r_0.png", frames / name)
+    argv = ["--images", str(frames), "--poses", str(lego / "transforms_train.json"), "--out", str(tmp_path / "l.npz")]
+    with caplog.at_level("WARNING"):
+        assert preprocess.main(argv) == 0
+    data = json.loads((lego / "transforms_train.json").read_text())
+    ref = nerfstudio_poses([data["frames"][0], data["frames"][2]], "lego", "transforms_train.json")  # OpenCV
+    with np.load(tmp_path / "l.npz") as d:
+        c2w, fx, images = d["C2W"], d["fxfycxcy"], d["images"]
+    np.testing.assert_allclose(c2w[1], np.linalg.inv(ref[0]) @ ref[1], atol=1e-5)  # canonical: camera 0 = identity
+    focal = 0.5 / np.tan(data["camera_angle_x"] / 2)  # camera_angle_x, square 800x800 frames
+    np.testing.assert_allclose(fx, [[focal, focal, 0.5, 0.5]] * 2, rtol=1e-6)
+    assert images.shape == (2, 3, 800, 800) and images[:, :, 0, 0].min() == 1.0  # composited over white
+    assert "100 frames listed, 2 of them have an image: those are used" in caplog.text
+
+
+def test_inspect_missing_path_is_one_error_line(tmp_path, capsys):
+    from datamodules import inspect
+
+    assert inspect.main([str(tmp_path / "nope"), "--out", str(tmp_path / "sheet.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"error: {tmp_path / 'nope'}: no such file, folder or glob match")
+    (tmp_path / "empty").mkdir()
+    assert inspect.main([str(tmp_path / "empty")]) == 2
+    assert "no shards (.tar) found" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]

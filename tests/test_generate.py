@@ -400,15 +400,15 @@ def test_failure_while_writing_leaves_no_partial_folder(tmp_path, photo, monkeyp
     assert list(tmp_path.iterdir()) == []  # neither the temporary folder nor the parents it made
 
 
-def test_overwrite_replaces_an_existing_folder(tmp_path, photo):
+def test_overwrite_replaces_an_earlier_output(tmp_path, photo):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("previous run")
+    args = [*FAST, f"image={photo}", f"output_dir={out}", "render.novel_frames=2", "camera=static"]
+    generate_cli.generate(compose(*args))
     with pytest.raises(InputError, match="not empty; pass overwrite=true"):
         generate_cli.generate(compose(*FAST, f"image={photo}", f"output_dir={out}"))
-    args = [*FAST, f"image={photo}", f"output_dir={out}", "overwrite=true", "render.novel_frames=2", "camera=static"]
-    generate_cli.generate(compose(*args))
-    assert not (out / "old.txt").exists() and (out / "meta.json").is_file()
+    (out / "video.mp4").write_bytes(b"stale")
+    generate_cli.generate(compose(*args, "overwrite=true"))
+    assert (out / "video.mp4").read_bytes() != b"stale" and (out / "meta.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

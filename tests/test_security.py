@@ -278,7 +278,7 @@ def test_other_weight_loaders_refuse_a_malicious_pickle(evil, tmp_path):
         WeightsError,
         match=r"Wan VAE weights: .*evil\.pth: refused to load",
     )
-    assert wan_convert_main(["--kind", "vae", "--src", str(evil["evil.pth"]), "--out", str(tmp_path / "vae")]) == 1
+    assert wan_convert_main(["--kind", "vae", "--src", str(evil["evil.pth"]), "--out", str(tmp_path / "vae")]) == 2
     assert not (tmp_path / "vae").exists() and not evil["marker"].exists()
 
 

@@ -355,7 +355,7 @@ def test_missing_key_error_names_key_and_file(tmp_path):
     assert "unexpected (1): blocks.0.extra.weight" in msg
     assert all(str(f) in msg for f in files)
     out = tmp_path / "converted"
-    assert wc.main(["--kind", "transformer", "--src", str(tmp_path), "--out", str(out)]) == 1
+    assert wc.main(["--kind", "transformer", "--src", str(tmp_path), "--out", str(out)]) == 2  # bad input
     assert not out.exists() and not list(tmp_path.glob(".converted*"))  # nothing half-written
 
     vae = wc.diffusers_to_original(_tiny_vae().state_dict(), "vae")
@@ -380,8 +380,11 @@ def test_cli_writes_loadable_diffusers_folders(tmp_path):
     assert wc.main(args) == 0
     _assert_same(WanTransformer3DModel.from_pretrained(out).state_dict(), source.state_dict())
     assert sorted(p.name for p in out.parent.iterdir()) == ["transformer"]  # no temporary folders left
-    assert wc.main(args) == 1  # an existing folder is not replaced without --overwrite
+    assert wc.main(args) == 2  # an existing folder is not replaced without --overwrite
     assert wc.main([*args, "--overwrite"]) == 0
+    (out / "notes.txt").write_text("mine")  # --overwrite replaces an earlier conversion, never a user's files
+    assert wc.main([*args, "--overwrite"]) == 2 and (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
 
     vae = _tiny_vae()
     pth = tmp_path / "Wan2.2_VAE.pth"

@@ -211,7 +211,7 @@ def read_re10k_txt(path: str | os.PathLike) -> Trajectory:
     if not lines:
         raise ValueError(f"read_re10k_txt({path}): empty file; expected a URL line then 19-column frame lines")
     url = lines[0].strip()
-    ts, K, w2c = [], [], []
+    ts, K, w2c, linenos = [], [], [], []
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -227,10 +227,19 @@ def read_re10k_txt(path: str | os.PathLike) -> Trajectory:
             ) from e
         K.append(vals[:4])
         w2c.append(vals[6:])
+        linenos.append(lineno)
     if not ts:
         raise ValueError(f"read_re10k_txt({path}): no frame lines")
     w2c_t = torch.eye(4, dtype=torch.float64).repeat(len(ts), 1, 1)
     w2c_t[:, :3, :] = torch.tensor(w2c, dtype=torch.float64).reshape(-1, 3, 4)
+    det = torch.linalg.det(w2c_t[:, :3, :3])
+    bad = ~(torch.isfinite(det) & (det.abs() > 1e-12))
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"read_re10k_txt({path}): line {linenos[i]}: the world-to-camera matrix is singular (det R = "
+            f"{float(det[i]):.3g}); expected a rigid 3x4 [R t] with R a rotation"
+        )
     return Trajectory(
         c2w=torch.linalg.inv(w2c_t),
         fxfycxcy=torch.tensor(K, dtype=torch.float64),

@@ -442,6 +442,13 @@ def convert(
     occupied = any(out.iterdir()) if out.is_dir() else out.exists()
     if occupied and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass --overwrite to replace it)")
+    foreign = sorted(p.name for p in out.iterdir() if not _written_by_save_pretrained(p)) if out.is_dir() else []
+    if occupied and (not out.is_dir() or foreign):
+        raise FileExistsError(
+            f"{out}: not replaced: it holds {', '.join(foreign[:5]) or 'a file'}, which is not a diffusers model "
+            "folder's (config.json, *.safetensors, *.safetensors.index.json); --overwrite replaces only an earlier "
+            "conversion (move those files or choose another --out)"
+        )
     if kind == "transformer":
         model = load_original_transformer(src, config, dtype or torch.bfloat16)
     elif kind == "vae":
@@ -454,6 +461,14 @@ def convert(
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=max_shard_size)
     return out
+
+
+def _written_by_save_pretrained(path: Path) -> bool:
+    """Whether ``path`` is a file ``save_pretrained(safe_serialization=True)`` writes."""
+    name = path.name
+    return path.is_file() and (
+        name == "config.json" or name.endswith(".safetensors") or name.endswith(".safetensors.index.json")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -471,14 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--max-shard-size", default="5GB")
     args = parser.parse_args(argv)
-    config = json.loads(Path(args.config).read_text()) if args.config else None
     try:
+        config = json.loads(Path(args.config).read_text()) if args.config else None
         out = convert(
             args.kind, args.src, args.out, config, _DTYPES.get(args.dtype), args.overwrite, args.max_shard_size
         )
-    except (CheckpointMismatchError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (CheckpointMismatchError, FileNotFoundError, FileExistsError, ValueError) as err:  # bad input or usage
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -8,6 +8,8 @@ c2w [F, 4, 4] with normalised intrinsics [F, 4]; images float [..., 3, H, W] in 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,11 +26,17 @@ from diff4splat.geometry.trajectories import PRESETS, make_trajectory
 if TYPE_CHECKING:
     from diff4splat.pipelines.jobs import TrajectoryOptions
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 CAMERA_SUFFIXES = (".json", ".txt", ".npz")
-CAMERA_FILES = "expected a trajectory .json, a RealEstate10K .txt or an .npz with C2W (F,4,4) and fxfycxcy (F,4)"
+CAMERA_FILES = (
+    "expected a trajectory .json, a nerfstudio transforms.json, a RealEstate10K .txt or an .npz with C2W (F,4,4) "
+    "and fxfycxcy (F,4)"
+)
 FRAME_STRIDE = 4  # the Wan VAE's temporal stride: videos have 1 + 4k frames
+IMAGE_RANGE_SLACK = 1e-3  # float images may pass [0, 1] by rounding (clamped); beyond it they are refused
+
+log = logging.getLogger("diff4splat.inputs")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -36,26 +44,73 @@ FRAME_STRIDE = 4  # the Wan VAE's temporal stride: videos have 1 + 4k frames
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _read_rgb(path: Path, where: str) -> np.ndarray:  # (H, W, 3) uint8
+def _read_rgb(path: Path, where: str) -> np.ndarray:  # (H, W, 3) float32 in [0, 1]
+    """One image file as RGB in [0, 1], EXIF orientation applied. 8-bit images scale by 1/255, 16-bit greyscale by
+    1/65535, 32-bit float greyscale is taken as is and must lie in [0, 1] (refused otherwise, as are 32-bit integer
+    images beyond 16 bits); greyscale becomes three equal channels. Transparency (RGBA, LA, palette or colour-key
+    transparency) is composited over `ALPHA_BACKGROUND` (white), with one warning line. Images of more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's decompression-bomb limit, ~89 MP) are refused before decoding."""
+    import warnings
+
     from PIL import Image, ImageOps
 
     if not path.is_file():
         raise InputError(f"{where}: no such file; expected an image file ({', '.join(IMAGE_SUFFIXES)})")
     try:
-        with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _image_to_rgb(ImageOps.exif_transpose(im), where)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise InputError(
+            f"{where}: image too large ({e}); expected at most {Image.MAX_IMAGE_PIXELS} pixels: downscale it first"
+        ) from e
     except OSError as e:  # PIL's UnidentifiedImageError and truncated files
         raise InputError(
             f"{where}: unreadable image ({e}); expected a PNG/JPEG/WebP file or another image format PIL reads"
         ) from e
 
 
+ALPHA_BACKGROUND = 1.0  # transparent pixels are composited over white (the NeRF-synthetic convention)
+
+
+def _image_to_rgb(im, where: str) -> np.ndarray:  # PIL image -> (H, W, 3) float32 in [0, 1]
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise InputError(
+                f"{where}: 32-bit integer image with values in [{a.min():g}, {a.max():g}]; expected an 8- or "
+                f"16-bit image"
+            )
+        return np.repeat((a / 65535.0).astype(np.float32)[..., None], 3, axis=-1)
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise InputError(
+                f"{where}: floating-point image with values in [{np.nanmin(a):g}, {np.nanmax(a):g}]; expected "
+                f"values in [0, 1] (or an 8- or 16-bit image)"
+            )
+        return np.repeat(a[..., None], 3, axis=-1)
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        if (alpha < 1).any():
+            log.warning(
+                "%s: %.0f %% of the pixels are (partly) transparent: composited over white",
+                where,
+                100 * float((alpha < 1).mean()),
+            )
+        return rgba[..., :3] * alpha + ALPHA_BACKGROUND * (1 - alpha)
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def read_image(path: str | Path, field: str | None = "image") -> Tensor:  # -> [3, H, W] in [0, 1]
-    """One image file (EXIF orientation applied). Errors name ``field=path`` (or the path alone when ``field`` is
-    None), the problem and the accepted forms."""
+    """One image file (see `_read_rgb` for bit depths, transparency and size limits). Errors name ``field=path``
+    (or the path alone when ``field`` is None), the problem and the accepted forms."""
     path = Path(path)
     arr = _read_rgb(path, f"{field}={path}" if field else str(path))
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
 
 
 @dataclass
@@ -68,6 +123,14 @@ class Views:
     times: Tensor | None  # [F] in [0, 1]
 
 
+def frame_names(path: str | Path) -> list[str] | None:
+    """The stems of the image files `read_frames` reads from a folder, in its order (None for a video)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    return [p.stem for p in sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)]
+
+
 def read_frames(path: str | Path) -> Tensor:
     """Frames of a folder of images (sorted by name) or a video file: [F, 3, H, W] float in [0, 1]."""
     path = Path(path)
@@ -78,7 +141,7 @@ def read_frames(path: str | Path) -> Tensor:
         arrays = [_read_rgb(f, str(f)) for f in files]
         if len({a.shape for a in arrays}) != 1:
             raise InputError(f"{path}: images differ in size ({sorted({a.shape for a in arrays})})")
-        frames = np.stack(arrays)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
     elif path.suffix.lower() in VIDEO_SUFFIXES:
         if not path.is_file():
             raise InputError(f"{path}: no such video file")
@@ -233,6 +296,13 @@ def read_npz(path: str | Path, where: str | None = None) -> Views:
             raise InputError(f"{where}: field images has {imgs.shape[0]} frames but C2W has {c2w.shape[0]} cameras")
         if not torch.isfinite(imgs).all():
             raise InputError(f"{where}: field images has non-finite values; expected colours in [0, 1] (or uint8)")
+        lo, hi = (float(imgs.min()), float(imgs.max())) if imgs.numel() else (0.0, 1.0)
+        if lo < -IMAGE_RANGE_SLACK or hi > 1 + IMAGE_RANGE_SLACK:
+            hint = " (they look like 0-255 values: divide by 255 or save uint8)" if lo >= 0 and hi <= 255 else ""
+            raise InputError(
+                f"{where}: field images has values in [{lo:g}, {hi:g}]; expected floats in [0, 1] or uint8{hint}"
+            )
+        imgs = imgs.clamp(0, 1)
     if fx is None:
         if K is None:
             raise InputError(f"{where}: missing field fxfycxcy (normalised) or intrinsics (F,3,3 in pixels)")
@@ -251,11 +321,89 @@ def read_npz(path: str | Path, where: str | None = None) -> Views:
     return Views(imgs, torch.as_tensor(c2w, dtype=torch.float32), torch.as_tensor(fx, dtype=torch.float32), times)
 
 
+def is_transforms_json(path: Path) -> bool:
+    """Whether a ``.json`` is a nerfstudio / instant-ngp / Blender ``transforms.json`` (frames with a
+    ``transform_matrix``) rather than our trajectory format."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    frames = doc.get("frames") if isinstance(doc, dict) else None
+    return bool(frames) and isinstance(frames, list) and isinstance(frames[0], dict) and "transform_matrix" in frames[0]
+
+
+def read_transforms_json(
+    path: Path, where: str, image_size: tuple[int, int] | None = None, frame_names: list[str] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:  # c2w [F, 4, 4] OpenCV, fxfycxcy [F, 4], times [F] (float64)
+    """Cameras of a nerfstudio / instant-ngp / Blender ``transforms.json``: OpenGL ``transform_matrix`` -> OpenCV
+    c2w (`datamodules.sources.dl3dv.nerfstudio_poses`), intrinsics from ``fl_x, fl_y, cx, cy, w, h`` or
+    ``camera_angle_x`` with per-frame values overriding the top-level ones
+    (`datamodules.sources.matrixcity.normalised_intrinsics`; ``camera_angle_x`` needs the frames' ``image_size``
+    (H, W)). Frames are ordered by the number in their ``file_path`` (then the path); with ``frame_names`` (the
+    stems of the image files the cameras are for, in their order) each image gets the frame whose ``file_path``
+    has its stem, and frames without an image are left out with one warning line. Times: evenly spaced."""
+    from datamodules.sources.base import SourceError
+    from datamodules.sources.dl3dv import frame_number, nerfstudio_poses
+    from datamodules.sources.matrixcity import normalised_intrinsics
+
+    doc = json.loads(path.read_text())
+    frames = doc["frames"]
+    if not all(isinstance(f, dict) for f in frames):
+        raise InputError(f"{where}: field frames must be a list of objects with transform_matrix and file_path")
+    stems = [Path(str(f.get("file_path", ""))).stem for f in frames]
+    if frame_names is not None:
+        index = {stem: i for i, stem in enumerate(stems)}
+        missing = [n for n in frame_names if n not in index]
+        if missing:
+            raise InputError(
+                f"{where}: no frame has a file_path for image {missing[0]!r} ({len(missing)} of {len(frame_names)} "
+                f"images have none); expected one frame per image, matched by file name"
+            )
+        if len(frame_names) < len(frames):
+            log.warning(
+                "%s: %d frames listed, %d of them have an image: those are used", where, len(frames), len(frame_names)
+            )
+        frames = [frames[index[n]] for n in frame_names]
+    else:
+        frames = sorted(frames, key=lambda f: (frame_number(str(f.get("file_path", ""))), str(f.get("file_path"))))
+    keys = ("camera_angle_x", "fl_x", "fl_y", "cx", "cy", "w", "h")
+    try:
+        c2w = nerfstudio_poses(frames, where, path)
+        fx = []
+        for f in frames:
+            camera = {k: float(f.get(k, doc.get(k))) for k in keys if f.get(k, doc.get(k)) is not None}
+            if "camera_angle_x" not in camera and "fl_x" not in camera:
+                raise InputError(f"{where}: no focal length; expected fl_x (with w, h) or camera_angle_x")
+            if image_size is not None:
+                h, w = image_size
+            elif "w" in camera and "h" in camera:
+                h, w = camera["h"], camera["w"]
+            else:
+                raise InputError(f"{where}: camera_angle_x without w, h; the frames' size is needed (pass the frames)")
+            fx.append(normalised_intrinsics(camera, int(h), int(w), where, path))
+    except SourceError as e:
+        raise InputError(f"{where}: {e.message}; expected a nerfstudio / instant-ngp transforms.json") from e
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: non-numeric camera values ({e}); expected a transforms.json") from e
+    n = len(frames)
+    return (
+        torch.from_numpy(c2w).double(),
+        torch.as_tensor(np.stack(fx), dtype=torch.float64),
+        torch.linspace(0, 1, n, dtype=torch.float64),
+    )
+
+
 def read_cameras(
-    path: str | Path, where: str | None = None, expected: str = CAMERA_FILES
+    path: str | Path,
+    where: str | None = None,
+    expected: str = CAMERA_FILES,
+    image_size: tuple[int, int] | None = None,
+    frame_names: list[str] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # c2w [F, 4, 4], fxfycxcy [F, 4], times [F] in [0, 1] (float64)
-    """Checked cameras of an ``.npz`` (C2W + fxfycxcy, optional timestep), our trajectory ``.json`` or a
-    RealEstate10K ``.txt``. Errors start with ``where`` (default: the path) and end with ``expected``."""
+    """Checked cameras of an ``.npz`` (C2W + fxfycxcy, optional timestep), our trajectory ``.json``, a
+    nerfstudio / instant-ngp ``transforms.json`` (`read_transforms_json`, which uses ``image_size`` (H, W) and
+    ``frame_names``) or a RealEstate10K ``.txt``. Errors start with ``where`` (default: the path) and end with
+    ``expected``."""
     from diff4splat.geometry.trajectories import read_re10k_txt, read_trajectory_json
 
     path = Path(path)
@@ -269,6 +417,10 @@ def read_cameras(
         views = read_npz(path, where)
         times = views.times if views.times is not None else torch.linspace(0, 1, views.c2w.shape[0])
         return views.c2w.double(), views.fxfycxcy.double(), times.double()
+    if suffix == ".json" and is_transforms_json(path):
+        c2w, fxfycxcy, times = read_transforms_json(path, where, image_size, frame_names)
+        check_poses(c2w, fxfycxcy, where, "transform_matrix", times)
+        return c2w, fxfycxcy, times
     try:
         traj = read_trajectory_json(path) if suffix == ".json" else read_re10k_txt(path)
     except RuntimeError as e:  # a singular world-to-camera matrix (torch.linalg.LinAlgError) in a .txt
@@ -322,6 +474,10 @@ def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image
 
     Preset intrinsics come from ``opts.fov`` for an input image of ``image_size`` (H, W), square pixels."""
     check_num_frames(num_frames)
+    for name in ("strength", "look_at", "translation_scale"):
+        value = getattr(opts, name)
+        if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise InputError(f"trajectory.{name}: expected finite numbers, got {value}")
     path = Path(camera)
     key = camera.replace("-", "_").lower()
     if key in PRESETS and not path.is_file():
@@ -344,7 +500,7 @@ def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image
             raise InputError(f"camera={camera}: not a trajectory preset and not a camera file; {camera_forms()}")
         if not path.is_file():
             raise InputError(f"camera={path}: no such file; {camera_forms()}")
-        c2w, fx, times = read_cameras(path, f"camera={path}", camera_forms())
+        c2w, fx, times = read_cameras(path, f"camera={path}", camera_forms(), image_size)
         n = c2w.shape[0]
         if n < num_frames:
             raise InputError(
@@ -352,6 +508,14 @@ def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image
                 f"smaller trajectory.num_frames (1 + 4k <= {n}) or a longer trajectory"
             )
         idx = torch.linspace(0, n - 1, num_frames, dtype=torch.float64).round().long()
+        if n != num_frames:
+            log.warning(
+                "camera=%s: %d cameras resampled evenly to trajectory.num_frames=%d (every %.3g-th camera is used)",
+                path,
+                n,
+                num_frames,
+                (n - 1) / max(1, num_frames - 1),
+            )
         c2w, fx, times = c2w[idx], fx[idx], times[idx]
         span = times[-1] - times[0]
         times = (times - times[0]) / span if span > 0 else torch.linspace(0, 1, num_frames, dtype=torch.float64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,7 +29,13 @@ from torch import Tensor
 from diff4splat.cli import InputError
 from diff4splat.files import atomic_write_text
 from diff4splat.models.camera_wan import CameraWanConfig
-from diff4splat.pipelines.generation import UNTRAINED_LABEL, Diff4SplatPipeline, render_outputs
+from diff4splat.pipelines.generation import (
+    UNTRAINED_LABEL,
+    Diff4SplatPipeline,
+    check_model_paths,
+    render_outputs,
+    resolve_device,
+)
 from diff4splat.pipelines.inputs import (
     CAMERA_SUFFIXES,
     IMAGE_SUFFIXES,
@@ -38,12 +45,14 @@ from diff4splat.pipelines.inputs import (
     read_image,
     resolve_cameras,
 )
+from diff4splat.pipelines.memory import check_memory
 from diff4splat.pipelines.outputs import (
     META_FILE,
     OUTPUTS,
     atomic_output_dir,
     build_meta,
     check_output_dir,
+    check_writable,
     write_outputs,
 )
 from diff4splat.pipelines.stages import STAGES, Stages
@@ -57,6 +66,10 @@ AUTO_COMPILE_JOBS = 3
 DEFAULT_SIZE, DEFAULT_FRAMES = (352, 640), 49  # the reference's generation size
 TINY_SIZE, TINY_FRAMES = (96, 160), 13
 OUTPUT_OPTION, OVERWRITE_FLAG = "output_dir=", "overwrite=true"  # how error messages name them
+SIZE_UNIT = 32  # the Wan2.2 DiT token: VAE stride 16 x patch 2 (the models may need more, checked when loaded)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+MAX_CROP = 0.25  # a fit that cuts away more of the image than this is reported
+MAX_UPSCALE = 2.0  # so is one that upscales the image more than this
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -135,6 +148,7 @@ class GenerateConfig:
     progress: bool = True
     compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for batches of >= 3 scenes
     video_preset: str = "veryfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
+    check_memory: bool = True  # refuse sizes whose estimated peak memory exceeds what is free (pipelines.memory)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -159,25 +173,97 @@ class Job:
 def model_size(cfg: GenerateConfig) -> tuple[int, int]:
     h, w = TINY_SIZE if cfg.tiny else DEFAULT_SIZE
     h, w = cfg.height or h, cfg.width or w
-    unit = 32  # the Wan2.2 DiT token: VAE stride 16 x patch 2 (the models may need more, checked when loaded)
+    unit = SIZE_UNIT
     if h % unit or w % unit or h <= 0 or w <= 0:
         raise InputError(f"height={h} width={w}: expected positive multiples of {unit} (e.g. 352 x 640, 480 x 832)")
     return h, w
+
+
+def check_seed(seed: int, where: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{where}: expected an integer in [0, 2^63 - 1], got {seed!r}")
+    return seed
+
+
+def check_options(cfg: GenerateConfig) -> None:
+    """The numeric options that no model or file checks: each must mean something (``fps=0``, ``sampling.steps=0``,
+    a NaN scale are refused here, naming the option, before anything is read or built)."""
+
+    def need(ok: bool, name: str, expected: str) -> None:
+        if not ok:
+            value = _option_value(cfg, name)
+            raise InputError(f"{name}: expected {expected}, got {value!r}")
+
+    def finite(x: float | None) -> bool:
+        return x is not None and math.isfinite(x)
+
+    s = cfg.sampling
+    need(cfg.fps >= 1, "fps", "a frame rate >= 1")
+    need(s.steps >= 1, "sampling.steps", "at least 1 denoising step")
+    need(finite(s.guidance_scale), "sampling.guidance_scale", "a finite number (1.0: no guidance)")
+    need(finite(s.flow_shift) and s.flow_shift > 0, "sampling.flow_shift", "a finite number > 0")
+    need(s.num_train_timesteps >= s.steps, "sampling.num_train_timesteps", f"at least sampling.steps={s.steps}")
+    need(finite(cfg.lrdm.translation_scale) and cfg.lrdm.translation_scale > 0, "lrdm.translation_scale", "> 0")
+    p = cfg.lrdm.prune_threshold
+    need(p is None or (finite(p) and 0 <= p < 1), "lrdm.prune_threshold", "an opacity in [0, 1) or null")
+    need(cfg.lrdm.input_frames is None or cfg.lrdm.input_frames >= 1, "lrdm.input_frames", "a count >= 1 or null")
+    need(cfg.lrdm.num_times is None or cfg.lrdm.num_times >= 1, "lrdm.num_times", "a count >= 1 or null")
+    need(cfg.render.novel_frames is None or cfg.render.novel_frames >= 1, "render.novel_frames", ">= 1 or null")
+    need(finite(cfg.render.novel_strength), "render.novel_strength", "a finite number")
+    check_seed(cfg.seed)
+
+
+def _option_value(obj: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_fit(fit: dict, where: str, unit: int) -> None:
+    """Refuse an image smaller than the model's ``unit`` (``fit`` from `fit_frames`: there is nothing to see in it);
+    warn (one line each) when the fit cuts away more than `MAX_CROP` of the image or upscales it more than
+    `MAX_UPSCALE` times."""
+    (h, w), (rh, rw), (ch, cw) = fit["input_size"], fit["resized_to"], fit["model_size"]
+    if min(h, w) < unit:
+        raise InputError(
+            f"{where}: the image is {h}x{w} pixels; expected at least {unit} pixels per side (the model's "
+            f"{ch}x{cw} frame would be upscaled from almost nothing)"
+        )
+    cut = 1 - (ch * cw) / (rh * rw)
+    if cut > MAX_CROP:
+        log.warning(
+            "%s: the %dx%d image is centre-cropped to the model's %dx%d aspect ratio, cutting away %.0f %% of it; "
+            "choose height/width closer to its aspect ratio to keep more",
+            where,
+            h,
+            w,
+            ch,
+            cw,
+            100 * cut,
+        )
+    if rh / h > MAX_UPSCALE:
+        log.warning(
+            "%s: the %dx%d image is upscaled %.1fx to %dx%d: expect a blurred video", where, h, w, rh / h, rh, rw
+        )
 
 
 def make_job(
     cfg: GenerateConfig, image: str | Path, camera: str, prompt: str, seed: int, target: Path, where: str = ""
 ) -> Job:
     """Read, check and fit one (image, trajectory); ``where`` prefixes errors (e.g. a CSV row)."""
+    check_options(cfg)
+    h, w = model_size(cfg)
     try:
-        pixels = read_image(image)
+        check_seed(seed, "seed")
         n = cfg.trajectory.num_frames
         num_frames = check_num_frames((TINY_FRAMES if cfg.tiny else DEFAULT_FRAMES) if n is None else n)
+        check_memory(cfg, num_frames, h, w, str(resolve_device(cfg.device)))
+        pixels = read_image(image)
         cams = resolve_cameras(camera, cfg.trajectory, num_frames, tuple(pixels.shape[-2:]))
+        fitted, fx, fit = fit_frames(pixels, cams.fxfycxcy, size=(h, w), cover=True)
+        check_fit(fit, f"image={image}", SIZE_UNIT)
     except InputError as e:
         raise InputError(f"{where}{e}") from e
-    h, w = model_size(cfg)
-    fitted, fx, fit = fit_frames(pixels, cams.fxfycxcy, size=(h, w), cover=True)
     cams = replace(cams, fxfycxcy=fx)
     return Job(Path(image), fitted, cams, prompt, seed, target, fit, camera)
 
@@ -328,15 +414,20 @@ def generate(cfg: GenerateConfig) -> Path:
     Returns the output folder (in batch mode, the folder holding one sub-folder per job)."""
     if not cfg.output_dir:
         raise InputError("output_dir: required (the folder to write scene.safetensors, ply/, videos, meta.json to)")
-    out = Path(cfg.output_dir)
+    out = Path(cfg.output_dir).absolute()
+    check_options(cfg)
+    if not cfg.tiny:
+        check_model_paths(cfg)
     if cfg.batch:
         if cfg.image:
             raise InputError("image and batch are exclusive: pass one image or a batch folder/CSV")
+        check_writable(out, OUTPUT_OPTION, inside=True)
         jobs = read_batch(cfg, out)
     else:
         if not cfg.image:
             raise InputError("image: required (a path to the first frame), or batch=FOLDER_OR_CSV")
         check_output_dir(out, cfg.overwrite, OUTPUT_OPTION, OVERWRITE_FLAG)
+        check_writable(out, OUTPUT_OPTION)
         jobs = [make_job(cfg, cfg.image, cfg.camera, cfg.prompt, cfg.seed, out)]
     start = time.perf_counter()
     pipe = Diff4SplatPipeline.from_config(cfg)

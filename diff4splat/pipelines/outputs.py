@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 
 from diff4splat.cli import InputError
-from diff4splat.files import atomic_dir
+from diff4splat.files import atomic_dir, remove_stale_temp_dirs
 from diff4splat.gaussians.io import load_4d
 from diff4splat.gaussians.types import DeformableGaussians
 from diff4splat.media import depth_to_color, to_uint8, write_video
@@ -45,6 +47,8 @@ SCENE_FILE = "scene.safetensors"
 META_FILE = "meta.json"
 VIDEO_FILE = "video.mp4"
 META_FORMAT = "diff4splat-generation"
+RECONSTRUCTION_FORMAT = "diff4splat-reconstruction"
+OUTPUT_FORMATS = (META_FORMAT, RECONSTRUCTION_FORMAT)  # the meta.json formats of folders overwrite may replace
 OUTPUTS = ("scene", "ply", "video", "render", "novel", "depth", "trajectory")
 
 
@@ -73,15 +77,64 @@ class SceneOutput:
     video: Path | None  # video.mp4 when present
 
 
+def previous_output(folder: Path) -> str | None:
+    """Why ``folder`` may not be replaced (None when it may): it must hold a ``meta.json`` that generate or reconstruct
+    wrote (a JSON object whose ``format`` is one of `OUTPUT_FORMATS`) and nothing but the entries that file lists in
+    ``files``, so files a user added (or a folder that only looks like an output) are never deleted."""
+    meta_path = folder / META_FILE
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") not in OUTPUT_FORMATS:
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        return f"it holds {shown} and no {META_FILE} of a generate or reconstruct output"
+    listed = {str(f).rstrip("/") for f in meta.get("files") or []} | {META_FILE}
+    extra = [e for e in entries if e.rstrip("/") not in listed]
+    if extra:
+        shown = ", ".join(extra[:5]) + (f", ... ({len(extra)} entries)" if len(extra) > 5 else "")
+        return f"it is an earlier output but also holds {shown}, which its {META_FILE} does not list"
+    return None
+
+
 def check_output_dir(
     target: Path, overwrite: bool, option: str = "--out ", overwrite_flag: str = "--overwrite"
 ) -> None:
-    """An output folder may be written when absent or empty, or with ``overwrite``; errors name the folder after
-    ``option`` (how the command line names it: ``--out ``, ``output_dir=``) and ``overwrite_flag``."""
+    """An output folder may be written when absent or empty, or, with ``overwrite``, when it is an earlier output of
+    generate or reconstruct (`previous_output`); anything else is refused, so ``overwrite`` never deletes a user's
+    files. Errors name the folder after ``option`` (how the command line names it: ``--out ``, ``output_dir=``) and
+    ``overwrite_flag``. Temporary folders that killed runs left beside ``target`` are removed first
+    (`diff4splat.files.remove_stale_temp_dirs`)."""
+    remove_stale_temp_dirs(target)
     if target.exists() and not target.is_dir():
         raise InputError(f"{option}{target}: exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not overwrite:
         raise InputError(f"{option}{target}: folder exists and is not empty; pass {overwrite_flag} to replace it")
+    why = previous_output(target)
+    if why is not None:
+        raise InputError(
+            f"{option}{target}: not replaced: {why}; {overwrite_flag} replaces only an empty folder or an earlier "
+            f"output (move those files or choose another folder)"
+        )
+
+
+def check_writable(target: Path, option: str = "--out ", inside: bool = False) -> None:
+    """``target`` can be made (``inside``: entries can be made in it): its nearest existing ancestor (or ``target``
+    itself) is a folder this process can create a folder in, tried for real with an empty folder removed at once
+    (permissions, read-only file systems and root all answer). Checked before any model is loaded; the error names
+    ``target``, never a temporary name."""
+    target = Path(target).absolute()
+    existing = target if inside and target.is_dir() else next(p for p in target.parents if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{option}{target}: {existing} is not a folder")
+    try:
+        probe = tempfile.mkdtemp(prefix=".diff4splat-write-check-", dir=existing)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot be written ({existing}: {e.strerror})", f"{option}{target}") from None
+    os.rmdir(probe)
 
 
 @contextlib.contextmanager
@@ -91,9 +144,11 @@ def atomic_output_dir(
     """A fresh temporary folder beside ``target`` to write into, renamed onto ``target`` when the block succeeds and
     removed (with any parent folders this made) when it fails (`diff4splat.files.atomic_dir`), so a failed run leaves
     nothing behind. An existing non-empty ``target`` is an `InputError` (see `check_output_dir`) unless
-    ``overwrite``; it is then replaced as a whole only after the new folder is complete."""
+    ``overwrite`` and it is an earlier output; it is then replaced as a whole only after the new folder is
+    complete."""
     target = Path(target).absolute()
     check_output_dir(target, overwrite, option, overwrite_flag)
+    check_writable(target, option)
     with atomic_dir(target) as tmp:
         yield tmp
 

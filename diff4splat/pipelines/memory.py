@@ -1,0 +1,236 @@
+"""Peak memory of a generation, estimated from its size before anything is allocated and checked against what the
+machine has free (`check_memory`): a size it cannot hold is refused at once, naming the largest that fits, instead of
+allocating until the kernel's OOM killer ends the run.
+
+The estimate, in bytes, of what the run adds on the device the models run on (CPU RAM, or CUDA memory)::
+
+    peak = weights + max(sampling, lrdm)
+    sampling = RAY_BYTES · B · F·H·W  +  DIT_BYTES · B · tokens · dim  +  VAE_BYTES · H·W · decoder_dim
+    lrdm     = VIDEO_BYTES · F·H·W  +  GAUSSIAN_BYTES · N  +  DEFORM_BYTES · N·T
+
+F frames of H x W pixels; B = 2 with classifier-free guidance (both branches in one batch), else 1; tokens =
+(1 + (F - 1)/4)·(H/32)·(W/32) CameraWan tokens of width ``dim``; N = F·(H/s)·(W/s) Gaussians (s: the LRDM's
+``gaussian_stride``; every frame emits Gaussians) and T query times (``lrdm.num_times``, or one per latent frame).
+What each term holds:
+
+- ``RAY_BYTES`` per pixel and frame: the Plücker rays (6 float32 channels) of both guidance branches, their causal
+  padding and the camera encoder's patchified copy, alive while CameraWan samples. Calibrated (below).
+- ``DIT_BYTES`` per token and channel: one transformer block's live activations (hidden state, q/k/v, attention
+  output, the 4.7x-wide feed-forward), in the model's dtype. Analytic: the tiny models' width (a few dozen channels)
+  cannot calibrate it; with flash/memory-efficient attention nothing grows with tokens².
+- ``VAE_BYTES`` per output pixel and decoder channel: the Wan VAE decoder's full-resolution stage, which decodes
+  one latent frame (4 video frames) at a time with its causal cache. Analytic, for the same reason.
+- ``VIDEO_BYTES`` per pixel and frame: the decoded video (float32), its renders and their uint8 copies, alive from
+  decoding to the written files. Calibrated.
+- ``GAUSSIAN_BYTES`` per Gaussian and ``DEFORM_BYTES`` per Gaussian and query time: the canonical Gaussians, and the
+  per-query-time deformation (Δμ, Δq, Δs: 10 floats) with the copies made while stacking, normalising, pruning and
+  writing them. The N·T term grows with F² and decides the largest frame count. Calibrated.
+- ``weights``: the tiny models' measured resident size; for real models the sizes of their weight files (the 5B
+  transformer and the UMT5 encoder dominate), doubled when bfloat16 files run as float32 on a CPU. With
+  ``low_memory.offload`` only the largest model is on the GPU at a time.
+
+Calibration (``experiments/benchmarks/generate_memory.py``, results in
+``experiments/benchmarks/results/generate_memory_cpu.md``): the tiny random-weight models on a CPU in float32, peak
+RSS sampled every 2 ms in each stage, at 13 to 385 frames of 96 x 160 and at 192 x 320 and 384 x 640; each
+coefficient is the largest the measurements need plus a margin, so the estimate is at or above every measured peak.
+The real models' estimate rests on the same calibrated terms plus the analytic ones; it was not measured here (no
+weights on this machine) and ``check_memory=false`` skips the check when it is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diff4splat.cli import InputError
+
+if TYPE_CHECKING:
+    from diff4splat.pipelines.jobs import GenerateConfig
+
+GIB = 2**30
+RAY_BYTES = 200.0  # calibrated (see the module docstring)
+VIDEO_BYTES = 64.0  # calibrated
+GAUSSIAN_BYTES = 400.0  # calibrated
+DEFORM_BYTES = 160.0  # calibrated
+DIT_BYTES = 16.0  # analytic: x dtype bytes (hidden, q, k, v, out, 2 x 4.7 feed-forward, ...: ~16 values per channel)
+VAE_BYTES = 12.0  # analytic: x dtype bytes (a few live feature maps at full resolution over 4 frames)
+TINY_WEIGHTS = 300 * 2**20  # calibrated: what building the tiny pipeline adds (236 MB measured)
+FREE_FRACTION = 0.9  # what a run may take of the free memory (the rest for the allocator's slack and the system)
+
+
+@dataclass
+class Size:
+    """What a generation's memory depends on."""
+
+    frames: int  # F (1 + 4k)
+    height: int  # H
+    width: int  # W
+    query_times: int  # T
+
+    def __str__(self) -> str:
+        return f"{self.frames} frames of {self.height}x{self.width}"
+
+
+@dataclass
+class Models:
+    """What the estimate needs to know of the chosen models."""
+
+    weights: float  # bytes resident on the compute device
+    dim: int  # CameraWan width
+    dtype_bytes: int  # 2 (bfloat16) or 4
+    guided: bool  # classifier-free guidance: two branches per step
+    gaussian_stride: int  # LRDM: one Gaussian per s x s pixels
+    decoder_dim: int  # Wan VAE decoder width
+
+
+def estimate_bytes(size: Size, m: Models) -> float:
+    """The peak bytes a generation of ``size`` adds on its device (the module docstring's formula)."""
+    f, h, w = size.frames, size.height, size.width
+    pixels = f * h * w
+    b = 2 if m.guided else 1
+    tokens = (1 + (f - 1) // 4) * (h // 32) * (w // 32)
+    sampling = RAY_BYTES * b * pixels + DIT_BYTES * m.dtype_bytes * b * tokens * m.dim
+    sampling += VAE_BYTES * m.dtype_bytes * h * w * m.decoder_dim
+    n = f * math.ceil(h / m.gaussian_stride) * math.ceil(w / m.gaussian_stride)
+    lrdm = VIDEO_BYTES * pixels + GAUSSIAN_BYTES * n + DEFORM_BYTES * n * size.query_times
+    return m.weights + max(sampling, lrdm)
+
+
+def free_bytes(device: str) -> tuple[float, str]:
+    """Bytes a run can still allocate on ``device`` and how that memory is named: CUDA's free memory, or the
+    kernel's ``MemAvailable`` (falling back to the free physical pages) for the CPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return float(free), f"free GPU memory ({device})"
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        return float(info["MemAvailable"]), "available RAM"
+    except (OSError, KeyError, ValueError, IndexError):
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "free RAM"
+
+
+def _files_bytes(path: str | None, pattern: str = "*.safetensors") -> float:
+    if not path:
+        return 0.0
+    p = Path(path)
+    if p.is_file():
+        return float(p.stat().st_size)
+    return float(sum(f.stat().st_size for f in p.rglob(pattern) if f.is_file()))
+
+
+def _lrdm_stride(path: str | None) -> int:
+    """The ``gaussian_stride`` in an LRDM export's metadata (read from the file's header only); 1 when unknown."""
+    import json
+
+    if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return 1
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        model = json.loads(meta.get("hparams", "{}")).get("model") or {}
+        return max(1, int(model.get("gaussian_stride", 1)))
+    except Exception:  # noqa: BLE001 - an unreadable header is reported when the model loads; assume the densest
+        return 1
+
+
+def describe_models(cfg: GenerateConfig, device: str) -> Models:
+    """`Models` of ``cfg``'s choice, from configs and file sizes only (nothing is loaded)."""
+    from diff4splat.models.camera_wan import transformer_arch
+    from diff4splat.pipelines.generation import TINY_CAMERA_WAN, TINY_LRDM
+
+    guided = cfg.sampling.guidance_scale != 1.0
+    if cfg.tiny:
+        arch = transformer_arch("tiny", TINY_CAMERA_WAN["arch_overrides"])
+        return Models(
+            weights=TINY_WEIGHTS,
+            dim=arch["num_attention_heads"] * arch["attention_head_dim"],
+            dtype_bytes=4,
+            guided=guided,
+            gaussian_stride=TINY_LRDM["gaussian_stride"],
+            decoder_dim=3,
+        )
+    cw = cfg.models.camera_wan
+    arch = transformer_arch(cw.arch, cw.arch_overrides)
+    dim = arch["num_attention_heads"] * arch["attention_head_dim"]
+    cuda = device.startswith("cuda")
+    dtype_bytes = 2 if cuda and cfg.dtype != "float32" else 4
+    if cw.init == "pretrained":
+        dit = _files_bytes(str(Path(cw.pretrained_path or "") / "transformer"))
+    elif cw.init == "original":
+        dit = sum(_files_bytes(p) for p in cw.original_paths)
+    else:  # random weights of the architecture: attention (self + cross) and feed-forward per block
+        dit = arch["num_layers"] * (8 * dim * dim + 2 * dim * arch["ffn_dim"]) * 2
+    parts = {
+        "camera_wan": dit + _files_bytes(cw.camera_weights),
+        "text_encoder": _files_bytes(str(Path(cfg.models.text_encoder or "") / "text_encoder")),
+        "vae": _files_bytes(str(Path(cfg.models.vae or "") / "vae")),
+        "lrdm": _files_bytes(cfg.models.lrdm),
+        "aligner": _files_bytes(cfg.models.aligner) if cfg.decoder == "tiny_vae" else 0.0,
+    }
+    scale = 1.0 if dtype_bytes == 2 else 2.0  # bfloat16 files held as float32
+    on_device = {k: v * scale for k, v in parts.items()}
+    if cuda and cfg.low_memory.text_encoder_on_cpu:
+        on_device.pop("text_encoder")
+    weights = max(on_device.values()) if cuda and cfg.low_memory.offload else sum(on_device.values())
+    return Models(weights, dim, dtype_bytes, guided, _lrdm_stride(cfg.models.lrdm), 256)
+
+
+def _largest(fits, start: int, limit: int) -> int | None:
+    """The largest integer k in [start, limit] with ``fits(k)`` (monotone), or None."""
+    if not fits(start):
+        return None
+    lo, hi = start, start
+    while hi < limit and fits(min(limit, hi * 2)):
+        lo = hi = min(limit, hi * 2)
+    hi = min(limit, hi * 2)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def check_memory(cfg: GenerateConfig, num_frames: int, height: int, width: int, device: str) -> float:
+    """Refuse a generation whose estimated peak (`estimate_bytes`) exceeds `FREE_FRACTION` of the free memory of
+    ``device``, naming the largest frame count that fits at this frame size (or, when none does, the largest frame
+    size at the fewest frames); nothing is allocated. Returns the estimate in bytes."""
+    models = describe_models(cfg, device)
+    latent_frames = 1 + (num_frames - 1) // 4
+
+    def size(f: int, h: int = height, w: int = width) -> Size:
+        t = cfg.lrdm.num_times or (1 + (f - 1) // 4)
+        return Size(f, h, w, min(t, f) if cfg.lrdm.num_times else t)
+
+    need = estimate_bytes(size(num_frames), models)
+    free, what = free_bytes(device)
+    budget = FREE_FRACTION * free
+    if not cfg.check_memory or need <= budget:
+        return need
+    k = _largest(lambda k: estimate_bytes(size(1 + 4 * k), models) <= budget, 1, max(1, latent_frames - 1))
+    if k is not None:
+        hint = f"the largest that fits is trajectory.num_frames={1 + 4 * k} at {height}x{width}"
+    else:
+        aspect = width / height
+        s = _largest(
+            lambda s: estimate_bytes(size(5, 32 * s, 32 * max(1, round(s * aspect))), models) <= budget,
+            1,
+            max(1, height // 32),
+        )
+        hint = (
+            f"even 5 frames do not fit at {height}x{width}; the largest frame size that fits is "
+            f"height={32 * s} width={32 * max(1, round(s * aspect))}"
+            if s is not None
+            else "not even 5 frames of 32x32 fit: free memory first"
+        )
+    raise InputError(
+        f"trajectory.num_frames={num_frames} height={height} width={width}: needs about {need / GIB:.1f} GiB "
+        f"(estimated peak of these models) but {what} is {free / GIB:.1f} GiB; {hint} "
+        f"(check_memory=false to try anyway)"
+    )
