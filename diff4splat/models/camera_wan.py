@@ -13,6 +13,10 @@ untouched (a diffusers upgrade, LoRA adapters and the original-weight converter 
   input channels, so it equals ``patch_embedding(latents) + W_extra * camera_latents``: we keep the base patch
   embedding and hold the extra input channels as their own bias-free, zero-initialised Conv3d (the same function and
   the same parameters as the widened conv, with unchanged base keys).
+- ``camera_injection: fun`` (the released Wan2.2-Fun-5B-Control-Camera, ``diff4splat.models.fun_camera``): its
+  ``SimpleAdapter`` (PixelUnshuffle, patch conv, one residual block) turns Plücker maps packed four frames per latent
+  frame into tokens added at the same point; the transformer's patch embedding is wider (in = 2·out + 4) and
+  ``forward`` concatenates ``condition`` (mask ‖ masked-video latents, ``fun_camera.fun_condition``) to the latents.
 
 The causal convs pad the front of time by replicating the first frame ``kt - 1`` times (the reference's ``causal3d``),
 so F = 1 + 4k frames give 1 + k latent frames, aligned with the causal VAE. Zeroed cameras (CFG's unconditional
@@ -62,7 +66,7 @@ class CameraWanConfig:
     pretrained_path: str | None = None
     original_paths: list[str] = field(default_factory=list)
     camera_weights: str | None = None
-    camera_injection: Literal["add", "concat"] = "add"
+    camera_injection: Literal["add", "concat", "fun"] = "add"  # fun: the Wan2.2-Fun camera release (fun_camera.py)
     vae_stride: tuple[int, int, int] = (4, 16, 16)  # (time, height, width) of the Wan VAE (Wan2.1: (4, 8, 8))
     plucker_channels: int = 6
     lora_rank: int = 0  # 0: full fine-tuning; > 0: LoRA adapters (peft) on attention and FFN, base frozen
@@ -204,13 +208,15 @@ class CameraEncoder(nn.Module):
 class CameraWan(nn.Module):
     """A ``WanTransformer3DModel`` plus a camera encoder whose tokens are added to its patch embeddings.
 
-    ``transformer`` keeps the diffusers model (its state-dict keys under ``transformer.``); ``camera`` is ours.
+    ``transformer`` keeps the diffusers model (its state-dict keys under ``transformer.``); ``camera`` is ours
+    (``CameraEncoder``, or ``fun_camera.FunCameraAdapter`` for ``camera_injection="fun"``, whose transformer takes
+    ``condition_channels`` more input channels than it predicts and computes Wan's float64 timestep sinusoids).
     """
 
     def __init__(
         self,
         transformer: nn.Module,
-        camera_injection: Literal["add", "concat"] = "add",
+        camera_injection: Literal["add", "concat", "fun"] = "add",
         vae_stride: Sequence[int] = (4, 16, 16),
         plucker_channels: int = 6,
     ) -> None:
@@ -222,16 +228,38 @@ class CameraWan(nn.Module):
         self.dim = int(tcfg.num_attention_heads * tcfg.attention_head_dim)
         self.text_dim = int(tcfg.text_dim)
         self.vae_stride = tuple(int(s) for s in vae_stride)
-        self.camera = CameraEncoder(
-            self.dim, self.latent_channels, self.vae_stride, self.patch_size, camera_injection, plucker_channels
-        )
+        self.condition_channels = 0
+        if camera_injection == "fun":
+            from diff4splat.models.fun_camera import FUN_MASK_CHANNELS, FunCameraAdapter, use_wan_timestep_sinusoids
+
+            self.latent_channels = int(tcfg.out_channels or tcfg.in_channels)
+            self.condition_channels = int(tcfg.in_channels) - self.latent_channels
+            if self.condition_channels != self.latent_channels + FUN_MASK_CHANNELS:
+                raise ValueError(
+                    f"camera_injection=fun needs a transformer with in_channels = 2 * out_channels + "
+                    f"{FUN_MASK_CHANNELS}, got in {tcfg.in_channels}, out {tcfg.out_channels}"
+                )
+            self.camera = FunCameraAdapter(self.dim, self.vae_stride, self.patch_size, plucker_channels)
+            use_wan_timestep_sinusoids(transformer)
+        else:
+            self.camera = CameraEncoder(
+                self.dim, self.latent_channels, self.vae_stride, self.patch_size, camera_injection, plucker_channels
+            )
         self._pending: Tensor | None = None
         transformer.patch_embedding.register_forward_hook(self._add_camera_tokens)
 
     @classmethod
     def from_config(cls, cfg: CameraWanConfig | dict[str, Any], device: torch.device | str | None = None) -> CameraWan:
         cfg = to_dataclass(CameraWanConfig, cfg, "model")
-        model = cls(build_transformer(cfg, device), cfg.camera_injection, cfg.vae_stride, cfg.plucker_channels)
+        if cfg.camera_injection == "fun" and cfg.init == "original":  # the release: architecture from its shapes
+            from diff4splat.models.fun_camera import load_fun_camera_wan
+
+            if not cfg.original_paths:
+                raise ValueError("model.init=original needs model.original_paths (the Wan2.2-Fun release folder)")
+            paths = cfg.original_paths[0] if len(cfg.original_paths) == 1 else cfg.original_paths
+            model = load_fun_camera_wan(paths, getattr(torch, cfg.dtype), device or "cpu", cfg.arch_overrides)
+        else:
+            model = cls(build_transformer(cfg, device), cfg.camera_injection, cfg.vae_stride, cfg.plucker_channels)
         model.camera.to(device=device, dtype=getattr(torch, cfg.dtype))
         if cfg.lora_rank > 0:
             model.add_lora(cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
@@ -274,7 +302,18 @@ class CameraWan(nn.Module):
         prompt_embeds: Tensor,  # [B, L, text_dim]
         plucker: Tensor | None = None,  # [B, F, 6, H, W] with F = 1 + 4(T - 1), H = 16 h, W = 16 w; None: no cameras
         camera_tokens: Tensor | None = None,  # precomputed ``camera_tokens(plucker)`` (constant over sampling steps)
+        condition: Tensor | None = None,  # fun: [B, condition_channels, T, h, w] concatenated to the latents
     ) -> Tensor:  # the flow prediction (ε - x₀) [B, C, T, h, w]
+        if self.condition_channels:
+            if condition is None or condition.shape[1] != self.condition_channels:
+                got = None if condition is None else tuple(condition.shape)
+                raise ValueError(
+                    f"CameraWan (fun): needs condition [B, {self.condition_channels}, T, h, w] (mask and masked-video "
+                    f"latents, fun_camera.fun_condition), got {got}"
+                )
+            latents = torch.cat([latents, condition.to(latents.dtype)], 1)
+        elif condition is not None:
+            raise ValueError(f"CameraWan ({self.camera.injection}): takes no condition channels")
         tokens = (
             camera_tokens
             if camera_tokens is not None

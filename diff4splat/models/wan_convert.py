@@ -18,6 +18,11 @@ The architectures come with the package (``configs/``; nothing is fetched): ``tr
 ``vae_config()``. The shipped numbers are those of Wan2.2 ``wan/configs/wan_ti2v_5B.py`` and ``wan/modules/vae2_2.py``,
 which agree with diffusers' ``scripts/convert_wan_to_diffusers.py`` (``Wan2.2-TI2V-5B``, ``vae22_diffusers_config``).
 
+Wan2.2-Fun-5B-Control-Camera (VideoX-Fun) ships its DiT in this same original layout with two differences: the patch
+embedding takes 100 input channels (``transformer_config("fun_5b_control_camera")``) and ``control_adapter.*`` tensors
+are added; ``diff4splat.models.fun_camera`` splits those off and loads the rest through
+``transformer_from_original_state``.
+
 CLI (writes a folder that ``from_pretrained`` loads; built in a temporary folder and renamed when complete)::
 
     python -m diff4splat.models.wan_convert --kind transformer --src <Wan2.2-TI2V-5B dir or shards> --out <dir>
@@ -324,6 +329,22 @@ def read_safetensors(files: Sequence[Path], dtype: torch.dtype | None = None) ->
     return state_dict
 
 
+def read_safetensors_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in ``files``, from the safetensors headers only (nothing is loaded)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError / OSError: an unreadable file, named
+            raise CheckpointMismatchError(f"{file}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
+        with handle as f:
+            for key in f.keys():
+                shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
 def read_original_vae(path: PathLike) -> dict[str, Tensor]:
     """The tensors of ``Wan2.2_VAE.pth`` (``torch.load(weights_only=True)``, unnested from ``state_dict``/``model``/...)
     or of a ``.safetensors`` file."""
@@ -410,6 +431,19 @@ def load_original_transformer(
     return _load_into(
         WanTransformer3DModel, config or transformer_config(), read_safetensors(files), "transformer", dtype, source
     )
+
+
+def transformer_from_original_state(
+    state_dict: Mapping[str, Tensor],
+    config: Mapping | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    source: str = "state dict",
+) -> WanTransformer3DModel:
+    """``load_original_transformer`` for tensors already in memory (original names), e.g. a release whose file also
+    holds other modules' tensors. Meta tensors give a model on the meta device."""
+    from diffusers import WanTransformer3DModel
+
+    return _load_into(WanTransformer3DModel, config or transformer_config(), state_dict, "transformer", dtype, source)
 
 
 def load_original_vae(
