@@ -60,11 +60,14 @@ def shrink_for_cpu(cfg) -> None:
     with open_dict(cfg):
         if cfg.system._target_.endswith("ReconstructionSystem"):
             cfg.model.update(dim=48, depth=2, num_heads=4, decoder_channels=8)
+            if cfg.model.encoder == "vggt":  # the 1B VGGSplaT -> the tiny one (same structure)
+                cfg.model.vggt = OmegaConf.load(CONF / "model" / "lrdm_vggt_tiny.yaml").vggt
             if cfg.system.vae == "pretrained":
                 cfg.system.vae = "tiny"
             cfg.system.loss.lpips_pretrained = False
             if cfg.system.init_from:
-                assert str(cfg.system.init_from).startswith(str(cfg.paths.ckpt_root))
+                paths = [cfg.system.init_from] if isinstance(cfg.system.init_from, str) else cfg.system.init_from
+                assert all(str(p).startswith(str(cfg.paths.ckpt_root)) for p in paths)
                 cfg.system.init_from = None
         if cfg.system._target_.endswith("CameraDiffusionSystem"):  # the 5B: same structure, 2 tiny blocks
             if cfg.model.init == "pretrained":

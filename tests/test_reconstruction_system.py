@@ -16,7 +16,9 @@ from diff4splat.systems.reconstruction import ReconstructionSystem
 TINY = dict(dim=64, depth=2, num_heads=4, decoder_channels=16, patch_size=8)
 
 
-def _batch(num_input=4, num_output=4, size=32, frames=13, seed=3, held_out=False, dynamic=True, texture="checker"):
+def _batch(
+    num_input=4, num_output=4, size=32, frames=13, seed=3, held_out=False, dynamic=True, texture="checker", divisor=8
+):
     clip = generate_clip(
         SyntheticConfig(num_frames=frames, height=size, width=size, dynamic=dynamic, texture=texture), seed=seed
     )
@@ -24,7 +26,7 @@ def _batch(num_input=4, num_output=4, size=32, frames=13, seed=3, held_out=False
         num_input=num_input,
         num_output=num_output,
         resolution=size,
-        size_divisor=8,
+        size_divisor=divisor,
         random_aspect=False,
         crop_scale=(1.0, 1.0),
         eval_outputs="held_out" if held_out else "uniform",
@@ -156,4 +158,91 @@ def test_model_flops_counts_the_network_per_sample():
 
         with FlopCounterMode(display=False) as counter:
             system.predict(one, None)
+    assert f1 == 3 * counter.get_total_flops()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The released reconstructor (model.encoder=vggt, MoVieS's VGGSplaT)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _vggt_model(**fields) -> dict:
+    from omegaconf import OmegaConf
+
+    from tests.test_lrdm_vggt import TINY_YAML
+
+    return {**OmegaConf.to_container(OmegaConf.load(TINY_YAML)), **fields}
+
+
+def test_vggt_stages_freeze_and_group_as_movies():
+    """Static stage: MoVieS's static model with the DINO encoder frozen; dynamic: everything trainable. The Gaussian
+    heads, pose / time tokens and time AdaLN train at the full lr, VGGT's parts and the Plücker embedding at 0.1x."""
+    movies_optim = dict(lr=4e-4, lr_mult={"trunk": 0.1, "heads": 1.0}, warmup_steps=0)
+    with pytest.raises(ValueError, match="model.dynamic=false"):
+        ReconstructionSystem(model=_vggt_model(), loss=dict(lpips=0.0), stage="static")
+    static = ReconstructionSystem(model=_vggt_model(dynamic=False), loss=dict(lpips=0.0), stage="static")
+    frozen = {n for n, p in static.model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in static.model.named_parameters() if n.startswith("backbone.encoder.")}
+    dynamic = ReconstructionSystem(model=_vggt_model(), loss=dict(lpips=0.0), optim=movies_optim)
+    assert all(p.requires_grad for n, p in dynamic.model.named_parameters() if not n.endswith("mask_token"))
+    opt = dynamic.configure_optimizers()["optimizer"]
+    names = dict(dynamic.model.named_parameters())
+    groups = {g["name"]: g for g in opt.param_groups}
+    heads = {n for n, p in names.items() if any(p is q for q in groups["heads"]["params"])}
+    assert heads == {n for n in names if "splat_head" in n or "extra_embed" in n or "time_embed" in n}
+    assert "backbone.motion_head.time_embed.weight" in heads and "backbone.motion_head.norm.weight" not in heads
+    assert groups["trunk"]["lr"] == pytest.approx(0.1 * groups["heads"]["lr"])
+
+
+def test_vggt_init_from_vggt_then_a_static_export(tmp_path):
+    """The dynamic stage's init_from list: VGGT-1B's model.pt (strict into everything VGGT has; the motion head from
+    its point head), then the static stage's export over it (every tensor it has)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from diff4splat.configs import to_plain
+    from tests.test_reconstruct_vggt import tiny_vggt
+
+    torch.manual_seed(0)
+    vggt = {k: v.clone() for k, v in tiny_vggt().state_dict().items()}
+    pt = tmp_path / "model.pt"
+    torch.save(vggt, pt)
+    static = ReconstructionSystem(
+        model=_vggt_model(dynamic=False), loss=dict(lpips=0.0), stage="static", init_from=str(pt)
+    )
+    own = static.model.state_dict()
+    assert torch.equal(
+        own["backbone.encoder.blocks.0.attn.qkv.weight"], vggt["aggregator.patch_embed.blocks.0.attn.qkv.weight"]
+    )
+    assert torch.equal(own["backbone.depth_head.projects.0.weight"], vggt["depth_head.projects.0.weight"])
+    with torch.no_grad():
+        static.model.backbone.splat_head.projects[0].weight.add_(1.0)  # "trained" by the static stage
+        static.model.backbone.depth_head.norm.bias.add_(1.0)
+    export = tmp_path / "lrdm_rgb_static.safetensors"
+    state = {k: v.contiguous() for k, v in static.model.state_dict().items()}
+    save_file(state, str(export), metadata={"hparams": json.dumps({"model": to_plain(static.model_cfg)})})
+    dynamic = ReconstructionSystem(model=_vggt_model(), loss=dict(lpips=0.0), init_from=[str(pt), str(export)])
+    own = dynamic.model.state_dict()
+    assert torch.equal(own["backbone.motion_head.projects.0.weight"], vggt["point_head.projects.0.weight"])
+    assert torch.equal(own["backbone.splat_head.projects.0.weight"], state["backbone.splat_head.projects.0.weight"])
+    assert torch.equal(own["backbone.depth_head.norm.bias"], state["backbone.depth_head.norm.bias"])
+    assert not own["backbone.motion_head.time_embed.weight"].any()  # new, zero as MoVieS initialises it
+
+
+def test_vggt_compiled_blocks_keep_keys_and_flops_count_the_network():
+    plain = ReconstructionSystem(model=_vggt_model(), loss=dict(lpips=0.0))
+    compiled = ReconstructionSystem(model=_vggt_model(gradient_checkpointing=True), loss=dict(lpips=0.0), compile=True)
+    compiled.configure_model()
+    blocks = compiled.model.transformer_blocks()
+    assert len(blocks) == 2 + 4 + 4 and all(hasattr(b.forward, "_torchdynamo_orig_callable") for b in blocks)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    batch = _batch(num_input=2, num_output=2, size=28, frames=5, divisor=14)
+    f1 = plain.model_flops(batch)
+    assert f1 > 1e6
+    with torch.no_grad():
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            plain.predict(batch, None)
     assert f1 == 3 * counter.get_total_flops()

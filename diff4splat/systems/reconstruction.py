@@ -61,6 +61,11 @@ class ReconLoss:
     lpips_lin_path: str | None = None
 
 
+# vggt encoder: parameter names (substrings, as MoVieS matches them) in the "heads" group: the Gaussian heads, the
+# pose and time tokens and the heads' time AdaLN; everything else ("trunk": the VGGT-1B parts and the Plücker
+# embedding) is fine-tuned at lr × lr_mult.trunk (MoVieS: 0.1).
+VGGT_HEAD_NAMES = ("splat_head", "extra_embed", "time_embed")
+
 # The reference's recipe: AdamW, linear warm-up then cosine decay. Groups: "trunk" (the transformer trunk and patch
 # embedding; the reference fine-tunes it at 0.1 × lr) and "heads" (heads, decoder and conditioning embeddings).
 DEFAULT_OPTIM = OptimConfig(lr=4e-4, betas=[0.9, 0.95], weight_decay=0.05, warmup_steps=1000, min_lr_ratio=0.0)
@@ -85,7 +90,7 @@ class ReconstructionSystem(L.LightningModule):
         render_cfg: dict[str, Any] | DictConfig | ReconRender | None = None,
         stage: Literal["static", "dynamic"] = "dynamic",
         max_steps: int = 100_000,
-        init_from: str | None = None,
+        init_from: str | list[str] | None = None,
         compile: bool = False,
         vae: Literal["none", "pretrained", "tiny"] = "none",
         vae_path: str | None = None,
@@ -106,13 +111,15 @@ class ReconstructionSystem(L.LightningModule):
                 "render_cfg": to_plain(self.render_cfg),
                 "stage": stage,
                 "max_steps": max_steps,
-                "init_from": init_from,
+                "init_from": init_from if isinstance(init_from, str | None) else [str(p) for p in init_from],
             }
         )
         self.model = LRDM(self.model_cfg)
-        if init_from:
-            load_lrdm_weights(self.model, init_from)
-        if stage == "static" and self.model.deform_head is not None:
+        for path in [init_from] if isinstance(init_from, str) else init_from or []:
+            load_lrdm_weights(self.model, path)  # in order: e.g. VGGT-1B, then a static stage's export over it
+        if self.model_cfg.encoder == "vggt":
+            freeze_vggt_stage(self.model, stage)
+        elif stage == "static" and self.model.deform_head is not None:
             self.model.deform_head.requires_grad_(False)
             self.model.deform_norm.requires_grad_(False)
         lc = self.loss_cfg
@@ -136,7 +143,7 @@ class ReconstructionSystem(L.LightningModule):
         if self._compile:  # in place: no `_orig_mod.` wrapper, so checkpoints and exports keep the model's keys
             from diff4splat.models.parallel import compile_in_place
 
-            for block in self.model.trunk.blocks:
+            for block in self.model.transformer_blocks():
                 compile_in_place(block)
 
     # --- forward ---------------------------------------------------------------------------------------------------
@@ -175,7 +182,7 @@ class ReconstructionSystem(L.LightningModule):
             fxfycxcy=batch["fxfycxcy"][:, :fi],
             input_times=batch["timestamps"][:, :fi],
             query_times=batch["timestamps"][:, fi:],
-            images=images[:, :fi] if self.model_cfg.encoder == "rgb" else None,
+            images=images[:, :fi] if self.model_cfg.encoder != "latent" else None,
             latents=latents,
             image_size=tuple(images.shape[-2:]),
         )
@@ -211,7 +218,7 @@ class ReconstructionSystem(L.LightningModule):
             has = valid.flatten(1).any(1)
             parts["depth"] = torch.where(has, fn(out.depth, gt, valid, **kw), torch.zeros_like(has, dtype=rgb.dtype))
             parts["depth"] = parts["depth"] * batch["depth_weight"]
-        if lc.motion > 0 and self.stage == "dynamic" and self.model.deform_head is not None:
+        if lc.motion > 0 and self.stage == "dynamic" and self.model.dynamic:
             dm = out.gaussians.delta_means
             pred, gt_motion, valid = track_pairs(batch, out)
             fn = motion_loss_released if lc.motion_mode == "released" else motion_loss_paper
@@ -220,8 +227,8 @@ class ReconstructionSystem(L.LightningModule):
             with_tracks = fn(pred, gt_motion, valid, **kw)
             parts["motion"] = torch.where(has_tracks, with_tracks, no_motion_loss(dm)) * batch["motion_weight"]
         if lc.opacity_l1 > 0:
-            parts["opacity"] = out.gaussians.canonical.opacities.mean(-1)
-        if lc.deformation_l2 > 0 and self.model.deform_head is not None:
+            parts["opacity"] = out.gaussians.opacities_at_times().flatten(1).mean(1)  # at the query times
+        if lc.deformation_l2 > 0 and self.model.dynamic:
             parts["deformation"] = out.gaussians.delta_means.square().flatten(1).mean(1)
         weights = {
             "mse": lc.mse,
@@ -282,8 +289,12 @@ class ReconstructionSystem(L.LightningModule):
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         groups: dict[str, list[nn.Parameter]] = {name: [] for name in OPTIM_GROUPS}
+        vggt = self.model_cfg.encoder == "vggt"
         for name, p in self.model.named_parameters():
-            groups["trunk" if name.startswith(("trunk.", "patch_embed.")) else "heads"].append(p)
+            if vggt:  # MoVieS's exclude_name_lr_mult: these at the full lr, the rest (VGGT's parts, Plücker) × lr_mult
+                groups["heads" if any(k in name for k in VGGT_HEAD_NAMES) else "trunk"].append(p)
+            else:
+                groups["trunk" if name.startswith(("trunk.", "patch_embed.")) else "heads"].append(p)
         return configure_optimizer(self.optim_cfg, groups, self.max_steps)
 
 
@@ -352,21 +363,43 @@ def geometry_metrics(batch: dict[str, Any], out: LRDMOutput) -> dict[str, tuple[
     return metrics
 
 
-def load_lrdm_weights(model: LRDM, path: str | Path) -> None:
-    """Load our own LRDM weights (a ``.safetensors`` export, or a Lightning ``.ckpt`` with ``model.*`` keys).
+def freeze_vggt_stage(model: LRDM, stage: Literal["static", "dynamic"]) -> None:
+    """MoVieS's freezing for a ``vggt`` LRDM: the DINO encoder frozen in the static stage (``movies_static``:
+    ``freeze_dino_encoder``), everything trainable in the dynamic one. The static stage trains MoVieS's static model
+    (``model.dynamic=false``): a dynamic one's motion head starts as VGGT's point head, not as zero motion."""
+    if stage == "static":
+        if model.dynamic:
+            raise ValueError(
+                "system.stage=static with a dynamic vggt LRDM: the static stage trains MoVieS's static model; set "
+                "model.dynamic=false (the dynamic stage then loads VGGT-1B and this stage's export: init_from=[...])"
+            )
+        model.backbone.encoder.requires_grad_(False)
 
-    Parameters whose shapes differ (e.g. a static checkpoint into a dynamic model's new head) are reported and left
-    at their initialisation; missing and unexpected keys are logged.
+
+def load_lrdm_weights(model: LRDM, path: str | Path) -> None:
+    """Load LRDM weights: our own (a ``.safetensors`` export, or a Lightning ``.ckpt`` with ``model.*`` keys), or, for a
+    ``vggt`` LRDM, a released checkpoint (VGGT-1B's ``model.pt`` / ``model.safetensors``, MoVieS's
+    ``movies_ckpt.safetensors``; `diff4splat.models.released.init_from_released`: strict).
+
+    Of our own weights, parameters whose shapes differ (e.g. a static checkpoint into a dynamic model's new head) are
+    reported and left at their initialisation; missing and unexpected keys are logged.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_from: no weights file at {path}")
+    from diff4splat.models.released import init_from_released, released_kind
     from diff4splat.weights import WeightsError, load_safetensors, load_torch_file
 
     if path.suffix == ".safetensors":
-        state = load_safetensors(path, "init_from")[0]
+        state, meta = load_safetensors(path, "init_from")
+        if "hparams" not in meta and released_kind(state) is not None:  # ours carry their config as metadata
+            init_from_released(model, state, str(path))
+            return
     else:
         ckpt = load_torch_file(path, "init_from")
+        if isinstance(ckpt, dict) and all(isinstance(v, Tensor) for v in ckpt.values()) and released_kind(ckpt):
+            init_from_released(model, ckpt, str(path))  # VGGT-1B's model.pt
+            return
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
             raise WeightsError(
                 f"init_from: {path}: expected a Lightning checkpoint with a 'state_dict' (or a .safetensors export)"
