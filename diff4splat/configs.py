@@ -160,6 +160,8 @@ def _trainer_type_errors(cfg: DictConfig) -> list[str]:
     ``max_steps``, ...), checked for the plain annotations only."""
     import inspect
 
+    if not isinstance(cfg.get("trainer"), DictConfig):  # no trainer: lightning (seconds to import) is not needed
+        return []
     try:
         import lightning as L
 

@@ -15,6 +15,7 @@ Fields: ``images`` (F,3,H,W) float32 in [0,1], ``C2W`` (F,4,4) OpenCV and canoni
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -72,6 +73,10 @@ def run(args: argparse.Namespace) -> Path:
     else:
         if args.num_frames < 1:
             raise InputError(f"--num-frames {args.num_frames}: the trajectory needs at least one frame")
+        if not math.isfinite(args.strength):
+            raise InputError(f"--strength {args.strength}: expected a finite number")
+        if not 0 < args.fov < 180:
+            raise InputError(f"--fov {args.fov}: expected a vertical field of view in (0, 180) degrees")
         images = read_image(args.image, field=None)[None].expand(args.num_frames, -1, -1, -1)
         intrinsics = fov_intrinsics(args.fov, *images.shape[-2:])
         traj = make_trajectory(args.trajectory, args.num_frames, strength=args.strength, fxfycxcy=intrinsics)

@@ -31,6 +31,7 @@ from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
 from diff4splat.media import depth_to_color, to_uint8, write_video
 from diff4splat.pipelines.inputs import fit_frames, frame_names, read_cameras, read_frames, read_npz
+from diff4splat.pipelines.memory import check_reconstruction_memory
 from diff4splat.pipelines.outputs import (
     META_FILE,
     RECONSTRUCTION_FORMAT,
@@ -113,6 +114,8 @@ def run(args: argparse.Namespace) -> Path:
         idx = torch.linspace(0, images.shape[0] - 1, args.num_frames).round().long()
         images, c2w, fx = images[idx], c2w[idx], fx[idx]
         times = times[idx] if times is not None else idx.float() / max(1, int(idx[-1]))
+    h, w = tuple(args.size) if args.size else tuple(images.shape[-2:])
+    check_reconstruction_memory(images.shape[0], h, w, args.num_times or images.shape[0], args.weights, args.device)
     model = load_lrdm(args.weights, args.device)
     pipe = ReconstructionPipeline(model, load_vae_for(model, args.vae))
     size = tuple(args.size) if args.size else native_size(model, *images.shape[-2:])

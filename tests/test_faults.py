@@ -640,8 +640,10 @@ def test_preprocess_full_disk_leaves_no_npz(tmp_path, inputs, monkeypatch):
         (["--image", "{broken}"], r"broken\.png: unreadable image .*expected a PNG/JPEG/WebP file"),
         (["--images", "{frames}", "--poses", "{zero.json}"], r"zero\.json\): field 'frames' must be a non-empty list"),
         (["--images", "{frames}", "--poses", "{nan.npz}"], r"nan\.npz: field C2W, frame 2: non-finite values"),
+        (["--image", "{img}", "--strength", "nan"], r"--strength nan: expected a finite number"),
+        (["--image", "{img}", "--fov", "0"], r"--fov 0\.0: expected a vertical field of view in \(0, 180\) degrees"),
     ],
-    ids=["zero frames", "unreadable image", "zero-frame trajectory", "NaN pose"],
+    ids=["zero frames", "unreadable image", "zero-frame trajectory", "NaN pose", "NaN strength", "zero fov"],
 )
 def test_preprocess_bad_input(tmp_path, inputs, capsys, args, message):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -931,6 +933,50 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
+def test_generate_at_an_impossible_size_is_refused_at_once(tmp_path, photo):
+    """trajectory.num_frames=10001 used to allocate until the OOM killer ended it (23.5 GB, exit 137, a temporary
+    folder left). The estimate of `diff4splat.pipelines.memory` refuses it before any model or tensor exists: exit 2,
+    one line naming the largest frame count that fits, in under 5 s of CPU time (wall-clock time on a shared CPU
+    measures the neighbours; on an idle machine it is the same), with the process no larger than its imports."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    from diff4splat.pipelines import memory
+
+    code = (
+        "import resource, runpy, sys\n"
+        "sys.argv = ['diff4splat.generate', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('diff4splat.generate', run_name='__main__')\n"
+        "finally:\n    print(f'maxrss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}')\n"
+    )
+    argv = ["tiny=true", f"image={photo}", "trajectory.num_frames=10001", f"output_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    m = re.fullmatch(
+        r"error: trajectory\.num_frames=10001 height=96 width=160: needs about ([\d.]+) GiB \(estimated peak of these "
+        r"models\) but available RAM is ([\d.]+) GiB; the largest that fits is trajectory\.num_frames=(\d+) at "
+        r"96x160 \(check_memory=false to try anyway\)\n",
+        proc.stderr,
+    )
+    assert m, proc.stderr
+    maxrss_gib = int(re.search(r"maxrss_kib=(\d+)", proc.stdout)[1]) / 2**20
+    print(f"refused in {cpu:.2f} s CPU ({wall:.1f} s wall), peak RSS {maxrss_gib:.2f} GiB: {proc.stderr.strip()}")
+    assert cpu < 5.0 and maxrss_gib < 0.5  # torch's import is most of both; nothing was allocated for the run
+    largest = int(m[3])
+    models = memory.describe_models(_generate_config("tiny=true"), "cpu")
+    need = [memory.estimate_bytes(memory.Size(f, 96, 160, 1 + (f - 1) // 4), models) for f in (largest, largest + 4)]
+    budget = memory.FREE_FRACTION * float(m[2]) * 2**30  # the free memory as the message rounds it
+    assert (largest - 1) % 4 == 0 and need[0] <= 1.02 * budget and need[1] > 0.98 * budget  # the largest that fits
+    assert float(m[1]) * 2**30 == pytest.approx(memory.estimate_bytes(memory.Size(10001, 96, 160, 2501), models), 1e-3)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sixteen_bit_and_float_images_are_read_at_their_values(tmp_path):
     from diff4splat.pipelines.inputs import read_image
 
@@ -1033,7 +1079,9 @@ def test_npz_images_outside_the_unit_range_are_refused(tmp_path, inputs, capsys)
     np.savez(tmp_path / "scaled.npz", images=images.astype(np.float32) / 255 * 1000, C2W=c2w, fxfycxcy=fx)
     argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(tmp_path / "scaled.npz")]
     err = cli_error(reconstruct.main, [*argv, "--out", str(tmp_path / "out"), "--device", "cpu"], capsys)
-    assert re.search(r"scaled\.npz: field images has values in \[0, 996\.078\]; expected floats in \[0, 1\] or uint8", err)
+    assert re.search(
+        r"scaled\.npz: field images has values in \[0, 996\.078\]; expected floats in \[0, 1\] or uint8", err
+    )
     err = cli_error(reconstruct.main, [*argv, "--out", str(tmp_path / "out"), "--fps", "0"], capsys)
     assert err == "error: --fps 0: expected a frame rate >= 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scaled.npz"]
@@ -1058,6 +1106,19 @@ def test_generate_overwrite_replaces_only_an_earlier_output(tmp_path, photo, cap
     assert code == 2 and "an earlier output but also holds notes.txt, which its meta.json does not list" in err
     assert (out / "notes.txt").read_text() == "added later"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_reconstruct_at_an_impossible_size_is_refused_before_the_model_loads(tmp_path, inputs, capsys, monkeypatch):
+    monkeypatch.setattr(reconstruct, "load_lrdm", lambda *a: pytest.fail("the model loaded before the check"))
+    argv = ["--weights", str(inputs["lrdm.safetensors"]), "--input", str(inputs["frames"]), "--device", "cpu"]
+    argv += ["--cameras", str(inputs["cams.json"]), "--out", str(tmp_path / "out"), "--num-times", "1000000000"]
+    err = cli_error(reconstruct.main, argv, capsys)
+    assert re.search(
+        r"5 frames of 36x44 at 1000000000 query times: needs about [\d.]+ GiB \(estimated peak\) but "
+        r"available RAM is [\d.]+ GiB; --num-times \d+ fits",
+        err,
+    ), err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_reconstruct_overwrite_replaces_only_an_earlier_output(tmp_path, inputs, capsys):
@@ -1120,7 +1181,7 @@ def test_killed_runs_leave_no_temporary_folder(tmp_path, photo):
     live.mkdir()
 
     killed = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    left = _wait_for(".out.tmp-*@*", tmp_path, killed)
+    left = _wait_for(f".out.tmp-{killed.pid}@*", tmp_path, killed)
     killed.kill()
     assert killed.wait() == -signal.SIGKILL and left.is_dir()  # nothing can clean up after SIGKILL
 

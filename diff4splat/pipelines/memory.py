@@ -4,37 +4,43 @@ allocating until the kernel's OOM killer ends the run.
 
 The estimate, in bytes, of what the run adds on the device the models run on (CPU RAM, or CUDA memory)::
 
-    peak = weights + max(sampling, lrdm)
-    sampling = RAY_BYTES · B · F·H·W  +  DIT_BYTES · B · tokens · dim  +  VAE_BYTES · H·W · decoder_dim
+    peak     = weights + OVERHEAD + max(sampling, lrdm)
+    sampling = RAY_BYTES · B · F·H·W  +  DIT_BYTES · d · B · tokens · dim  +  VAE_BYTES · d · H·W · decoder_dim
     lrdm     = VIDEO_BYTES · F·H·W  +  GAUSSIAN_BYTES · N  +  DEFORM_BYTES · N·T
 
-F frames of H x W pixels; B = 2 with classifier-free guidance (both branches in one batch), else 1; tokens =
-(1 + (F - 1)/4)·(H/32)·(W/32) CameraWan tokens of width ``dim``; N = F·(H/s)·(W/s) Gaussians (s: the LRDM's
-``gaussian_stride``; every frame emits Gaussians) and T query times (``lrdm.num_times``, or one per latent frame).
-What each term holds:
+F frames of H x W pixels; B = 2 with classifier-free guidance (both branches in one batch), else 1; d the bytes of
+the compute dtype; tokens = (1 + (F - 1)/4)·(H/32)·(W/32) CameraWan tokens of width ``dim``; N = F·(H/s)·(W/s)
+Gaussians (s: the LRDM's ``gaussian_stride``; every frame emits Gaussians) and T query times (``lrdm.num_times``, or
+one per latent frame). ``lrdm`` covers everything from the LRDM to the written files (the video, renders and
+Gaussians stay alive until the files are written). What each term holds:
 
-- ``RAY_BYTES`` per pixel and frame: the Plücker rays (6 float32 channels) of both guidance branches, their causal
-  padding and the camera encoder's patchified copy, alive while CameraWan samples. Calibrated (below).
-- ``DIT_BYTES`` per token and channel: one transformer block's live activations (hidden state, q/k/v, attention
-  output, the 4.7x-wide feed-forward), in the model's dtype. Analytic: the tiny models' width (a few dozen channels)
-  cannot calibrate it; with flash/memory-efficient attention nothing grows with tokens².
-- ``VAE_BYTES`` per output pixel and decoder channel: the Wan VAE decoder's full-resolution stage, which decodes
-  one latent frame (4 video frames) at a time with its causal cache. Analytic, for the same reason.
-- ``VIDEO_BYTES`` per pixel and frame: the decoded video (float32), its renders and their uint8 copies, alive from
-  decoding to the written files. Calibrated.
-- ``GAUSSIAN_BYTES`` per Gaussian and ``DEFORM_BYTES`` per Gaussian and query time: the canonical Gaussians, and the
-  per-query-time deformation (Δμ, Δq, Δs: 10 floats) with the copies made while stacking, normalising, pruning and
-  writing them. The N·T term grows with F² and decides the largest frame count. Calibrated.
+- ``RAY_BYTES`` per pixel, frame and guidance branch: the Plücker rays (6 float32 channels), their causal padding and
+  the camera encoder's patchified copy, alive while CameraWan samples. Calibrated (below).
+- ``VIDEO_BYTES`` per pixel and frame: the decoded video (float32), its renders (colour and depth) and their uint8
+  copies being encoded. Calibrated.
+- ``DEFORM_BYTES`` per Gaussian and query time: the deformation (Δμ, Δq, Δs: 10 float32) with the copies made while
+  stacking, normalising, pruning and writing one ``.ply`` per query time. This N·T term grows with F² and decides
+  the largest frame count. Calibrated.
+- ``OVERHEAD``: what does not grow with the size (text encoding, the trajectory plot, the video encoders).
+  Calibrated.
+- ``GAUSSIAN_BYTES`` per Gaussian: the canonical Gaussians (14 float32), their pruned copy and a ``.ply`` row.
+  Analytic: the tiny LRDM (one Gaussian per 8 x 8 pixels) cannot separate it from ``VIDEO_BYTES``.
+- ``DIT_BYTES`` per token and channel: one transformer block's live activations (hidden state, q, k, v, attention
+  output, the 4.7x-wide feed-forward); with flash / memory-efficient attention nothing grows with tokens².
+  Analytic: the tiny CameraWan's width (a few dozen channels) cannot calibrate it.
+- ``VAE_BYTES`` per output pixel and decoder channel: the Wan VAE decoder's full-resolution stage, which decodes one
+  latent frame (4 video frames) at a time with its causal cache. Analytic, for the same reason.
 - ``weights``: the tiny models' measured resident size; for real models the sizes of their weight files (the 5B
   transformer and the UMT5 encoder dominate), doubled when bfloat16 files run as float32 on a CPU. With
   ``low_memory.offload`` only the largest model is on the GPU at a time.
 
-Calibration (``experiments/benchmarks/generate_memory.py``, results in
-``experiments/benchmarks/results/generate_memory_cpu.md``): the tiny random-weight models on a CPU in float32, peak
-RSS sampled every 2 ms in each stage, at 13 to 385 frames of 96 x 160 and at 192 x 320 and 384 x 640; each
-coefficient is the largest the measurements need plus a margin, so the estimate is at or above every measured peak.
-The real models' estimate rests on the same calibrated terms plus the analytic ones; it was not measured here (no
-weights on this machine) and ``check_memory=false`` skips the check when it is wrong.
+Calibration (``experiments/benchmarks/generate_memory.py``; results and the fit in
+``experiments/benchmarks/results/generate_memory_cpu.md``): the whole ``generate`` run with the tiny random-weight
+models on a CPU in float32, RSS sampled every 2 ms, at 13 to 385 frames of 96 x 160 and at 49 x 192 x 320 and
+13 x 384 x 640. A least-squares fit of the per-stage peaks gives 93 B (rays, per branch), 125 B (video), 139 B
+(deformation) and 93 MiB (overhead); the coefficients below are those plus about 15 %, so the estimate lies above
+every measured peak. For real models the estimate rests on the same calibrated terms plus the analytic ones and was
+not measured here (no weights on this machine); ``check_memory=false`` skips the check when it is wrong.
 """
 
 from __future__ import annotations
@@ -51,13 +57,14 @@ if TYPE_CHECKING:
     from diff4splat.pipelines.jobs import GenerateConfig
 
 GIB = 2**30
-RAY_BYTES = 200.0  # calibrated (see the module docstring)
-VIDEO_BYTES = 64.0  # calibrated
-GAUSSIAN_BYTES = 400.0  # calibrated
-DEFORM_BYTES = 160.0  # calibrated
-DIT_BYTES = 16.0  # analytic: x dtype bytes (hidden, q, k, v, out, 2 x 4.7 feed-forward, ...: ~16 values per channel)
-VAE_BYTES = 12.0  # analytic: x dtype bytes (a few live feature maps at full resolution over 4 frames)
-TINY_WEIGHTS = 300 * 2**20  # calibrated: what building the tiny pipeline adds (236 MB measured)
+RAY_BYTES = 110.0  # calibrated: 93 B measured (see the module docstring)
+VIDEO_BYTES = 145.0  # calibrated: 125 B measured
+DEFORM_BYTES = 160.0  # calibrated: 139 B measured
+OVERHEAD = 128 * 2**20  # calibrated: 93 MiB measured
+GAUSSIAN_BYTES = 180.0  # analytic: 14 float32 (56 B) twice (pruning) and a 68-byte .ply row
+DIT_BYTES = 16.0  # analytic, x dtype bytes: hidden, q, k, v, output, 2 x 4.7 feed-forward, ... per channel
+VAE_BYTES = 12.0  # analytic, x dtype bytes: three feature maps over 4 frames at full resolution
+TINY_WEIGHTS = 260 * 2**20  # calibrated: building the tiny pipeline adds 236 MiB
 FREE_FRACTION = 0.9  # what a run may take of the free memory (the rest for the allocator's slack and the system)
 
 
@@ -96,7 +103,7 @@ def estimate_bytes(size: Size, m: Models) -> float:
     sampling += VAE_BYTES * m.dtype_bytes * h * w * m.decoder_dim
     n = f * math.ceil(h / m.gaussian_stride) * math.ceil(w / m.gaussian_stride)
     lrdm = VIDEO_BYTES * pixels + GAUSSIAN_BYTES * n + DEFORM_BYTES * n * size.query_times
-    return m.weights + max(sampling, lrdm)
+    return m.weights + OVERHEAD + max(sampling, lrdm)
 
 
 def free_bytes(device: str) -> tuple[float, str]:
@@ -180,7 +187,20 @@ def describe_models(cfg: GenerateConfig, device: str) -> Models:
     if cuda and cfg.low_memory.text_encoder_on_cpu:
         on_device.pop("text_encoder")
     weights = max(on_device.values()) if cuda and cfg.low_memory.offload else sum(on_device.values())
-    return Models(weights, dim, dtype_bytes, guided, _lrdm_stride(cfg.models.lrdm), 256)
+    return Models(weights, dim, dtype_bytes, guided, _lrdm_stride(cfg.models.lrdm), _decoder_dim(cfg.models.vae))
+
+
+def _decoder_dim(vae: str | None) -> int:
+    """The Wan VAE decoder's width from its ``config.json`` (Wan2.2's 256 when it cannot be read)."""
+    import json
+
+    for folder in (Path(vae or "") / "vae", Path(vae or "")):
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            return int(config.get("decoder_base_dim") or config.get("base_dim") or 256)
+        except (OSError, ValueError, TypeError):
+            continue
+    return 256
 
 
 def _largest(fits, start: int, limit: int) -> int | None:
@@ -233,4 +253,33 @@ def check_memory(cfg: GenerateConfig, num_frames: int, height: int, width: int, 
         f"trajectory.num_frames={num_frames} height={height} width={width}: needs about {need / GIB:.1f} GiB "
         f"(estimated peak of these models) but {what} is {free / GIB:.1f} GiB; {hint} "
         f"(check_memory=false to try anyway)"
+    )
+
+
+def check_reconstruction_memory(
+    frames: int, height: int, width: int, query_times: int, weights: str, device: str
+) -> float:
+    """`check_memory` for ``reconstruct``: the LRDM part of the estimate (its Gaussians, their deformation at
+    ``query_times`` times, the renders) for ``frames`` frames of ``height`` x ``width``, with the weights' file size;
+    refused with the largest query-time count that fits. Returns the estimate in bytes."""
+    stride = _lrdm_stride(weights)
+    weight_bytes = _files_bytes(weights) * (1.0 if device.startswith("cuda") else 2.0)
+    n = frames * math.ceil(height / stride) * math.ceil(width / stride)
+
+    def need(t: int) -> float:
+        return weight_bytes + OVERHEAD + VIDEO_BYTES * frames * height * width + n * (GAUSSIAN_BYTES + DEFORM_BYTES * t)
+
+    free, what = free_bytes(device)
+    budget = FREE_FRACTION * free
+    if need(query_times) <= budget:
+        return need(query_times)
+    t = _largest(lambda t: need(t) <= budget, 1, query_times)
+    hint = (
+        f"--num-times {t} fits"
+        if t is not None
+        else "even one query time does not fit: pass fewer --num-frames or a smaller --size"
+    )
+    raise InputError(
+        f"{frames} frames of {height}x{width} at {query_times} query times: needs about {need(query_times) / GIB:.1f} "
+        f"GiB (estimated peak) but {what} is {free / GIB:.1f} GiB; {hint}"
     )
