@@ -180,6 +180,8 @@ def test_release_kind_reads_keys_and_shapes(release_state) -> None:
     no_blocks = {k: v for k, v in shapes.items() if not k.startswith("control_adapter.residual_blocks")}
     assert fc.release_kind(no_blocks) is None
     assert fc.release_kind({"encoder.0.weight": (64, 12, 3, 3)}) is None
+    with pytest.raises(ValueError, match=r"no time_embedding\.0\.weight \(the architecture is read from them\)"):
+        fc.fun_arch_from_shapes({k: v for k, v in shapes.items() if k != "time_embedding.0.weight"}, head_dim=12)
 
 
 def test_a_folder_without_a_wan_dit_is_named(tmp_path, release_state) -> None:

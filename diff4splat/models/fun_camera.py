@@ -58,6 +58,8 @@ ReleaseKind = Literal["fun_camera", "ti2v"]
 # ----------------------------------------------------------------------------------------------------------------------
 # Inference preset
 
+FUN_NEGATIVE_PROMPT = "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+
 
 @dataclass(frozen=True)
 class FunCameraPreset:
@@ -75,6 +77,7 @@ class FunCameraPreset:
     text_len: int = 512  # same yaml text_encoder_kwargs.text_length; prompts zero-padded to it
     pose_size: tuple[int, int] = FUN_POSE_SIZE  # data/utils.py process_pose_file(original_pose_width=1280, ...=720)
     boundary: float | None = None  # one transformer (transformer_combination_type: single): no MoE boundary
+    negative_prompt: str = FUN_NEGATIVE_PROMPT  # the example's negative_prompt (Wan's default one)
 
 
 FUN_5B_CAMERA_PRESET = FunCameraPreset()
@@ -320,7 +323,7 @@ def release_kind(shapes: Mapping[str, Sequence[int]]) -> ReleaseKind | None:
 
     - ``"fun_camera"``: ``control_adapter.conv.weight`` [dim, 24·s², p, p] and its residual blocks are present, and
       the patch embedding takes 2·C + 4 input channels for C output channels (``head.head.weight`` [p³·C, dim]);
-    - ``"ti2v"``: no ``control_adapter.*`` tensors and as many input as output channels (Wan2.2-TI2V-5B);
+    - ``"ti2v"``: no ``control_adapter.*`` tensors and 48 input and output channels (Wan2.2-TI2V-5B);
     - otherwise None.
     """
     patch, head = shapes.get("patch_embedding.weight"), shapes.get("head.head.weight")
@@ -335,7 +338,7 @@ def release_kind(shapes: Mapping[str, Sequence[int]]) -> ReleaseKind | None:
         if c_in == 2 * c_out + FUN_MASK_CHANNELS and s > 0 and 24 * s * s == per_latent:
             return "fun_camera"
         return None
-    if not has_adapter and c_in == c_out:
+    if not has_adapter and c_in == c_out == 48:
         return "ti2v"
     return None
 
@@ -355,6 +358,9 @@ def fun_arch_from_shapes(shapes: Mapping[str, Sequence[int]], head_dim: int = WA
     channels per latent frame), which is the VAE's spatial stride."""
     if release_kind(shapes) != "fun_camera":
         raise ValueError("fun_arch_from_shapes: not a Wan2.2-Fun camera checkpoint (see release_kind)")
+    needed = ("text_embedding.0.weight", "time_embedding.0.weight", "blocks.0.ffn.0.weight")
+    if absent := [k for k in needed if k not in shapes]:
+        raise ValueError(f"Fun camera checkpoint: no {', '.join(absent)} (the architecture is read from them)")
     patch = [int(v) for v in shapes["patch_embedding.weight"]]
     dim, c_in, p = patch[0], patch[1], patch[2:]
     if dim % head_dim:
