@@ -28,8 +28,10 @@ from typing import Any
 from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_splat
 from diff4splat.geometry.trajectories import PRESETS
-from diff4splat.pipelines.generation import Diff4SplatPipeline
-from diff4splat.pipelines.jobs import GenerateConfig, make_job, run_job
+from diff4splat.pipelines.generation import Diff4SplatPipeline, resolve_device
+from diff4splat.pipelines.inputs import check_num_frames
+from diff4splat.pipelines.jobs import DEFAULT_FRAMES, TINY_FRAMES, GenerateConfig, make_job, model_size, run_job
+from diff4splat.pipelines.memory import check_memory
 from diff4splat.pipelines.outputs import read_scene_output
 
 log = logging.getLogger("diff4splat.demo")
@@ -55,6 +57,12 @@ class DemoRunner:
     def __init__(self, cfg: GenerateConfig, outputs: str | Path, pipeline: Diff4SplatPipeline | None = None) -> None:
         self.cfg = replace(cfg, progress=False)
         self.outputs = Path(outputs)
+        # every request has this size: checked once, before the models are built (a check per request would count
+        # the loaded weights a second time)
+        if pipeline is None:
+            frames = cfg.trajectory.num_frames or (TINY_FRAMES if cfg.tiny else DEFAULT_FRAMES)
+            check_memory(cfg, check_num_frames(frames), *model_size(cfg), str(resolve_device(cfg.device)))
+        self.cfg = replace(self.cfg, check_memory=False)
         self.pipeline = pipeline if pipeline is not None else Diff4SplatPipeline.from_config(self.cfg)
 
     def generate(self, image: str | None, preset: str, strength: float, prompt: str, seed: float | int) -> DemoResult:
