@@ -77,9 +77,6 @@ class Size:
     width: int  # W
     query_times: int  # T
 
-    def __str__(self) -> str:
-        return f"{self.frames} frames of {self.height}x{self.width}"
-
 
 @dataclass
 class Models:
@@ -107,8 +104,9 @@ def estimate_bytes(size: Size, m: Models) -> float:
 
 
 def free_bytes(device: str) -> tuple[float, str]:
-    """Bytes a run can still allocate on ``device`` and how that memory is named: CUDA's free memory, or the
-    kernel's ``MemAvailable`` (falling back to the free physical pages) for the CPU."""
+    """Bytes a run can still allocate on ``device`` and how that memory is named: CUDA's free memory; for the CPU the
+    kernel's ``MemAvailable``, or less when this process's cgroup (a container, a SLURM job) has a memory limit:
+    the limit minus the usage, not counting reclaimable page cache."""
     if device.startswith("cuda"):
         import torch
 
@@ -117,9 +115,35 @@ def free_bytes(device: str) -> tuple[float, str]:
     try:
         with open("/proc/meminfo") as fh:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
-        return float(info["MemAvailable"]), "available RAM"
+        free, what = float(info["MemAvailable"]), "available RAM"
     except (OSError, KeyError, ValueError, IndexError):
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "free RAM"
+        free, what = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "free RAM"
+    limited = _cgroup_free()
+    if limited is not None and limited < free:
+        return limited, "free memory under this cgroup's limit"
+    return free, what
+
+
+def _cgroup_free() -> float | None:
+    """Limit - usage + inactive page cache of this process's memory cgroup (v2 or v1); None without a limit."""
+    for limit_file, usage_file, cache_key in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "inactive_file"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+            "total_inactive_file",
+        ),
+    ):
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+            if limit_text == "max" or int(limit_text) >= 2**60:
+                return None
+            usage = int(Path(usage_file).read_text())
+            stat = dict(line.split() for line in (Path(limit_file).parent / "memory.stat").read_text().splitlines())
+            return float(int(limit_text) - usage + int(stat.get(cache_key, 0)))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _files_bytes(path: str | None, pattern: str = "*.safetensors") -> float:
