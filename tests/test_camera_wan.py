@@ -448,7 +448,7 @@ def test_prepare_blocks_compiles_inside_the_checkpoint_and_keeps_keys():
 
 def test_forward_flops_counts_eagerly_and_leaves_compiled_blocks_compiling() -> None:
     """FLOPs counted before training must not disable the blocks' compilation (a compiled function first met inside
-    ``FlopCounterMode`` stays eager for good: the benchmark's runs 1-4 timed eager blocks that way); all blocks of a
+    ``FlopCounterMode`` stays eager for good, so a benchmark would time eager blocks); all blocks of a
     real diffusers Wan model share one compiled frame, and the count equals the uncompiled model's."""
     import torch._dynamo
     from diffusers import WanTransformer3DModel

@@ -1,6 +1,6 @@
 """``trainer=fsdp`` on a single process (one GPU, here one CPU process on gloo): the system is sharded all the same,
 so its checkpoint is a distributed-checkpoint folder that the same command resumes from (an unsharded one-process
-run wrote one it could not load: Lightning restores such folders only into FSDP2 modules; found on the H100)."""
+run would write one it could not load: Lightning restores such folders only into FSDP2 modules)."""
 
 from __future__ import annotations
 

@@ -278,8 +278,8 @@ def plucker_rays(
     (height/stride, width/stride) grid.
     """
     d_cam = camera_rays(fxfycxcy, height, width, stride)  # [..., h, w, 3]
-    # one [h*w, 3] x [3, 3] matmul per camera: a batch of per-pixel 3x3 @ 3x1 products ran as 20 ms of cuBLAS gemv
-    # per CameraWan training step at 352x640x49 on the H100 (the profile of 2026-11-25)
+    # one [h*w, 3] x [3, 3] matmul per camera: a batch of per-pixel 3x3 @ 3x1 products runs as cuBLAS gemv, which
+    # costs about 20 ms of a CameraWan training step at 352x640x49 on an H100
     d = d_cam.flatten(-3, -2) @ c2w[..., :3, :3].transpose(-1, -2)
     d = torch.nn.functional.normalize(d.unflatten(-2, d_cam.shape[-3:-1]), dim=-1)
     o = c2w[..., None, None, :3, 3].expand_as(d)

@@ -95,8 +95,8 @@ def forward_flops(fn: Any) -> float:
     """FLOPs of ``fn()`` under ``FlopCounterMode`` without gradients, compiled code run eagerly (``force_eager``).
 
     Calling a ``torch.compile``'d function for the first time inside a dispatch mode makes dynamo mark its code as
-    skipped, after which it stays eager outside the mode too: the CameraWan benchmark's runs 1-4 counted FLOPs
-    that way before timing and so timed eager blocks in every "compiled" configuration."""
+    skipped, after which it stays eager outside the mode too: counting FLOPs that way before timing would time
+    eager blocks in every "compiled" configuration."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.compiler.set_stance("force_eager"), torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -116,7 +116,7 @@ def prepare_blocks(
     ``compile_inside_checkpoint``: compile the block itself and wrap the compiled block (the recomputation runs the
     compiled forward again), rather than compiling the wrapper. Compiling the wrapper traces the checkpoint as one
     higher-order op, and a graph break anywhere inside the block (diffusers' attention dispatch has them) sends the
-    whole block back to eager: the H100 profile of 2026-11-24 showed unfused element-wise kernels that way."""
+    whole block back to eager (unfused element-wise kernels in an H100 profile)."""
     chosen = set(select_blocks(len(blocks), checkpoint_blocks)) if mode != "none" else set()
     for i in range(len(blocks)):
         if compile_blocks and compile_inside_checkpoint:
