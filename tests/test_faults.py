@@ -973,10 +973,11 @@ def test_generate_at_an_impossible_size_is_refused_at_once(tmp_path, photo):
     assert cpu < 5.0 and maxrss_gib < 0.5  # torch's import is most of both; nothing was allocated for the run
     largest = int(m[3])
     models = memory.describe_models(_generate_config("tiny=true"), "cpu")
-    need = [memory.estimate_bytes(memory.Size(f, 96, 160, 1 + (f - 1) // 4), models) for f in (largest, largest + 4)]
+    need = [memory.estimate_bytes(memory.Size(f, 96, 160, 1 + (f - 1) // 4, f), models) for f in (largest, largest + 4)]
     budget = memory.FREE_FRACTION * float(m[2]) * 2**30  # the free memory as the message rounds it
     assert (largest - 1) % 4 == 0 and need[0] <= 1.02 * budget and need[1] > 0.98 * budget  # the largest that fits
-    assert float(m[1]) * 2**30 == pytest.approx(memory.estimate_bytes(memory.Size(10001, 96, 160, 2501), models), 1e-3)
+    estimate = memory.estimate_bytes(memory.Size(10001, 96, 160, 2501, 10001), models)
+    assert float(m[1]) * 2**30 == pytest.approx(estimate, 1e-3)
     assert list(tmp_path.iterdir()) == []
 
 

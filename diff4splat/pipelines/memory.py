@@ -6,12 +6,12 @@ The estimate, in bytes, of what the run adds on the device the models run on (CP
 
     peak     = weights + OVERHEAD + max(sampling, lrdm)
     sampling = RAY_BYTES · B · F·H·W  +  DIT_BYTES · d · B · tokens · dim  +  VAE_BYTES · d · H·W · decoder_dim
-    lrdm     = VIDEO_BYTES · F·H·W  +  GAUSSIAN_BYTES · N  +  DEFORM_BYTES · N·T
+    lrdm     = VIDEO_BYTES · F·H·W  +  NOVEL_BYTES · V·H·W  +  GAUSSIAN_BYTES · N  +  DEFORM_BYTES · N·T
 
 F frames of H x W pixels; B = 2 with classifier-free guidance (both branches in one batch), else 1; d the bytes of
 the compute dtype; tokens = (1 + (F - 1)/4)·(H/32)·(W/32) CameraWan tokens of width ``dim``; N = F·(H/s)·(W/s)
 Gaussians (s: the LRDM's ``gaussian_stride``; every frame emits Gaussians) and T query times (``lrdm.num_times``, or
-one per latent frame). ``lrdm`` covers everything from the LRDM to the written files (the video, renders and
+one per latent frame); V views of ``novel.mp4`` (``render.novel_frames``, or F). ``lrdm`` covers everything from the LRDM to the written files (the video, renders and
 Gaussians stay alive until the files are written). What each term holds:
 
 - ``RAY_BYTES`` per pixel, frame and guidance branch: the Plücker rays (6 float32 channels), their causal padding and
@@ -23,6 +23,8 @@ Gaussians stay alive until the files are written). What each term holds:
   the largest frame count. Calibrated.
 - ``OVERHEAD``: what does not grow with the size (text encoding, the trajectory plot, the video encoders).
   Calibrated.
+- ``NOVEL_BYTES`` per pixel of a novel view: its float32 render and uint8 copy. Analytic (the calibration runs
+  rendered 2 novel views).
 - ``GAUSSIAN_BYTES`` per Gaussian: the canonical Gaussians (14 float32), their pruned copy and a ``.ply`` row.
   Analytic: the tiny LRDM (one Gaussian per 8 x 8 pixels) cannot separate it from ``VIDEO_BYTES``.
 - ``DIT_BYTES`` per token and channel: one transformer block's live activations (hidden state, q, k, v, attention
@@ -61,6 +63,7 @@ RAY_BYTES = 110.0  # calibrated: 93 B measured (see the module docstring)
 VIDEO_BYTES = 145.0  # calibrated: 125 B measured
 DEFORM_BYTES = 160.0  # calibrated: 139 B measured
 OVERHEAD = 128 * 2**20  # calibrated: 93 MiB measured
+NOVEL_BYTES = 20.0  # analytic: 12 B float32 RGB + 3 B uint8, with slack
 GAUSSIAN_BYTES = 180.0  # analytic: 14 float32 (56 B) twice (pruning) and a 68-byte .ply row
 DIT_BYTES = 16.0  # analytic, x dtype bytes: hidden, q, k, v, output, 2 x 4.7 feed-forward, ... per channel
 VAE_BYTES = 12.0  # analytic, x dtype bytes: three feature maps over 4 frames at full resolution
@@ -76,6 +79,7 @@ class Size:
     height: int  # H
     width: int  # W
     query_times: int  # T
+    novel_views: int = 0  # V
 
 
 @dataclass
@@ -99,7 +103,8 @@ def estimate_bytes(size: Size, m: Models) -> float:
     sampling = RAY_BYTES * b * pixels + DIT_BYTES * m.dtype_bytes * b * tokens * m.dim
     sampling += VAE_BYTES * m.dtype_bytes * h * w * m.decoder_dim
     n = f * math.ceil(h / m.gaussian_stride) * math.ceil(w / m.gaussian_stride)
-    lrdm = VIDEO_BYTES * pixels + GAUSSIAN_BYTES * n + DEFORM_BYTES * n * size.query_times
+    lrdm = VIDEO_BYTES * pixels + NOVEL_BYTES * size.novel_views * h * w
+    lrdm += GAUSSIAN_BYTES * n + DEFORM_BYTES * n * size.query_times
     return m.weights + OVERHEAD + max(sampling, lrdm)
 
 
@@ -249,8 +254,8 @@ def check_memory(cfg: GenerateConfig, num_frames: int, height: int, width: int, 
     latent_frames = 1 + (num_frames - 1) // 4
 
     def size(f: int, h: int = height, w: int = width) -> Size:
-        t = cfg.lrdm.num_times or (1 + (f - 1) // 4)
-        return Size(f, h, w, min(t, f) if cfg.lrdm.num_times else t)
+        t = min(cfg.lrdm.num_times, f) if cfg.lrdm.num_times else 1 + (f - 1) // 4
+        return Size(f, h, w, t, cfg.render.novel_frames or f)
 
     need = estimate_bytes(size(num_frames), models)
     free, what = free_bytes(device)

@@ -95,7 +95,7 @@ def measure(frames: int, height: int, width: int) -> dict:
         )
         models = memory.describe_models(cfg, "cpu")
         latent = 1 + (frames - 1) // 4
-        estimate = memory.estimate_bytes(memory.Size(frames, height, width, latent), models)
+        estimate = memory.estimate_bytes(memory.Size(frames, height, width, latent, 2), models)
         before = rss()
         jobs.generate(cfg)
     done.set()
