@@ -1,7 +1,8 @@
 """Wan2.2-Fun-5B-Control-Camera (alibaba-pai, VideoX-Fun) as a CameraWan mode (``camera_injection: fun``).
 
-The release is Wan2.2-TI2V-5B with three changes, all read from VideoX-Fun (``videox_fun/models/wan_transformer3d.py``
-``Wan2_2Transformer3DModel``, ``wan_camera_adapter.py``, ``pipeline/pipeline_wan2_2_fun_control.py``, ``data/utils.py``):
+The release is Wan2.2-TI2V-5B with three changes, all read from VideoX-Fun: ``Wan2_2Transformer3DModel``
+(``videox_fun/models/wan_transformer3d.py``), ``SimpleAdapter`` (``wan_camera_adapter.py``), the pipeline
+(``pipeline/pipeline_wan2_2_fun_control.py``) and the pose reading (``data/utils.py``):
 
 1. **Camera adapter** (``control_adapter.*``, VideoX-Fun's ``SimpleAdapter``): Plücker maps at pixel resolution,
    packed four frames per latent frame (``pack_fun_plucker``: 6 × 4 = 24 channels, channel = 4·c + k), go per latent
@@ -29,7 +30,7 @@ inference (the first ``num_frames`` rows); in training, the rows are linearly in
 the sampled frames' rows are used (``fun_pose_rows_for_frames``).
 
 Numerics: the reference computes the timestep sinusoids in float64 (Wan's ``sinusoidal_embedding_1d``), diffusers in
-float32, which moves the embedding by ~1e-4 at t ≈ 1000; a fun-mode CameraWan computes them in float64 as the
+float32, which moves the embedding by up to 3e-5 at t ≈ 1000; a fun-mode CameraWan computes them in float64 as the
 release was trained (``WanSinusoidalTimesteps``, no parameters). Parity with VideoX-Fun to 1e-5 is in
 ``tests/test_fun_camera.py`` (fixtures in ``tests/fixtures/fun_camera``).
 """
