@@ -39,10 +39,11 @@ Gaussians stay alive until the files are written). What each term holds:
 Calibration (``experiments/benchmarks/generate_memory.py``; results and the fit in
 ``experiments/benchmarks/results/generate_memory_cpu.md``): the whole ``generate`` run with the tiny random-weight
 models on a CPU in float32, RSS sampled every 2 ms, at 13 to 385 frames of 96 x 160 and at 49 x 192 x 320 and
-13 x 384 x 640. A least-squares fit of the per-stage peaks gives 93 B (rays, per branch), 125 B (video), 139 B
-(deformation) and 93 MiB (overhead); the coefficients below are those plus about 15 %, so the estimate lies above
-every measured peak. For real models the estimate rests on the same calibrated terms plus the analytic ones and was
-not measured here (no weights on this machine); ``check_memory=false`` skips the check when it is wrong.
+13 x 384 x 640. A least-squares fit of the stage peaks gives 84 B (rays, per branch), 128 B (video), 105 B
+(deformation) and 109 MiB (overhead); the coefficients below are those plus a margin, which puts the estimate at
+1.17 to 1.49 times every measured peak. For real models the estimate rests on the same calibrated terms plus the
+analytic ones and was not measured here (no weights on this machine); ``check_memory=false`` skips the check when it
+is wrong.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ if TYPE_CHECKING:
     from diff4splat.pipelines.jobs import GenerateConfig
 
 GIB = 2**30
-RAY_BYTES = 110.0  # calibrated: 93 B measured (see the module docstring)
-VIDEO_BYTES = 145.0  # calibrated: 125 B measured
-DEFORM_BYTES = 160.0  # calibrated: 139 B measured
-OVERHEAD = 128 * 2**20  # calibrated: 93 MiB measured
+RAY_BYTES = 110.0  # calibrated: 84 B fitted (see the module docstring)
+VIDEO_BYTES = 145.0  # calibrated: 128 B fitted
+DEFORM_BYTES = 160.0  # calibrated: 105 B fitted
+OVERHEAD = 128 * 2**20  # calibrated: 109 MiB fitted
 NOVEL_BYTES = 20.0  # analytic: 12 B float32 RGB + 3 B uint8, with slack
 GAUSSIAN_BYTES = 180.0  # analytic: 14 float32 (56 B) twice (pruning) and a 68-byte .ply row
 DIT_BYTES = 16.0  # analytic, x dtype bytes: hidden, q, k, v, output, 2 x 4.7 feed-forward, ... per channel

@@ -113,7 +113,9 @@ def measure(frames: int, height: int, width: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", nargs="*", default=["13x96x160", "97x96x160", "193x96x160", "49x192x320"])
+    p.add_argument(
+        "--sizes", nargs="*", default=["13x96x160", "97x96x160", "193x96x160", "385x96x160", "49x192x320", "13x384x640"]
+    )
     p.add_argument("--one", help="FxHxW: measure one size in this process and print its JSON")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
