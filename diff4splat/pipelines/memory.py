@@ -11,8 +11,9 @@ The estimate, in bytes, of what the run adds on the device the models run on (CP
 F frames of H x W pixels; B = 2 with classifier-free guidance (both branches in one batch), else 1; d the bytes of
 the compute dtype; tokens = (1 + (F - 1)/4)·(H/32)·(W/32) CameraWan tokens of width ``dim``; N = F·(H/s)·(W/s)
 Gaussians (s: the LRDM's ``gaussian_stride``; every frame emits Gaussians) and T query times (``lrdm.num_times``, or
-one per latent frame); V views of ``novel.mp4`` (``render.novel_frames``, or F). ``lrdm`` covers everything from the LRDM to the written files (the video, renders and
-Gaussians stay alive until the files are written). What each term holds:
+one per latent frame); V views of ``novel.mp4`` (``render.novel_frames``, or F). ``lrdm`` covers everything from
+the LRDM to the written files (the video, renders and Gaussians stay alive until the files are written). What each
+term holds:
 
 - ``RAY_BYTES`` per pixel, frame and guidance branch: the Plücker rays (6 float32 channels), their causal padding and
   the camera encoder's patchified copy, alive while CameraWan samples. Calibrated (below).
