@@ -174,3 +174,65 @@ def test_convert_exports_our_format_and_evaluate_clips_runs(tmp_path, movies_ckp
     summary = json.loads((res / "summary.json").read_text())
     assert summary["count"] == 2 and summary["skipped"] == 0
     assert 0 < summary["mean"]["psnr"] < 60
+
+
+@pytest.mark.parametrize("height,width", [(1080, 1920), (1920, 1080), (1000, 1000), (256, 384), (37, 91), (480, 854)])
+def test_frames_fit_the_14_pixel_grid_with_exact_intrinsics(height, width):
+    """Any aspect ratio: the long side at VGGT-1B's 518, both sides whole 14-pixel patches, and each pixel keeps its
+    ray (a world point projects to the same place relative to the frame before and after, with the new intrinsics;
+    also through a crop when a size that is not a multiple of 14 is asked for)."""
+    from diff4splat.geometry.cameras import project_points
+    from diff4splat.pipelines.inputs import fit_frames
+    from diff4splat.pipelines.reconstruction import native_size
+
+    with torch.device("meta"):
+        model = LRDM(to_dataclass(LRDMConfig, OmegaConf.load(ROOT / "conf" / "model" / "lrdm_vggt_1b.yaml"), "1b"))
+    size = native_size(model, height, width)
+    assert max(size) == 518 and size[0] % 14 == 0 and size[1] % 14 == 0
+    assert abs(size[0] / size[1] - height / width) <= 7 / min(size)  # at most half a patch of stretch
+    fx = torch.tensor([[0.8, 0.8 * width / height, 0.47, 0.52]])
+    c2w = torch.eye(4)[None]
+    point = torch.tensor([[[0.3, -0.2, 2.0]]])
+    before = project_points(point, c2w, fx, height, width).uv[0, 0] / torch.tensor([width, height])
+    for ask in (size, (size[0] + 5, size[1] + 9)):  # native, then a size that needs a crop to whole patches
+        images = torch.rand(1, 3, height, width)
+        out, fx_out, fit = fit_frames(images, fx, 14, ask)
+        h, w = out.shape[-2:]
+        assert h % 14 == 0 and w % 14 == 0 and (h, w) == tuple(fit["model_size"])
+        top, left = fit["crop_top_left"]
+        rh, rw = fit["resized_to"]
+        uv = project_points(point, c2w, fx_out, h, w).uv[0, 0]
+        expected = before * torch.tensor([rw, rh]) - torch.tensor([left, top])  # resize, then the crop's offset
+        torch.testing.assert_close(uv, expected, atol=1e-3, rtol=0)
+
+
+def test_generation_reads_decoded_frames_with_a_vggt_lrdm():
+    """The generation pipeline with the released reconstructor: the decoded video (96 x 160, a Wan size that is not a
+    multiple of 14) is read at the LRDM's own size (28 x 56 at the tiny model's 56-pixel native long side), one
+    Gaussian per pixel of each frame it reads, rendered back at the video's size."""
+    from diff4splat.geometry.trajectories import make_trajectory
+    from diff4splat.pipelines.generation import Diff4SplatPipeline
+    from diff4splat.sampling import SamplingConfig
+
+    tiny = Diff4SplatPipeline.tiny(seed=0, lrdm_encoder="rgb", decoder="tiny_vae")
+    torch.manual_seed(0)
+    lrdm = LRDM(tiny_lrdm_config())
+    pipe = Diff4SplatPipeline(tiny.text_encoder, tiny.camera_wan, tiny.vae, lrdm, tiny.aligner, decoder="tiny_vae")
+    assert pipe.size_multiple == 32  # the video model's unit only
+    traj = make_trajectory("orbit", 5, strength=0.3)
+    image = torch.rand(3, 96, 160)
+    g = pipe(
+        image,
+        traj.c2w.float(),
+        traj.fxfycxcy.float(),
+        torch.linspace(0, 1, 5),
+        "a boat",
+        sampling=SamplingConfig(steps=2, seed=0),
+        lrdm_input_frames=3,
+        prune_threshold=0.0,
+    )
+    assert g.video.shape == (5, 3, 96, 160) and g.lrdm_frames.tolist() == [0, 2, 4]
+    assert g.scene.gaussians.num_gaussians == 3 * 28 * 56 and g.scene.image_size == (96, 160)
+    assert g.scene.gaussians.time_varying_appearance
+    rgb, _ = pipe.render(g.scene, g.scene.c2w[:2], g.scene.fxfycxcy[:2], g.scene.input_times[:2])
+    assert rgb.shape == (2, 3, 96, 160) and torch.isfinite(rgb).all()
