@@ -28,8 +28,8 @@ from typing import Any
 from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_splat
 from diff4splat.geometry.trajectories import PRESETS
+from diff4splat.pipelines.cameras import check_num_frames
 from diff4splat.pipelines.generation import Diff4SplatPipeline, resolve_device
-from diff4splat.pipelines.inputs import check_num_frames
 from diff4splat.pipelines.jobs import DEFAULT_FRAMES, TINY_FRAMES, GenerateConfig, make_job, model_size, run_job
 from diff4splat.pipelines.memory import check_memory
 from diff4splat.pipelines.outputs import read_scene_output

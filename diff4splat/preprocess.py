@@ -26,14 +26,8 @@ from diff4splat.cli import InputError, run_cli
 from diff4splat.files import atomic_file
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
-from diff4splat.pipelines.inputs import (
-    fit_frames,
-    fov_intrinsics,
-    frame_names,
-    read_cameras,
-    read_frames,
-    read_image,
-)
+from diff4splat.pipelines.cameras import fov_intrinsics, read_cameras
+from diff4splat.pipelines.inputs import fit_frames, frame_names, read_frames, read_image
 from diff4splat.pipelines.poses import VGGT_FILE, estimate_cameras, load_camera_estimator
 
 

@@ -30,7 +30,8 @@ import torch
 from diff4splat.cli import InputError, run_cli
 from diff4splat.gaussians.io import save_4d, save_ply_sequence
 from diff4splat.media import depth_to_color, to_uint8, write_video
-from diff4splat.pipelines.inputs import fit_frames, frame_names, read_cameras, read_frames, read_npz
+from diff4splat.pipelines.cameras import read_cameras, read_npz
+from diff4splat.pipelines.inputs import fit_frames, frame_names, read_frames
 from diff4splat.pipelines.memory import check_reconstruction_memory
 from diff4splat.pipelines.outputs import (
     META_FILE,

@@ -22,7 +22,8 @@ from diff4splat.cli import InputError
 from diff4splat.gaussians.io import load_4d
 from diff4splat.geometry.trajectories import make_trajectory, write_re10k_txt, write_trajectory_json
 from diff4splat.pipelines import Diff4SplatPipeline, outputs
-from diff4splat.pipelines.inputs import fit_frames, read_image, resolve_cameras
+from diff4splat.pipelines.cameras import resolve_cameras
+from diff4splat.pipelines.inputs import fit_frames, read_image
 from diff4splat.pipelines.jobs import GenerateConfig, TrajectoryOptions, make_job, read_batch
 from diff4splat.sampling import SamplingConfig
 

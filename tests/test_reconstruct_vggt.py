@@ -23,7 +23,8 @@ from diff4splat.models.dpt import DPTConfig
 from diff4splat.models.lrdm import LRDM, LRDMConfig
 from diff4splat.models.movies import pose_decoding, pose_encoding
 from diff4splat.models.vggt import VGGT, CameraHeadConfig, VGGTConfig
-from diff4splat.pipelines.inputs import read_cameras, read_frames
+from diff4splat.pipelines.cameras import read_cameras
+from diff4splat.pipelines.inputs import read_frames
 from diff4splat.pipelines.poses import estimate_cameras, load_camera_estimator
 from diff4splat.pipelines.reconstruction import load_lrdm
 

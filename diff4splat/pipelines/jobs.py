@@ -29,6 +29,7 @@ from torch import Tensor
 from diff4splat.cli import InputError
 from diff4splat.files import atomic_write_text
 from diff4splat.models.camera_wan import CameraWanConfig
+from diff4splat.pipelines.cameras import CAMERA_SUFFIXES, Cameras, check_num_frames, resolve_cameras
 from diff4splat.pipelines.generation import (
     UNTRAINED_LABEL,
     Diff4SplatPipeline,
@@ -36,15 +37,7 @@ from diff4splat.pipelines.generation import (
     render_outputs,
     resolve_device,
 )
-from diff4splat.pipelines.inputs import (
-    CAMERA_SUFFIXES,
-    IMAGE_SUFFIXES,
-    Cameras,
-    check_num_frames,
-    fit_frames,
-    read_image,
-    resolve_cameras,
-)
+from diff4splat.pipelines.inputs import IMAGE_SUFFIXES, fit_frames, read_image
 from diff4splat.pipelines.memory import check_memory
 from diff4splat.pipelines.outputs import (
     META_FILE,
