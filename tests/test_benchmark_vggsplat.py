@@ -25,6 +25,7 @@ def test_vggsplat_benchmark_runs_tiny_on_cpu(tmp_path):
     result = json.loads(path.read_text())
     assert result["command"].endswith(f"--tiny --repeats 1 --out {tmp_path}") and result["date"]
     assert result["device"].startswith("CPU") and result["model"] == "lrdm_vggt_tiny"
+    assert set(result["queries_per_pass_medians_s"]) == {"1", "all"} and result["queries_per_pass"] in (1, "all")
     assert [r["frames"] for r in result["inference"]] == [3, 5]
     assert all(r["median_s"] > 0 and r["gaussians"] == r["frames"] * 28 * 56 for r in result["inference"])
     assert [r["checkpointing"] for r in result["training"]] == [True, False]

@@ -244,3 +244,16 @@ def test_tiny_movies_checkpoint_saved_and_reloaded(tmp_path):
     assert again.config.vggt == model.config.vggt
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k
+
+
+@torch.no_grad()
+def test_query_times_in_one_pass_match_the_loop(one_thread):
+    """``queries_per_pass``: the time-conditioned heads on several query times as one batch give the loop's numbers."""
+    model, io, _ = fixture_lrdm()
+    args = (io["images"], io["C2W"], io["fxfycxcy"], io["input_timesteps"], torch.tensor([[0.3, 0.85, 0.1]]))
+    loop = model.backbone(*args, frames_chunk_size=2)
+    for per_pass in (None, 2):
+        batched = model.backbone(*args, frames_chunk_size=2, queries_per_pass=per_pass)
+        assert batched.keys() == loop.keys()
+        for key, value in loop.items():
+            torch.testing.assert_close(batched[key], value, rtol=1e-5, atol=1e-5, msg=key)

@@ -309,10 +309,14 @@ class DPTHead(nn.Module):
         patch_start_idx: int,
         image_size: tuple[int, int],  # (H, W)
         shortcut: Tensor | None = None,  # [B, S, shortcut_dim, H, W]
-        time_embedding: Tensor | None = None,  # [B, time_dim]
+        time_embedding: Tensor | None = None,  # [B, time_dim], or [B, Q, time_dim]: Q times in one pass
         frames_chunk_size: int | None = 8,
-    ) -> tuple[Tensor, Tensor]:  # prediction [B, S, H, W, output_dim - 1], confidence [B, S, H, W]
-        """Per-pixel prediction and confidence, computed ``frames_chunk_size`` frames at a time (same numbers)."""
+    ) -> tuple[Tensor, Tensor]:  # prediction [B, (Q,) S, H, W, output_dim - 1], confidence [B, (Q,) S, H, W]
+        """Per-pixel prediction and confidence, computed ``frames_chunk_size`` frames at a time (same numbers).
+
+        With Q time embeddings [B, Q, time_dim] the head runs once on a batch of B x Q (the token LayerNorm once, the
+        AdaLN and everything after it per time; the shortcut map is shared), as Q calls with [B, time_dim] would
+        give up to floating-point rounding, with fewer and larger kernels."""
         if (shortcut is None) != (not hasattr(self, "shortcut")):
             raise ValueError("DPTHead: pass a shortcut map exactly when the head has a shortcut")
         if (time_embedding is None) != (self.time_dim == 0):
@@ -332,7 +336,11 @@ class DPTHead(nn.Module):
             )
             preds.append(p)
             confs.append(c)
-        return torch.cat(preds, dim=1), torch.cat(confs, dim=1)
+        pred, conf = torch.cat(preds, dim=1), torch.cat(confs, dim=1)
+        if time_embedding is not None and time_embedding.dim() == 3:  # [B·Q, S, ...] -> [B, Q, S, ...]
+            shape = time_embedding.shape[:2]
+            pred, conf = pred.unflatten(0, shape), conf.unflatten(0, shape)
+        return pred, conf
 
     def _forward_frames(
         self,
@@ -345,16 +353,19 @@ class DPTHead(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         height, width = image_size
         ph, pw = height // self.patch_size, width // self.patch_size
+        queries = time_embedding is not None and time_embedding.dim() == 3  # Q times: a batch of B x Q
         if time_embedding is not None:
-            scale, shift = self.time_embed(time_embedding)[:, None, None, :].chunk(2, dim=-1)  # [B, 1, 1, dim_in]
+            mod = self.time_embed(time_embedding)  # [B, (Q,) 2 dim_in]
+            scale, shift = mod[..., None, None, :].chunk(2, dim=-1)  # [B, (Q,) 1, 1, dim_in]
         # 1. Token layers -> multi-scale feature maps
         maps = []
         for level, layer in enumerate(self.layers):
-            x = tokens[layer][:, frames, patch_start_idx:]  # [B, s, ph*pw, C]
-            batch, s = x.shape[:2]
-            x = self.norm(x)
-            if time_embedding is not None:
+            x = self.norm(tokens[layer][:, frames, patch_start_idx:])  # [B, s, ph*pw, C]
+            if queries:
+                x = (x[:, None] * (1 + scale) + shift).flatten(0, 1)  # [B·Q, s, ph*pw, C]
+            elif time_embedding is not None:
                 x = x * (1 + scale) + shift
+            batch, s = x.shape[:2]
             x = x.reshape(batch * s, ph, pw, -1).permute(0, 3, 1, 2)
             x = self.projects[level](x)
             if self.use_pos_embed:
@@ -374,7 +385,9 @@ class DPTHead(nn.Module):
             out = self._add_pos_embed(out, width / height)
         out = sc.output_conv2(out)
         if shortcut is not None:
-            out = out + self.shortcut(shortcut.reshape(batch * s, *shortcut.shape[2:]))
+            if queries:  # the same map for every time
+                shortcut = shortcut[:, None].expand(-1, time_embedding.shape[1], *shortcut.shape[1:])
+            out = out + self.shortcut(shortcut.reshape(batch * s, *shortcut.shape[-3:]))
         out = out.permute(0, 2, 3, 1)  # [B*s, H, W, C]
         pred = activate_prediction(out[..., :-1], self.activation)
         conf = activate_confidence(out[..., -1], self.conf_activation)

@@ -270,6 +270,7 @@ class LRDM(nn.Module):
         self.backbone = VGGSplat(c.vggt)
         self.deform_head = None  # the motion heads are the backbone's (`dynamic` says whether there are any)
         self.frames_chunk_size = 8  # DPT heads run on this many frames at a time (MoVieS trains with 8)
+        self.queries_per_pass = 1  # query times per time-conditioned head pass (1: MoVieS's loop; None: all)
         if c.gradient_checkpointing:
             from diff4splat.models.parallel import wrap_checkpoint
 
@@ -413,6 +414,7 @@ class LRDM(nn.Module):
             input_times,
             query_times if self.backbone.is_dynamic else None,
             frames_chunk_size=self.frames_chunk_size,
+            queries_per_pass=self.queries_per_pass,
         )
         gaussians, depth = deformable_gaussians(out, c2w, fxfycxcy, query_times, v.activation, v.sh_degree)
         f, (h, w) = images.shape[1], images.shape[-2:]

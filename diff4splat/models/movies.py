@@ -240,6 +240,7 @@ class VGGSplat(nn.Module):
         input_times: Tensor | None = None,  # [B, F] in [0, 1]; needed with an input-time token
         query_times: Tensor | None = None,  # [B, Q] in [0, 1]; needed by the dynamic model
         frames_chunk_size: int | None = 8,
+        queries_per_pass: int | None = 1,
     ) -> dict[str, Tensor]:
         """Raw per-pixel outputs (activate them with `activate_gaussians`):
 
@@ -249,6 +250,10 @@ class VGGSplat(nn.Module):
         - dynamic model only, per query time q: ``offset`` [B, Q, F, 3, H, W] (world-space displacement of each
           pixel's Gaussian from its frame's time to t_q), ``offset_conf`` [B, Q, F, 1, H, W], and ``color_t``,
           ``scale_t``, ``rotation_t``, ``opacity_t``, ``conf_t`` [B, Q, F, C, H, W] (raw attributes at t_q).
+
+        The time-conditioned heads run once per query time (``queries_per_pass=1``, as the reference), or on
+        ``queries_per_pass`` query times at a time (None: all) as one batch: the same numbers up to rounding, fewer
+        and larger kernels, activations for that many times at once.
         """
         cfg = self.config
         batch, frames, _, height, width = images.shape
@@ -290,32 +295,34 @@ class VGGSplat(nn.Module):
         out["conf"] = conf[:, :, None]
         if not self.is_dynamic:
             return out
-        # 5. Per query time: motion and time-dependent attributes
+        # 5. Per query time (or group of query times): motion and time-dependent attributes
         per_query: dict[str, list[Tensor]] = {k: [] for k in ("offset", "offset_conf", *_TIME_KEYS)}
-        for q in range(query_emb.shape[1]):
+        num_queries = query_emb.shape[1]
+        step = num_queries if not queries_per_pass else queries_per_pass
+        for q0 in range(0, num_queries, step):
+            # one time: the reference's [B, time_dim] call; several: [B, k, time_dim], one batch of B x k
+            emb = query_emb[:, q0] if step == 1 else query_emb[:, q0 : q0 + step]
             motion, motion_conf = self.motion_head(
-                layers, start, size, time_embedding=query_emb[:, q], frames_chunk_size=frames_chunk_size
+                layers, start, size, time_embedding=emb, frames_chunk_size=frames_chunk_size
             )
-            offset = motion.permute(0, 1, 4, 2, 3)  # [B, F, 3, H, W]
             attrs, attrs_conf = self.motion_splat_head(
-                layers,
-                start,
-                size,
-                shortcut=gaussians,
-                time_embedding=query_emb[:, q],
-                frames_chunk_size=frames_chunk_size,
+                layers, start, size, shortcut=gaussians, time_embedding=emb, frames_chunk_size=frames_chunk_size
             )
-            values = dict(zip(_TIME_KEYS, (*attrs.permute(0, 1, 4, 2, 3).split(split, dim=2), attrs_conf[:, :, None])))
+            if step == 1:  # -> [B, 1, F, ...] like the batched form
+                motion, motion_conf, attrs, attrs_conf = (x[:, None] for x in (motion, motion_conf, attrs, attrs_conf))
+            offset = motion.permute(0, 1, 2, 5, 3, 4)  # [B, k, F, 3, H, W]
+            split_attrs = attrs.permute(0, 1, 2, 5, 3, 4).split(split, dim=3)
+            values = dict(zip(_TIME_KEYS, (*split_attrs, attrs_conf[:, :, :, None])))
             # pixels that do not move keep their static attributes
-            norm = offset.norm(dim=2, keepdim=True)
+            norm = offset.norm(dim=3, keepdim=True)
             moving = (norm >= cfg.mask_by_motion).to(offset.dtype)
             moving_opacity = (norm >= cfg.mask_by_motion_opacity).to(offset.dtype)
             for key, static in zip(_TIME_KEYS, ("color", "scale", "rotation", "opacity", "conf")):
                 m = moving_opacity if key == "opacity_t" else moving
-                per_query[key].append(m * values[key] + (1 - m) * out[static])
+                per_query[key].append(m * values[key] + (1 - m) * out[static][:, None])
             per_query["offset"].append(offset)
-            per_query["offset_conf"].append(motion_conf[:, :, None])
-        out.update({k: torch.stack(v, dim=1) for k, v in per_query.items()})
+            per_query["offset_conf"].append(motion_conf[:, :, :, None])
+        out.update({k: torch.cat(v, dim=1) for k, v in per_query.items()})
         return out
 
     # -- config inference and loading ---------------------------------------------------------------------------------
