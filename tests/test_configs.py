@@ -150,7 +150,7 @@ def test_wrong_type_names_field(make_cfg):
 
 def test_wrong_choice_names_field(make_cfg):
     err = _config_error(make_cfg("model.encoder=rbg"))
-    assert "system.model.encoder: expected one of ['rgb', 'latent'], got 'rbg'" in str(err)
+    assert "system.model.encoder: expected one of ['rgb', 'latent', 'vggt'], got 'rbg'" in str(err)
 
 
 def test_paths_have_no_absolute_defaults():
