@@ -39,7 +39,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -308,18 +308,22 @@ def original_transformer_files(paths: PathLike | Sequence[PathLike]) -> list[Pat
     return files
 
 
-def read_safetensors(files: Sequence[Path], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """All tensors of ``files`` in one dict (optionally cast while reading); a key in two files is an error."""
+def _open_safetensors(file: Path) -> Any:
+    """``safetensors.safe_open`` of ``file`` (torch, CPU); an unreadable file is an error naming it."""
     from safetensors import safe_open
 
+    try:
+        return safe_open(str(file), framework="pt", device="cpu")
+    except Exception as e:  # noqa: BLE001 - SafetensorError / OSError: an unreadable file, named
+        raise CheckpointMismatchError(f"{file}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
+
+
+def read_safetensors(files: Sequence[Path], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+    """All tensors of ``files`` in one dict (optionally cast while reading); a key in two files is an error."""
     state_dict: dict[str, Tensor] = {}
     where: dict[str, Path] = {}
     for file in files:
-        try:
-            handle = safe_open(str(file), framework="pt", device="cpu")
-        except Exception as e:  # noqa: BLE001 - SafetensorError / OSError: an unreadable file, named
-            raise CheckpointMismatchError(f"{file}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
-        with handle as f:
+        with _open_safetensors(file) as f:
             for key in f.keys():
                 if key in state_dict:
                     raise CheckpointMismatchError(f"{key!r} is in both {where[key]} and {file}")
@@ -331,15 +335,9 @@ def read_safetensors(files: Sequence[Path], dtype: torch.dtype | None = None) ->
 
 def read_safetensors_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in ``files``, from the safetensors headers only (nothing is loaded)."""
-    from safetensors import safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
-        try:
-            handle = safe_open(str(file), framework="pt", device="cpu")
-        except Exception as e:  # noqa: BLE001 - SafetensorError / OSError: an unreadable file, named
-            raise CheckpointMismatchError(f"{file}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
-        with handle as f:
+        with _open_safetensors(file) as f:
             for key in f.keys():
                 shapes[key] = tuple(f.get_slice(key).get_shape())
     return shapes
