@@ -174,6 +174,7 @@ def _vggt_model(**fields) -> dict:
     return {**OmegaConf.to_container(OmegaConf.load(TINY_YAML)), **fields}
 
 
+@pytest.mark.slow  # about 3 minutes on 2 cores: CI runs it in `make test-slow`
 def test_tiny_vggt_model_overfits_one_clip_to_30_db():
     """The released reconstructor's whole training path (VGGSplaT at the tiny size, render, MoVieS's losses, its lr
     groups, the optimiser and its schedule) fits the overfit test's clip at 28² (2 x 2 patches of 14 pixels): 4 input
