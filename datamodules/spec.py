@@ -273,9 +273,12 @@ def decode_video(data: bytes, indices: list[int] | None = None) -> np.ndarray:
     except ImportError:
         decord = None
     if decord is not None:
-        vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        idx = list(range(len(vr))) if indices is None else list(indices)
-        return vr.get_batch(idx).asnumpy()
+        try:
+            vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
+            idx = list(range(len(vr))) if indices is None else list(indices)
+            return vr.get_batch(idx).asnumpy()
+        except (RuntimeError, decord.DECORDError) as e:  # decord reports unreadable bytes as a RuntimeError
+            raise ValueError(f"unreadable mp4 ({len(data)} bytes): {e}") from e
     import av
 
     with av.open(io.BytesIO(data)) as container:

@@ -45,6 +45,7 @@ import posixpath
 import random
 import tarfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -65,6 +66,12 @@ from datamodules.spec import Clip, decode_image, decode_sample, decode_video
 log = logging.getLogger(__name__)
 
 _LOADED_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "dynamic_mask")
+
+
+# What a corrupt or malformed sample raises while it is decoded and checked: schema errors (SpecError and
+# LatentSpecError are ValueErrors), unreadable bytes (numpy, PIL, json, zlib, tar) and missing members. Anything else
+# (TypeError, AttributeError, NameError, ...) is a bug in the code and is not counted as bad data.
+DATA_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError, KeyError, zlib.error, tarfile.TarError)
 
 
 class DataSkipRateError(RuntimeError):
@@ -959,7 +966,7 @@ class ShardStream(IterableDataset):
                 try:
                     items.append(self._decode(raw, source, rng, state, len(items)))
                     stats.good += 1
-                except Exception as e:  # any corrupt sample: skip, count, go on
+                except DATA_ERRORS as e:  # a corrupt sample: skip, count, go on (a bug in the code propagates)
                     stats.skipped += 1
                     _note(
                         stats,

@@ -557,3 +557,23 @@ def test_datamodule_device_augmentation_in_after_batch_transfer(tmp_path):
         assert b["images"].dtype == torch.float32 and b["images"].shape == (2, 4, 3, 16, 16)
     with pytest.raises(ValueError, match="augment_on"):
         ClipDataModule(sources, sampling={**sampling, "augment_on": "gpu"})
+
+
+def test_a_bug_in_the_transform_is_not_counted_as_corrupt_data(tmp_path, monkeypatch):
+    """Only data errors are skipped and counted: a programming error in decoding propagates at once."""
+    write_shards(tmp_path, "pointodyssey", num_shards=1, per_shard=4)
+    src = SourceConfig("pointodyssey", "unused", val_shards=str(tmp_path / "train-*.tar"), max_gap=4)
+    stream = ClipStream([src], TINY, batch_size=1, batches_per_epoch=2, train=False, max_skip_rate=0.9)
+    calls = [0]
+    real = ClipStream._decode
+
+    def buggy(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise AttributeError("'NoneType' object has no attribute 'shape'")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipStream, "_decode", buggy)
+    with pytest.raises(AttributeError, match="no attribute 'shape'"):
+        list(stream)
+    assert stream.stats.skipped == 0
