@@ -136,5 +136,5 @@ def check_finite_loss(losses: Mapping[str, Tensor], step: int, samples: Any) -> 
     """A ``FloatingPointError`` naming the step, every loss part and the batch's sample keys when ``losses["loss"]``
     is not finite."""
     if not torch.isfinite(losses["loss"]):
-        parts = {k: float(v) for k, v in losses.items()}
+        parts = {k: float(v.detach()) for k, v in losses.items()}
         raise FloatingPointError(f"non-finite loss at step {step}: {parts} for samples {samples}")
