@@ -98,7 +98,7 @@ def taehv_state(c: int, p: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def stream_decode(sd: dict[str, torch.Tensor], z: torch.Tensor, p: int) -> torch.Tensor:
     """TAEHV's decoder run frame by frame with explicit per-block memory (the streaming reading of the layout).
-    z [T, C, h, w] raw latents of one clip -> [4T - 3, 3, H, W]."""
+    z [T, C, h, w] latents of one clip -> [4T - 3, 3, H, W]."""
 
     def conv(x: torch.Tensor, i: int) -> torch.Tensor:
         return F.conv2d(x, sd[f"decoder.{i}.weight"], sd.get(f"decoder.{i}.bias"), padding=1)
@@ -161,7 +161,10 @@ def test_zero_initialised_mappers_are_the_identity_and_train(mapper: torch.nn.Mo
     assert last.grad.abs().sum() > 0
 
 
-def test_aligner_paths_undo_and_apply_the_wan_normalisation(tmp_path) -> None:
+@pytest.mark.parametrize("space", ["normalised", "raw"])
+def test_aligner_paths_and_the_wan_normalisation(tmp_path, space: str) -> None:
+    """``normalised`` (TAEHV's convention, tests/test_taehv.py): the TinyVAE sees the denoiser's latents as they are;
+    ``raw`` (aligners trained before): the Wan normalisation is undone before decoding and applied after encoding."""
     torch.manual_seed(0)
     aligner = LatentAligner(
         AlignerConfig(
@@ -170,15 +173,19 @@ def test_aligner_paths_undo_and_apply_the_wan_normalisation(tmp_path) -> None:
             decode_mapper="unet",
             encode_mapper="mlp",
             mapper_width=16,
+            tiny_vae_space=space,
         )
     )
     mean, std = torch.randn(48), torch.rand(48) + 0.5
     aligner.set_normalisation(mean, std)
     z = torch.randn(2, 48, 2, 2, 3)
     raw = z * std.view(1, 48, 1, 1, 1) + mean.view(1, 48, 1, 1, 1)
-    torch.testing.assert_close(aligner.decode(z), aligner.tiny_vae.decode(raw))  # zero-init mapper: identity
+    expect_frames = aligner.tiny_vae.decode(raw if space == "raw" else z)
+    torch.testing.assert_close(aligner.decode(z), expect_frames)  # zero-init mapper: identity
     frames = torch.rand(2, 5, 3, 32, 48)
-    expect = (aligner.tiny_vae.encode(frames) - mean.view(1, 48, 1, 1, 1)) / std.view(1, 48, 1, 1, 1)
+    expect = aligner.tiny_vae.encode(frames)
+    if space == "raw":
+        expect = (expect - mean.view(1, 48, 1, 1, 1)) / std.view(1, 48, 1, 1, 1)
     torch.testing.assert_close(aligner.encode(frames), expect)
     with torch.no_grad():
         for p in aligner.parameters():

@@ -1,8 +1,21 @@
 """Latent alignment: mappers between Wan VAE latents and a TinyVAE's latent space, and the two paths that use them.
 
-- decode path (``TinyVAEDecoderWrapper``): normalised Wan latents (what the diffusion model produces) → Wan
-  normalisation undone (``z · std + mean``) → decode mapper → TinyVAE decoder → frames [B, F, 3, H, W] in [0, 1];
+- decode path (``TinyVAEDecoderWrapper``): normalised Wan latents (what the diffusion model produces) → decode mapper
+  → TinyVAE decoder → frames [B, F, 3, H, W] in [0, 1];
 - encode path (``TinyVAEEncoderWrapper``): frames → TinyVAE encoder → encode mapper → normalised Wan latents.
+
+Latent convention: the TinyVAE works in the **diffusion model's latent space**, the Wan-normalised latents
+(z − latents_mean) / latents_std, as the released TAEHV decoders (``taew2_1.pth``, ``taew2_2.pth``) expect. The
+evidence (madebyollin/taehv @ 1f14a568; ``tests/fixtures/taehv/README.md``): its README says TAEHV "does not use any
+latent scales / shifts (TAEHV encodes / decodes exactly what diffusion models use), whereas Diffusers requires
+explicitly applying a latents_mean and latents_std"; its diffusers examples (``examples/TAEW2.2_T2I_Demo.ipynb``,
+``TAEW2.1_T2I_Demo.ipynb``) hand TAEHV to ``WanPipeline`` as the VAE with ``latents_mean`` = 0 and ``latents_std`` = 1,
+so the pipeline's de-normalisation ``latents / (1 / latents_std) + latents_mean`` (diffusers ``pipeline_wan.py``)
+becomes the identity and TAEHV decodes the denoiser's latents as they are; and the real Wan2.1 latent it ships
+(``examples/test_latents_wan.pth``) has per-channel means within ±0.8 and standard deviations 0.6–1.2, where raw
+Wan2.1 latents have means −0.95…1.55 and deviations 1.1–3.3 (the VAE's ``latents_mean`` / ``latents_std``).
+``AlignerConfig.tiny_vae_space = "raw"`` keeps the earlier convention (z · std + mean before the TinyVAE) for
+aligners trained with it; exports without the field load as ``raw``.
 
 Mappers act on [B, C, T, h, w] and are residual with a zero-initialised last layer, so a fresh mapper is exactly the
 identity and a released TAEHV (trained to match the Wan VAE) starts from its own quality:
@@ -31,6 +44,7 @@ from torch import Tensor, nn
 from diff4splat.models.tiny_vae import TinyVAE, TinyVAEConfig
 
 MapperKind = Literal["none", "linear", "mlp", "unet"]
+TinyVAESpace = Literal["normalised", "raw"]  # the latents the TinyVAE decodes / encodes (module docstring)
 
 
 class Identity5d(nn.Identity):
@@ -123,30 +137,34 @@ class _Normalisation(nn.Module):
 
 
 class TinyVAEDecoderWrapper(nn.Module):
-    """Normalised Wan latents [B, C, T, h, w] → frames [B, 4(T−1)+1, 3, H, W] (Wan normalisation undone → mapper →
-    TinyVAE decoder). Shares its modules with the ``LatentAligner`` that made it."""
+    """Normalised Wan latents [B, C, T, h, w] → frames [B, 4(T−1)+1, 3, H, W] (mapper → TinyVAE decoder; with
+    ``space="raw"`` the Wan normalisation is undone first). Shares its modules with the ``LatentAligner`` that made
+    it."""
 
-    def __init__(self, tiny_vae: TinyVAE, mapper: nn.Module, norm: _Normalisation) -> None:
+    def __init__(self, tiny_vae: TinyVAE, mapper: nn.Module, norm: _Normalisation, space: TinyVAESpace) -> None:
         super().__init__()
-        self.tiny_vae, self.mapper, self.norm = tiny_vae, mapper, norm
+        self.tiny_vae, self.mapper, self.norm, self.space = tiny_vae, mapper, norm, space
 
     def forward(self, latents: Tensor, clamp: bool = True) -> Tensor:
-        raw = latents.float() * self.norm.latents_std + self.norm.latents_mean
-        return self.tiny_vae.decode(self.mapper(raw.to(_dtype(self.mapper, raw))), clamp=clamp).float()
+        self.tiny_vae.check_latents(latents)
+        z = latents.float()
+        if self.space == "raw":
+            z = z * self.norm.latents_std + self.norm.latents_mean
+        return self.tiny_vae.decode(self.mapper(z.to(_dtype(self.mapper, z))), clamp=clamp).float()
 
 
 class TinyVAEEncoderWrapper(nn.Module):
-    """Frames [B, F, 3, H, W] → normalised Wan latents [B, C, ceil(F/4), h, w] (TinyVAE encoder → mapper →
-    Wan normalisation)."""
+    """Frames [B, F, 3, H, W] → normalised Wan latents [B, C, ceil(F/4), h, w] (TinyVAE encoder → mapper; with
+    ``space="raw"`` the Wan normalisation is applied last)."""
 
-    def __init__(self, tiny_vae: TinyVAE, mapper: nn.Module, norm: _Normalisation) -> None:
+    def __init__(self, tiny_vae: TinyVAE, mapper: nn.Module, norm: _Normalisation, space: TinyVAESpace) -> None:
         super().__init__()
-        self.tiny_vae, self.mapper, self.norm = tiny_vae, mapper, norm
+        self.tiny_vae, self.mapper, self.norm, self.space = tiny_vae, mapper, norm, space
 
     def forward(self, frames: Tensor) -> Tensor:
         z = self.tiny_vae.encode(frames)
         z = self.mapper(z.to(_dtype(self.mapper, z))).float()
-        return (z - self.norm.latents_mean) / self.norm.latents_std
+        return (z - self.norm.latents_mean) / self.norm.latents_std if self.space == "raw" else z
 
 
 def _dtype(module: nn.Module, fallback: Tensor) -> torch.dtype:
@@ -163,6 +181,7 @@ class AlignerConfig:
     decode_mapper: MapperKind = "linear"
     encode_mapper: MapperKind = "linear"
     mapper_width: int = 64
+    tiny_vae_space: TinyVAESpace = "normalised"  # TAEHV's convention; "raw": aligners trained on z · std + mean
 
 
 class LatentAligner(nn.Module):
@@ -177,10 +196,25 @@ class LatentAligner(nn.Module):
         self.encode_mapper = build_mapper(cfg.encode_mapper, c, cfg.mapper_width)
         self.norm = _Normalisation(c)
         # the two paths share these modules; kept out of the module tree so every tensor has one state-dict key
+        if cfg.tiny_vae_space not in ("normalised", "raw"):
+            raise ValueError(f"AlignerConfig.tiny_vae_space must be 'normalised' or 'raw', got {cfg.tiny_vae_space!r}")
         self._paths = (
-            TinyVAEDecoderWrapper(self.tiny_vae, self.decode_mapper, self.norm),
-            TinyVAEEncoderWrapper(self.tiny_vae, self.encode_mapper, self.norm),
+            TinyVAEDecoderWrapper(self.tiny_vae, self.decode_mapper, self.norm, cfg.tiny_vae_space),
+            TinyVAEEncoderWrapper(self.tiny_vae, self.encode_mapper, self.norm, cfg.tiny_vae_space),
         )
+
+    @classmethod
+    def from_taehv(cls, path: str | Path, version: str | None = None, **tiny_vae: object) -> LatentAligner:
+        """A released TAEHV file (``taew2_2.pth`` for Wan2.2-TI2V-5B, ``taew2_1.pth`` for Wan2.1) as an aligner:
+        no mappers, the denoiser's latents straight into TAEHV (``tiny_vae``: ``TinyVAEConfig`` overrides, e.g. a
+        cheaper ``decoder_time_upscale``)."""
+        released = TinyVAE.from_taehv(path, version, **tiny_vae)
+        version = "wan22" if released.cfg.latent_channels == 48 else "wan21"
+        aligner = cls(
+            AlignerConfig(version=version, tiny_vae=dict(tiny_vae), decode_mapper="none", encode_mapper="none")
+        )
+        aligner.tiny_vae.load_state_dict(released.state_dict())
+        return aligner.eval()
 
     @property
     def decoder(self) -> TinyVAEDecoderWrapper:
@@ -199,7 +233,7 @@ class LatentAligner(nn.Module):
         return self.tiny_vae.cfg.stride_s
 
     def set_normalisation(self, mean: Tensor, std: Tensor) -> None:
-        """The Wan VAE's ``latents_mean`` / ``latents_std`` (``WanVAE.mean`` / ``.std``)."""
+        """The Wan VAE's ``latents_mean`` / ``latents_std`` (``WanVAE.mean`` / ``.std``); used by ``raw`` aligners."""
         self.norm.set(mean, std)
 
     def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
@@ -233,6 +267,7 @@ class LatentAligner(nn.Module):
                 f"{path}: not a LatentAligner export (metadata format {meta.get('format')!r}, "
                 f"prefix {meta.get('export_prefix')!r})"
             )
+        cfg.setdefault("tiny_vae_space", "raw")  # exported before the field existed: trained on raw latents
         model = cls(AlignerConfig(**cfg))
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:

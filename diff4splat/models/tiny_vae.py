@@ -17,9 +17,12 @@ first 3 (latent frame 0 → frame 0, latent frame j ≥ 1 → frames 4j − 3 �
 of the last frame up to a multiple of 4 (TAEHV's convention) and returns ceil(F / 4) latent frames.
 
 Presets: ``TinyVAEConfig.wan21()`` (16 channels, 8× spatial) and ``TinyVAEConfig.wan22()`` (48 channels, 16× spatial:
-a 2×2 pixel (un)shuffle around the 8× network). Latents here are the Wan VAE's *raw* latents (before the
-``latents_mean``/``latents_std`` normalisation), in the Wan layout [B, C, T, h, w]; frames are [B, F, 3, H, W] in
-[0, 1] (TAEHV itself uses NTCHW; the transposes are internal).
+a 2×2 pixel (un)shuffle around the 8× network). Latents are those the diffusion model works with: the Wan VAE's
+latents *after* its ``latents_mean``/``latents_std`` normalisation, which is what the released TAEHV weights decode
+and encode (TAEHV "does not use any latent scales / shifts"; the evidence is in ``diff4splat.models.alignment`` and
+``tests/fixtures/taehv/README.md``), in the Wan layout [B, C, T, h, w]; frames are [B, F, 3, H, W] in [0, 1] (TAEHV
+itself uses NTCHW; the transposes are internal). The decoder and encoder reproduce TAEHV's ``decode_video`` /
+``encode_video`` to 1e-6 (``tests/test_taehv.py``).
 
 Weights: ``TinyVAE.from_taehv(path)`` loads the released TAEHV files (``taew2_1.pth`` for Wan2.1, ``taew2_2.pth`` for
 Wan2.2; a ``.pth`` state dict or ``.safetensors``). Their state-dict layout, which the module tree here reproduces:
@@ -273,7 +276,7 @@ class TinyVAE(nn.Module):
         return self.t_up * (num_latent_frames - 1) + 1
 
     def encode(self, frames: Tensor) -> Tensor:
-        """frames [B, F, 3, H, W] in [0, 1] -> raw latents [B, C, ceil(F/4), H/s, W/s]."""
+        """frames [B, F, 3, H, W] in [0, 1] -> latents [B, C, ceil(F/4), H/s, W/s] (Wan-normalised)."""
         if frames.ndim != 5 or frames.shape[2] != 3:
             raise ValueError(f"TinyVAE.encode: expected frames [B, F, 3, H, W], got {tuple(frames.shape)}")
         b, f, _, h, w = frames.shape
@@ -288,12 +291,21 @@ class TinyVAE(nn.Module):
         z = run_causal(self.encoder, _like_weights(x, self.encoder[0].weight), b)
         return z.reshape(b, -1, *z.shape[1:]).transpose(1, 2)
 
-    def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
-        """raw latents [B, C, T, h, w] -> frames [B, 4(T-1)+1, 3, h·s, w·s] in [0, 1] (``clamp=False``: unclamped)."""
-        if latents.ndim != 5 or latents.shape[1] != self.cfg.latent_channels:
+    def check_latents(self, latents: Tensor) -> None:
+        """One clear line when ``latents`` are not [B, C, T, h, w] with this TinyVAE's channel count."""
+        c = self.cfg.latent_channels
+        if latents.ndim != 5 or latents.shape[1] != c:
+            family = {16: "Wan2.1 (16 channels, taew2_1)", 48: "Wan2.2-TI2V-5B (48 channels, taew2_2)"}
+            got = family.get(latents.shape[1], f"{latents.shape[1]} channels") if latents.ndim == 5 else "not 5-D"
             raise ValueError(
-                f"TinyVAE.decode: expected latents [B, {self.cfg.latent_channels}, T, h, w], got {tuple(latents.shape)}"
+                f"TinyVAE: latents {tuple(latents.shape)} ({got}) do not fit this "
+                f"{family.get(c, f'{c}-channel')} decoder; expected latents [B, {c}, T, h, w]"
             )
+
+    def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
+        """latents [B, C, T, h, w] (Wan-normalised) -> frames [B, 4(T-1)+1, 3, h·s, w·s] in [0, 1] (``clamp=False``:
+        unclamped)."""
+        self.check_latents(latents)
         b = latents.shape[0]
         z = latents.transpose(1, 2).reshape(-1, *latents.shape[1:2], *latents.shape[3:])
         x = run_causal(self.decoder, _like_weights(z, self.decoder[1].weight), b)

@@ -3,8 +3,9 @@
 Both with random weights and their real architectures (TinyVAE 11.4 M parameters; Wan2.2 VAE from
 ``diff4splat/models/configs/wan2.2_vae.json``, 705 M), decoding normalised Wan2.2 latents of 49 frames at 352x640
 (1 x 48 x 13 x 22 x 40) and at 480x832. Rows: the Wan2.2 VAE decoder (bf16, diffusers ``AutoencoderKLWan``), the
-TinyVAE decoder through ``LatentAligner.decode`` (denormalise -> linear mapper -> TinyVAE; bf16 and fp16, channels-last
-and torch.compile variants), and both encoders for reference. Median of ``--repeats`` runs after warm-up, peak memory
+TinyVAE decoder through ``LatentAligner.decode`` (linear mapper -> TinyVAE, the normalised latents as they are, TAEHV's
+convention; the results recorded before that change also ran z * std + mean first; bf16 and fp16, channels-last and
+torch.compile variants), and both encoders for reference. Median of ``--repeats`` runs after warm-up, peak memory
 (``torch.cuda.max_memory_allocated`` above what was allocated before the call). Goal: TinyVAE decode >= 10x faster
 than the Wan2.2 VAE decoder at 352x640x49 (the Wan2.2 decoder was measured at 0.68 s in bf16).
 
