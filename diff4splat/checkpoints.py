@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             save(state, metadata, args.out)
         except (WeightsError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return 2
         print(f"wrote {args.out} ({len(state)} tensors, LRDM encoder vggt, from {args.checkpoint.name})")
         return 0
     try:
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         save(state, metadata, args.out)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {args.out} ({len(state)} tensors, step {metadata['global_step']}, ema={metadata['ema']})")
     if args.camera_weights is not None:
         print(f"wrote {args.camera_weights}")

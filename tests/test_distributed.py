@@ -281,11 +281,11 @@ def test_consolidate_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
     from diff4splat.checkpoints import main
 
     (tmp_path / "folder").mkdir()
-    assert main(["consolidate", str(tmp_path / "folder"), str(tmp_path / "o.safetensors")]) == 1
+    assert main(["consolidate", str(tmp_path / "folder"), str(tmp_path / "o.safetensors")]) == 2
     assert "no meta.pt" in capsys.readouterr().err
     bad = tmp_path / "x.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["consolidate", str(bad), str(tmp_path / "o.safetensors")]) == 1
+    assert main(["consolidate", str(bad), str(tmp_path / "o.safetensors")]) == 2
     assert "not a loadable Lightning checkpoint" in capsys.readouterr().err
     assert main(["consolidate", str(bad), str(tmp_path / "o.bin")]) == 2
     assert not (tmp_path / "o.safetensors").exists()
