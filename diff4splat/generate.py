@@ -4,6 +4,7 @@
     python -m diff4splat.generate image=photo.jpg camera=cams.txt trajectory.num_frames=49 output_dir=out/
     python -m diff4splat.generate tiny=true image=photo.jpg output_dir=out/       # tiny random weights, any machine
     python -m diff4splat.generate batch=jobs.csv output_dir=out/                   # one folder per row
+    python -m diff4splat.generate layout=public image=photo.jpg camera=cams.txt output_dir=out/  # released weights
 
 Hydra ``key=value`` overrides of ``conf/generate.yaml`` (model paths under ``models.``, low-memory options under
 ``low_memory.``; ``--help`` lists them all). Writes ``scene.safetensors``, ``ply/frame_XXXX.ply``, ``video.mp4``,
@@ -30,7 +31,11 @@ from diff4splat.pipelines.jobs import GenerateConfig, generate
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HELP_FLAGS = ("-h", "--help")
 # options that conf/generate.yaml does not set (so has no comment for)
-EXTRA_DOCS = {"sampling.seed": "set from seed= (each batch row's own seed), not read from here"}
+EXTRA_DOCS = {
+    "sampling.seed": "set from seed= (each batch row's own seed), not read from here",
+    "layout": "ours | public: which weights the models.* paths name (public: released checkpoints only, "
+    "conf/layout/public.yaml; README 'Pretrained weights')",
+}
 HYDRA_FLAGS = ("--hydra-help", "--info", "--shell-completion", "--cfg", "-c", "--resolve", "--package", "-p")
 
 
@@ -110,6 +115,7 @@ def options_help() -> str:
             lines.append(f"  models.camera_wan.camera_weights={value}")
             lines.append(f"      {docs.get('models.camera_wan.camera_weights', '')}")
             lines.append("  models.camera_wan.<field>: the CameraWan architecture (conf/model/camctrl_5b.yaml)")
+            lines.append("  models.camera_wan=<path>: the Wan2.2-Fun camera release folder, or our camera weights")
             continue
         value = yaml_value(name)
         shown = default if value == "__absent__" else value

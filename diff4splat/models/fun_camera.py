@@ -285,6 +285,7 @@ def sample_fun_latents(
     preset: FunCameraPreset = FUN_5B_CAMERA_PRESET,
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
+    scheduler: Any = None,  # a fresh diffusers flow-matching scheduler; None: the release's Euler with preset.shift
 ) -> Tensor:  # [B, C, T, h, w] denoised latents (Wan-normalised)
     """The release's denoising loop: flow-matching Euler (``preset`` shift), the first latent frame held to the
     condition's and its tokens at t = 0, guidance on the prompt only (both branches see the cameras and condition)."""
@@ -292,7 +293,8 @@ def sample_fun_latents(
 
     steps = num_inference_steps or preset.num_inference_steps
     scale = preset.guidance_scale if guidance_scale is None else guidance_scale
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=preset.num_train_timesteps, shift=preset.shift)
+    if scheduler is None:
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=preset.num_train_timesteps, shift=preset.shift)
     scheduler.set_timesteps(steps, device=noise.device)
     guided = scale > 1.0
     if guided and negative_embeds is None:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from diff4splat.cli import InputError
 from diff4splat.geometry.trajectories import make_trajectory
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
+from diff4splat.pipelines import public
 from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, native_size, size_multiple
 from diff4splat.pipelines.stages import Stages
 from diff4splat.sampling import SamplingConfig, sample_latents
@@ -184,7 +185,10 @@ class Diff4SplatPipeline:
             "text_encoder_on_cpu": lm.text_encoder_on_cpu,
             "render_backend": cfg.render.backend,
         }
-        if cfg.tiny:
+        cfg = public.resolve_config(cfg)
+        if cfg.tiny and cfg.layout == "public":
+            pipe = public.tiny_public(cls, seed=cfg.seed, **kw)
+        elif cfg.tiny:
             pipe = cls.tiny(seed=cfg.seed, lrdm_encoder=cfg.lrdm.tiny_encoder, **kw)
         else:
             pipe = cls._load(cfg, device, kw)
@@ -204,7 +208,6 @@ class Diff4SplatPipeline:
 
     @classmethod
     def _load(cls, cfg: GenerateConfig, device: torch.device, kw: dict) -> Diff4SplatPipeline:
-        from diff4splat.models.alignment import LatentAligner
         from diff4splat.models.text import TextEncoder
         from diff4splat.models.wan_vae import WanVAE
         from diff4splat.pipelines.reconstruction import load_lrdm
@@ -221,11 +224,13 @@ class Diff4SplatPipeline:
         camera_wan = CameraWan.from_config(replace(m.camera_wan, dtype="bfloat16" if bf16 else "float32"), device=home)
         vae = WanVAE.from_pretrained(m.vae, torch_dtype=dtype)
         lrdm = load_lrdm(m.lrdm, home)
-        aligner = LatentAligner.load(m.aligner) if cfg.decoder == "tiny_vae" else None
+        aligner = public.load_aligner(m.aligner) if cfg.decoder == "tiny_vae" else None
         if aligner is not None and bf16:
             aligner.to(torch.bfloat16)
         cw = m.camera_wan
         sources = {
+            "layout": cfg.layout,
+            "weights": public.weight_files(cfg, cw),
             "text_encoder": m.text_encoder,
             "vae": m.vae,
             "lrdm": m.lrdm,
@@ -318,23 +323,26 @@ class Diff4SplatPipeline:
         with stages("text"), self._placed(self.text_encoder, self.text_device):
             prompts = [prompt] + ([NEGATIVE_PROMPT if negative_prompt is None else negative_prompt] if guided else [])
             embeds = self.text_encoder.encode(prompts).to(dev)
-        # 2. The first frame's clean latent
-        with stages("encode"), self._placed(self.vae):
-            cond = self.vae.encode(image[None, None].to(dev))  # [1, C, 1, h, w]
-        # 3. Camera-controlled flow-matching sampling (one bar tick per denoising forward)
-        with stages("sampling", total=sampling.steps, unit="step") as bar, self._placed(self.camera_wan):
+        if self.camera_wan.condition_channels:  # the Fun release: its conditioning and its loop (pipelines.public)
+            latents = public.fun_latents(self, image, c2w, fxfycxcy, embeds, sampling, stages)
+        else:
+            # 2. The first frame's clean latent
+            with stages("encode"), self._placed(self.vae):
+                cond = self.vae.encode(image[None, None].to(dev))  # [1, C, 1, h, w]
+            # 3. Camera-controlled flow-matching sampling (one bar tick per denoising forward)
+            with stages("sampling", total=sampling.steps, unit="step") as bar, self._placed(self.camera_wan):
 
-            def tick(*_: Any) -> None:  # a forward hook must return None (a value would replace the output)
-                bar.update(1)
+                def tick(*_: Any) -> None:  # a forward hook must return None (a value would replace the output)
+                    bar.update(1)
 
-            hook = self.camera_wan.register_forward_hook(tick)
-            try:
-                plucker = plucker_for_latents(c2w[None].to(dev), fxfycxcy[None].to(dev), h, w)
-                latents = sample_latents(
-                    self.camera_wan, cond, num_latent, embeds[:1], embeds[1:] if guided else None, plucker, sampling
-                )
-            finally:
-                hook.remove()
+                hook = self.camera_wan.register_forward_hook(tick)
+                try:
+                    plucker = plucker_for_latents(c2w[None].to(dev), fxfycxcy[None].to(dev), h, w)
+                    latents = sample_latents(
+                        self.camera_wan, cond, num_latent, embeds[:1], embeds[1:] if guided else None, plucker, sampling
+                    )
+                finally:
+                    hook.remove()
         if not torch.isfinite(latents).all():
             raise RuntimeError("sampling produced non-finite latents (check the weights and the dtype)")
         # 4. Latents -> frames

@@ -48,6 +48,7 @@ from diff4splat.pipelines.outputs import (
     check_writable,
     write_outputs,
 )
+from diff4splat.pipelines.public import resolve_config
 from diff4splat.pipelines.stages import STAGES, Stages
 from diff4splat.sampling import SamplingConfig
 
@@ -108,7 +109,8 @@ class LowMemoryOptions:
 class ModelPaths:
     text_encoder: str | None = None  # diffusers root with text_encoder/ + tokenizer/, or one folder with both
     vae: str | None = None  # diffusers root with vae/, or the VAE folder
-    camera_wan: CameraWanConfig = field(default_factory=CameraWanConfig)  # base weights + camera_weights
+    # base weights + camera_weights, or a path: the Wan2.2-Fun camera release folder or our camera weights (.safetensors)
+    camera_wan: CameraWanConfig | str = field(default_factory=CameraWanConfig)
     lrdm: str | None = None  # a training export (.safetensors with the config in its metadata) or a .ckpt
     aligner: str | None = None  # LatentAligner .safetensors (decoder=tiny_vae)
 
@@ -117,6 +119,7 @@ class ModelPaths:
 class GenerateConfig:
     """Everything ``python -m diff4splat.generate`` reads (``conf/generate.yaml``); unknown keys and wrong types fail."""
 
+    layout: Literal["ours", "public"] = "ours"  # which weights models.* name (conf/layout/; public: released only)
     image: str | None = None
     prompt: str = ""
     negative_prompt: str | None = None  # None: Wan's standard negative prompt
@@ -409,6 +412,7 @@ def generate(cfg: GenerateConfig) -> Path:
         raise InputError("output_dir: required (the folder to write scene.safetensors, ply/, videos, meta.json to)")
     out = Path(cfg.output_dir).absolute()
     check_options(cfg)
+    cfg = resolve_config(cfg)  # models.camera_wan=<path>: the config it stands for (file headers only)
     if not cfg.tiny:
         check_model_paths(cfg)
     if cfg.batch:
