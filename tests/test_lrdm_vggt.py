@@ -257,3 +257,43 @@ def test_query_times_in_one_pass_match_the_loop(one_thread):
         assert batched.keys() == loop.keys()
         for key, value in loop.items():
             torch.testing.assert_close(batched[key], value, rtol=1e-5, atol=1e-5, msg=key)
+
+
+@torch.no_grad()
+def test_bf16_weights_without_autocast_stay_close_to_float32(one_thread):
+    """Inference with bf16 weights and no autocast (the benchmark's default): the inputs are cast to the weights'
+    dtype, RoPE and the heads' activations run in float32, and the depth, offsets and Gaussians stay within bf16
+    rounding of the float32 model's."""
+    model, io, _ = fixture_lrdm()
+    args = (io["images"], io["C2W"], io["fxfycxcy"], io["input_timesteps"], torch.tensor([[0.3, 0.85]]))
+    ref = model.backbone(*args, frames_chunk_size=2, queries_per_pass=None)
+    model.backbone.to(torch.bfloat16)
+    out = model.backbone(*args, frames_chunk_size=2, queries_per_pass=None)
+    for key in ("depth", "offset", "color", "opacity"):
+        assert out[key].dtype == torch.float32, key
+        err = (out[key] - ref[key]).abs().max() / ref[key].abs().max()
+        assert 0 < err < 0.05, (key, float(err))
+    # time-dependent attributes where both models agree on which pixels move (the 0.005 threshold is a step)
+    same = (out["offset"].norm(dim=3, keepdim=True) >= 0.005) == (ref["offset"].norm(dim=3, keepdim=True) >= 0.005)
+    assert same.float().mean() > 0.9
+    err = ((out["color_t"] - ref["color_t"]) * same).abs().max() / ref["color_t"].abs().max()
+    assert 0 < err < 0.05, float(err)
+
+
+def test_head_checkpointing_gives_the_same_gradients(one_thread):
+    """`DPTHead.checkpointing` (on with gradient_checkpointing): the same loss and gradients, recomputed per chunk."""
+    model, io, _ = fixture_lrdm()
+    args = (io["images"], io["C2W"], io["fxfycxcy"], io["input_timesteps"], torch.tensor([[0.3, 0.85]]))
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad(set_to_none=True)
+        model.backbone.set_head_checkpointing(enabled)
+        out = model.backbone(*args, frames_chunk_size=1, queries_per_pass=None)
+        loss = sum(out[k].square().mean() for k in ("depth", "offset", "color_t", "scale"))
+        loss.backward()
+        heads = model.backbone.dpt_heads()
+        grads.append([p.grad.clone() for h in heads for p in h.parameters() if p.grad is not None])
+        grads[-1].append(model.backbone.backbone.frame_blocks[0].mlp.fc1.weight.grad.clone())
+    assert len(grads[0]) == len(grads[1]) > 10
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)

@@ -345,9 +345,10 @@ def test_movies_under_bf16_autocast_stays_close_to_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(io["images"], io["C2W"], io["fxfycxcy"], io["input_timesteps"], io["output_timesteps"][:, 1:])
         gaussians = activate_gaussians(out, io["C2W"], io["fxfycxcy"])
-    assert out["depth"].dtype == torch.bfloat16
-    rel = (out["depth"].float() - io["depth"]).abs() / io["depth"].abs()
-    assert rel.max() < 0.05
+    # the DPT heads' activations (exp for depth) run in float32 after the bf16 convolutions
+    assert out["depth"].dtype == torch.float32
+    rel = (out["depth"] - io["depth"]).abs() / io["depth"].abs()
+    assert 0 < rel.max() < 0.05  # bf16 rounding, no more
     assert (gaussians["means"][:, 0].float() - io["render.1.xyz"]).abs().max() < 0.1
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 Activation = Literal["linear", "exp", "inv_log", "norm_exp", "relu", "sigmoid"]
@@ -124,6 +125,25 @@ def uv_position_embedding(
     emb_u = sincos(u)[None, :, :].expand(height, width, 2 * quarter)
     emb_v = sincos(v)[:, None, :].expand(height, width, 2 * quarter)
     return torch.cat([emb_u, emb_v], dim=-1).float().permute(2, 0, 1)
+
+
+_POS_CACHE: dict[tuple, Tensor] = {}
+_POS_CACHE_SIZE = 64
+
+
+def cached_uv_position_embedding(
+    height: int, width: int, channels: int, aspect_ratio: float, dtype: torch.dtype, device: torch.device
+) -> Tensor:  # [channels, height, width], the same numbers as `uv_position_embedding` (then cast to dtype)
+    """`uv_position_embedding` cast to ``dtype``, kept per (size, channels, aspect, dtype, device): a head pass adds
+    5 of these maps per frame chunk, and building one is ~10 small kernels (float64 on the device)."""
+    key = (height, width, channels, aspect_ratio, dtype, device)
+    pos = _POS_CACHE.get(key)
+    if pos is None:
+        if len(_POS_CACHE) >= _POS_CACHE_SIZE:
+            _POS_CACHE.clear()
+        pos = uv_position_embedding(height, width, channels, aspect_ratio, dtype, device).to(dtype)
+        _POS_CACHE[key] = pos
+    return pos
 
 
 def inverse_log(y: Tensor) -> Tensor:
@@ -263,6 +283,7 @@ class DPTHead(nn.Module):
         self.conf_activation = conf_activation
         self.use_pos_embed = pos_embed
         self.time_dim = time_dim
+        self.checkpointing = False
         oc = list(out_channels)
         self.norm = nn.LayerNorm(dim_in)
         self.projects = nn.ModuleList([nn.Conv2d(dim_in, c, kernel_size=1) for c in oc])
@@ -326,7 +347,7 @@ class DPTHead(nn.Module):
         preds, confs = [], []
         for start in range(0, num_frames, chunk):
             frames = slice(start, min(start + chunk, num_frames))
-            p, c = self._forward_frames(
+            args = (
                 tokens,
                 patch_start_idx,
                 image_size,
@@ -334,6 +355,10 @@ class DPTHead(nn.Module):
                 None if shortcut is None else shortcut[:, frames],
                 time_embedding,
             )
+            if self.checkpointing and torch.is_grad_enabled():
+                p, c = torch.utils.checkpoint.checkpoint(self._forward_frames, *args, use_reentrant=False)
+            else:
+                p, c = self._forward_frames(*args)
             preds.append(p)
             confs.append(c)
         pred, conf = torch.cat(preds, dim=1), torch.cat(confs, dim=1)
@@ -355,7 +380,7 @@ class DPTHead(nn.Module):
         ph, pw = height // self.patch_size, width // self.patch_size
         queries = time_embedding is not None and time_embedding.dim() == 3  # Q times: a batch of B x Q
         if time_embedding is not None:
-            mod = self.time_embed(time_embedding)  # [B, (Q,) 2 dim_in]
+            mod = self.time_embed(time_embedding.to(self.time_embed.weight.dtype))  # [B, (Q,) 2 dim_in]
             scale, shift = mod[..., None, None, :].chunk(2, dim=-1)  # [B, (Q,) 1, 1, dim_in]
         # 1. Token layers -> multi-scale feature maps
         maps = []
@@ -385,18 +410,23 @@ class DPTHead(nn.Module):
             out = self._add_pos_embed(out, width / height)
         out = sc.output_conv2(out)
         if shortcut is not None:
-            if queries:  # the same map for every time
-                shortcut = shortcut[:, None].expand(-1, time_embedding.shape[1], *shortcut.shape[1:])
-            out = out + self.shortcut(shortcut.reshape(batch * s, *shortcut.shape[-3:]))
-        out = out.permute(0, 2, 3, 1)  # [B*s, H, W, C]
+            short = self.shortcut(shortcut.flatten(0, 1).to(out.dtype))  # [B*s, C, H, W]
+            if queries:  # the same map for every time: computed once, added to each
+                out = (out.unflatten(0, (-1, time_embedding.shape[1], s)) + short.unflatten(0, (-1, 1, s))).flatten(
+                    0, 2
+                )
+            else:
+                out = out + short
+        # float32 from here (the activations, e.g. exp for depth, as autocast runs them), also with bf16 weights
+        out = out.permute(0, 2, 3, 1).float()  # [B*s, H, W, C]
         pred = activate_prediction(out[..., :-1], self.activation)
         conf = activate_confidence(out[..., -1], self.conf_activation)
         return pred.unflatten(0, (batch, s)), conf.unflatten(0, (batch, s))
 
     @staticmethod
     def _add_pos_embed(x: Tensor, aspect_ratio: float, ratio: float = 0.1) -> Tensor:  # [N, C, h, w]
-        pos = uv_position_embedding(x.shape[-2], x.shape[-1], x.shape[1], aspect_ratio, x.dtype, x.device)
-        return (x + ratio * pos.to(x.dtype)).to(x.dtype)
+        pos = cached_uv_position_embedding(x.shape[-2], x.shape[-1], x.shape[1], aspect_ratio, x.dtype, x.device)
+        return (x + ratio * pos).to(x.dtype)
 
 
 __all__ = [

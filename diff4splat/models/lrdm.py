@@ -264,8 +264,8 @@ class LRDM(nn.Module):
             self.deform_channels = 0
 
     def _init_vggt(self) -> None:
-        """The ``vggt`` encoder: a VGGSplaT as ``backbone`` (activation checkpointing per transformer block when
-        ``gradient_checkpointing``; the wrappers keep the state-dict keys)."""
+        """The ``vggt`` encoder: a VGGSplaT as ``backbone`` (activation checkpointing per transformer block and per
+        DPT head pass when ``gradient_checkpointing``; the wrappers keep the state-dict keys)."""
         c = self.config
         self.backbone = VGGSplat(c.vggt)
         self.deform_head = None  # the motion heads are the backbone's (`dynamic` says whether there are any)
@@ -277,6 +277,7 @@ class LRDM(nn.Module):
             for blocks in self._block_lists():
                 for i in range(len(blocks)):
                     blocks[i] = wrap_checkpoint(blocks[i], "full")
+            self.backbone.set_head_checkpointing(True)
 
     def _block_lists(self) -> list[nn.ModuleList]:
         if self.config.encoder == "vggt":

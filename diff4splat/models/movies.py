@@ -232,6 +232,16 @@ class VGGSplat(nn.Module):
     def is_dynamic(self) -> bool:
         return self.motion_head is not None
 
+    def dpt_heads(self) -> list[DPTHead]:
+        return [
+            h for h in (self.depth_head, self.splat_head, self.motion_head, self.motion_splat_head) if h is not None
+        ]
+
+    def set_head_checkpointing(self, enabled: bool) -> None:
+        """Activation checkpointing of every DPT head pass (`DPTHead.checkpointing`)."""
+        for head in self.dpt_heads():
+            head.checkpointing = enabled
+
     def forward(
         self,
         images: Tensor,  # [B, F, 3, H, W] in [0, 1], H and W multiples of the patch size (14)
@@ -271,10 +281,14 @@ class VGGSplat(nn.Module):
             if query_times is None:
                 raise ValueError("VGGSplat: the dynamic model needs query_times [B, Q]")
             query_emb = time_embedding(query_times, cfg.time_dim)  # [B, Q, time_dim]
+        # inputs in the weights' dtype (a no-op in float32 and under autocast; bf16 weights run without autocast)
+        dtype = self.encoder.patch_embed.proj.weight.dtype
+        pose = pose.to(dtype) if pose is not None else None
+        input_emb = input_emb.to(dtype) if input_emb is not None else None
         # 2. Patch tokens (+ Plücker embedding)
-        tokens = self.encoder(self.backbone.normalize(images).flatten(0, 1))  # [B*F, h*w, C]
+        tokens = self.encoder(self.backbone.normalize(images).flatten(0, 1).to(dtype))  # [B*F, h*w, C]
         if cfg.plucker:
-            plucker = plucker.to(images.dtype)  # [B, F, 6, H, W]
+            plucker = plucker.to(dtype)  # [B, F, 6, H, W]
             emb = self.plucker_ln(self.plucker_embed(plucker.transpose(1, 2)))  # [B, C, F, h, w]
             tokens = tokens + emb.permute(0, 2, 3, 4, 1).reshape(batch * frames, -1, emb.shape[1])
         # 3. Aggregator: only the layers the heads read

@@ -171,8 +171,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope_2d(q, *rope), apply_rope_2d(k, *rope)
+        if rope is not None:  # rotated in float32 (as under autocast, where qk-norm returns float32), also in bf16
+            q, k = apply_rope_2d(q.float(), *rope).to(v.dtype), apply_rope_2d(k.float(), *rope).to(v.dtype)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 

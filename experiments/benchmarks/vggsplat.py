@@ -1,18 +1,25 @@
 """VGGSplaT (the released reconstructor: MoVieS on VGGT-1B, the LRDM's ``vggt`` encoder) speed and memory on one GPU,
 written to results/vggsplat_<device>.{json,md}.
 
-1. Inference: the 1B model with random weights in bf16, transformer blocks compiled (in place, per block), the
-   fastest SDPA backend (each available one is timed, the best kept), on 13 input frames at 294x518 (VGGT's 518 long
-   side, 21x37 patches): the forward (encoder, aggregator, depth and Gaussian heads, the motion heads at each of the
-   8 query times) + rendering 8 output views with gsplat (view k at query time k). Latency (median of ``--repeats``)
-   and peak memory. Goal on an H100: <= 0.15 s. The same at 49 frames: goal <= 0.6 s. The time-conditioned heads run
-   once per query time (MoVieS's loop) or on all 8 at once (``queries_per_pass``); both are timed, the faster kept.
+1. Inference: the 1B model with random weights in bf16 on 13 input frames at 294x518 (VGGT's 518 long side, 21x37
+   patches): the forward (DINO encoder, aggregator, depth and Gaussian heads, the motion heads at each of the 8 query
+   times) + rendering 8 output views with gsplat in one call (view k at query time k). Latency (median of
+   ``--repeats``) and peak memory. Goal on an H100: <= 0.15 s. The same at 49 frames: goal <= 0.6 s.
+   Every setting is timed as a *variant* (`Variant`): bf16 weights under bf16 autocast or plain bf16 (no autocast),
+   transformer blocks compiled or eager, the SDPA backend (cudnn / flash / efficient), the time-conditioned heads once
+   per query time (MoVieS's loop) or on all query times in one batch (``queries_per_pass``), DPT heads channels-last.
+   Each variant also gets a per-stage breakdown (CUDA events around each module: encoder, aggregator, each DPT head
+   summed over its passes, the rest of the forward, Gaussians at the query times, render) and each stage's FLOPs
+   (``FlopCounterMode``, eager) and achieved TFLOP/s.
 2. Training: one optimizer step of the reconstruction system at the lrdm_rgb recipe's batch (8 scenes x 5 input + 8
    output frames at 224x224, MoVieS's losses: MSE, LPIPS with a random VGG (same cost), depth, motion; bf16 autocast
-   with fp32 master weights, AdamW), with and without activation checkpointing per block. MFU = model FLOPs (3 x the
-   network's forward FLOPs, `ReconstructionSystem.model_flops`) / step time / 798 TFLOP/s (dense bf16 peak).
+   with fp32 master weights, AdamW), with and without activation checkpointing (per transformer block and per DPT head
+   pass). A batch that does not fit is halved until one does (the per-GPU micro-batch). MFU = model FLOPs (3 x the
+   network's forward FLOPs, `ReconstructionSystem.model_flops`) / step time / 798 TFLOP/s (the measured dense bf16
+   peak of these H100s).
 
     python experiments/benchmarks/vggsplat.py [--out experiments/benchmarks/results] [--repeats 10]
+    python experiments/benchmarks/vggsplat.py --variants all --phases profile      # only the variant grid
     python experiments/benchmarks/vggsplat.py --tiny      # the tiny configuration on the CPU: checks the script runs
 
 ``--tiny`` runs every measurement with conf/model/lrdm_vggt_tiny.yaml at small sizes with the torch renderer (no
@@ -23,13 +30,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import gc
 import json
 import platform
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +70,33 @@ TINY = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One inference setting (the weights are bf16 on CUDA in all of them)."""
+
+    name: str
+    autocast: bool = False  # bf16 autocast around the forward; False: plain bf16 (no autocast casts)
+    compiled: bool = True  # transformer blocks compiled (in place, per block); False: eager (`set_stance`)
+    sdpa: str = "cudnn_attention"
+    queries_per_pass: int | None = None  # time-conditioned head passes: 1 = MoVieS's loop, None = all times at once
+    channels_last: bool = True  # DPT head conv weights channels-last (NHWC convolutions)
+    frames_chunk_size: int | None = 8  # DPT heads on this many frames at a time
+
+
+# The setting of the first H100 run (428 ms) first, then one change at a time, then the chosen default.
+VARIANTS = {
+    "first_run": Variant("first_run", autocast=True, queries_per_pass=1, channels_last=False),
+    "batched_queries": Variant("batched_queries", autocast=True, channels_last=False),
+    "plain_bf16": Variant("plain_bf16", channels_last=False),
+    "default": Variant("default"),
+    "eager": Variant("eager", compiled=False),
+    "flash": Variant("flash", sdpa="flash_attention"),
+    "efficient": Variant("efficient", sdpa="efficient_attention"),
+    "chunk_all": Variant("chunk_all", frames_chunk_size=None),
+}
+TINY_VARIANTS = ("first_run", "default")
+
+
 def model_config(name: str, **fields: Any) -> LRDMConfig:
     raw = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
     return to_dataclass(LRDMConfig, {**raw, **fields}, name)
@@ -74,13 +111,13 @@ def cameras(b: int, f: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return c2w, fx
 
 
-def timed(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
-    """Sorted seconds of ``repeats`` calls after 2 warm-up calls (CUDA: each call synchronised)."""
+def timed(fn: Callable[[], object], repeats: int, device: str, warmup: int = 3) -> list[float]:
+    """Sorted seconds of ``repeats`` calls after ``warmup`` calls (CUDA: each call synchronised)."""
     if device == "cuda":
         from timing import cuda_times
 
-        return cuda_times(fn, repeats, warmup=3)
-    for _ in range(2):
+        return cuda_times(fn, repeats, warmup=warmup)
+    for _ in range(warmup):
         fn()
     out = []
     for _ in range(repeats):
@@ -101,45 +138,293 @@ def reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def sdpa_backends(device: str) -> list[tuple[str, Any]]:
-    """(name, context factory) of the SDPA backends to try: each CUDA one alone; on the CPU the default."""
+def sdpa_context(name: str, device: str) -> contextlib.AbstractContextManager:
+    """Only SDPA backend ``name`` (on the CPU: the default)."""
     if device != "cuda":
-        return [("default", contextlib.nullcontext)]
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    names = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION")
-    return [(n.lower(), lambda b=getattr(SDPBackend, n): sdpa_kernel([b])) for n in names if hasattr(SDPBackend, n)]
+    return sdpa_kernel([getattr(SDPBackend, name.upper())])
 
 
-def bench_inference(
-    model: LRDM, frames: int, height: int, width: int, views: int, repeats: int, device: str, backend: Any
-) -> dict:
-    """Forward on ``frames`` frames + render ``views`` views, view k at query time k (bf16 on CUDA)."""
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-stage timing and FLOPs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class Stages:
+    """Per-stage CUDA-event times (ms) and FLOPs of one forward + render. Modules' stages come from forward hooks
+    (a module run several times, e.g. a time-conditioned head once per query time, sums over its calls); ``span``
+    times a block of code. Inactive unless ``recording``."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], device: str) -> None:
+        self.device = device
+        self.recording = False
+        self.flop_counter: Any = None
+        self.events: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+        self.flops: dict[str, float] = defaultdict(float)
+        self._open: dict[str, Any] = {}
+        for name, module in modules.items():
+            module.register_forward_pre_hook(lambda m, a, n=name: self._start(n))
+            module.register_forward_hook(lambda m, a, o, n=name: self._end(n))
+
+    def _mark(self) -> Any:
+        if self.flop_counter is not None:
+            return self.flop_counter.get_total_flops()
+        if self.device == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def _start(self, name: str) -> None:
+        if self.recording:
+            self._open[name] = self._mark()
+
+    def _end(self, name: str) -> None:
+        if self.recording and name in self._open:
+            start, end = self._open.pop(name), self._mark()
+            if self.flop_counter is not None:
+                self.flops[name] += end - start
+            else:
+                self.events[name].append((start, end))
+
+    @contextlib.contextmanager
+    def span(self, name: str) -> Iterator[None]:
+        self._start(name)
+        yield
+        self._end(name)
+
+    def collect(self) -> dict[str, float]:
+        """ms per stage of the recorded call (summed over calls); clears the record."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        out = {}
+        for name, pairs in self.events.items():
+            if self.device == "cuda":
+                out[name] = sum(s.elapsed_time(e) for s, e in pairs)
+            else:
+                out[name] = 1e3 * sum(e - s for s, e in pairs)
+        self.events.clear()
+        return out
+
+
+MODULE_STAGES = ("encoder", "aggregator", "depth_head", "splat_head", "motion_head", "motion_splat_head")
+
+
+def stage_modules(model: LRDM) -> dict[str, torch.nn.Module]:
+    v = model.backbone
+    mods = {"encoder": v.encoder, "aggregator": v.backbone, "depth_head": v.depth_head, "splat_head": v.splat_head}
+    if v.is_dynamic:
+        mods.update(motion_head=v.motion_head, motion_splat_head=v.motion_splat_head)
+    return mods
+
+
+def breakdown(total: dict[str, float]) -> dict[str, float]:
+    """Stage values with ``forward_rest`` = forward minus its module stages (conditioning, Plücker rays, motion
+    masks, activation to Gaussians)."""
+    out = {k: total[k] for k in (*MODULE_STAGES, "at_query_times", "render") if k in total}
+    out["forward_rest"] = total.get("forward", 0.0) - sum(total.get(k, 0.0) for k in MODULE_STAGES)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inference
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def apply_variant(model: LRDM, variant: Variant, device: str) -> None:
+    model.queries_per_pass = variant.queries_per_pass
+    model.frames_chunk_size = variant.frames_chunk_size
+    fmt = torch.channels_last if variant.channels_last and device == "cuda" else torch.contiguous_format
+    for head in model.backbone.dpt_heads():
+        head.to(memory_format=fmt)
+
+
+def inference_step(
+    model: LRDM,
+    stages: Stages,
+    frames: int,
+    height: int,
+    width: int,
+    views: int,
+    device: str,
+    variant: Variant,
+    rendered: bool = True,
+) -> Callable[[], torch.Tensor | None]:
+    """Forward on ``frames`` frames + render ``views`` views in one call, view k at query time k (``rendered``)."""
     c2w, fx = cameras(1, frames + views, device)
     images = torch.rand(1, frames, 3, height, width, device=device)
     t_in = torch.linspace(0, 1, frames, device=device)[None]
     t_out = torch.linspace(0, 1, views, device=device)[None]
     renderer = "gsplat" if device == "cuda" else "torch"
+    autocast = variant.autocast and device == "cuda"
 
     @torch.no_grad()
-    def step() -> torch.Tensor:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+    def step() -> torch.Tensor | None:
+        with stages.span("forward"), torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             out = model(c2w[:, :frames], fx[:, :frames], t_in, t_out, images=images)
-        g = gaussians_at_all_times(out.gaussians)  # [1, views, N]
-        return render(g, c2w[:, frames:, None], fx[:, frames:, None], height, width, backend=renderer).rgb
+        with stages.span("at_query_times"):
+            g = gaussians_at_all_times(out.gaussians)  # [1, views, N]
+        if not rendered:
+            return None
+        with stages.span("render"):
+            rgb = render(g, c2w[:, frames:, None], fx[:, frames:, None], height, width, backend=renderer).rgb
+        return rgb
 
-    with backend():
+    return step
+
+
+@contextlib.contextmanager
+def variant_context(variant: Variant, device: str) -> Iterator[None]:
+    stance = contextlib.nullcontext() if variant.compiled else torch.compiler.set_stance("force_eager")
+    with sdpa_context(variant.sdpa, device), stance:
+        yield
+
+
+def bench_inference(
+    model: LRDM,
+    stages: Stages,
+    size: tuple,
+    views: int,
+    repeats: int,
+    device: str,
+    variant: Variant,
+    flops: dict[str, float] | None,
+) -> dict:
+    """Latency (median, hooks off), per-stage ms (median of 3 recorded calls), peak memory; TFLOP/s per stage when
+    the stage FLOPs are given."""
+    frames, height, width = size[:3]
+    apply_variant(model, variant, device)
+    step = inference_step(model, stages, frames, height, width, views, device, variant)
+    with variant_context(variant, device):
         reset_peak(device)
         times = timed(step, repeats, device)
-    return {
+        peak = peak_gib(device)
+        records = []
+        stages.recording = True
+        try:
+            for _ in range(3):
+                step()
+                records.append(stages.collect())
+        finally:
+            stages.recording = False
+    ms = {k: statistics.median(r.get(k, 0.0) for r in records) for k in records[0]}
+    result = {
+        "variant": dataclasses.asdict(variant),
         "frames": frames,
         "size": [height, width],
         "views": views,
         "gaussians": frames * height * width,
         "median_s": times[len(times) // 2],
         "best_s": times[0],
-        "peak_memory_GiB": peak_gib(device),
+        "peak_memory_GiB": peak,
+        "stages_ms": breakdown(ms),
     }
+    if flops:
+        result["stages_tflops"] = {k: flops.get(k, 0.0) / 1e12 for k in result["stages_ms"]}
+        result["stages_tflop_per_s"] = {
+            k: flops[k] / (v * 1e-3) / 1e12 for k, v in result["stages_ms"].items() if flops.get(k) and v > 0
+        }
+    return result
+
+
+def stage_flops(model: LRDM, stages: Stages, size: tuple, views: int, device: str, variant: Variant) -> dict:
+    """FLOPs per stage of one forward (eager, FlopCounterMode; the renderer's are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frames, height, width = size[:3]
+    apply_variant(model, variant, device)
+    step = inference_step(model, stages, frames, height, width, views, device, variant, rendered=False)
+    with (
+        torch.compiler.set_stance("force_eager"),
+        sdpa_context(variant.sdpa, device),
+        FlopCounterMode(display=False) as counter,
+    ):
+        stages.flop_counter, stages.recording = counter, True
+        try:
+            step()
+        finally:
+            stages.flop_counter, stages.recording = None, False
+    out = breakdown(dict(stages.flops))
+    out["total"] = float(counter.get_total_flops())
+    stages.flops.clear()
+    return out
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+def run_inference(
+    setting: dict,
+    variants: list[Variant],
+    phases: set[str],
+    repeats: int,
+    device: str,
+    compile: bool,
+    deadline: Deadline,
+    save: Callable[[], None],
+    result: dict,
+) -> None:
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LRDM(model_config(setting["model"])).eval()
+    result["params_M"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
+    if device == "cuda":
+        model.to(torch.bfloat16)  # bf16 weights for inference
+    if compile:
+        from diff4splat.models.parallel import compile_in_place
+
+        for block in model.transformer_blocks():
+            compile_in_place(block)
+    stages = Stages(stage_modules(model), device)
+    views = setting["views"]
+    flops = {}
+    for size in setting["inference"]:
+        flops[size[0]] = stage_flops(model, stages, size, views, device, variants[0])
+    result["stage_tflops"] = {str(f): {k: v / 1e12 for k, v in fl.items()} for f, fl in flops.items()}
+    save()
+    if "profile" in phases:
+        size = setting["inference"][0]
+        for variant in variants:
+            if deadline.left() < 30:
+                result.setdefault("skipped", []).append(f"profile {variant.name}: out of time")
+                continue
+            try:
+                r = bench_inference(model, stages, size, views, max(3, repeats // 2), device, variant, flops[size[0]])
+            except (RuntimeError, torch.OutOfMemoryError) as e:  # a backend that does not take these shapes
+                r = {"variant": dataclasses.asdict(variant), "error": str(e).splitlines()[0][:300]}
+            result["profile"].append(r)
+            print(f"profile {variant.name}: {json.dumps(r.get('median_s', r.get('error')))} {r.get('stages_ms')}")
+            save()
+            reset_peak(device)
+    if "inference" in phases:
+        timed_ok = [r for r in result["profile"] if "median_s" in r]
+        best = min(timed_ok, key=lambda r: r["median_s"])["variant"]["name"] if timed_ok else variants[0].name
+        chosen = next(v for v in variants if v.name == best)
+        result["chosen_variant"] = dataclasses.asdict(chosen)
+        for size in setting["inference"]:
+            if deadline.left() < 45:
+                result.setdefault("skipped", []).append(f"inference {size[0]} frames: out of time")
+                continue
+            r = bench_inference(model, stages, size, views, repeats, device, chosen, flops[size[0]])
+            r["goal_s"] = size[3]
+            result["inference"].append(r)
+            print(f"inference {size[0]} frames ({chosen.name}): {r['median_s'] * 1e3:.1f} ms {r['stages_ms']}")
+            save()
+            reset_peak(device)
+    del model, stages
+    reset_peak(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def train_batch(b: int, f_in: int, f_out: int, h: int, w: int, device: str) -> dict:
@@ -170,19 +455,21 @@ def bench_training(cfg_name: str, shape: tuple, checkpointing: bool, compile: bo
 
     reset_peak(device)
     cfg = model_config(cfg_name, gradient_checkpointing=checkpointing)
-    system = ReconstructionSystem(
-        model=to_plain(cfg),
-        loss=dict(lpips_pretrained=False),
-        optim=dict(
-            lr=4e-4,
-            betas=[0.9, 0.95],
-            weight_decay=0.05,
-            warmup_steps=1,
-            lr_mult={"trunk": 0.1, "heads": 1.0},
-            fused=device == "cuda",
-        ),
-        compile=compile,
-    ).to(device)
+    with torch.device(device):
+        system = ReconstructionSystem(
+            model=to_plain(cfg),
+            loss=dict(lpips_pretrained=False),
+            optim=dict(
+                lr=4e-4,
+                betas=[0.9, 0.95],
+                weight_decay=0.05,
+                warmup_steps=1,
+                lr_mult={"trunk": 0.1, "heads": 1.0},
+                fused=device == "cuda",
+            ),
+            compile=compile,
+        )
+    system = system.to(device)
     if compile:
         system.configure_model()
     system.train()
@@ -198,9 +485,9 @@ def bench_training(cfg_name: str, shape: tuple, checkpointing: bool, compile: bo
         loss.backward()
         opt.step()
 
-    times = timed(step, repeats, device)
+    times = timed(step, repeats, device, warmup=2)
     median = times[len(times) // 2]
-    result = {
+    return {
         "batch": list(shape),
         "checkpointing": checkpointing,
         "compiled": compile,
@@ -210,72 +497,40 @@ def bench_training(cfg_name: str, shape: tuple, checkpointing: bool, compile: bo
         "model_tflops_per_step": flops / 1e12,
         "mfu": flops / median / (PEAK_TFLOPS * 1e12),
     }
-    return result
 
 
-def fastest_backend(model: LRDM, setting: dict, device: str) -> tuple[str, Any, dict[str, float]]:
-    """Time the first inference setting under each SDPA backend; the fastest (name, context) and all medians."""
-    frames, h, w, _ = setting["inference"][0]
-    medians, best = {}, None
-    for name, ctx in sdpa_backends(device):
-        try:
-            r = bench_inference(model, frames, h, w, setting["views"], 3, device, ctx)
-        except RuntimeError as e:  # a backend that does not support these shapes / dtypes
-            medians[name] = float("nan")
-            print(f"SDPA {name}: unavailable ({str(e).splitlines()[0]})")
-            continue
-        medians[name] = r["median_s"]
-        if best is None or r["median_s"] < medians[best[0]]:
-            best = (name, ctx)
-    if best is None:
-        raise RuntimeError("no SDPA backend ran")
-    return best[0], best[1], medians
-
-
-def run(tiny: bool, repeats: int, device: str, compile: bool) -> dict:
-    setting = TINY if tiny else FULL
-    torch.manual_seed(0)
-    model = LRDM(model_config(setting["model"])).to(device).eval()
-    params = sum(p.numel() for p in model.parameters())
-    if device == "cuda":
-        model.to(torch.bfloat16)  # bf16 weights for inference
-    if compile:
-        from diff4splat.models.parallel import compile_in_place
-
-        for block in model.transformer_blocks():
-            compile_in_place(block)
-    backend_name, backend, backend_medians = fastest_backend(model, setting, device)
-    frames, h, w, _ = setting["inference"][0]
-    query_medians = {}
-    for per_pass in (1, None):  # MoVieS's loop over query times, or all of them in one batched pass
-        model.queries_per_pass = per_pass
-        r = bench_inference(model, frames, h, w, setting["views"], 3, device, backend)
-        query_medians["all" if per_pass is None else str(per_pass)] = r["median_s"]
-    model.queries_per_pass = None if query_medians["all"] < query_medians["1"] else 1
-    inference = []
-    for frames, h, w, goal in setting["inference"]:
-        r = bench_inference(model, frames, h, w, setting["views"], repeats, device, backend)
-        r["goal_s"] = goal
-        inference.append(r)
-    model_queries = model.queries_per_pass
-    del model
-    training = []
+def run_training(
+    setting: dict, repeats: int, device: str, compile: bool, deadline: Deadline, save: Callable[[], None], result: dict
+) -> None:
+    """With and without checkpointing: the recipe's batch, halved until a step fits (each OOM recorded)."""
+    shape = setting["train"]
     for checkpointing in (True, False):
-        try:
-            training.append(bench_training(setting["model"], setting["train"], checkpointing, compile, repeats, device))
-        except torch.OutOfMemoryError as e:
-            training.append({"batch": list(setting["train"]), "checkpointing": checkpointing, "error": str(e)[:200]})
-    return {
-        "model": setting["model"],
-        "params_M": round(params / 1e6, 1),
-        "sdpa_backend": backend_name,
-        "sdpa_medians_s": backend_medians,
-        "queries_per_pass": "all" if model_queries is None else model_queries,
-        "queries_per_pass_medians_s": query_medians,
-        "compiled_blocks": compile,
-        "inference": inference,
-        "training": training,
-    }
+        b = shape[0]
+        while b >= 1:
+            if deadline.left() < 60:
+                result.setdefault("skipped", []).append(f"training b={b} ckpt={checkpointing}: out of time")
+                break
+            trial = (b, *shape[1:])
+            try:
+                r = bench_training(setting["model"], trial, checkpointing, compile, repeats, device)
+            except torch.OutOfMemoryError as e:
+                r = {"batch": list(trial), "checkpointing": checkpointing, "compiled": compile, "error": str(e)[:200]}
+            result["training"].append(r)
+            print(f"training {trial} ckpt={checkpointing}: {r.get('median_s', 'OOM')} peak {r.get('peak_memory_GiB')}")
+            save()
+            reset_peak(device)
+            if "error" not in r:
+                break
+            b //= 2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:.1f} ms"
 
 
 def table(result: dict) -> str:
@@ -285,7 +540,7 @@ def table(result: dict) -> str:
         met = "" if not r["goal_s"] else ("yes" if r["median_s"] <= r["goal_s"] else "no")
         mem = f"{r['peak_memory_GiB']:.1f} GiB" if r["peak_memory_GiB"] is not None else "-"
         name = f"inference {r['frames']}x{r['size'][0]}x{r['size'][1]} + {r['views']} renders"
-        rows.append((name, f"{r['median_s'] * 1e3:.1f} ms", mem, goal, met, "-"))
+        rows.append((name, _ms(r["median_s"]), mem, goal, met, "-"))
     for r in result["training"]:
         b, fi, fo, h, w = r["batch"]
         name = f"train step {b} x ({fi}+{fo}) @{h}x{w}, ckpt {'on' if r['checkpointing'] else 'off'}"
@@ -293,17 +548,56 @@ def table(result: dict) -> str:
             rows.append((name, "OOM", "-", "-", "", "-"))
             continue
         mem = f"{r['peak_memory_GiB']:.1f} GiB" if r["peak_memory_GiB"] is not None else "-"
-        rows.append((name, f"{r['median_s'] * 1e3:.1f} ms", mem, "-", "", f"{100 * r['mfu']:.1f} %"))
+        rows.append((name, _ms(r["median_s"]), mem, "-", "", f"{100 * r['mfu']:.1f} %"))
     head = "| measurement | median | peak memory | goal | met | MFU |\n|---|---|---|---|---|---|\n"
     return head + "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def stage_table(result: dict) -> str:
+    """Per-stage ms of every profiled variant and of the final runs (with TFLOP/s where FLOPs are known)."""
+    runs = [(f"{r['variant']['name']} ({r['frames']} fr)", r) for r in result["profile"] if "stages_ms" in r]
+    runs += [(f"final ({r['frames']} fr)", r) for r in result["inference"]]
+    if not runs:
+        return ""
+    names = [*MODULE_STAGES, "forward_rest", "at_query_times", "render"]
+    names = [n for n in names if any(n in r["stages_ms"] for _, r in runs)]
+    head = "| run | total | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
+    lines = []
+    for label, r in runs:
+        cells = []
+        for n in names:
+            ms = r["stages_ms"].get(n)
+            rate = r.get("stages_tflop_per_s", {}).get(n)
+            cells.append("-" if ms is None else f"{ms:.1f}" + (f" ({rate:.0f})" if rate else ""))
+        lines.append(f"| {label} | {r['median_s'] * 1e3:.1f} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)
+
+
+def write(result: dict, out: Path, tag: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"vggsplat_{tag}.json").write_text(json.dumps(result, indent=2))
+    chosen = result.get("chosen_variant") or {}
+    (out / f"vggsplat_{tag}.md").write_text(
+        f"# VGGSplaT benchmark\n\n`{result['command']}` on {result['device']}, {result['date']}, torch "
+        f"{result['torch']}; final runs: variant {chosen.get('name', '-')} ({json.dumps(chosen)})\n\n"
+        f"{table(result)}\n\nPer stage (ms; in brackets achieved TFLOP/s from FlopCounterMode FLOPs):\n\n"
+        f"{stage_table(result)}\n"
+    )
+    return out / f"vggsplat_{tag}.json"
 
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--train-repeats", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="tiny model, small sizes, CPU (checks the script)")
     p.add_argument("--no-compile", action="store_true", help="eager blocks (default: compiled on CUDA)")
+    p.add_argument("--train-compile", action="store_true", help="compile the blocks in the training steps too")
+    p.add_argument("--phases", default="profile,inference,train", help="comma-separated: profile, inference, train")
+    p.add_argument("--variants", default="all", help=f"comma-separated of {', '.join(VARIANTS)}, or all")
+    p.add_argument("--deadline-s", type=float, default=1e9, help="skip measurements that would start later")
+    p.add_argument("--tag", default=None, help="results file name vggsplat_<tag> (default: from the device)")
     args = p.parse_args(argv)
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -311,27 +605,45 @@ def main(argv: list[str] | None = None) -> Path:
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        torch._dynamo.config.cache_size_limit = 64
+    names = list(TINY_VARIANTS if args.tiny else VARIANTS) if args.variants == "all" else args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: --variants: unknown {unknown}; expected a comma-separated list of {list(VARIANTS)}")
+    variants = [VARIANTS[n] for n in names]
+    if args.tiny:
+        variants = [dataclasses.replace(v, compiled=False) for v in variants]
+    phases = set(args.phases.split(","))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    result = {
+    tag = args.tag or ("tiny_cpu" if args.tiny else "h100" if "H100" in name else "h200" if "H200" in name else "gpu")
+    setting = TINY if args.tiny else FULL
+    result: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(["python vggsplat.py", *argv]),
         "device": name,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(),
-        **run(args.tiny, args.repeats, device, compile=device == "cuda" and not args.no_compile),
+        "model": setting["model"],
+        "compiled_blocks": device == "cuda" and not args.no_compile,
+        "profile": [],
+        "inference": [],
+        "training": [],
     }
-    text = table(result)
-    print(f"{name}, SDPA {result['sdpa_backend']}, queries per pass {result['queries_per_pass']}\n{text}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "tiny_cpu" if args.tiny else "h100" if "H100" in name else "h200" if "H200" in name else "gpu"
-    (out / f"vggsplat_{tag}.json").write_text(json.dumps(result, indent=2))
-    (out / f"vggsplat_{tag}.md").write_text(
-        f"# VGGSplaT benchmark\n\n`{result['command']}` on {name}, {result['date']}, SDPA backend "
-        f"{result['sdpa_backend']}, query times per head pass: {result['queries_per_pass']}, compiled blocks: "
-        f"{result['compiled_blocks']}\n\n{text}\n"
-    )
-    return out / f"vggsplat_{tag}.json"
+    deadline = Deadline(args.deadline_s)
+
+    def save() -> None:
+        write(result, out, tag)
+
+    compile = result["compiled_blocks"]
+    if phases & {"profile", "inference"}:
+        run_inference(setting, variants, phases, args.repeats, device, compile, deadline, save, result)
+    if "train" in phases:
+        run_training(setting, args.train_repeats, device, compile and args.train_compile, deadline, save, result)
+    path = write(result, out, tag)
+    print(f"{name}\n{table(result)}\n\n{stage_table(result)}")
+    return path
 
 
 if __name__ == "__main__":
