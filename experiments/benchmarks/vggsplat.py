@@ -338,7 +338,7 @@ def stage_flops(model: LRDM, stages: Stages, size: tuple, views: int, device: st
     step = inference_step(model, stages, frames, height, width, views, device, variant, rendered=False)
     with (
         torch.compiler.set_stance("force_eager"),
-        sdpa_context(variant.sdpa, device),
+        sdpa_context("flash_attention", device),  # FlopCounterMode counts flash attention (same FLOPs as any)
         FlopCounterMode(display=False) as counter,
     ):
         stages.flop_counter, stages.recording = counter, True
