@@ -81,27 +81,39 @@ def available_outputs() -> tuple[tuple[str, ...], list[str]]:
     return tuple(outputs), skipped
 
 
-def build_real(device: torch.device, args: argparse.Namespace) -> Any:
-    """Random weights, real architectures (see the module docstring)."""
-    from diffusers import AutoencoderKLWan
+def random_umt5_xxl(device: torch.device) -> Any:
+    """The UMT5-XXL encoder with random bf16 weights on ``device`` and a small trained tokenizer (``TextEncoder``)."""
     from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-    from diff4splat.models.alignment import AlignerConfig, LatentAligner
-    from diff4splat.models.camera_wan import CameraWan, CameraWanConfig
-    from diff4splat.models.lrdm import LRDM, lrdm_preset
     from diff4splat.models.text import TextEncoder, save_tiny_text_encoder
-    from diff4splat.models.wan_convert import vae_config
-    from diff4splat.models.wan_vae import WanVAE
-    from diff4splat.pipelines.generation import Diff4SplatPipeline
 
-    torch.manual_seed(0)
-    camera_wan = CameraWan.from_config(CameraWanConfig(arch="ti2v_5b", init="random", dtype="bfloat16"), device)
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = AutoTokenizer.from_pretrained(str(save_tiny_text_encoder(folder) / "tokenizer"))
     with torch.device(device):
         umt5 = UMT5EncoderModel._from_config(UMT5Config(**UMT5_XXL), dtype=torch.bfloat16)
-    text = TextEncoder(umt5, tokenizer, identity="umt5-xxl-random")
-    vae = WanVAE(AutoencoderKLWan(**vae_config()).to(torch.bfloat16))
+    return TextEncoder(umt5, tokenizer, identity="umt5-xxl-random")
+
+
+def random_wan22_vae() -> Any:
+    """The Wan2.2 VAE (the shipped config) with random bf16 weights, as ``WanVAE`` (on the CPU)."""
+    from diffusers import AutoencoderKLWan
+
+    from diff4splat.models.wan_convert import vae_config
+    from diff4splat.models.wan_vae import WanVAE
+
+    return WanVAE(AutoencoderKLWan(**vae_config()).to(torch.bfloat16))
+
+
+def build_real(device: torch.device, args: argparse.Namespace) -> Any:
+    """Random weights, real architectures (see the module docstring)."""
+    from diff4splat.models.alignment import AlignerConfig, LatentAligner
+    from diff4splat.models.camera_wan import CameraWan, CameraWanConfig
+    from diff4splat.models.lrdm import LRDM, lrdm_preset
+    from diff4splat.pipelines.generation import Diff4SplatPipeline
+
+    torch.manual_seed(0)
+    camera_wan = CameraWan.from_config(CameraWanConfig(arch="ti2v_5b", init="random", dtype="bfloat16"), device)
+    text, vae = random_umt5_xxl(device), random_wan22_vae()
     lrdm = LRDM(
         lrdm_preset(
             "base",
@@ -148,6 +160,18 @@ def make_cfg(args: argparse.Namespace, h: int, w: int, decoder: str, out: Path) 
     )
 
 
+def input_image(work: Path, h: int, w: int) -> Path:
+    """A gradient-and-checkerboard test image of h x w pixels, written into ``work``."""
+    from PIL import Image
+
+    image = work / f"input_{h}x{w}.png"
+    y, x = np.mgrid[0:h, 0:w]
+    Image.fromarray(np.stack([x * 255 // w, y * 255 // h, (x // 32 + y // 32) % 2 * 200], -1).astype(np.uint8)).save(
+        image
+    )
+    return image
+
+
 def bench_size(
     pipe: Any,
     args: argparse.Namespace,
@@ -158,16 +182,10 @@ def bench_size(
     outputs: tuple[str, ...],
     compiled: bool = False,
 ) -> dict[str, Any]:
-    from PIL import Image
-
     from diff4splat.pipelines.jobs import make_job, run_job
 
     pipe.decoder = decoder
-    image = work / f"input_{h}x{w}.png"
-    y, x = np.mgrid[0:h, 0:w]
-    Image.fromarray(np.stack([x * 255 // w, y * 255 // h, (x // 32 + y // 32) % 2 * 200], -1).astype(np.uint8)).save(
-        image
-    )
+    image = input_image(work, h, w)
     runs: list[dict[str, float]] = []
     files: list[dict[str, float]] = []
     peak = 0.0
