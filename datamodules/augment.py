@@ -16,6 +16,8 @@ kernels per clip. With `augment_on="device"` the worker does only what needs the
         "rows", "cols": int64 (B, H), (B, W)   nearest source row/column (in h'_b, w'_b) of every output pixel
         "flip":         list of B bool   horizontal flip (cameras and tracks are already flipped)
         "scale_norm":   str   `ClipSamplingConfig.scale_norm` ("mean_xyz", "mean_depth" or "none")
+        "fallback_mean": float64 (B,)  the scene's mean distance without depth (tracks, points or cameras; NaN: none),
+                        computed by the worker (`ClipTransform._fallback_mean`)
     }
 
 with c2w, tracks_world and metric_scale not yet scale-normalised (canonical, in the stored units), and
@@ -132,8 +134,7 @@ def augment_pixels(batch: dict[str, Any], float_resize: bool | None = None) -> d
             valid.view(B, F, H, W)[:, :n],
             batch["c2w"][:, :n],
             batch["fxfycxcy"][:, :n],
-            batch["tracks_world"][:, :n],
-            batch["tracks_visible"][:, :n],
+            px["fallback_mean"].to(dev),
             flip,
             mode,
         )
@@ -170,6 +171,7 @@ def collate_pixels(pixels: list[dict[str, Any]]) -> dict[str, Any]:
         out[k] = torch.stack([p[k] for p in pixels])
     out["flip"] = [bool(p["flip"]) for p in pixels]
     out["scale_norm"] = pixels[0]["scale_norm"]
+    out["fallback_mean"] = torch.tensor([float(p["fallback_mean"]) for p in pixels], dtype=torch.float64)
     return out
 
 
@@ -178,8 +180,7 @@ def scene_scale(
     valid: torch.Tensor,  # (B,n,H,W) bool
     c2w: torch.Tensor,  # (B,n,4,4) canonical cameras (first input = identity), not yet scaled
     fxfycxcy: torch.Tensor,  # (B,n,4) normalised intrinsics
-    tracks_world: torch.Tensor,  # (B,n,N,3) canonical tracks, NaN where not visible
-    tracks_visible: torch.Tensor,  # (B,n,N) bool
+    fallback: torch.Tensor,  # (B,) float64 mean distance without depth (`ClipTransform._fallback_mean`), NaN: none
     flip: torch.Tensor,  # (B,) bool: the clip (depth, cameras, tracks) is mirrored
     mode: str,  # "mean_xyz" | "mean_depth"
 ) -> torch.Tensor:  # (B,) float64 s, normalised = stored × s
@@ -187,8 +188,8 @@ def scene_scale(
     distance of the valid depth points from the first camera ("mean_xyz", the reference's norm_xyz) or 1 / their
     mean z-depth ("mean_depth"), over the output pixels (i, j) ≡ stride // 2 (mod stride) of the unflipped frame
     (`scale_sample_stride`), or over every pixel when that subsample holds fewer than `MIN_SCALE_SAMPLES` valid
-    pixels. Without valid depth: from the visible tracks' mean distance, else the other input cameras' mean distance;
-    s = 1 when that mean is not a positive finite number. A flipped clip is measured on its mirrored pixels with its
+    pixels. Without valid depth: `fallback` (the worker's tracks / sparse points / camera heuristic, one rule for
+    both paths); s = 1 when that mean is not a positive finite number. A flipped clip is measured on its mirrored pixels with its
     mirrored cameras: the same points, mirrored, at the same distances. float64 arithmetic (as the worker's)."""
     B, n, H, W = depth.shape
     stride = scale_sample_stride(n, H, W)
@@ -198,13 +199,8 @@ def scene_scale(
         if depth.device.type != "cpu" or bool(every.any()):  # on an accelerator: no sync, both are cheap
             total_all, count_all = _depth_sum(depth, valid, c2w, fxfycxcy, flip, mode, 1)
             total, count = torch.where(every, total_all, total), torch.where(every, count_all, count)
-    # fallbacks without depth: tracks, then cameras (mirroring keeps both distances)
-    seen = tracks_visible.sum((1, 2))
-    dist = torch.where(tracks_visible, tracks_world.double().norm(dim=-1), 0.0).sum((1, 2)) / seen.clamp(min=1)
-    if n > 1:
-        dist = torch.where(seen > 0, dist, c2w[:, 1:, :3, 3].double().norm(dim=-1).mean(1))
-    else:
-        dist = torch.where(seen > 0, dist, 0.0)
+    # without depth: the worker's fallback (mirroring keeps distances)
+    dist = torch.where(fallback.isfinite(), fallback.double(), 0.0)
     mean = torch.where(count > 0, total / count.clamp(min=1), dist)
     return torch.where((mean > 1e-8) & mean.isfinite(), 1.0 / mean, 1.0)
 

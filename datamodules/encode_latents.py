@@ -2,15 +2,23 @@
 
     python -m datamodules.encode_latents --shards $DATA_ROOT/shards/dl3dv --out $DATA_ROOT/latents/dl3dv_49x352x640 \
         --vae /ckpt/Wan2.2-TI2V-5B-Diffusers --num-frames 49 --height 352 --width 640 [--stride 1] \
-        [--windows-per-clip 1] [--captions captions.json] [--device cuda] [--dtype bf16] [--batch-size 4]
+        [--windows-per-clip 1] [--captions captions.json] [--device cuda] [--dtype bf16] [--batch-size 4] \
+        [--pose-scale scene|metric]
 
 For each clip, `--windows-per-clip` windows of `--num-frames` (1 + 4k) frames, `--stride` source frames apart, spread
 evenly over the clip; each window is centre-cropped to the target aspect and resized to height×width (bilinear,
 antialiased; intrinsics updated by `crop_intrinsics`), encoded by the VAE in batches of windows, and written as one
-latent sample (see `datamodules.latents`): latents (float16), metric c2w canonical to the window's first camera,
-intrinsics, the first frame as JPEG and meta (caption from the clip's meta, or from `--captions` by sequence id when
+latent sample (see `datamodules.latents`): latents (float16), c2w canonical to the window's first camera in the
+``--pose-scale`` unit, intrinsics, the first frame as JPEG and meta (caption from the clip's meta, or from `--captions` by sequence id when
 the clip has none). Clips too short for a window, and corrupt clips, are skipped and counted. Reruns resume (finished
 shards are kept, their keys skipped); a failure leaves only finished shards behind.
+
+Pose scale (`diff4splat.geometry.scale`): ``scene`` (default) scales each window's cameras so that the mean distance
+from its first camera of the scene points seen by `SCENE_FRAMES` evenly spaced frames of the stored (uncropped) frames
+is 1, measured from depth, else sparse points, else tracks, else the camera heuristic (`window_scene_scale`; the
+method goes to the sample's ``scale_method``); ``metric`` divides by the clip's ``metric_scale`` and refuses (skips and
+counts) clips whose ``scale_source`` is ``arbitrary``: arbitrary-scale poses are never written as metric. Every
+sample records its source's ``scale_source``.
 
 `--vae tiny` (or `tiny16`) uses the random-weight `WanVAE.tiny()` (tests, CPU smoke runs).
 """
@@ -28,17 +36,21 @@ import numpy as np
 import torch
 import torch.nn.functional as tnf
 
-from datamodules.latents import LatentMeta, LatentSample, LatentShardWriter
+from datamodules.augment import scale_sample_stride
+from datamodules.latents import POSE_SCALES, LatentMeta, LatentSample, LatentShardWriter
 from datamodules.spec import Clip, decode_frames, decode_sample
-from datamodules.stream import SkipStats, crop_box, iter_tar
+from datamodules.stream import SkipStats, _depth_mean, crop_box, iter_tar
 from datamodules.verify import find_shards
 from diff4splat.cli import run_cli
 from diff4splat.geometry.cameras import canonicalize, crop_intrinsics
+from diff4splat.geometry.scale import fallback_mean, scale_from_mean
 from diff4splat.models.wan_vae import WanVAE
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SCENE_FRAMES = 5  # frames of a window whose scene points define its scene unit (the LRDM's input count)
+_SCALE_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "points_world")
 
 
 def window_starts(num_clip_frames: int, num_frames: int, stride: int, windows: int) -> list[int]:
@@ -57,7 +69,7 @@ class Window:
 
     key: str
     frames: torch.Tensor  # (F,3,H,W) float32 in [0,1]
-    c2w: np.ndarray  # (F,4,4) float32, metric, canonical
+    c2w: np.ndarray  # (F,4,4) float32, canonical, in the pose scale
     fxfycxcy: np.ndarray  # (F,4) float32
     meta: LatentMeta
 
@@ -65,8 +77,8 @@ class Window:
 def prepare_window(
     clip: Clip, indices: list[int], height: int, width: int
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """(frames (F,3,H,W) float [0,1], metric canonical c2w (F,4,4), fxfycxcy (F,4)) of source frames `indices`:
-    a centre crop of the largest box with the target aspect, resized to height×width."""
+    """(frames (F,3,H,W) float [0,1], canonical c2w (F,4,4) in the clip's stored units, fxfycxcy (F,4)) of source
+    frames `indices`: a centre crop of the largest box with the target aspect, resized to height×width."""
     Hs, Ws = clip.meta.height, clip.meta.width
     top, left, ch, cw = crop_box(Hs, Ws, height, width, 1.0, None)
     rgb = torch.from_numpy(decode_frames(clip, indices)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -76,8 +88,36 @@ def prepare_window(
     frames = tnf.interpolate(crop, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     K = crop_intrinsics(torch.from_numpy(np.asarray(clip.fxfycxcy, np.float64)[indices]), Hs, Ws, top, left, ch, cw)
     c2w = canonicalize(torch.from_numpy(np.asarray(clip.c2w, np.float64)[indices]), ref_index=0)
-    c2w[:, :3, 3] /= clip.meta.metric_scale  # stored translations are metres × metric_scale
-    return frames.clamp_(0, 1), c2w.float().numpy(), K.float().numpy()
+    return frames.clamp_(0, 1), c2w.numpy(), K.float().numpy()
+
+
+def window_scene_scale(clip: Clip, indices: list[int]) -> tuple[float, str]:
+    """(s, method): stored units × s = scene units for the window `indices` of `clip` (loaded with its depth,
+    tracks and points): 1 / the mean distance from the window's first camera of the points that `SCENE_FRAMES`
+    evenly spaced frames see (`diff4splat.geometry.scale`), from valid depth, else sparse points, else tracks, else
+    the camera heuristic; (1, "none") when nothing measures it."""
+    pos = np.unique(np.round(np.linspace(0, len(indices) - 1, min(SCENE_FRAMES, len(indices)))).astype(np.int64))
+    src = np.asarray(indices)[pos]
+    c2w_src = np.asarray(clip.c2w, np.float64)
+    w2c = np.linalg.inv(c2w_src[indices[0]])
+    c2w = w2c @ c2w_src[src]
+    K = np.asarray(clip.fxfycxcy, np.float64)[src]
+    if clip.depth is not None:
+        d = np.asarray(clip.depth[src], np.float32)
+        valid = np.isfinite(d) & (d > 0)
+        if clip.depth_valid is not None:
+            valid &= clip.depth_valid[src]
+        mean = _depth_mean(d, valid, c2w, K, "mean_xyz", scale_sample_stride(*d.shape))
+        if mean is not None:
+            return scale_from_mean(mean), "depth"
+    tracks = visible = points = None
+    if clip.tracks_world is not None:
+        tracks = np.asarray(clip.tracks_world, np.float64)[src] @ w2c[:3, :3].T + w2c[:3, 3]
+        visible = np.asarray(clip.tracks_visible)[src]
+    if clip.points_world is not None:
+        points = np.asarray(clip.points_world, np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+    mean, method = fallback_mean(c2w, K, tracks, visible, points)
+    return scale_from_mean(mean), method
 
 
 def _jpeg(frame: torch.Tensor, quality: int = 95) -> bytes:
@@ -119,9 +159,13 @@ def encode_latents(
     captions: dict[str, str] | None = None,
     split: str = "train",
     maxcount: int = 256,
+    pose_scale: str = "scene",
 ) -> dict[str, int]:
-    """Encode every clip of `shards` into latent shards in `out`; returns counts (clips, windows written, clips
-    too short, corrupt samples, windows already done)."""
+    """Encode every clip of `shards` into latent shards in `out`, cameras in `pose_scale` units ("scene" or
+    "metric"); returns counts (clips, windows written, clips too short, corrupt samples, windows already done, clips
+    refused because `pose_scale="metric"` and their scale is arbitrary)."""
+    if pose_scale not in POSE_SCALES:
+        raise ValueError(f"--pose-scale: expected one of {POSE_SCALES}, got {pose_scale!r}")
     vae.check_frames(num_frames)
     if height % vae.stride_s or width % vae.stride_s:
         raise ValueError(
@@ -133,8 +177,11 @@ def encode_latents(
             f"{windows_per_clip}, {batch_size}"
         )
     device = next(vae.parameters()).device
-    counts = {"clips": 0, "written": 0, "too_short": 0, "corrupt": 0, "done": 0}
-    source = f"datamodules.encode_latents vae={vae_identity} frames={num_frames} size={height}x{width} stride={stride}"
+    counts = {"clips": 0, "written": 0, "too_short": 0, "corrupt": 0, "done": 0, "arbitrary_refused": 0}
+    source = (
+        f"datamodules.encode_latents vae={vae_identity} frames={num_frames} size={height}x{width} stride={stride} "
+        f"pose_scale={pose_scale}"
+    )
     pending: list[Window] = []
 
     def flush(writer: LatentShardWriter) -> None:
@@ -157,12 +204,21 @@ def encode_latents(
         for url in shards:
             for raw in iter_tar(url, stats):
                 try:
-                    clip = decode_sample(raw, values=False, arrays=())
+                    clip = decode_sample(raw, values=False, arrays=_SCALE_ARRAYS if pose_scale == "scene" else ())
                 except Exception as e:  # corrupt clip: skip and count
                     counts["corrupt"] += 1
                     log.warning("skipping corrupt sample %r of %s: %s", raw.get("__key__"), url, e)
                     continue
                 counts["clips"] += 1
+                if pose_scale == "metric" and clip.meta.scale_source == "arbitrary":
+                    counts["arbitrary_refused"] += 1
+                    log.warning(
+                        "skipping %s/%s: its poses have arbitrary scale (scale_source 'arbitrary'); --pose-scale "
+                        "metric never writes them as metres (use --pose-scale scene)",
+                        clip.meta.dataset,
+                        clip.key,
+                    )
+                    continue
                 starts = window_starts(clip.num_frames, num_frames, stride, windows_per_clip)
                 if not starts:
                     counts["too_short"] += 1
@@ -175,6 +231,11 @@ def encode_latents(
                         continue
                     idx = list(range(s, s + (num_frames - 1) * stride + 1, stride))
                     frames, c2w, K = prepare_window(clip, idx, height, width)
+                    if pose_scale == "scene":
+                        factor, method = window_scene_scale(clip, idx)
+                    else:
+                        factor, method = 1.0 / clip.meta.metric_scale, "metric_scale"
+                    c2w[:, :3, 3] *= factor
                     meta = LatentMeta(
                         dataset=clip.meta.dataset,
                         sequence=clip.meta.sequence,
@@ -189,8 +250,12 @@ def encode_latents(
                         metric_scale=float(clip.meta.metric_scale),
                         is_static=bool(clip.meta.is_static),
                         source_shard=Path(url).name,
+                        pose_scale=pose_scale,
+                        scale_source=clip.meta.scale_source,
+                        scene_scale=float(factor) if pose_scale == "scene" else 1.0,
+                        scale_method=method,
                     )
-                    pending.append(Window(key, frames, c2w, K, meta))
+                    pending.append(Window(key, frames, c2w.astype(np.float32), K, meta))
                     if len(pending) >= batch_size:
                         flush(writer)
         flush(writer)
@@ -215,6 +280,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     p.add_argument("--split", default="train")
     p.add_argument("--maxcount", type=int, default=256, help="samples per shard at most")
+    p.add_argument(
+        "--pose-scale",
+        choices=POSE_SCALES,
+        default="scene",
+        help="camera unit: scene (mean distance of the seen scene points = 1, any source) or metric (metric sources "
+        "only: arbitrary-scale clips are skipped and counted)",
+    )
     return p.parse_args(argv)
 
 
@@ -243,11 +315,13 @@ def run(args: argparse.Namespace) -> str:
         captions=captions,
         split=args.split,
         maxcount=args.maxcount,
+        pose_scale=args.pose_scale,
     )
     return (
         f"{counts['clips']} clips in {len(shards)} shards: wrote {counts['written']} latent samples to "
         f"{args.out}; {counts['done']} already done, {counts['too_short']} clips too short for "
-        f"{args.num_frames} frames at stride {args.stride}, {counts['corrupt']} corrupt skipped"
+        f"{args.num_frames} frames at stride {args.stride}, {counts['corrupt']} corrupt skipped, "
+        f"{counts['arbitrary_refused']} arbitrary-scale clips refused (--pose-scale {args.pose_scale})"
     )
 
 

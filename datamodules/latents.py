@@ -6,10 +6,19 @@ VAE). A latent sample with key K holds these tar members:
 | member             | content                                                                                   |
 |--------------------|-------------------------------------------------------------------------------------------|
 | K.latents.npy      | (C,T,h,w) float16 normalised Wan VAE latents of F = 1 + 4(T-1) frames                     |
-| K.c2w.npy          | (F,4,4) float32 OpenCV c2w in metres, canonical (frame 0 = identity)                      |
+| K.c2w.npy          | (F,4,4) float32 OpenCV c2w in the sample's `pose_scale`, canonical (frame 0 = identity)   |
 | K.fxfycxcy.npy     | (F,4) float32 normalised intrinsics of the cropped and resized H×W frames                 |
 | K.first_frame.jpg  | the first frame at H×W (the image condition at evaluation, media logging)                 |
 | K.meta.json        | `LatentMeta` (source clip, frame indices, size, caption, VAE identity, spec version)      |
+
+Pose scale (`diff4splat.geometry.scale`): ``pose_scale="scene"`` (the default of `encode_latents` and of
+`conf/data/latents.yaml`) = the window's cameras in scene units (the mean distance from the first camera of the
+points its frames see is 1; the LRDM's rule, from depth, sparse points, tracks or the camera heuristic:
+`scale_method`), so every source gives the camera model one unit whatever its provenance; ``"metric"`` = metres,
+written only from clips whose `scale_source` is ``metric`` or ``metric_estimated``. `scale_source` is the source
+clip's provenance; a sample that says ``metric`` poses of an ``arbitrary`` source is refused. Spec latent-1.0 shards
+(before these fields) still read as ``pose_scale="metric"`` with the provenance inferred from the dataset name, so
+their arbitrary-scale samples are refused and a ``scene`` data module refuses all of them.
 
 `LatentDataModule` streams them (resampled shards per (seed, rank, worker, epoch), a fixed number of batches per
 rank) and adds the caption's prompt embedding from a `diff4splat.models.text.PromptCache`. Batch contract:
@@ -17,7 +26,7 @@ rank) and adds the caption's prompt embedding from a `diff4splat.models.text.Pro
 | key            | type / shape              | meaning                                                                   |
 |----------------|---------------------------|---------------------------------------------------------------------------|
 | latents        | float32 (B,C,T,h,w)       | normalised video latents                                                  |
-| c2w            | float32 (B,F,4,4)         | metric OpenCV c2w, canonical (first camera = identity)                    |
+| c2w            | float32 (B,F,4,4)         | OpenCV c2w in `pose_scale` units, canonical (first camera = identity)     |
 | fxfycxcy       | float32 (B,F,4)           | normalised intrinsics                                                     |
 | prompt_embeds  | float32 (B,max_len,D)     | cached UMT5 rows of the caption, zero-padded (the "" prompt when empty)   |
 | has_prompt     | bool (B,)                 | False where the caption is empty                                          |
@@ -46,10 +55,13 @@ from datamodules.datamodule import StreamDataModule
 from datamodules.holdout import Part
 from datamodules.stream import ShardStream, SkipStats, Slot, expand_shards
 from datamodules.write import TarShardWriter, read_manifest
+from diff4splat.geometry.scale import SCALE_SOURCES, infer_scale_source
 
 log = logging.getLogger(__name__)
 
-LATENT_SPEC_VERSION = "latent-1.0"
+LATENT_SPEC_VERSION = "latent-1.1"
+READABLE_LATENT_VERSIONS = ("latent-1.0", LATENT_SPEC_VERSION)  # 1.0: metric poses, no provenance fields
+POSE_SCALES = ("scene", "metric")
 MEMBERS = ("latents.npy", "c2w.npy", "fxfycxcy.npy", "first_frame.jpg", "meta.json")
 
 
@@ -75,10 +87,18 @@ class LatentMeta:
     latent_shape: list[int]  # (C, T, h, w)
     vae: str  # identity of the VAE (local folder or "tiny(...)")
     caption: str = ""
-    metric_scale: float = 1.0  # of the source clip (the stored c2w are already divided by it)
+    metric_scale: float = 1.0  # of the source clip (stored units per metre)
     is_static: bool = True
     source_shard: str = ""
     spec_version: str = LATENT_SPEC_VERSION
+    pose_scale: str = "metric"  # unit of c2w.npy: "scene" or "metric" (latent-1.0 shards: "metric")
+    scale_source: str | None = None  # provenance of the source clip (None: inferred from the dataset name)
+    scene_scale: float = 1.0  # pose_scale "scene": source-clip units -> scene units factor
+    scale_method: str = ""  # pose_scale "scene": what measured it (`diff4splat.geometry.scale.SCALE_METHODS`)
+
+    def __post_init__(self) -> None:
+        if self.scale_source is None:
+            self.scale_source = infer_scale_source(self.dataset)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False).encode()
@@ -98,7 +118,7 @@ class LatentMeta:
         missing = [n for n, f in names.items() if n not in d and f.default is dataclasses.MISSING]
         if missing:
             raise LatentSpecError(key, "meta.json", f"missing keys {missing}")
-        if d.get("spec_version", LATENT_SPEC_VERSION) != LATENT_SPEC_VERSION:
+        if d.get("spec_version", LATENT_SPEC_VERSION) not in READABLE_LATENT_VERSIONS:
             raise LatentSpecError(key, "meta.json", f"spec_version {d['spec_version']!r} != {LATENT_SPEC_VERSION!r}")
         if not isinstance(d.get("caption", ""), str):
             raise LatentSpecError(key, "meta.json", "caption must be a string")
@@ -141,6 +161,13 @@ class LatentSample:
             ),
             ("meta.json", len(m.frame_indices) == m.num_frames, "frame_indices must list num_frames frames"),
             ("first_frame.jpg", self.first_frame[:3] == b"\xff\xd8\xff", "must be a JPEG"),
+            ("meta.json", m.pose_scale in POSE_SCALES, f"pose_scale must be one of {POSE_SCALES}"),
+            ("meta.json", m.scale_source in SCALE_SOURCES, f"scale_source must be one of {SCALE_SOURCES}"),
+            (
+                "meta.json",
+                not (m.pose_scale == "metric" and m.scale_source == "arbitrary"),
+                f"metric poses from an arbitrary-scale source ({m.dataset}): re-encode with --pose-scale scene",
+            ),
         ]
         for member, ok, message in checks:
             if not ok:
@@ -315,20 +342,31 @@ class LatentStream(ShardStream):
         batch_size: int,
         batches_per_epoch: int,
         embeds_dtype: torch.dtype = torch.float32,
+        pose_scale: str = "scene",
         **stream: Any,
     ):
         super().__init__(batch_size, batches_per_epoch, **stream)
         self.urls = expand_shards(shards)
         if not self.urls:
             raise FileNotFoundError(f"latent data: no shards match {shards!r}")
-        self.prompts, self.embeds_dtype = prompts, embeds_dtype
+        if pose_scale not in POSE_SCALES:
+            raise ValueError(f"data.pose_scale: expected one of {POSE_SCALES}, got {pose_scale!r}")
+        self.prompts, self.embeds_dtype, self.pose_scale = prompts, embeds_dtype, pose_scale
 
     def _samples(self, slot: Slot, rng: np.random.Generator, stats: SkipStats) -> Iterator[tuple[int, dict[str, Any]]]:
         for raw in self._shard_samples(self.urls, slot, slot.rng(1), stats, self.what):
             yield 0, raw
 
     def _decode(self, raw: dict[str, Any], source: int, rng: np.random.Generator, state: Any, index: int) -> Any:
-        return decode_latent_sample(raw)
+        sample = decode_latent_sample(raw)
+        if sample.meta.pose_scale != self.pose_scale:  # never mix units: refused, counted, and loud past the rate
+            raise LatentSpecError(
+                sample.key,
+                "meta.json",
+                f"pose_scale {sample.meta.pose_scale!r}, but data.pose_scale is {self.pose_scale!r} (re-encode with "
+                f"encode_latents --pose-scale {self.pose_scale})",
+            )
+        return sample
 
     def _collate(self, items: list[Any], state: Any, stats: SkipStats) -> dict[str, Any]:
         return collate_latents(items, self.prompts, stats.skipped, self.embeds_dtype)
@@ -348,6 +386,7 @@ class LatentDataModule(StreamDataModule):
             embeddings (None: the only one in the folder).
         text_dim: embedding width D (4096 for UMT5-XXL); max_len: padded rows (Wan: 512).
         embeds_dtype: dtype of `prompt_embeds` ("float32", "bfloat16", "float16").
+        pose_scale: the camera unit the model trains in ("scene" or "metric"); samples in the other are refused.
         **stream: the `datamodules.datamodule.StreamDataModule` settings (batch_size, num_workers, batches_per_epoch,
             val_batches, seed, shuffle_buffer, max_skip_rate, skip_rate_min_samples, pin_memory, prefetch_factor,
             persistent_workers, sharing_strategy).
@@ -362,9 +401,13 @@ class LatentDataModule(StreamDataModule):
         text_dim: int = 4096,
         max_len: int = 512,
         embeds_dtype: str = "float32",
+        pose_scale: str = "scene",
         **stream: Any,
     ):
         super().__init__(**stream)
+        if pose_scale not in POSE_SCALES:
+            raise ValueError(f"data.pose_scale: expected one of {POSE_SCALES}, got {pose_scale!r}")
+        self.pose_scale = pose_scale
         if embeds_dtype not in _DTYPES:
             raise ValueError(f"data.embeds_dtype: expected one of {sorted(_DTYPES)}, got {embeds_dtype!r}")
         self.shards = shards if isinstance(shards, str) else list(shards)
@@ -384,6 +427,7 @@ class LatentDataModule(StreamDataModule):
             self.batch_size,
             batches,
             embeds_dtype=self.embeds_dtype,
+            pose_scale=self.pose_scale,
             train=train,
             seed=seed,
             shuffle_buffer=self.shuffle_buffer,

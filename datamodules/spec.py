@@ -19,12 +19,18 @@ Tar members of a sample with key K (WebDataset groups members by the text before
 | K.tracks_visible.npy   | optional (F,N) bool (required with tracks_world)                                   |
 | K.flow.npy             | optional (F,H,W,2) float16/32 forward flow f -> f+1 in pixels, NaN = unknown       |
 | K.dynamic_mask.npy     | optional (F,H,W) bool, True on moving objects                                      |
+| K.points_world.npy     | optional (P,3) float32 sparse scene points (SfM), world, in the units of `c2w`     |
 | K.meta.json            | `ClipMeta` as JSON                                                                 |
 
 Arrays are `.npy` (loaded with `allow_pickle=False`), never pickles. `meta.metric_scale` = units of the
 stored `c2w`/depth per metre: stored = metric × metric_scale (1.0 when the dataset is metric, 0.01 for
 poses in 100 m units, an estimate or 1.0 with `depth_unit="arbitrary"` when unknown). The batch's `metric_scale` has
 the same direction (normalised = metric × metric_scale), as `diff4splat.geometry.cameras.normalize_scene_scale`.
+`meta.scale_source` says where that unit comes from (`metric`, `metric_estimated`, `arbitrary`; the convention is
+`diff4splat.geometry.scale`): a dataset known to have arbitrary scale (RealEstate10K, DL3DV) or a clip with
+`depth_unit="arbitrary"` is never `metric`, and an `arbitrary` clip has `metric_scale` 1. Spec 1.0 shards (before
+`scale_source` and `points_world`) still read: their provenance is inferred from the dataset name
+(`infer_scale_source`).
 Loss weights follow the reference (§8.4, `DATASET_DEFAULTS`).
 
 Example:
@@ -45,7 +51,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-SPEC_VERSION = "1.0"
+from diff4splat.geometry.scale import DATASET_SCALE_SOURCE, SCALE_SOURCES, infer_scale_source
+
+SPEC_VERSION = "1.1"
+READABLE_SPEC_VERSIONS = ("1.0", SPEC_VERSION)  # 1.0: no scale_source (inferred), no points_world
 
 FrameFormat = Literal["jpg", "png", "mp4"]
 
@@ -60,9 +69,10 @@ ARRAY_FIELDS = (
     "tracks_visible",
     "flow",
     "dynamic_mask",
+    "points_world",
 )
 REQUIRED_ARRAYS = ("c2w", "fxfycxcy", "timestamps")
-OPTIONAL_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "flow", "dynamic_mask")
+OPTIONAL_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "flow", "dynamic_mask", "points_world")
 _FRAME_MEMBER = re.compile(r"^(\d{3,})\.(jpg|jpeg|png)$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -117,12 +127,24 @@ class ClipMeta:
     frame_format: FrameFormat = "jpg"
     caption: str = ""  # text prompt describing the clip (camera-controlled diffusion); "" when the dataset has none
     extra: dict[str, Any] = field(default_factory=dict)
+    # where the unit of c2w/depth comes from: "metric", "metric_estimated" or "arbitrary" (None: inferred from the
+    # dataset name and depth_unit, as for spec 1.0 shards; `diff4splat.geometry.scale`)
+    scale_source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale_source is None:
+            self.scale_source = infer_scale_source(self.dataset, self.depth_unit)
 
     @classmethod
     def for_dataset(cls, dataset: str, sequence: str, **overrides: Any) -> ClipMeta:
         """Meta with the reference's static flag and loss weights for a known dataset name."""
         d = DATASET_DEFAULTS[dataset]
-        kw = dict(is_static=d.is_static, depth_weight=d.depth_weight, motion_weight=d.motion_weight)
+        kw = dict(
+            is_static=d.is_static,
+            depth_weight=d.depth_weight,
+            motion_weight=d.motion_weight,
+            scale_source=DATASET_SCALE_SOURCE[dataset],
+        )
         kw.update(overrides)
         return cls(dataset=dataset, sequence=sequence, **kw)
 
@@ -154,7 +176,8 @@ class Clip:
     frames: list of F encoded images (JPEG/PNG bytes) or one mp4 `bytes` (then `meta.frame_format == "mp4"`).
     c2w: (F,4,4) float; fxfycxcy: (F,4) float; timestamps: (F,) float.
     depth: (F,H,W) float | None; depth_valid: (F,H,W) bool | None; tracks_world: (F,N,3) float | None;
-    tracks_visible: (F,N) bool | None; flow: (F,H,W,2) float | None; dynamic_mask: (F,H,W) bool | None.
+    tracks_visible: (F,N) bool | None; flow: (F,H,W,2) float | None; dynamic_mask: (F,H,W) bool | None;
+    points_world: (P,3) float | None sparse scene points (SfM) in world coordinates.
     """
 
     key: str
@@ -169,6 +192,7 @@ class Clip:
     tracks_visible: np.ndarray | None = None
     flow: np.ndarray | None = None
     dynamic_mask: np.ndarray | None = None
+    points_world: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.frames, bytes | bytearray):
@@ -335,7 +359,12 @@ def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
     )
     meta = clip.meta
     _check(isinstance(meta, ClipMeta), key, "meta", "must be a ClipMeta")
-    _check(meta.spec_version == SPEC_VERSION, key, "meta.spec_version", f"{meta.spec_version!r} != {SPEC_VERSION!r}")
+    _check(
+        meta.spec_version in READABLE_SPEC_VERSIONS,
+        key,
+        "meta.spec_version",
+        f"{meta.spec_version!r} != {SPEC_VERSION!r} (this reader also reads {READABLE_SPEC_VERSIONS[:-1]})",
+    )
     _check(isinstance(meta.dataset, str) and bool(meta.dataset), key, "meta.dataset", "must be a non-empty string")
     _check(isinstance(meta.is_static, bool), key, "meta.is_static", "must be a bool")
     _check(isinstance(meta.caption, str), key, "meta.caption", "must be a string")
@@ -343,6 +372,7 @@ def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
         v = getattr(meta, name)
         _check(isinstance(v, int | float) and np.isfinite(v) and v >= 0, key, f"meta.{name}", f"must be >= 0, got {v}")
     _check(meta.metric_scale > 0, key, "meta.metric_scale", "must be > 0")
+    _check_scale_source(meta, key)
 
     c2w = _check_array(clip.c2w, key, "c2w", (None, 4, 4), "f")
     F = c2w.shape[0]
@@ -410,6 +440,39 @@ def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
         _check_array(clip.flow, key, "flow", (F, H, W, 2), "f")
     if clip.dynamic_mask is not None:
         _check_array(clip.dynamic_mask, key, "dynamic_mask", (F, H, W), "b")
+    if clip.points_world is not None:
+        p = _check_array(clip.points_world, key, "points_world", (None, 3), "f")
+        if values:
+            _check(bool(np.isfinite(p).all()), key, "points_world", "must be finite")
+
+
+def _check_scale_source(meta: ClipMeta, key: str) -> None:
+    """Scale provenance: one of `SCALE_SOURCES`; nothing of arbitrary scale is labelled metric."""
+    src = meta.scale_source
+    _check(src in SCALE_SOURCES, key, "meta.scale_source", f"must be one of {SCALE_SOURCES}, got {src!r}")
+    if src == "metric":
+        _check(
+            meta.depth_unit != "arbitrary",
+            key,
+            "meta.scale_source",
+            "'metric' with depth_unit 'arbitrary' (an arbitrary-scale clip is 'arbitrary' or 'metric_estimated')",
+        )
+        _check(
+            DATASET_SCALE_SOURCE.get(meta.dataset) != "arbitrary",
+            key,
+            "meta.scale_source",
+            f"'metric' for {meta.dataset!r}, whose poses have arbitrary scale (use 'metric_estimated' with "
+            f"extra.scale_estimator, or 'arbitrary')",
+        )
+    if src == "metric_estimated":
+        _check(
+            bool(meta.extra.get("scale_estimator")),
+            key,
+            "meta.extra",
+            "'metric_estimated' needs extra.scale_estimator (what estimated the metric scale)",
+        )
+    if src == "arbitrary":
+        _check(meta.metric_scale == 1.0, key, "meta.metric_scale", "must be 1 for an arbitrary-scale clip")
 
 
 # --------------------------------------------------------------------------------------------------- tar members

@@ -62,10 +62,11 @@ from datamodules.batch import BatchBuffers, collate
 from datamodules.holdout import Part, check_part, part_of
 from datamodules.mix import WeightedChoice
 from datamodules.spec import Clip, decode_image, decode_sample, decode_video
+from diff4splat.geometry.scale import fallback_mean, scale_from_mean
 
 log = logging.getLogger(__name__)
 
-_LOADED_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "dynamic_mask")
+_LOADED_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "dynamic_mask", "points_world")
 
 
 # What a corrupt or malformed sample raises while it is decoded and checked: schema errors (SpecError and
@@ -117,6 +118,12 @@ class ClipSamplingConfig:
     # DataModule's `on_after_batch_transfer` (`datamodules.augment`): workers send the decoded, cropped source
     # pixels and crop geometry, and batches satisfy the contract after `finish_batch`. See `datamodules.augment`.
     augment_on: Literal["worker", "device"] = "worker"
+    # the reference's window filters (§8.2, training only): a window is redrawn when one of its frames has less than
+    # this share of valid depth pixels (clips with depth), or when two consecutive input cameras turn by more than
+    # max_input_rotation degrees; after window_attempts draws the clip is skipped (counted). 0 / 180 switch them off.
+    min_valid_depth_ratio: float = 0.01
+    max_input_rotation: float = 45.0
+    window_attempts: int = 10
 
     def __post_init__(self) -> None:
         if self.augment_on not in ("worker", "device"):
@@ -131,6 +138,9 @@ class SkipStats:
     skipped: int = 0  # samples that failed to decode/validate/transform (incl. partial ones of broken shards)
     shard_errors: int = 0  # shards that failed to open or read to the end
     reasons: list[str] = field(default_factory=list)  # the first few messages, for reports
+    # frame windows redrawn by the reference's filters (`ClipSamplingConfig.min_valid_depth_ratio`,
+    # `max_input_rotation`), by reason: "valid_depth", "rotation"
+    rejected_windows: dict[str, int] = field(default_factory=lambda: {"valid_depth": 0, "rotation": 0})
 
     @property
     def seen(self) -> int:
@@ -264,6 +274,28 @@ def sample_frames(
     return inputs, np.sort(outputs)
 
 
+def window_rejection(clip: Clip, inputs: np.ndarray, outputs: np.ndarray, cfg: ClipSamplingConfig) -> str | None:
+    """Why the reference's `_frame_sample` would redraw this window (§8.2), or None: "rotation" when consecutive
+    input cameras turn by more than `cfg.max_input_rotation` degrees; "valid_depth" when a frame of a clip with depth
+    has less than `cfg.min_valid_depth_ratio` of its pixels valid (finite, > 0, and marked valid), counted on every
+    4th row and column of the stored frame."""
+    if cfg.max_input_rotation < 180.0 and len(inputs) > 1:
+        R = np.asarray(clip.c2w, np.float64)[inputs, :3, :3]
+        rel = np.einsum("fji,fjk->fik", R[:-1], R[1:])  # R_f^T R_{f+1}
+        cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+        if float(np.degrees(np.arccos(cos)).max()) > cfg.max_input_rotation:
+            return "rotation"
+    if cfg.min_valid_depth_ratio > 0 and clip.depth is not None:
+        frames = np.unique(np.concatenate([inputs, outputs]))
+        d = np.asarray(clip.depth[frames, ::4, ::4], np.float32)
+        ok = np.isfinite(d) & (d > 0)
+        if clip.depth_valid is not None:
+            ok &= clip.depth_valid[frames, ::4, ::4]
+        if float(ok.reshape(len(frames), -1).mean(1).min()) < cfg.min_valid_depth_ratio:
+            return "valid_depth"
+    return None
+
+
 def batch_size_hw(cfg: ClipSamplingConfig, rng: np.random.Generator | None) -> tuple[int, int]:
     """Output (H, W) of one batch: long side `resolution`, aspect random (log-uniform) or fixed."""
     if rng is not None and cfg.random_aspect:
@@ -306,6 +338,7 @@ class ClipTransform:
     def __init__(self, cfg: ClipSamplingConfig, train: bool = True):
         self.cfg, self.train = cfg, train
         self._scratch = _Scratch()
+        self.rejected_windows = {"valid_depth": 0, "rotation": 0}  # `ClipStream` points this at its `SkipStats`
 
     def __call__(
         self,
@@ -340,17 +373,27 @@ class ClipTransform:
         is_static = meta.is_static if source.is_static is None else source.is_static
         F = clip.num_frames
         min_gap = cfg.num_input if source.min_gap is None else source.min_gap
-        inp, outp = sample_frames(
-            rng,
-            F,
-            cfg.num_input,
-            cfg.num_output,
-            min_gap,
-            source.max_gap,
-            train,
-            cfg.include_input_prob,
-            cfg.eval_outputs,
-        )
+        for _ in range(max(1, cfg.window_attempts) if train else 1):
+            inp, outp = sample_frames(
+                rng,
+                F,
+                cfg.num_input,
+                cfg.num_output,
+                min_gap,
+                source.max_gap,
+                train,
+                cfg.include_input_prob,
+                cfg.eval_outputs,
+            )
+            reason = window_rejection(clip, inp, outp, cfg) if train else None
+            if reason is None:
+                break
+            self.rejected_windows[reason] += 1
+        else:
+            raise ValueError(
+                f"no frame window of {cfg.window_attempts} draws passes the filters (last: {reason}; "
+                f"min_valid_depth_ratio={cfg.min_valid_depth_ratio}, max_input_rotation={cfg.max_input_rotation})"
+            )
         idx = np.concatenate([inp, outp])
         uniq, pos = np.unique(idx, return_inverse=True)
         H, W = out_hw
@@ -396,10 +439,11 @@ class ClipTransform:
 
         # 4. Scene scale: normalised = stored × s; metric = stored / meta.metric_scale (device: s is computed and
         # applied in `augment_pixels`, from the resized depth)
+        fallback = self._fallback_mean(clip, w2c_ref, c2w[:n], K[:n], tracks[:n], visible[:n])
         if deferred:
             s = 1.0
         else:
-            s = self._scene_scale(out["depth"][:n], out["depth_valid"][:n], c2w[:n], K[:n], tracks[:n], visible[:n])
+            s = self._scene_scale(out["depth"][:n], out["depth_valid"][:n], c2w[:n], K[:n], fallback)
         metric_c2w = c2w.copy()
         metric_c2w[:, :3, 3] /= meta.metric_scale
         c2w[:, :3, 3] *= s
@@ -451,6 +495,7 @@ class ClipTransform:
         }
         if deferred:
             pixels["flip"], pixels["scale_norm"] = flipped, cfg.scale_norm
+            pixels["fallback_mean"] = math.nan if fallback is None else fallback
             sample["pixels"] = pixels
         else:
             sample.update(
@@ -632,33 +677,33 @@ class ClipTransform:
             )
         return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
-    def _scene_scale(self, depth, valid, c2w, K, tracks, visible) -> float:
+    def _scene_scale(self, depth, valid, c2w, K, fallback: float | None) -> float:
         """Factor s with normalised = stored × s (1 when nothing gives a scale).
 
         depth, valid: (F_in,H,W) numpy output-frame depth (not yet zeroed where invalid) and validity; c2w (F_in,4,4),
-        K (F_in,4), tracks (F_in,N,3), visible (F_in,N) float64 numpy arrays. The depth mean is taken over a regular subsample
-        of the output pixels (`scale_sample_stride`), or over every valid pixel when the subsample has fewer than
-        `MIN_SCALE_SAMPLES` valid pixels (sparse depth, small frames): see `_depth_mean`. `augment_on="device"`
-        computes the same on the device: `datamodules.augment.scene_scale`.
+        K (F_in,4) float64 numpy arrays; `fallback`: the scene's mean distance from what a depth-less clip has
+        (`_fallback_mean`). The depth mean is taken over a regular subsample of the output pixels
+        (`scale_sample_stride`), or over every valid pixel when the subsample has fewer than `MIN_SCALE_SAMPLES` valid
+        pixels (sparse depth, small frames): see `_depth_mean`. `augment_on="device"` computes the same on the device:
+        `datamodules.augment.scene_scale`.
         """
         mode = self.cfg.scale_norm
         if mode == "none":
             return 1.0
-        return self._scale_from_mean(
-            _depth_mean(depth, valid, c2w, K, mode, scale_sample_stride(*depth.shape)), c2w, tracks, visible
-        )
+        mean = _depth_mean(depth, valid, c2w, K, mode, scale_sample_stride(*depth.shape))
+        return scale_from_mean(fallback if mean is None else mean)
 
-    def _scale_from_mean(self, mean: float | None, c2w, tracks, visible) -> float:
-        """s = 1 / the depth mean; without depth (None) from the tracks' or the cameras' mean distance."""
-        if self.cfg.scale_norm == "none":
-            return 1.0
-        if mean is None:
-            if bool(visible.any()):
-                mean = float(np.linalg.norm(tracks[visible], axis=-1).mean())
-            else:
-                centres = np.linalg.norm(c2w[:, :3, 3], axis=-1)
-                mean = float(centres[1:].mean()) if len(centres) > 1 else 0.0
-        return 1.0 / mean if mean > 1e-8 and math.isfinite(mean) else 1.0
+    def _fallback_mean(self, clip: Clip, w2c_ref, c2w, K, tracks, visible) -> float | None:
+        """The one rule's quantity without depth (`diff4splat.geometry.scale.fallback_mean`): the mean distance from
+        the first input camera of the clip's sparse points the input frames see (in the crop), else of their visible
+        tracks, else the camera heuristic; c2w (F_in,4,4), K (F_in,4) canonical, cropped; `w2c_ref` maps
+        the world to canonical. With "mean_depth" the same points give their mean distance too (no z-only
+        fallback)."""
+        points = None
+        if clip.points_world is not None:
+            points = np.asarray(clip.points_world, np.float64) @ w2c_ref[:3, :3].T + w2c_ref[:3, 3]
+        mean, _ = fallback_mean(c2w, K, tracks, visible, points)
+        return mean
 
 
 def _depth_mean(
@@ -1043,6 +1088,7 @@ class ClipStream(ShardStream):
 
     def _samples(self, slot: Slot, rng: np.random.Generator, stats: SkipStats) -> Iterator[tuple[int, dict[str, Any]]]:
         """Raw samples of the sources, each drawn from a source chosen by weight (`WeightedChoice`)."""
+        self.transform.rejected_windows = stats.rejected_windows
         iters = []
         for i, s in enumerate(self.sources):
             if s.name in self.sample_sources:

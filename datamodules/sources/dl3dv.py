@@ -33,6 +33,10 @@ Decisions:
 - **Depth**: none native. CUT3R-style MVS depth ``<split folder>_mvs/<hash>.h5`` (dataset ``depth`` (F,H,W), as
   Diff4Splat's loader reads it) is added when that file exists **and** h5py is installed **and** its frame count
   matches; otherwise the clip has no depth and a warning says why (h5py is not a dependency of this project).
+- **Scale**: COLMAP units, ``scale_source="arbitrary"`` (`diff4splat.geometry.scale`). The scene's sparse SfM points
+  (nerfstudio's ``ply_file_path``, ``sparse_pc.ply``, written in the same world as ``transform_matrix``) go to every
+  clip as ``points_world`` (at most `MAX_POINTS`, evenly subsampled), so a clip without MVS depth is normalised from
+  the points its input frames see rather than from its cameras.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ DISTORTION_KEYS = ("k1", "k2", "p1", "p2")
 log = logging.getLogger(__name__)
 
 OPTIONS = {"skip_missing": False}
+MAX_POINTS = 20000
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
@@ -162,6 +167,26 @@ def read_mvs_depth(base: Path, uid: str, num_frames: int, sequence: str) -> np.n
     return depth
 
 
+def read_sparse_points(scene: Path, data: dict[str, Any], sequence: str) -> np.ndarray | None:
+    """(P,3) float32 SfM points of ``data["ply_file_path"]`` (relative to the scene folder), at most `MAX_POINTS`
+    evenly subsampled; None when transforms.json names no point cloud or the file is absent."""
+    name = data.get("ply_file_path")
+    if not isinstance(name, str) or not (scene / name).is_file():
+        return None
+    from plyfile import PlyData
+
+    path = scene / name
+    try:
+        v = PlyData.read(str(path))["vertex"]
+        pts = np.stack([np.asarray(v[c], np.float64) for c in "xyz"], -1)
+    except (OSError, KeyError, ValueError) as e:
+        raise SourceError(sequence, path, f"unreadable sparse point cloud ({e})") from e
+    pts = pts[np.isfinite(pts).all(-1)]
+    if len(pts) > MAX_POINTS:
+        pts = pts[np.linspace(0, len(pts) - 1, MAX_POINTS).round().astype(np.int64)]
+    return pts.astype(np.float32)
+
+
 def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterator[Clip]:
     """The clips of one DL3DV scene (frames, OpenCV c2w, pinhole intrinsics; MVS depth when available)."""
     base = split_dir(root, opts.split)
@@ -199,6 +224,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
         )
     numbers = np.array([frame_number(f["file_path"]) for f in frames], dtype=np.float64)
     depth_all = read_mvs_depth(base, Path(sequence).name, len(frames), sequence)
+    points = read_sparse_points(scene, data, sequence)
     if len(present) < len(paths):
         frames, paths, sizes = [frames[i] for i in present], [paths[i] for i in present], [sizes[i] for i in present]
         c2w_all, K_all, numbers = c2w_all[present], K_all[present], numbers[present]
@@ -240,6 +266,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             sequence,
             metric_scale=1.0,
             depth_unit="arbitrary",
+            scale_source="arbitrary",
             extra={**extra_common, "native_size": [W, H], "native_frames": [int(numbers[i]) for i in idx]},
         )
         yield Clip(
@@ -250,4 +277,5 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             timestamps=numbers[idx],
             meta=meta,
             depth=depth,
+            points_world=points,
         )

@@ -24,8 +24,9 @@ Aligning video frames to rows (option ``video_align``):
 - ``auto`` (default): ``pts`` when the last timestamp lies inside the video's duration (plus one frame), else
   ``index`` when the frame count equals the row count, else a `SourceError` naming the video.
 
-Scale: ORB-SLAM/bundle adjustment per clip, arbitrary, so ``metric_scale=1`` and ``depth_unit="arbitrary"``. No depth,
-flow or tracks. Timestamps are stored in seconds of the source video; ``meta.extra`` keeps the URL and the alignment.
+Scale: ORB-SLAM/bundle adjustment per clip, arbitrary, so ``metric_scale=1``, ``depth_unit="arbitrary"`` and
+``scale_source="arbitrary"``. No depth, flow, tracks or points: the scene unit comes from the camera heuristic
+(`diff4splat.geometry.scale.camera_mean_estimate`). Timestamps are stored in seconds of the source video; ``meta.extra`` keeps the URL and the alignment.
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ def convert_sequence(root: Path, sequence: str, opts: ConvertOptions) -> Iterato
             sequence,
             metric_scale=1.0,
             depth_unit="arbitrary",
+            scale_source="arbitrary",
             extra={"url": poses.url, "frames_from": Path(source).name, "native_frames": [int(i) for i in idx]},
         )
         yield Clip(

@@ -1,0 +1,257 @@
+"""One scale convention (diff4splat/geometry/scale.py): provenance in the clip and latent schemas, one scene-unit rule
+with measured fallbacks, the reference's window filters, and generation / reconstruction in the user's units."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.spec import ClipMeta, SpecError, decode_sample, encode_clip, validate_clip
+from datamodules.stream import ClipSamplingConfig, ClipTransform, SourceConfig
+from datamodules.synthetic import SyntheticConfig, generate_clip
+from datamodules.write import ShardWriter
+from diff4splat.geometry import scale as S
+
+
+@pytest.fixture(scope="module")
+def synth():
+    """A 17-frame synthetic clip of the fallback measurement's kind (experiments/scale_fallback, clip 0)."""
+    return generate_clip(SyntheticConfig(num_frames=17, height=48, width=64, dynamic=False), seed=0)
+
+
+def _raw(clip) -> dict:
+    return {"__key__": clip.key, **encode_clip(clip)}
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+
+
+def test_old_spec_meta_reads_with_provenance_from_the_dataset(synth):
+    for dataset, depth_unit, expected in [
+        ("re10k", "arbitrary", "arbitrary"),
+        ("dl3dv", "arbitrary", "arbitrary"),
+        ("tartanair", "m", "metric"),
+        ("my_own_data", "m", "arbitrary"),  # unknown: never guessed metric
+    ]:
+        raw = _raw(synth)
+        d = json.loads(raw["meta.json"])
+        d.pop("scale_source")
+        d.update(spec_version="1.0", dataset=dataset, depth_unit=depth_unit)
+        raw["meta.json"] = json.dumps(d).encode()
+        clip = decode_sample(raw)
+        assert clip.meta.scale_source == expected, dataset
+
+
+def test_nothing_arbitrary_is_labelled_metric(synth):
+    clip = dataclasses.replace(synth, meta=ClipMeta.for_dataset("re10k", "s", metric_scale=1.0))
+    assert clip.meta.scale_source == "arbitrary"  # what the converters get from for_dataset
+    for meta, field, message in [
+        (ClipMeta.for_dataset("re10k", "s", scale_source="metric"), "meta.scale_source", "arbitrary scale"),
+        (
+            ClipMeta.for_dataset("tartanair", "s", depth_unit="arbitrary", scale_source="metric"),
+            "meta.scale_source",
+            "depth_unit .arbitrary.",
+        ),
+        (ClipMeta.for_dataset("re10k", "s", scale_source="metric_estimated"), "meta.extra", "scale_estimator"),
+        (ClipMeta.for_dataset("re10k", "s", metric_scale=2.0), "meta.metric_scale", "arbitrary"),
+        (ClipMeta.for_dataset("re10k", "s", scale_source="meters"), "meta.scale_source", "one of"),
+    ]:
+        with pytest.raises(SpecError, match=message) as e:
+            validate_clip(dataclasses.replace(synth, meta=meta))
+        assert e.value.field == field
+    ok = ClipMeta.for_dataset("re10k", "s", scale_source="metric_estimated", extra={"scale_estimator": "depthpro"})
+    validate_clip(dataclasses.replace(synth, meta=ok))
+
+
+def test_converter_provenance_table():
+    assert {d: ClipMeta.for_dataset(d, "s").scale_source for d in ("re10k", "dl3dv")} == {
+        "re10k": "arbitrary",
+        "dl3dv": "arbitrary",
+    }
+    for d in (
+        "tartanair",
+        "matrixcity",
+        "dynamicreplica",
+        "pointodyssey",
+        "vkitti2",
+        "spring",
+        "stereo4d",
+        "synthetic",
+    ):
+        assert ClipMeta.for_dataset(d, "s").scale_source == "metric", d
+
+
+# ------------------------------------------------------------------------------------------------ one rule
+
+
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_depth_less_copy_normalises_within_the_measured_fallback_error(synth, augment_on):
+    """The clip without depth (and without tracks) but with an SfM-like point cloud lands within the measured
+    `points` error of the depth-based scene unit; with its tracks only, within the `tracks` error."""
+    from datamodules.batch import collate, finish_batch
+
+    cfg = ClipSamplingConfig(num_input=5, num_output=4, resolution=64, random_aspect=False, augment_on=augment_on)
+    source = SourceConfig(name="synthetic", shards=[], max_gap=17)
+    rng = np.random.default_rng(0)
+    points = S.points_from_depth(synth.depth, synth.depth_valid, synth.c2w, synth.fxfycxcy, 2000, rng)
+    copies = {
+        "points": dataclasses.replace(
+            synth, depth=None, depth_valid=None, tracks_world=None, tracks_visible=None, points_world=points
+        ),
+        "tracks": dataclasses.replace(synth, depth=None, depth_valid=None),
+    }
+
+    def run(clip, seed):
+        s = ClipTransform(cfg, train=True).transform(clip, np.random.default_rng(seed), (48, 64), source)
+        return finish_batch(collate([s], cfg.num_input)) if augment_on == "device" else s
+
+    worst = {}
+    for seed in range(4):  # s = the sample's metric_scale (meta.metric_scale is 1); error |s_depth / s_copy - 1|
+        full = float(run(synth, seed)["metric_scale"])
+        for method, copy in copies.items():
+            err = abs(full / float(run(copy, seed)["metric_scale"]) - 1.0)
+            worst[method] = max(worst.get(method, 0.0), err)
+    assert worst["points"] <= S.FALLBACK_ERROR["points"], worst
+    assert worst["tracks"] <= S.FALLBACK_ERROR["tracks"], worst
+    assert worst["points"] < worst["tracks"]  # why points come first
+
+
+def test_fallback_order_and_camera_heuristic():
+    c2w = np.tile(np.eye(4), (3, 1, 1))
+    c2w[1:, 0, 3] = [0.1, 0.2]
+    K = np.tile([1.0, 1.0, 0.5, 0.5], (3, 1))
+    pts = np.array([[0.0, 0.0, 2.0], [0.0, 0.0, -5.0]])  # the second is behind every camera
+    tracks = np.full((3, 1, 3), np.nan)
+    tracks[0, 0] = [0.0, 0.0, 4.0]
+    visible = ~np.isnan(tracks[..., 0])
+    assert S.fallback_mean(c2w, K, tracks, visible, pts) == (pytest.approx(np.mean([2.0, 2.0 - 0.0, 2.0])), "points")
+    assert S.fallback_mean(c2w, K, tracks, visible, None) == (4.0, "tracks")
+    assert S.fallback_mean(c2w, K) == (pytest.approx(S.CAMERA_DISTANCE_RATIO * 0.15), "cameras")
+    assert S.fallback_mean(c2w[:1], K[:1]) == (None, "none")
+
+
+# ------------------------------------------------------------------------------------------------ window filters
+
+
+def test_reference_window_filters_redraw_and_count(synth):
+    cfg = ClipSamplingConfig(num_input=5, num_output=4, resolution=32, random_aspect=False, window_attempts=20)
+    source = SourceConfig(name="synthetic", shards=[], max_gap=17)
+    # frame 16 sees no valid depth: a window that uses it is redrawn; one that does not passes
+    bad = dataclasses.replace(synth, depth_valid=synth.depth_valid.copy())
+    bad.depth_valid[16] = False
+    t = ClipTransform(cfg, train=True)
+    for seed in range(8):
+        out = t.transform(bad, np.random.default_rng(seed), (32, 32), source)
+        assert 16 not in out["frame_indices"]
+    assert t.rejected_windows["valid_depth"] > 0 and t.rejected_windows["rotation"] == 0
+    # consecutive inputs turning by 60 degrees: every window is rejected, the clip is skipped (a data error)
+    c2w = synth.c2w.copy()
+    a = np.radians(60.0) * np.arange(len(c2w))
+    c2w[:, 0, 0], c2w[:, 0, 2], c2w[:, 2, 0], c2w[:, 2, 2] = np.cos(a), np.sin(a), -np.sin(a), np.cos(a)
+    turning = dataclasses.replace(synth, c2w=c2w)
+    t = ClipTransform(cfg, train=True)
+    with pytest.raises(ValueError, match="no frame window of 20 draws"):
+        t.transform(turning, np.random.default_rng(0), (32, 32), source)
+    assert t.rejected_windows == {"valid_depth": 0, "rotation": 20}
+    relaxed = ClipTransform(dataclasses.replace(cfg, max_input_rotation=180.0), train=True)
+    relaxed.transform(turning, np.random.default_rng(0), (32, 32), source)  # switched off: accepted
+
+
+def test_stream_stats_count_rejected_windows(tmp_path, synth):
+    from datamodules.stream import ClipStream
+
+    bad = dataclasses.replace(synth, depth_valid=synth.depth_valid.copy())
+    bad.depth_valid[8:] = False
+    with ShardWriter(tmp_path, source="test") as w:
+        w.write(bad)
+    cfg = ClipSamplingConfig(num_input=3, num_output=2, resolution=32, random_aspect=False)
+    src = SourceConfig(name="synthetic", shards=str(tmp_path / "*.tar"), max_gap=17)
+    stream = ClipStream([src], cfg, batch_size=2, batches_per_epoch=3, train=True, seed=0, shuffle_buffer=0)
+    batches = list(stream)
+    assert len(batches) == 3
+    assert stream.stats.rejected_windows["valid_depth"] > 0
+    for b in batches:
+        assert (b["depth_valid"].flatten(2).float().mean(-1) > 0).all()  # no frame without valid depth
+
+
+# ------------------------------------------------------------------------------------------------ encode_latents
+
+
+def _latent_metas(folder: Path) -> dict:
+    from datamodules.latents import LatentMeta
+
+    out = {}
+    for tar in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for ti in tf:
+                key, _, suffix = ti.name.partition(".")
+                if suffix == "meta.json":
+                    out[key] = LatentMeta.from_json(tf.extractfile(ti).read())
+    return out
+
+
+def test_encode_latents_records_provenance_and_never_writes_metric_for_arbitrary(tmp_path, synth):
+    from datamodules.encode_latents import encode_latents
+    from datamodules.latents import LatentSpecError, decode_latent_sample
+    from diff4splat.models.wan_vae import WanVAE
+
+    re10k = dataclasses.replace(
+        synth,
+        key="re10kclip",
+        meta=ClipMeta.for_dataset("re10k", "seq", depth_unit="arbitrary", metric_scale=1.0),
+        depth=None,
+        depth_valid=None,
+        tracks_world=None,
+        tracks_visible=None,
+    )
+    metric = dataclasses.replace(synth, key="synthclip")
+    shards = tmp_path / "clips"
+    with ShardWriter(shards, source="test") as w:
+        w.write(re10k)
+        w.write(metric)
+    tars = sorted(str(p) for p in shards.glob("*.tar"))
+    vae = WanVAE.tiny()
+    kw = dict(num_frames=5, height=32, width=32, stride=2)
+    counts = encode_latents(tars, tmp_path / "metric", vae, "tiny", pose_scale="metric", **kw)
+    assert counts["arbitrary_refused"] == 1 and counts["written"] == 1
+    metas = _latent_metas(tmp_path / "metric")
+    assert [(m.dataset, m.pose_scale, m.scale_source) for m in metas.values()] == [("synthetic", "metric", "metric")]
+    counts = encode_latents(tars, tmp_path / "scene", vae, "tiny", pose_scale="scene", **kw)
+    assert counts["arbitrary_refused"] == 0 and counts["written"] == 2
+    metas = _latent_metas(tmp_path / "scene")
+    assert {(m.dataset, m.pose_scale, m.scale_source, m.scale_method) for m in metas.values()} == {
+        ("re10k", "scene", "arbitrary", "cameras"),
+        ("synthetic", "scene", "metric", "depth"),
+    }
+    # a latent-1.0 sample (metric poses, no provenance) of an arbitrary source is refused on read
+    with tarfile.open(next((tmp_path / "scene").glob("*.tar"))) as tf:
+        raw = {}
+        for ti in tf:
+            key, _, suffix = ti.name.partition(".")
+            raw.setdefault(key, {"__key__": key})[suffix] = tf.extractfile(ti).read()
+    old = raw[next(k for k in raw if k.startswith("re10k"))]
+    d = json.loads(old["meta.json"])
+    for k in ("pose_scale", "scale_source", "scene_scale", "scale_method"):
+        d.pop(k)
+    old["meta.json"] = json.dumps({**d, "spec_version": "latent-1.0"}).encode()
+    with pytest.raises(LatentSpecError, match="metric poses from an arbitrary-scale source"):
+        decode_latent_sample(old)
+
+
+def test_trajectory_auto_scale_is_scale_invariant():
+    import torch
+
+    from diff4splat.geometry.trajectories import make_trajectory
+
+    c2w = make_trajectory("spiral", 13, look_at=3.0).c2w
+    big = c2w.clone()
+    big[:, :3, 3] *= 10
+    a, b = S.auto_trajectory_scale(c2w), S.auto_trajectory_scale(big)
+    assert a == pytest.approx(10 * b, rel=1e-12)
+    assert S.trajectory_extent(c2w * torch.tensor(1.0)) * a == pytest.approx(S.AUTO_TRAJECTORY_EXTENT)
+    assert S.auto_trajectory_scale(make_trajectory("pan_left", 13).c2w) == 1.0  # turning only: unchanged
