@@ -69,9 +69,15 @@ def shrink_for_cpu(cfg) -> None:
                 paths = [cfg.system.init_from] if isinstance(cfg.system.init_from, str) else cfg.system.init_from
                 assert all(str(p).startswith(str(cfg.paths.ckpt_root)) for p in paths)
                 cfg.system.init_from = None
-        if cfg.system._target_.endswith("CameraDiffusionSystem"):  # the 5B: same structure, 2 tiny blocks
+        if cfg.system._target_.endswith(("CameraDiffusionSystem", "DistillationSystem")):  # the 5B: 2 tiny blocks
             if cfg.model.init == "pretrained":
                 assert str(cfg.model.pretrained_path).startswith(str(cfg.paths.ckpt_root))
+            if cfg.model.camera_weights:
+                assert str(cfg.model.camera_weights).startswith(str(cfg.paths.ckpt_root))
+                cfg.model.camera_weights = None
+            if cfg.system.get("adaptation") and cfg.system.adaptation.teacher_weights:  # distillation: no teacher here
+                assert str(cfg.system.adaptation.teacher_weights).startswith(str(cfg.paths.ckpt_root))
+                cfg.system.adaptation.teacher_weights = None
             channels = {"in_channels": 48, "out_channels": 48} if cfg.model.vae_stride[1] == 16 else {}
             cfg.model.update(arch="tiny", init="random", arch_overrides={**cfg.model.arch_overrides, **channels})
             cfg.system.text_cache = None

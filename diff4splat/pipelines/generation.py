@@ -317,7 +317,7 @@ class Diff4SplatPipeline:
         if query_times is None:
             query_times = times[torch.linspace(0, f - 1, num_latent).round().long()]
         dev = self.device
-        guided = sampling.guidance_scale != 1.0
+        guided = sampling.guided  # never for mode=distilled
 
         # 1. Prompt (and negative prompt) embeddings
         with stages("text"), self._placed(self.text_encoder, self.text_device):

@@ -50,7 +50,7 @@ from diff4splat.pipelines.outputs import (
 )
 from diff4splat.pipelines.public import resolve_config
 from diff4splat.pipelines.stages import STAGES, Stages
-from diff4splat.sampling import SamplingConfig
+from diff4splat.sampling import SamplingConfig, distilled_timesteps
 
 log = logging.getLogger("diff4splat.generate")
 
@@ -199,6 +199,11 @@ def check_options(cfg: GenerateConfig) -> None:
     need(finite(s.guidance_scale), "sampling.guidance_scale", "a finite number (1.0: no guidance)")
     need(finite(s.flow_shift) and s.flow_shift > 0, "sampling.flow_shift", "a finite number > 0")
     need(s.num_train_timesteps >= s.steps, "sampling.num_train_timesteps", f"at least sampling.steps={s.steps}")
+    if s.mode == "distilled":
+        try:
+            distilled_timesteps(s)
+        except ValueError as e:
+            raise InputError(f"sampling.timesteps: {e}") from None
     need(finite(cfg.lrdm.translation_scale) and cfg.lrdm.translation_scale > 0, "lrdm.translation_scale", "> 0")
     p = cfg.lrdm.prune_threshold
     need(p is None or (finite(p) and 0 <= p < 1), "lrdm.prune_threshold", "an opacity in [0, 1) or null")

@@ -1,0 +1,218 @@
+"""Few-step distillation (diff4splat.systems.distill) and the distilled sampler (sampling.mode=distilled), on tiny
+instances of the real classes: a 2-layer CameraWan teacher trained on the camctrl_tiny scenes."""
+
+from __future__ import annotations
+
+import dataclasses
+from unittest import mock
+
+import pytest
+import torch
+
+from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
+from diff4splat.sampling import DISTILLED_TIMESTEPS, SamplingConfig, distilled_timesteps, sample_latents
+from diff4splat.systems.distill import DistillationSystem, export_student
+from diff4splat.weights import save_safetensors
+
+TINY = {"arch": "tiny", "vae_stride": [4, 8, 8]}
+
+
+def _tiny_inputs(b: int = 2):
+    from diff4splat.geometry.trajectories import make_trajectory
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 16, 3, 4, 4, generator=g)
+    text = torch.randn(b, 8, 32, generator=g)
+    tr = make_trajectory("orbit_left", 9, strength=0.5)
+    c2w = tr.c2w.float()[None].expand(b, -1, -1, -1)
+    k = tr.fxfycxcy.float()[None].expand(b, -1, -1)
+    return x, text, c2w, k
+
+
+def _live_camera_model(seed: int = 0) -> CameraWan:
+    torch.manual_seed(seed)
+    model = CameraWan.from_config(CameraWanConfig(**TINY)).eval()
+    for p in model.camera.parameters():  # zero-initialised: give the cameras an effect
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+@pytest.mark.parametrize("renoise", ["fresh", "initial"])
+def test_distilled_sampler_is_the_dmd_loop(renoise: str) -> None:
+    """mode=distilled: one unguided forward per student timestep, x̂₀ = x - σv re-noised to the next timestep with
+    fresh (seeded) or the initial noise; the first latent frame is the clean condition throughout."""
+    model = _live_camera_model()
+    x, text, c2w, k = _tiny_inputs()
+    cond, plucker = x[:, :, :1], plucker_for_latents(c2w, k, 32, 32)
+    cfg = SamplingConfig(mode="distilled", steps=3, seed=11, guidance_scale=5.0, renoise=renoise)
+    out = sample_latents(model, cond, 3, text, torch.randn_like(text), plucker, cfg)
+
+    gen = torch.Generator().manual_seed(11)
+    z = torch.randn((2, 16, 3, 4, 4), generator=gen)
+    latents, calls = z, 0
+    with torch.no_grad():
+        for i, t in enumerate([1000.0, 757.0, 522.0]):
+            xin = CameraWan.replace_first_frame(latents, cond)
+            v = model(xin, model.token_timesteps(torch.full((2,), t), xin.shape), text, plucker)
+            calls += 1
+            x0 = xin - t / 1000 * v
+            if i < 2:
+                eps = torch.randn(z.shape, generator=gen) if renoise == "fresh" else z
+                latents = (1 - [757.0, 522.0][i] / 1000) * x0 + [757.0, 522.0][i] / 1000 * eps
+    torch.testing.assert_close(out, CameraWan.replace_first_frame(x0, cond), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[:, :, :1], cond)
+    # the guidance scale is ignored (no CFG for a student), and the pipeline knows not to encode a negative prompt
+    unguided = sample_latents(model, cond, 3, text, None, plucker, dataclasses.replace(cfg, guidance_scale=1.0))
+    torch.testing.assert_close(out, unguided)
+    assert not cfg.guided and SamplingConfig(guidance_scale=5.0).guided
+
+
+def test_distilled_timesteps_and_their_errors() -> None:
+    assert distilled_timesteps(SamplingConfig(mode="distilled", steps=3)) == [1000.0, 757.0, 522.0]  # FastWan
+    assert distilled_timesteps(SamplingConfig(mode="distilled", steps=4)) == DISTILLED_TIMESTEPS[4]
+    assert distilled_timesteps(SamplingConfig(mode="distilled", steps=2, timesteps=[900, 400])) == [900.0, 400.0]
+    with pytest.raises(ValueError, match="sampling.timesteps"):
+        distilled_timesteps(SamplingConfig(mode="distilled", steps=6))
+    with pytest.raises(ValueError, match="descend"):
+        distilled_timesteps(SamplingConfig(mode="distilled", steps=2, timesteps=[400, 900]))
+    with pytest.raises(ValueError, match="2 entries"):
+        distilled_timesteps(SamplingConfig(mode="distilled", steps=3, timesteps=[900, 400]))
+
+
+def test_generate_refuses_a_distilled_schedule_it_cannot_run() -> None:
+    """generate's option check names sampling.timesteps (an InputError: one line, exit 2) before anything is built."""
+    from diff4splat.cli import InputError
+    from diff4splat.pipelines.jobs import GenerateConfig, check_options
+
+    with pytest.raises(InputError, match=r"sampling\.timesteps: sampling\.steps=5 with sampling\.mode=distilled"):
+        check_options(GenerateConfig(sampling=SamplingConfig(mode="distilled", steps=5)))
+    check_options(GenerateConfig(sampling=SamplingConfig(mode="distilled", steps=3)))
+
+
+def _distill_system(**objective) -> DistillationSystem:
+    torch.manual_seed(0)
+    system = DistillationSystem(
+        model=TINY,
+        objective={"steps": 4, "generator_update_interval": 2, **objective},
+        optim={"lr": 1e-3, "warmup_steps": 0, "min_lr_ratio": 1.0},
+        text_len=8,
+    )
+    system.configure_model()
+    for m in (system.teacher, system.student, system.critic):  # the same live camera branch in all three
+        torch.manual_seed(1)
+        for p in m.camera.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    return system
+
+
+def _batch(b: int = 2) -> dict:
+    x, text, c2w, k = _tiny_inputs(b)
+    return {"latents": x, "c2w": c2w, "fxfycxcy": k, "prompt_embeds": text}
+
+
+def test_dmd_gradient_vanishes_when_the_critic_is_the_unguided_teacher() -> None:
+    """At initialisation the critic is the teacher: with guidance 1 the fake and real scores agree and the DMD loss
+    is zero; with guidance it is not, and only the student gets gradients."""
+    system = _distill_system(real_guidance=1.0)
+    x0_data, cond, text, null, cams = system.conditions(_batch())
+    x0, _ = system.student_sample(cond, x0_data.shape, text, cams)
+    torch.manual_seed(3)
+    loss, _ = system.dmd_loss(x0, cond, text, null, cams)
+    assert float(loss.detach().abs().max()) < 1e-12  # zero up to the rounding of the batched teacher forward
+    system.dmd.real_guidance = 4.0
+    x0, _ = system.student_sample(cond, x0_data.shape, text, cams)
+    loss, _ = system.dmd_loss(x0, cond, text, null, cams)
+    assert float(loss.detach().min()) > 1e-4
+    loss.mean().backward()
+    assert all(p.grad is None for p in system.teacher.parameters())
+    assert all(p.grad is None for p in system.critic.parameters())  # the critic runs without gradient in the DMD loss
+    assert sum(float(p.grad.abs().sum()) for p in system.student.parameters() if p.grad is not None) > 0
+
+
+def test_training_steps_update_the_critic_every_step_and_the_student_every_nth() -> None:
+    """One optimizer, two groups: a critic-only step leaves the student bit-identical (AdamW skips parameters
+    without gradient), a generator step moves both; the teacher never moves."""
+    system = _distill_system(real_guidance=3.0)
+    opt = system.configure_optimizers()["optimizer"]
+    system.train()
+    snap = {n: {k: v.clone() for k, v in getattr(system, n).state_dict().items()} for n in ("teacher", "student")}
+    critic0 = {k: v.clone() for k, v in system.critic.state_dict().items()}
+
+    def step(i: int) -> None:
+        with mock.patch.object(DistillationSystem, "global_step", property(lambda self: i)):
+            loss = system.training_step(_batch(), i)
+        opt.zero_grad()
+        loss.backward()
+        system.configure_gradient_clipping(opt, 1.0)
+        opt.step()
+
+    step(1)  # interval 2: step 1 trains the critic only
+    assert all(torch.equal(v, snap["student"][k]) for k, v in system.student.state_dict().items())
+    assert any(not torch.equal(v, critic0[k]) for k, v in system.critic.state_dict().items())
+    step(2)  # a generator step
+    assert any(not torch.equal(v, snap["student"][k]) for k, v in system.student.state_dict().items())
+    assert all(torch.equal(v, snap["teacher"][k]) for k, v in system.teacher.state_dict().items())
+    assert not any(p.requires_grad for p in system.teacher.parameters())
+    # the checkpoint holds each model once (the diffusion helpers' ``model`` is the teacher, not registered again)
+    assert not any(k.startswith("model.") for k in system.state_dict())
+
+
+@pytest.mark.parametrize("adapt", ["full", pytest.param("lora", marks=pytest.mark.slow)])
+def test_distill_tiny_trains_through_the_trainer_and_the_student_exports(make_cfg, tmp_path, adapt: str) -> None:
+    """experiment=distill_tiny runs through ``train`` (teacher from a camctrl-format export), its student export
+    (``student.`` prefix) becomes a diffusers transformer folder + camera weights that load as a CameraWan with the
+    student's exact outputs (LoRA merged)."""
+    from diff4splat.train import train
+
+    cfg0 = make_cfg("experiment=camctrl_tiny", "data.synthetic.height=32", "data.synthetic.width=32")
+    torch.manual_seed(0)
+    from hydra.utils import instantiate
+
+    teacher_system = instantiate(cfg0.system)
+    teacher_system.configure_model()
+    teacher_path = tmp_path / "teacher.safetensors"
+    save_safetensors(
+        {k: v.contiguous() for k, v in teacher_system.model.state_dict().items()},
+        teacher_path,
+        {"format": "diff4splat-weights", "export_prefix": "model.", "system": "CameraDiffusionSystem"},
+    )
+    cfg = make_cfg(
+        "experiment=distill_tiny",
+        f"system.adaptation.teacher_weights={teacher_path}",
+        f"system.adaptation.adapt={adapt}",
+        "system.adaptation.lora_rank=4",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "data.pool=8",
+        "data.val_pool=4",
+        "data.batch_size=2",
+        "data.batches_per_epoch=3",
+        "data.synthetic.height=32",
+        "data.synthetic.width=32",
+        "system.teacher_sampling.steps=2",
+        "system.objective.generator_update_interval=2",
+        "test=false",
+    )
+    metrics, objects = train(cfg)
+    for key in ("train/critic", "train/dmd", "val/loss", "val/latent_mse_to_teacher"):
+        assert key in metrics and metrics[key] == metrics[key], (key, sorted(metrics))
+    export = next((tmp_path / "outputs").rglob("last.safetensors"))
+    out = export_student(export, tmp_path / "student")
+    plain = {
+        "lora_rank": 0,
+        "init": "pretrained",
+        "pretrained_path": str(tmp_path / "student"),
+        "camera_weights": str(out),
+    }
+    loaded = CameraWan.from_config({**dataclasses.asdict(objects["system"].student_cfg), **plain}).eval()
+    student = objects["system"].student.eval()
+    b = 2
+    x = torch.randn(b, 48, 3, 2, 2)
+    t = student.token_timesteps(torch.tensor([1000.0, 500.0]), x.shape)
+    text = torch.randn(b, 8, student.text_dim)
+    tr_c2w = torch.eye(4).expand(b, 9, 4, 4).clone()
+    tr_c2w[:, :, 0, 3] = torch.linspace(0, 1, 9)
+    k = torch.tensor([1.0, 1.0, 0.5, 0.5]).expand(b, 9, 4)
+    cams = plucker_for_latents(tr_c2w, k, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, text, cams), student(x, t, text, cams), rtol=1e-4, atol=1e-4)
