@@ -79,6 +79,8 @@ def shrink_for_cpu(cfg) -> None:
                 assert str(cfg.system.adaptation.teacher_weights).startswith(str(cfg.paths.ckpt_root))
                 cfg.system.adaptation.teacher_weights = None
             channels = {"in_channels": 48, "out_channels": 48} if cfg.model.vae_stride[1] == 16 else {}
+            if cfg.model.camera_injection == "fun":  # the Fun release's patch embedding: latents, mask, masked video
+                channels["in_channels"] = 2 * 48 + 4
             cfg.model.update(arch="tiny", init="random", arch_overrides={**cfg.model.arch_overrides, **channels})
             cfg.system.text_cache = None
             if cfg.system.vae == "pretrained":

@@ -295,6 +295,20 @@ class CameraWan(nn.Module):
     def camera_tokens(self, plucker: Tensor) -> Tensor:  # [B, F, 6, H, W] -> [B, dim, T, h', w']
         return self.camera(plucker)
 
+    def camera_maps(self, c2w: Tensor, fxfycxcy: Tensor, height: int, width: int) -> Tensor:
+        """The Plücker maps [B, F, 6, H, W] this model reads for OpenCV c2w [B, F, 4, 4] and normalised intrinsics
+        [B, F, 4] of the H x W frame: ours (`plucker_for_latents`) or, for ``fun``, VideoX-Fun's (pixel-unit rays
+        relative to the first camera, float64 poses; ``pose_size`` = the frame, so the intrinsics stay as given)."""
+        if self.camera.injection != "fun":
+            return plucker_for_latents(c2w, fxfycxcy, height, width)
+        from diff4splat.models.fun_camera import fun_plucker
+
+        maps = [
+            fun_plucker(c, k, height, width, pose_size=(height, width))
+            for c, k in zip(c2w.detach().double().cpu(), fxfycxcy.detach().double().cpu(), strict=True)
+        ]
+        return torch.stack(maps).to(c2w.device)
+
     def forward(
         self,
         latents: Tensor,  # [B, C, T, h, w] (frame 0 already replaced by the condition latent for TI2V)

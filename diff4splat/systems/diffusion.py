@@ -6,7 +6,10 @@ x_σ = (1 - σ)x₀ + σε, target ε - x₀, MSE over the generated latent fram
 timestep 0 on its tokens), optionally weighted by the reference's Gaussian-bump timestep weight. CFG dropout drops the
 prompt **and** the cameras of 10 % of the samples together (the released code kept them for 10 % instead): the prompt
 becomes the null prompt (the negative prompt's cached embedding when a text cache is given, else zeros) and the
-Plücker maps become zeros, exactly the unconditional branch of sampling.
+Plücker maps become zeros, exactly the unconditional branch of sampling. A ``fun`` CameraWan (fine-tuning the
+released Wan2.2-Fun-5B-Control-Camera, ``experiment=camctrl_fun_5b``) trains as that release samples: its condition
+channels are the mask and the frozen VAE's latents of the masked video (the batch's first frame, then mid-grey
+frames), its cameras are VideoX-Fun's Plücker maps (``CameraWan.camera_maps``), and CFG dropout drops only the prompt.
 
 Optimisation (`diff4splat.systems.optimizer`): AdamW with two groups, ``camera`` (the camera branch and LoRA adapters)
 at ``lr`` and ``base`` (the DiT) at ``lr × lr_mult.base`` (the reference: 4e-4 and 0.1×); or LoRA only
@@ -22,7 +25,7 @@ OpenCV c2w with the first camera = identity; ``fxfycxcy`` [B, F, 4]; optional ``
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import lightning as L
@@ -37,11 +40,10 @@ from diff4splat.models.camera_wan import (
     flow_sigmas_shift,
     gaussian_bump_weight,
     masked_flow_loss,
-    plucker_for_latents,
 )
 from diff4splat.models.parallel import prepare_blocks, shard_wan
 from diff4splat.models.wan_vae import WanVAE
-from diff4splat.sampling import SamplingConfig, sample_latents
+from diff4splat.sampling import SamplingConfig, make_scheduler, sample_latents
 from diff4splat.systems.frozen import check_latent_interface, frozen_wan_vae
 from diff4splat.systems.optimizer import OptimConfig, check_finite_loss, configure_optimizer, optim_config
 
@@ -215,7 +217,28 @@ class CameraDiffusionSystem(L.LightningModule):
         c2w, k = batch["c2w"], batch["fxfycxcy"]
         if c2w.shape[1] != frames:
             raise ValueError(f"diffusion batch: {c2w.shape[1]} cameras for {t} latent frames (expected {frames})")
-        return plucker_for_latents(c2w, k, h * sh, w * sw)
+        return self.model.camera_maps(c2w, k, h * sh, w * sw)
+
+    @torch.no_grad()
+    def fun_condition(self, batch: dict[str, Any], x0: Tensor) -> Tensor | None:
+        """A ``fun`` CameraWan's condition channels (mask ‖ Wan latents of the masked video: the first frame, then
+        mid-grey frames), encoded with the frozen VAE from the batch's ``first_frame`` (or ``frames[:, 0]``); None for
+        the other injections."""
+        if not self.model.condition_channels:
+            return None
+        from diff4splat.models.fun_camera import fun_condition, fun_masked_video
+
+        first = batch.get("first_frame")
+        if first is None and batch.get("frames") is not None:
+            first = batch["frames"][:, 0]
+        if first is None or not self._vae:
+            raise ValueError(
+                "a fun CameraWan is conditioned on the masked video's latents: the batch needs first_frame (or frames) "
+                "and system.vae (pretrained or tiny) to encode them"
+            )
+        frames = 1 + self.model.vae_stride[0] * (x0.shape[2] - 1)
+        z = self._vae[0].to(x0.device).encode(fun_masked_video(first.float(), frames))
+        return fun_condition(z.to(x0.dtype))
 
     @torch.no_grad()
     def model_flops(self, batch: dict[str, Any]) -> float:
@@ -230,7 +253,8 @@ class CameraDiffusionSystem(L.LightningModule):
             torch.full((b,), 500.0, device=x0.device), x0.shape, self.objective.num_cond_frames
         )
         text = self.batch_text(batch, b, x0.device)
-        return 3 * forward_flops(lambda: self.model(x0, t, text, cams))
+        cond = self.fun_condition(batch, x0)
+        return 3 * forward_flops(lambda: self.model(x0, t, text, cams, condition=cond))
 
     def sample_sigmas(self, b: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         o = self.objective
@@ -248,8 +272,10 @@ class CameraDiffusionSystem(L.LightningModule):
         drop: Tensor | None = None,
         plucker: Tensor | None = None,
         latents: Tensor | None = None,
+        condition: Tensor | None = None,  # fun: ``fun_condition`` (computed from the batch when None)
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-sample flow-matching loss [B] (weighted) and its parts; arguments fix the randomness (tests, eval)."""
+        """Per-sample flow-matching loss [B] (weighted) and its parts; arguments fix the randomness (tests, eval).
+        A ``fun`` CameraWan keeps its cameras in the dropped samples (the release's guidance drops only the prompt)."""
         o = self.objective
         x0 = self.batch_latents(batch) if latents is None else latents
         b, device = x0.shape[0], x0.device
@@ -272,8 +298,10 @@ class CameraDiffusionSystem(L.LightningModule):
         drop_text = drop if has_prompt is None else (drop | ~has_prompt.to(device).bool())
         text = torch.where(drop_text.view(-1, 1, 1), null, text)
         cams = self.plucker(batch, x0) if plucker is None else plucker
-        cams = torch.where(drop.view(-1, 1, 1, 1, 1), torch.zeros_like(cams), cams)
-        pred = self.model(xt, tt, text, cams)
+        condition = self.fun_condition(batch, x0) if condition is None else condition
+        if condition is None:
+            cams = torch.where(drop.view(-1, 1, 1, 1, 1), torch.zeros_like(cams), cams)
+        pred = self.model(xt, tt, text, cams, condition=condition)
         loss = masked_flow_loss(pred, target, o.num_cond_frames)
         if o.weighting == "reference":
             loss = loss * gaussian_bump_weight(timesteps, o.num_train_timesteps).to(loss)
@@ -298,29 +326,43 @@ class CameraDiffusionSystem(L.LightningModule):
         gen = torch.Generator("cpu").manual_seed(1234 + batch_idx)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         cams = self.plucker(batch, x0)
+        cond = self.fun_condition(batch, x0)
         keep = torch.zeros(b, dtype=torch.bool, device=x0.device)
         true, shuffled = [], []
         perm = torch.roll(torch.arange(b), 1) if b > 1 else None
         for sigma in (0.25, 0.5, 0.75):
             s = torch.full((b,), sigma, device=x0.device)
-            true.append(self.flow_loss(batch, s, noise, keep, cams, x0)[0])
+            true.append(self.flow_loss(batch, s, noise, keep, cams, x0, cond)[0])
             if perm is not None:
-                shuffled.append(self.flow_loss(batch, s, noise, keep, cams[perm], x0)[0])
+                shuffled.append(self.flow_loss(batch, s, noise, keep, cams[perm], x0, cond)[0])
         loss = torch.stack(true).mean()
         self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True, batch_size=b)
         if shuffled:
             self.log(f"{prefix}/loss_shuffled_cameras", torch.stack(shuffled).mean(), sync_dist=True, batch_size=b)
         if batch_idx == 0 and self.sample_every_n_val and self._val_count % self.sample_every_n_val == 0:
-            self._sample_media(batch, x0, cams, prefix)
+            self._sample_media(batch, x0, cams, prefix, cond)
 
-    def _sample_media(self, batch: dict[str, Any], x0: Tensor, cams: Tensor, prefix: str) -> None:
+    def _sample_media(
+        self, batch: dict[str, Any], x0: Tensor, cams: Tensor, prefix: str, cond: Tensor | None = None
+    ) -> None:
         from diff4splat.losses.photometric import psnr
 
         b = x0.shape[0]
         text = self.batch_text(batch, b, x0.device)
-        latents = sample_latents(
-            self.model, x0[:, :, :1], x0.shape[2], text, self.null_text(b, x0.device), cams, self.sampling
-        )
+        if cond is None:
+            latents = sample_latents(
+                self.model, x0[:, :, :1], x0.shape[2], text, self.null_text(b, x0.device), cams, self.sampling
+            )
+        else:  # the Fun release's loop: its condition channels, guidance on the prompt only
+            from diff4splat.models.fun_camera import FUN_5B_CAMERA_PRESET, sample_fun_latents
+
+            sc = self.sampling
+            noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(sc.seed)).to(x0)
+            preset = replace(FUN_5B_CAMERA_PRESET, shift=sc.flow_shift, num_train_timesteps=sc.num_train_timesteps)
+            null = self.null_text(b, x0.device)
+            latents = sample_fun_latents(
+                self.model, noise, cond, cams, text, null, preset, sc.steps, sc.guidance_scale, make_scheduler(sc)
+            )
         self.log(f"{prefix}/latent_mse_sampled", (latents[:, :, 1:] - x0[:, :, 1:]).square().mean(), batch_size=b)
         if self._vae:
             vae = self._vae[0].to(x0.device)
