@@ -305,9 +305,9 @@ class CameraWan(nn.Module):
 
         maps = [
             fun_plucker(c, k, height, width, pose_size=(height, width))
-            for c, k in zip(c2w.detach().double().cpu(), fxfycxcy.detach().double().cpu(), strict=True)
+            for c, k in zip(c2w.detach().double(), fxfycxcy.detach().double(), strict=True)
         ]
-        return torch.stack(maps).to(c2w.device)
+        return torch.stack(maps)
 
     def forward(
         self,

@@ -193,14 +193,14 @@ def fun_intrinsics(
         k[:, 0] = height * pose_ratio * k[:, 0] / width
     else:
         k[:, 1] = width / pose_ratio * k[:, 1] / height
-    return (k * torch.tensor([width, height, width, height], dtype=torch.float64)).float()
+    return (k * torch.tensor([width, height, width, height], dtype=torch.float64, device=k.device)).float()
 
 
 def fun_relative_c2w(c2w: Tensor) -> Tensor:  # [F, 4, 4] (float64 preferred) -> [F, 4, 4] float32
     """Cameras relative to the first: the identity, then w2c₀ · c2wᵢ (computed in float64)."""
     c2w = c2w.to(torch.float64)
     rel = torch.linalg.inv(c2w[0]) @ c2w
-    rel[0] = torch.eye(4, dtype=torch.float64)
+    rel[0] = torch.eye(4, dtype=torch.float64, device=c2w.device)
     return rel.float()
 
 
@@ -220,8 +220,8 @@ def fun_plucker(
     k = fun_intrinsics(fxfycxcy, height, width, pose_size)  # [F, 4]
     rel = fun_relative_c2w(c2w)  # [F, 4, 4]
     j, i = torch.meshgrid(
-        torch.linspace(0, height - 1, height, dtype=torch.float32),
-        torch.linspace(0, width - 1, width, dtype=torch.float32),
+        torch.linspace(0, height - 1, height, dtype=torch.float32, device=c2w.device),
+        torch.linspace(0, width - 1, width, dtype=torch.float32, device=c2w.device),
         indexing="ij",
     )
     i, j = i.reshape(1, -1) + 0.5, j.reshape(1, -1) + 0.5  # [1, H·W]

@@ -239,7 +239,7 @@ def fun_latents(
 
         hook = model.register_forward_hook(tick)
         try:
-            plucker = model.camera_maps(c2w[None].double(), fxfycxcy[None].double(), h, w)
+            plucker = model.camera_maps(c2w[None].double().to(dev), fxfycxcy[None].double().to(dev), h, w)
             gen = torch.Generator("cpu").manual_seed(sampling.seed)
             c = model.latent_channels
             shape = (1, c, num_latent, h // pipe.vae.stride_s, w // pipe.vae.stride_s)
