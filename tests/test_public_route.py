@@ -7,6 +7,7 @@ file with its licence."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,14 @@ def test_camera_wan_path_and_its_errors(released_root, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"^models\.camera_wan=.*empty: .*no diffusion_pytorch_model"):
         public.resolve_config(compose(f"models.camera_wan={tmp_path / 'empty'}"))
+
+
+def test_camera_wan_path_to_our_camera_weights_stands_for_their_config(tmp_path):
+    """models.camera_wan=<our camera weights .safetensors>: the config in its metadata, the file as camera_weights."""
+    ours = Diff4SplatPipeline.tiny(seed=2).camera_wan
+    path = ours.save_camera_weights(tmp_path / "camera.safetensors")
+    cw = public.resolve_camera_wan(str(path))
+    assert cw == replace(ours.config, camera_weights=str(path)) and cw.camera_injection == "add"
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "something/1"})
+    with pytest.raises(InputError, match=r"other\.safetensors: metadata format 'something/1', no CameraWan config"):
+        public.resolve_camera_wan(str(tmp_path / "other.safetensors"))
