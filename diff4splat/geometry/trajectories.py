@@ -328,11 +328,13 @@ def plot_trajectory(
     frustum_size: float | None = None,
     title: str | None = None,
 ) -> Path:
-    """Save a PNG with the camera frusta seen from above (x-z) and from the side (z-up), coloured by frame."""
-    import matplotlib
+    """Save a PNG with the camera frusta seen from above (x-z) and from the side (z-up), coloured by frame.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with matplotlib's object API (no pyplot state), so it may run on any thread; each view's frusta are two line
+    collections rather than one artist per segment (49 cameras: ~0.1 s instead of ~1 s)."""
+    from matplotlib import colormaps
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
 
     if isinstance(c2w, Trajectory):
         fxfycxcy = c2w.fxfycxcy if fxfycxcy is None else fxfycxcy
@@ -361,31 +363,27 @@ def plot_trajectory(
         * size
     )  # [F, 4, 3]
     world = torch.einsum("fij,fkj->fki", c2w[:, :3, :3], corners) + centres[:, None, :]
+    rings = torch.stack([world, world.roll(-1, dims=1)], dim=2)  # [F, 4, 2, 3]: the image rectangle's edges
+    rays = torch.stack([centres[:, None].expand(F, 4, 3), world], dim=2)  # [F, 4, 2, 3]: centre -> corner
+    colours = colormaps["viridis"](torch.linspace(0, 1, F).numpy()).repeat(4, axis=0)  # one per segment
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-    cmap = plt.get_cmap("viridis")
+    fig = Figure(figsize=(10, 5))
+    axes = fig.subplots(1, 2)
     views = [("top (x right, z forward)", 0, 2, 1.0), ("side (z forward, up = -y)", 2, 1, -1.0)]
     for ax, (label, a, b, sb) in zip(axes, views):
-        for i in range(F):
-            colour = cmap(i / max(F - 1, 1))
-            c = centres[i]
-            ring = torch.cat([world[i], world[i, :1]], 0)
-            ax.plot(ring[:, a], sb * ring[:, b], color=colour, lw=0.8)
-            for k in range(4):
-                ax.plot([c[a], world[i, k, a]], [sb * c[b], sb * world[i, k, b]], color=colour, lw=0.5)
+        for segments, lw in ((rings, 0.8), (rays, 0.5)):
+            xy = torch.stack([segments[..., a], sb * segments[..., b]], dim=-1).reshape(F * 4, 2, 2)
+            ax.add_collection(LineCollection(xy.numpy(), colors=colours, linewidths=lw))
         ax.plot(centres[:, a], sb * centres[:, b], "k-", lw=0.5)
         ax.scatter([centres[0, a]], [sb * centres[0, b]], c="red", s=20, zorder=3, label="frame 0")
+        ax.autoscale_view()
         ax.set_title(label)
         ax.set_aspect("equal", adjustable="datalim")
         ax.grid(True, lw=0.3)
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="upper right", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return Path(path)

@@ -1,5 +1,5 @@
-"""Stage timings and progress bars of a generation: wall-clock seconds per stage (``meta.json``'s ``timings``) and one
-progress bar per stage on stderr."""
+"""Stage timings and progress bars of a generation: wall-clock seconds per stage (``meta.json``'s ``timings``), one
+progress bar per stage on stderr, and milestones (``mark``: seconds since the job started, e.g. ``time_to_scene``)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,21 @@ STAGES = ("text", "encode", "sampling", "decode", "lrdm", "render", "write")
 
 
 class Stages:
-    """Wall-clock time per stage (CUDA-synchronised at both ends) and one progress bar per stage on stderr."""
+    """Wall-clock time per stage (CUDA-synchronised at both ends), one progress bar per stage on stderr, and milestones
+    in seconds since this object was made (the job's start). Stages run on the calling thread; ``mark`` may be called
+    from any thread (a file writer marks when its file is complete)."""
 
     def __init__(self, device: torch.device | str = "cpu", progress: bool = True) -> None:
         self.device = torch.device(device)
         self.progress = progress
         self.timings: dict[str, float] = {}
+        self.marks: dict[str, float] = {}
+        self.origin = time.perf_counter()
+
+    def mark(self, name: str) -> float:
+        """Record (and return) the seconds from the job's start to now under ``name``."""
+        self.marks[name] = time.perf_counter() - self.origin
+        return self.marks[name]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -1,0 +1,138 @@
+"""The fast path of `python -m diff4splat.generate`: the scene is ready before the slow files, the files are written off
+the critical path (and come out identical to writing them one after another), meta.json records both times, and a
+writer that fails still ends in one error line with nothing left behind. Tiny random-weight models on the CPU."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diff4splat.cli import run_cli
+from diff4splat.gaussians import io as gaussian_io
+from diff4splat.gaussians.io import load_4d, read_4d_metadata
+from diff4splat.pipelines import outputs
+from diff4splat.pipelines.generation import Diff4SplatPipeline
+from diff4splat.pipelines.jobs import GenerateConfig, RenderOptions, TrajectoryOptions, generate, make_job, run_job
+from diff4splat.pipelines.outputs import SCENE_FILE
+from diff4splat.pipelines.stages import STAGES
+from diff4splat.sampling import SamplingConfig
+from tests.test_generate import one_thread  # noqa: F401 (an autouse fixture: one intra-op thread)
+
+SLOW_S = 0.4  # what a slowed-down mp4 writer sleeps before writing
+BEFORE_SCENE = ("text", "encode", "sampling", "decode", "lrdm")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    y, x = np.mgrid[0:96, 0:160]
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.fromarray(np.stack([x * 255 // 160, y * 255 // 96, (x // 16 + y // 16) % 2 * 200], -1).astype(np.uint8)).save(
+        path
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Diff4SplatPipeline:
+    return Diff4SplatPipeline.tiny(seed=0)
+
+
+def small_cfg(photo: Path, out: Path, **kw) -> GenerateConfig:
+    return GenerateConfig(
+        image=str(photo),
+        tiny=True,
+        output_dir=str(out),
+        progress=False,
+        trajectory=TrajectoryOptions(num_frames=5, strength=0.2),
+        sampling=SamplingConfig(steps=2),
+        **kw,
+    )
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_scene_is_ready_before_the_slow_files_and_writing_in_parallel_changes_no_byte(
+    tmp_path, photo, pipe, monkeypatch
+):
+    real_write_video = outputs.write_video
+    encoded: dict[str, list[np.ndarray]] = {}  # the frames each mp4 writer was handed, per run
+
+    def slow_write_video(frames, path, *args, **kwargs):
+        encoded.setdefault(Path(path).name, []).append(frames.copy())
+        time.sleep(SLOW_S)
+        return real_write_video(frames, path, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_video", slow_write_video)
+    seen: dict[str, object] = {}
+
+    def on_scene(path: Path | None) -> None:  # runs while the mp4s are still being encoded
+        seen["entries"] = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
+        seen["scene"] = load_4d(path)
+
+    folders, metas = {}, {}
+    for workers in (None, 0):
+        cfg = small_cfg(photo, tmp_path / f"out_{workers}", write_workers=workers)
+        job = make_job(cfg, photo, "orbit", "a boat", 3, Path(cfg.output_dir))
+        folder = run_job(pipe, job, cfg, on_scene=on_scene if workers is None else None)
+        folders[workers], metas[workers] = folder_contents(folder), json.loads((folder / "meta.json").read_text())
+
+    # the scene file was complete (it loads, and equals the final one) before any mp4 existed
+    assert SCENE_FILE in seen["entries"] and not any(e.endswith(".mp4") for e in seen["entries"]), seen["entries"]
+    final = load_4d(tmp_path / "out_None" / SCENE_FILE)
+    assert torch.equal(seen["scene"].delta_means, final.delta_means)
+    # the parallel writers and the one-after-another reference write the same files, byte for byte
+    sync, fast = folders[0], folders[None]
+    names = [SCENE_FILE, "video.mp4", "render.mp4", "novel.mp4", "depth.mp4", "trajectory.png", "meta.json"]
+    names += ["ply/times.json", "ply/frame_0000.ply", "ply/frame_0001.ply"]  # one per latent frame (5 frames: 2)
+    assert sorted(sync) == sorted(fast) == sorted(names)
+    # byte for byte but for two writers that are not reproducible themselves: safetensors orders its metadata keys
+    # at random (compared by content), and x264's output depends on the machine's load (its threads), so the mp4s
+    # are compared by the frames they were handed
+    assert [k for k in sync if not k.endswith((".mp4", ".safetensors", "meta.json")) and sync[k] != fast[k]] == []
+    scenes = [load_4d(tmp_path / f"out_{w}" / SCENE_FILE) for w in (0, None)]
+    assert all(
+        torch.equal(getattr(scenes[0], k), getattr(scenes[1], k)) for k in ("times", "delta_means", "delta_quats")
+    )
+    assert all(
+        torch.equal(a, b) for a, b in zip(vars(scenes[0].canonical).values(), vars(scenes[1].canonical).values())
+    )
+    assert len({json.dumps(read_4d_metadata(tmp_path / f"out_{w}" / SCENE_FILE)) for w in (0, None)}) == 1
+    assert sorted(encoded) == ["depth.mp4", "novel.mp4", "render.mp4", "video.mp4"]
+    assert all(len(runs) == 2 and np.array_equal(*runs) for runs in encoded.values())
+    strip = ("timings", "created")
+    assert {k: v for k, v in metas[0].items() if k not in strip} == {
+        k: v for k, v in metas[None].items() if k not in strip
+    }
+    for meta in metas.values():
+        t = meta["timings"]
+        assert sum(t[s] for s in BEFORE_SCENE) <= t["time_to_scene"] <= t["time_to_all_files"]
+        assert t["time_to_all_files"] == pytest.approx(sum(t[s] for s in STAGES), abs=0.05)
+    # in parallel the scene does not wait for the (slowed) mp4s, and they overlap one another; in turn, all four add up
+    t_fast, t_sync = metas[None]["timings"], metas[0]["timings"]
+    fast_gap = t_fast["time_to_all_files"] - t_fast["time_to_scene"]
+    sync_gap = t_sync["time_to_all_files"] - t_sync["time_to_scene"]
+    assert fast_gap >= SLOW_S and sync_gap >= 4 * SLOW_S
+    assert fast_gap < sync_gap - SLOW_S, (fast_gap, sync_gap)
+
+
+def test_a_failing_writer_is_one_error_line_exit_2_and_leaves_no_folder(tmp_path, photo, capsys, monkeypatch):
+    def broken_ply(*args, **kwargs):
+        raise ValueError("ply frames: cannot be written (a broken writer)")
+
+    monkeypatch.setattr(gaussian_io, "save_ply_sequence", broken_ply)
+    out = tmp_path / "new" / "out"
+    cfg = small_cfg(photo, out, render=RenderOptions(novel_frames=2))
+    assert run_cli(generate, cfg) == 2  # what `python -m diff4splat.generate` exits with
+    err = capsys.readouterr().err  # (building the tiny text encoder shows progress bars too)
+    assert [line for line in err.splitlines() if "error" in line] == [
+        "error: ply frames: cannot be written (a broken writer)"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no output folder, no temporary folder, no parent made for it
