@@ -3,7 +3,8 @@
     python -m diff4splat.reconstruct --weights ckpt.safetensors --input frames/ --cameras cams.json --out out/
     python -m diff4splat.reconstruct --weights ckpt.safetensors --input scene.npz --out out/
 
-``--input`` is a folder of frames, a video, or an ``.npz`` (``images``, ``C2W``, ``fxfycxcy``, ``timestep``: the
+The scene comes out in the units of the input cameras (the LRDM runs in its own units, reached automatically:
+``meta.json``'s ``scale``; ``--translation-scale`` fixes the factor instead). ``--input`` is a folder of frames, a video, or an ``.npz`` (``images``, ``C2W``, ``fxfycxcy``, ``timestep``: the
 original system's format, written by ``python -m diff4splat.preprocess``); ``--cameras`` (.npz, trajectory .json or
 RealEstate10K .txt) is needed unless the ``.npz`` has them, or ``--pose-weights`` (``facebook/VGGT-1B``'s
 ``model.pt``) estimates them with VGGT's camera head (`diff4splat.pipelines.poses`). ``--weights`` may also be a
@@ -51,6 +52,10 @@ from diff4splat.pipelines.reconstruction import (
 )
 
 log = logging.getLogger("diff4splat.reconstruct")
+UNITS = (
+    "the input cameras' units: scene.safetensors, ply/ and the renders' cameras are in them; the LRDM ran at "
+    "scale.lrdm_scale x these units (mean scene distance 1)"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize frames to H W before cropping")
     p.add_argument("--num-frames", type=int, default=0, help="use this many frames spread over the input (0 = all)")
     p.add_argument("--num-times", type=int, default=0, help="query times (0 = the input times)")
-    p.add_argument("--translation-scale", type=float, default=1.0, help="multiply camera translations (units)")
+    p.add_argument(
+        "--translation-scale",
+        type=float,
+        default=None,
+        help="camera units x this = the LRDM's units (default: automatic, from a first pass's mean scene distance)",
+    )
     p.add_argument("--prune", type=float, default=None, help="opacity pruning threshold (default: the model's)")
     p.add_argument("--vae", help="Wan VAE folder (latent-encoder models)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -80,7 +90,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--num-frames {args.num_frames} --num-times {args.num_times}: expected counts >= 0 (0: all)")
     if args.size is not None and min(args.size) < 1:
         raise InputError(f"--size {args.size[0]} {args.size[1]}: expected a positive height and width")
-    if not (math.isfinite(args.translation_scale) and args.translation_scale > 0):
+    if args.translation_scale is not None and not (
+        math.isfinite(args.translation_scale) and args.translation_scale > 0
+    ):
         raise InputError(f"--translation-scale {args.translation_scale}: expected a finite number > 0")
     if args.prune is not None and not (math.isfinite(args.prune) and 0 <= args.prune < 1):
         raise InputError(f"--prune {args.prune}: expected an opacity threshold in [0, 1)")
@@ -133,6 +145,8 @@ def run(args: argparse.Namespace) -> Path:
             "cameras": str(Path(args.cameras).resolve()) if args.cameras else None,
             "weights": str(args.weights),
             "num_gaussians": rec.gaussians.num_gaussians,
+            "units": UNITS,
+            "scale": rec.scale.to_json(),
             "query_times": rec.gaussians.times.tolist(),
             "fps": args.fps,
             "files": [*files, META_FILE],

@@ -255,3 +255,137 @@ def test_trajectory_auto_scale_is_scale_invariant():
     assert a == pytest.approx(10 * b, rel=1e-12)
     assert S.trajectory_extent(c2w * torch.tensor(1.0)) * a == pytest.approx(S.AUTO_TRAJECTORY_EXTENT)
     assert S.auto_trajectory_scale(make_trajectory("pan_left", 13).c2w) == 1.0  # turning only: unchanged
+
+
+# ------------------------------------------------------------------------------------------------ pipelines
+
+
+def _camera_file(path: Path, c2w, fxfycxcy, times) -> Path:
+    np.savez(path, C2W=c2w.numpy(), fxfycxcy=fxfycxcy.numpy(), timestep=times.numpy())
+    return path
+
+
+def _render(scene, c2w, fxfycxcy, times, h, w):
+    import torch
+
+    from diff4splat.rendering import render
+
+    out = [render(scene.at(float(t)), c[None], k[None], h, w, backend="torch") for c, k, t in zip(c2w, fxfycxcy, times)]
+    return torch.cat([o.rgb for o in out]), torch.cat([o.depth for o in out])
+
+
+def test_reconstruct_trajectory_x10_gives_the_same_renders_and_gaussians_x10(tmp_path):
+    """Translations x10: the same renders (<= 1e-4) and Gaussian means x10 (±1e-4 relative), through the pipeline
+    and through `python -m diff4splat.reconstruct`, whose meta.json states the units; a fixed translation_scale
+    (the override) does not have this property."""
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from diff4splat import reconstruct
+    from diff4splat.configs import to_plain
+    from diff4splat.gaussians.io import load_4d
+    from diff4splat.geometry.trajectories import make_trajectory
+    from diff4splat.models.lrdm import LRDM, lrdm_preset
+    from diff4splat.pipelines.generation import _randomise_zero_inits
+    from diff4splat.pipelines.reconstruction import ReconstructionPipeline
+
+    torch.manual_seed(0)
+    cfg = lrdm_preset("tiny", dim=48, depth=2, num_heads=4, decoder_channels=8)
+    model = LRDM(cfg).eval()
+    _randomise_zero_inits(model, torch.Generator().manual_seed(1))  # the camera branch sees the translations
+    F, H, W = 5, 32, 40
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.random((F, 3, H, W), dtype=np.float32))
+    traj = make_trajectory("spiral", F, strength=0.8, look_at=2.0)
+    c2w, K = traj.c2w.float(), traj.fxfycxcy.float()
+    big = c2w.clone()
+    big[:, :3, 3] *= 10
+    pipe = ReconstructionPipeline(model, backend="torch")
+    a, b = pipe(images, c2w, K, prune_threshold=0.0), pipe(images, big, K, prune_threshold=0.0)
+    assert b.scale.lrdm_scale == pytest.approx(a.scale.lrdm_scale / 10, rel=1e-5)
+    torch.testing.assert_close(b.gaussians.canonical.means, 10 * a.gaussians.canonical.means, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.gaussians.canonical.scales, 10 * a.gaussians.canonical.scales, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b.gaussians.delta_means, 10 * a.gaussians.delta_means, rtol=1e-4, atol=1e-5)
+    ra, da = _render(a.gaussians, a.c2w, K, a.input_times, H, W)
+    rb, db = _render(b.gaussians, b.c2w, K, b.input_times, H, W)
+    torch.testing.assert_close(rb, ra, rtol=0, atol=1e-4)
+    torch.testing.assert_close(db, 10 * da, rtol=1e-4, atol=1e-4)
+    fixed_a = pipe(images, c2w, K, translation_scale=1.0, prune_threshold=0.0)
+    fixed_b = pipe(images, big, K, translation_scale=1.0, prune_threshold=0.0)
+    ratio = fixed_b.gaussians.canonical.means.norm() / fixed_a.gaussians.canonical.means.norm()
+    assert abs(float(ratio) - 10) > 0.1  # the override is not scale-free: the automatic rescale is what makes it
+
+    # the CLI: scene.safetensors x10, meta.json with units and scale
+    weights = tmp_path / "lrdm.safetensors"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"hparams": json.dumps({"model": to_plain(cfg)})})
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(F):
+        Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            frames / f"{i:03d}.png"
+        )
+    scenes, metas = [], []
+    for name, cams in (("one", c2w), ("ten", big)):
+        cam_file = _camera_file(tmp_path / f"{name}.npz", cams.double(), K.double(), torch.linspace(0, 1, F))
+        out = tmp_path / name
+        argv = ["--weights", str(weights), "--input", str(frames), "--cameras", str(cam_file), "--out", str(out)]
+        assert reconstruct.main([*argv, "--device", "cpu", "--prune", "0"]) == 0
+        scenes.append(load_4d(out / "scene.safetensors"))
+        metas.append(json.loads((out / "meta.json").read_text()))
+    torch.testing.assert_close(scenes[1].canonical.means, 10 * scenes[0].canonical.means, rtol=1e-4, atol=1e-5)
+    assert "input cameras' units" in metas[0]["units"] and metas[0]["scale"]["mode"] == "auto"
+    assert metas[1]["scale"]["lrdm_scale"] == pytest.approx(metas[0]["scale"]["lrdm_scale"] / 10, rel=1e-5)
+
+
+def test_generate_tiny_trajectory_x10_gives_the_same_renders_and_gaussians_x10(tmp_path):
+    """`generate tiny=true` with a camera file and its translations x10, trajectory.scale=auto (the camera model sees
+    the same cameras): the same renders of the exported scene from the exported trajectory (<= 1e-4 but at the
+    renderer's alpha cut-off), Gaussians and
+    trajectory x10 (±1e-4 relative); meta.json states the units."""
+    import torch
+    from PIL import Image
+
+    from diff4splat.gaussians.io import load_4d
+    from diff4splat.geometry.trajectories import make_trajectory
+    from diff4splat.pipelines.jobs import GenerateConfig, LRDMOptions, TrajectoryOptions, generate
+    from diff4splat.sampling import SamplingConfig
+
+    torch.set_num_threads(1)
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 160, 3), dtype=np.uint8)).save(photo)
+    traj = make_trajectory("dolly_in", 13, strength=0.6, look_at=3.0, fxfycxcy=(0.9, 1.5, 0.5, 0.5))
+    outs = []
+    for name, factor in (("one", 1.0), ("ten", 10.0)):
+        c2w = traj.c2w.clone()
+        c2w[:, :3, 3] *= factor
+        cams = _camera_file(tmp_path / f"{name}.npz", c2w, traj.fxfycxcy, traj.times())
+        cfg = GenerateConfig(
+            image=str(photo),
+            camera=str(cams),
+            tiny=True,
+            output_dir=str(tmp_path / name),
+            trajectory=TrajectoryOptions(num_frames=13, scale="auto"),
+            sampling=SamplingConfig(steps=2),
+            lrdm=LRDMOptions(num_times=3, prune_threshold=0.0),
+            progress=False,
+        )
+        outs.append(generate(cfg))
+    (a, b) = (load_4d(o / "scene.safetensors") for o in outs)
+    ma, mb = (json.loads((o / "meta.json").read_text()) for o in outs)
+    torch.testing.assert_close(b.canonical.means, 10 * a.canonical.means, rtol=1e-4, atol=1e-5)
+    ca, cb = (torch.tensor(m["trajectory"]["c2w"]) for m in (ma, mb))
+    torch.testing.assert_close(cb[:, :3, 3], 10 * ca[:, :3, 3], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ca[:, :3, 3], traj.c2w[:, :3, 3].float(), rtol=1e-4, atol=1e-6)  # the file's units
+    K, t = torch.tensor(ma["trajectory"]["fxfycxcy"]), torch.tensor(ma["trajectory"]["times"])
+    h, w = ma["trajectory"]["height"], ma["trajectory"]["width"]
+    ra, _ = _render(a, ca, K, t, h, w)
+    rb, _ = _render(b, cb, K, t, h, w)
+    # equal to 1e-4 but where a Gaussian sits on the renderer's alpha cut-off (1/255): float32 rounding of the x10
+    # scene flips those few contributions (33 of 599 040 values here)
+    diff = (rb - ra).abs()
+    assert float((diff > 1e-4).float().mean()) < 1e-4 and float(diff.max()) <= 1.0 / 255
+    assert "trajectory's units" in ma["units"]["scene"] and ma["lrdm"]["scale"]["mode"] == "auto"
+    assert ma["inputs"]["cameras"]["scale"]["factor"] == pytest.approx(10 * mb["inputs"]["cameras"]["scale"]["factor"])

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from diff4splat.cli import InputError
 from diff4splat.geometry.cameras import K_to_fxfycxcy, canonicalize, fov_to_focal
+from diff4splat.geometry.scale import auto_trajectory_scale
 from diff4splat.geometry.trajectories import PRESETS, make_trajectory
 from diff4splat.pipelines.inputs import IMAGE_RANGE_SLACK, Views
 
@@ -285,12 +286,29 @@ def fov_intrinsics(fov: float, height: int, width: int) -> list[float]:
 
 @dataclass
 class Cameras:
-    """A checked trajectory for one video: canonical (camera 0 = identity) metric OpenCV c2w."""
+    """A checked trajectory for one video: canonical (camera 0 = identity) OpenCV c2w in the camera model's scene
+    units (`diff4splat.geometry.scale`): the trajectory's own units × ``trajectory_scale``."""
 
     c2w: Tensor  # [F, 4, 4] float64
     fxfycxcy: Tensor  # [F, 4] float64, normalised for the input image
     times: Tensor  # [F] float64 in [0, 1]
     source: dict  # how the cameras were made (meta.json)
+    trajectory_scale: float = 1.0  # trajectory units x this = scene units (``trajectory.scale``, resolved)
+
+
+def check_trajectory_scale(scale: float | str) -> None:
+    """``trajectory.scale`` must be ``auto`` or a finite number > 0."""
+    if scale == "auto":
+        return
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
+        raise InputError(f"trajectory.scale: expected auto or a number > 0, got {scale!r}")
+
+
+def trajectory_scale_factor(scale: float | str, c2w: Tensor) -> float:
+    """The factor of ``trajectory.scale`` for canonical cameras ``c2w`` [F, 4, 4]: the number, or for ``auto``
+    `diff4splat.geometry.scale.auto_trajectory_scale` (largest camera distance from camera 0 -> 0.5 scene units)."""
+    check_trajectory_scale(scale)
+    return auto_trajectory_scale(c2w) if scale == "auto" else float(scale)
 
 
 def camera_forms() -> str:
@@ -314,7 +332,8 @@ def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image
 
     Preset intrinsics come from ``opts.fov`` for an input image of ``image_size`` (H, W), square pixels."""
     check_num_frames(num_frames)
-    for name in ("strength", "look_at", "translation_scale"):
+    check_trajectory_scale(opts.scale)
+    for name in ("strength", "look_at"):
         value = getattr(opts, name)
         if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
             raise InputError(f"trajectory.{name}: expected finite numbers, got {value}")
@@ -364,9 +383,10 @@ def resolve_cameras(camera: str, opts: TrajectoryOptions, num_frames: int, image
             "file_frames": n,
             "frame_indices": idx.tolist(),
             "num_frames": num_frames,
-            "translation_scale": opts.translation_scale,
         }
     check_poses(c2w, fx, f"camera={camera}", "c2w", times)
     c2w = canonicalize(c2w.double())
-    c2w[:, :3, 3] *= opts.translation_scale
-    return Cameras(c2w, fx.double(), times.double(), source)
+    factor = trajectory_scale_factor(opts.scale, c2w)
+    c2w[:, :3, 3] *= factor
+    source["scale"] = {"option": opts.scale, "factor": factor}
+    return Cameras(c2w, fx.double(), times.double(), source, factor)

@@ -9,8 +9,9 @@ TinyVAE decoder (``decoder``); the LRDM reads the latents directly (``latent`` e
 ``render_outputs`` renders them along the trajectory and along a new orbit.
 
 The pipeline takes an image already fitted to the model's frame size and cameras already checked
-(`diff4splat.pipelines.inputs`); camera translations are metric for the video model and the LRDM gets them times
-``translation_scale`` (its training units: mean scene depth ≈ 1). Jobs, the configuration and the CLI driver are
+(`diff4splat.pipelines.inputs`); camera translations are in the video model's scene units (`diff4splat.geometry.scale`)
+and the LRDM gets them rescaled to its units automatically (`diff4splat.pipelines.scale`; ``translation_scale``
+overrides), its Gaussians scaled back: the scene is in the trajectory's units. Jobs, the configuration and the CLI driver are
 `diff4splat.pipelines.jobs`; the files `diff4splat.pipelines.outputs`. ``Diff4SplatPipeline.tiny`` builds tiny
 random-weight instances of the same classes: a smoke test on any machine, labelled untrained.
 """
@@ -31,12 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diff4splat.cli import InputError
+from diff4splat.gaussians import DeformableGaussians
 from diff4splat.geometry.trajectories import make_trajectory
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
 from diff4splat.pipelines import public
 from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, native_size, size_multiple
+from diff4splat.pipelines.scale import rescaled_reconstruction
 from diff4splat.pipelines.stages import Stages
-from diff4splat.rendering import render
 from diff4splat.sampling import SamplingConfig, sample_latents
 
 if TYPE_CHECKING:
@@ -48,7 +50,6 @@ UNTRAINED_LABEL = "UNTRAINED: random-weight models (a smoke test or a benchmark)
 # tiny instances of the real classes (Wan2.2 interface: 48 latent channels, 16x spatial, 4x temporal)
 TINY_CAMERA_WAN = {"arch": "tiny", "arch_overrides": {"in_channels": 48, "out_channels": 48}, "vae_stride": (4, 16, 16)}
 TINY_LRDM = {"dim": 48, "depth": 2, "num_heads": 4, "decoder_channels": 8, "patch_size": 16, "gaussian_stride": 8}
-RENDER_VIEWS_PER_PASS = 8  # views rasterised together by Diff4SplatPipeline.render
 TINY_ALIGNER = {
     "version": "wan22",
     "tiny_vae": {"encoder_width": 8, "decoder_widths": [32, 16, 8, 8]},
@@ -71,7 +72,7 @@ class Generation:
 
     latents: Tensor  # [C, T, h, w] normalised Wan latents
     video: Tensor  # [F, 3, H, W] in [0, 1], the decoded video
-    scene: Reconstruction  # gaussians (unbatched, pruned), c2w [F, 4, 4] in LRDM units, fxfycxcy [F, 4], times [F]
+    scene: Reconstruction  # gaussians (unbatched, pruned), c2w [F, 4, 4] in trajectory units, fxfycxcy, times, scale
     lrdm_frames: Tensor  # [F_in] long: the video frames the LRDM read (latent encoder: all)
     timings: dict[str, float]
 
@@ -292,7 +293,7 @@ class Diff4SplatPipeline:
     def __call__(
         self,
         image: Tensor,  # [3, H, W] in [0, 1] at the model size (``inputs.fit_frames``)
-        c2w: Tensor,  # [F, 4, 4] metric OpenCV c2w, camera 0 = identity; F = 1 + 4k
+        c2w: Tensor,  # [F, 4, 4] OpenCV c2w in scene units (the camera model's), camera 0 = identity; F = 1 + 4k
         fxfycxcy: Tensor,  # [F, 4] normalised intrinsics of the model frame
         times: Tensor | None = None,  # [F] in [0, 1]; default linspace
         prompt: str = "",
@@ -300,7 +301,8 @@ class Diff4SplatPipeline:
         sampling: SamplingConfig | None = None,  # steps, CFG scale, shift, seed
         query_times: Tensor | None = None,  # [T] in [0, 1]; default: one per latent frame
         lrdm_input_frames: int | None = None,  # rgb LRDM: frames it reads, evenly spaced (None: all)
-        translation_scale: float = 1.0,  # metric translations -> LRDM units
+        translation_scale: float | None = None,  # scene_c2w units -> LRDM units; None: automatic (pipelines.scale)
+        scene_c2w: Tensor | None = None,  # [F, 4, 4] c2w in the units the scene comes out in (None: c2w's)
         prune_threshold: float | None = None,  # None: the LRDM's
         stages: Stages | None = None,
     ) -> Generation:
@@ -350,12 +352,18 @@ class Diff4SplatPipeline:
         # 4. Latents -> frames
         with stages("decode"):
             video = self.decode(latents)[0]  # [F, 3, H, W]
-        # 5. LRDM -> deformable Gaussians
-        cams = c2w.double().clone()
-        cams[:, :3, 3] *= translation_scale
+        # 5. LRDM -> deformable Gaussians in the trajectory's units
         with stages("lrdm"):
             scene, frames = self.reconstruct(
-                latents, video, cams.float(), fxfycxcy.float(), times, query_times, lrdm_input_frames, prune_threshold
+                latents,
+                video,
+                (c2w if scene_c2w is None else scene_c2w).float(),
+                fxfycxcy.float(),
+                times,
+                query_times,
+                lrdm_input_frames,
+                prune_threshold,
+                translation_scale,
             )
         return Generation(latents[0], video, scene, frames, dict(stages.timings))
 
@@ -373,14 +381,16 @@ class Diff4SplatPipeline:
         self,
         latents: Tensor,  # [1, C, T, h, w]
         video: Tensor,  # [F, 3, H, W]
-        c2w: Tensor,  # [F, 4, 4] in LRDM units
+        c2w: Tensor,  # [F, 4, 4] canonical, in the trajectory's units
         fxfycxcy: Tensor,  # [F, 4]
         times: Tensor,  # [F]
         query_times: Tensor,  # [T_q]
         input_frames: int | None = None,
         prune_threshold: float | None = None,
+        translation_scale: float | None = None,  # None: automatic rescale to LRDM units (`pipelines.scale`)
     ) -> tuple[Reconstruction, Tensor]:
-        """The LRDM on the latents (``latent`` encoder) or on ``input_frames`` evenly spaced frames (``rgb``)."""
+        """The LRDM on the latents (``latent`` encoder) or on ``input_frames`` evenly spaced frames (``rgb``), with
+        the cameras rescaled to its units and the Gaussians back to ``c2w``'s (`rescaled_reconstruction`)."""
         cfg = self.lrdm.config
         dev, f = self.device, c2w.shape[0]
         cams, fx, t, q = c2w.to(dev), fxfycxcy.to(dev), times.float().to(dev), query_times.float().to(dev)
@@ -388,58 +398,48 @@ class Diff4SplatPipeline:
             idx = torch.arange(f)
         else:
             idx = torch.linspace(0, f - 1, max(1, input_frames)).round().long().unique()
-        with self._placed(self.lrdm), torch.autocast(dev.type, torch.bfloat16, enabled=self.autocast):
-            if cfg.encoder == "latent":
-                out = self.lrdm(
-                    cams[None], fx[None], t[None], q[None], latents=latents.to(dev), image_size=tuple(video.shape[-2:])
-                )
-            else:
-                i = idx.to(dev)
-                frames = video[i].to(dev)
-                size = native_size(self.lrdm, *frames.shape[-2:])  # vggt: its 14-pixel grid (normalised K unchanged)
-                if size is not None and size != tuple(frames.shape[-2:]):
-                    frames = F.interpolate(frames.float(), size=size, mode="bicubic", antialias=True).clamp(0, 1)
-                out = self.lrdm(cams[i][None], fx[i][None], t[i][None], q[None], images=frames[None])
-        gaussians = out.gaussians.unbind()[0]
+        i = idx.to(dev)
+        frames = None
+        if cfg.encoder != "latent":
+            frames = video[i].to(dev)
+            size = native_size(self.lrdm, *frames.shape[-2:])  # vggt: its 14-pixel grid (normalised K unchanged)
+            if size is not None and size != tuple(frames.shape[-2:]):
+                frames = F.interpolate(frames.float(), size=size, mode="bicubic", antialias=True).clamp(0, 1)
+
+        def run(lrdm_cams: Tensor) -> DeformableGaussians:  # [F, 4, 4] in LRDM units -> unpruned Gaussians
+            with self._placed(self.lrdm), torch.autocast(dev.type, torch.bfloat16, enabled=self.autocast):
+                if frames is None:
+                    out = self.lrdm(
+                        lrdm_cams[None],
+                        fx[None],
+                        t[None],
+                        q[None],
+                        latents=latents.to(dev),
+                        image_size=tuple(video.shape[-2:]),
+                    )
+                else:
+                    out = self.lrdm(lrdm_cams[i][None], fx[i][None], t[i][None], q[None], images=frames[None])
+            return out.gaussians.unbind()[0]
+
+        gaussians, scale = rescaled_reconstruction(run, cams, translation_scale)
         threshold = cfg.prune_threshold if prune_threshold is None else prune_threshold
         gaussians = gaussians.prune(threshold) if threshold > 0 else gaussians
-        return Reconstruction(gaussians, cams, fx, t, tuple(video.shape[-2:])), idx
+        return Reconstruction(gaussians, cams, fx, t, tuple(video.shape[-2:]), scale), idx
 
     @torch.no_grad()
     def render(
-        self,
-        scene: Reconstruction,
-        c2w: Tensor,  # [V, 4, 4] in the scene's units
-        fxfycxcy: Tensor,  # [V, 4]
-        times: Tensor,  # [V]
-        bar: Any = None,
-        views_per_pass: int = RENDER_VIEWS_PER_PASS,
+        self, scene: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor, bar: Any = None
     ) -> tuple[Tensor, Tensor]:
-        """View k = camera k at time k: RGB [V, 3, H, W] and depth [V, 1, H, W] (one progress tick per view).
-
-        ``views_per_pass`` views are deformed to their times and rasterised in one batched call (the scene is shared,
-        not copied: a batch of V scenes of one camera each), which replaces a kernel series, and gsplat's host
-        synchronisations, per view by one per pass."""
+        """View k = camera k at time k: RGB [V, 3, H, W] and depth [V, 1, H, W] (one progress tick per view)."""
         rgbs, depths = [], []
         dev = scene.c2w.device
-        one_time = bool((times == times.flatten()[:1]).all())  # e.g. the novel orbit: deform once, V cameras
         c2w, fxfycxcy, times = c2w.to(dev).float(), fxfycxcy.to(dev).float(), times.to(dev).float()
-        h, w = scene.image_size
-        still = scene.gaussians.at(times[0]) if one_time else None
-        for k in range(0, c2w.shape[0], views_per_pass):
-            cams, fx = c2w[k : k + views_per_pass], fxfycxcy[k : k + views_per_pass]
-            v = cams.shape[0]
-            if still is not None:
-                out = render(still, cams, fx, h, w, backend=self._views.backend)
-                rgb, depth = out.rgb, out.depth  # [v, C, H, W]
-            else:
-                shared = scene.gaussians._map(lambda x, v=v: x.expand(v, *x.shape))  # [v, ...] views of one scene
-                out = render(shared.at(times[k : k + v]), cams[:, None], fx[:, None], h, w, backend=self._views.backend)
-                rgb, depth = out.rgb[:, 0], out.depth[:, 0]  # [v, 1, C, H, W] -> [v, C, H, W]
-            rgbs.append(rgb.clamp(0, 1))
+        for k in range(c2w.shape[0]):
+            rgb, depth = self._views.render_views(scene, c2w[k : k + 1], fxfycxcy[k : k + 1], times[k : k + 1])
+            rgbs.append(rgb)
             depths.append(depth)
             if bar is not None:
-                bar.update(v)
+                bar.update(1)
         return torch.cat(rgbs), torch.cat(depths)
 
     def describe(self) -> dict:

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -30,7 +29,13 @@ from torch import Tensor
 from diff4splat.cli import InputError
 from diff4splat.files import atomic_write_text
 from diff4splat.models.camera_wan import CameraWanConfig
-from diff4splat.pipelines.cameras import CAMERA_SUFFIXES, Cameras, check_num_frames, resolve_cameras
+from diff4splat.pipelines.cameras import (
+    CAMERA_SUFFIXES,
+    Cameras,
+    check_num_frames,
+    check_trajectory_scale,
+    resolve_cameras,
+)
 from diff4splat.pipelines.generation import (
     UNTRAINED_LABEL,
     Diff4SplatPipeline,
@@ -50,6 +55,7 @@ from diff4splat.pipelines.outputs import (
     write_outputs,
 )
 from diff4splat.pipelines.public import resolve_config
+from diff4splat.pipelines.scale import scale_cameras
 from diff4splat.pipelines.stages import STAGES, Stages
 from diff4splat.sampling import SamplingConfig, distilled_timesteps
 
@@ -76,16 +82,19 @@ MAX_UPSCALE = 2.0  # so is one that upscales the image more than this
 class TrajectoryOptions:
     num_frames: int | None = None  # None: 49 (13 tiny); 1 + 4k; a file's cameras are resampled evenly to this count
     strength: float = 1.0  # presets: how far the camera moves (see geometry.trajectories)
-    look_at: float | list[float] = 2.0  # presets: the point aimed at / orbited (metric distance or xyz)
+    look_at: float | list[float] = 1.0  # presets: the point aimed at / orbited, scene units (1: mean scene depth)
     fov: float = 60.0  # presets: vertical field of view of the input image, degrees
-    translation_scale: float = 1.0  # multiplies every camera translation (e.g. to make a file's units metric)
+    # the trajectory's units x scale = the camera model's scene units (diff4splat.geometry.scale); "auto": the factor
+    # that makes its largest camera distance from camera 0 0.5 units, as far as the presets move; the scene is
+    # exported back in the trajectory's units
+    scale: float | str = 1.0
 
 
 @dataclass
 class LRDMOptions:
     input_frames: int | None = 13  # rgb encoder: frames fed to the LRDM, evenly spaced (None: all)
     num_times: int | None = None  # query times stored in the scene (ply frames); None: one per latent frame
-    translation_scale: float = 1.0  # video-model (metric) translations -> LRDM units
+    translation_scale: float | None = None  # trajectory units x this = LRDM units; None: automatic (pipelines.scale)
     prune_threshold: float | None = None  # None: the checkpoint's (0.005 by default)
     tiny_encoder: Literal["latent", "rgb"] = "latent"  # tiny=true only: the random LRDM's input encoder
 
@@ -145,7 +154,6 @@ class GenerateConfig:
     progress: bool = True
     compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for batches of >= 3 scenes
     video_preset: str = "veryfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
-    write_workers: int | None = None  # writer threads (None: one per file); 0: every file written in turn
     check_memory: bool = True  # refuse sizes whose estimated peak memory exceeds what is free (pipelines.memory)
 
 
@@ -206,14 +214,15 @@ def check_options(cfg: GenerateConfig) -> None:
             distilled_timesteps(s)
         except ValueError as e:
             raise InputError(f"sampling.timesteps: {e}") from None
-    need(finite(cfg.lrdm.translation_scale) and cfg.lrdm.translation_scale > 0, "lrdm.translation_scale", "> 0")
+    ts = cfg.lrdm.translation_scale
+    need(ts is None or (finite(ts) and ts > 0), "lrdm.translation_scale", "a number > 0, or null (automatic)")
+    check_trajectory_scale(cfg.trajectory.scale)
     p = cfg.lrdm.prune_threshold
     need(p is None or (finite(p) and 0 <= p < 1), "lrdm.prune_threshold", "an opacity in [0, 1) or null")
     need(cfg.lrdm.input_frames is None or cfg.lrdm.input_frames >= 1, "lrdm.input_frames", "a count >= 1 or null")
     need(cfg.lrdm.num_times is None or cfg.lrdm.num_times >= 1, "lrdm.num_times", "a count >= 1 or null")
     need(cfg.render.novel_frames is None or cfg.render.novel_frames >= 1, "render.novel_frames", ">= 1 or null")
     need(finite(cfg.render.novel_strength), "render.novel_strength", "a finite number")
-    need(cfg.write_workers is None or cfg.write_workers >= 0, "write_workers", "a thread count >= 0 or null")
     check_seed(cfg.seed)
 
 
@@ -342,19 +351,9 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
 
 
 def run_job(
-    pipe: Diff4SplatPipeline,
-    job: Job,
-    cfg: GenerateConfig,
-    load_s: float = 0.0,
-    outputs: tuple[str, ...] = OUTPUTS,
-    on_scene: Callable[[Path | None], None] | None = None,
+    pipe: Diff4SplatPipeline, job: Job, cfg: GenerateConfig, load_s: float = 0.0, outputs: tuple[str, ...] = OUTPUTS
 ) -> Path:
-    """Generate one scene and write every output into ``job.target`` atomically; returns the folder.
-
-    The scene is ready first (`write_outputs`): ``on_scene`` is called with the complete ``scene.safetensors`` in the
-    job's temporary folder (the Gaussians are ``gen.scene``) while the slow files are still being written; meta.json's
-    ``timings`` record ``time_to_scene`` and ``time_to_all_files`` (seconds from the job's start), the stages and each
-    file's own seconds (``write_files``)."""
+    """Generate one scene and write every output into ``job.target`` atomically; returns the folder."""
     label = f"[{UNTRAINED_LABEL}] " if pipe.untrained else ""
     log.info(
         "%sgenerating %s (camera=%s, %d frames, seed %d) -> %s",
@@ -379,6 +378,7 @@ def run_job(
             query_times=_query_times(job, cfg),
             lrdm_input_frames=cfg.lrdm.input_frames,
             translation_scale=cfg.lrdm.translation_scale,
+            scene_c2w=scale_cameras(job.cameras.c2w, 1.0 / job.cameras.trajectory_scale).float(),
             prune_threshold=cfg.lrdm.prune_threshold,
             stages=stages,
         )
@@ -394,22 +394,18 @@ def run_job(
             scene_meta,
             cfg.video_preset,
             file_timings,
-            cfg.write_workers,
-            on_scene,
         )
         gen.timings = dict(stages.timings)
         meta = build_meta(job, pipe, gen, renders, cfg, sampling, files, load_s)
-        meta["timings"].update({k: round(v, 6) for k, v in stages.marks.items()})
         meta["timings"]["write_files"] = {k: round(v, 6) for k, v in sorted(file_timings.items())}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     t = meta["timings"]
     log.info(
-        "%s%d Gaussians, %d query times; scene in %.2f s, all files in %.2f s (%s) -> %s",
+        "%s%d Gaussians, %d query times; %.2f s (%s) -> %s",
         label,
         gen.scene.gaussians.num_gaussians,
         gen.scene.gaussians.num_times,
-        t["time_to_scene"],
-        t["time_to_all_files"],
+        t["total"],
         ", ".join(f"{k} {t[k]:.2f}" for k in STAGES if k in t),
         job.target,
     )

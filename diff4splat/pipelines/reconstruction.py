@@ -3,8 +3,9 @@
 Load weights exported by training (``<checkpoint>.safetensors``, whose metadata holds the model config), a
 Lightning ``.ckpt``, or a released reconstructor checkpoint: MoVieS's ``movies_ckpt.safetensors`` or
 ``facebook/VGGT-1B``'s ``model.pt`` / ``model.safetensors`` (a ``vggt``-encoder LRDM, architecture from the shapes;
-see `diff4splat.models.released`). Cameras are canonicalised to the first input camera, as in training; translations
-must be in the training units (mean scene depth ≈ 1), which ``translation_scale`` can adjust.
+see `diff4splat.models.released`). Cameras are canonicalised to the first input camera, as in training, and brought to
+the LRDM's units automatically (a first pass measures the scene's mean distance, `diff4splat.pipelines.scale`;
+``translation_scale`` overrides with a fixed factor); the Gaussians come back in the cameras' units.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from diff4splat.gaussians import DeformableGaussians
 from diff4splat.geometry.cameras import canonicalize
 from diff4splat.models.lrdm import LRDM, LRDMConfig
 from diff4splat.models.wan_vae import WanVAE
+from diff4splat.pipelines.scale import SceneScale, rescaled_reconstruction
 from diff4splat.rendering import render
 
 
@@ -32,6 +34,7 @@ class Reconstruction:
     fxfycxcy: Tensor  # [F, 4]
     input_times: Tensor  # [F]
     image_size: tuple[int, int]
+    scale: SceneScale | None = None  # how the cameras were brought to LRDM units (c2w and gaussians are in theirs)
 
 
 def load_lrdm(path: str | Path, device: str | torch.device = "cpu") -> LRDM:
@@ -129,7 +132,7 @@ class ReconstructionPipeline:
         fxfycxcy: Tensor,  # [F, 4]
         times: Tensor | None = None,  # [F] in [0, 1]; default linspace
         query_times: Tensor | None = None,  # [T]; default = the input times
-        translation_scale: float = 1.0,
+        translation_scale: float | None = None,  # c2w units x this = LRDM units; None: automatic
         prune_threshold: float | None = None,
     ) -> Reconstruction:
         f = images.shape[0]
@@ -139,25 +142,28 @@ class ReconstructionPipeline:
         times = torch.linspace(0, 1, f) if times is None else times.float()
         query = times.clone() if query_times is None else query_times.float()
         cams = canonicalize(c2w.double()).float()
-        cams[:, :3, 3] *= translation_scale
         images, cams, fx = images.to(dev), cams.to(dev), fxfycxcy.to(dev).float()
         latents = None
         if self.model.config.encoder == "latent":
             latents = self.vae.to(dev).encode(images[None])
-        out = self.model(
-            cams[None],
-            fx[None],
-            times.to(dev)[None],
-            query.to(dev)[None],
-            images=images[None] if latents is None else None,
-            latents=latents,
-            image_size=tuple(images.shape[-2:]),
-        )
-        unbatched = out.gaussians.unbind()[0]
+
+        def run(lrdm_cams: Tensor) -> DeformableGaussians:  # [F, 4, 4] in LRDM units -> unpruned Gaussians
+            out = self.model(
+                lrdm_cams[None],
+                fx[None],
+                times.to(dev)[None],
+                query.to(dev)[None],
+                images=images[None] if latents is None else None,
+                latents=latents,
+                image_size=tuple(images.shape[-2:]),
+            )
+            return out.gaussians.unbind()[0]
+
+        unbatched, scale = rescaled_reconstruction(run, cams, translation_scale)
         threshold = self.model.config.prune_threshold if prune_threshold is None else prune_threshold
         if threshold > 0:
             unbatched = unbatched.prune(threshold)
-        return Reconstruction(unbatched, cams, fx, times.to(dev), tuple(images.shape[-2:]))
+        return Reconstruction(unbatched, cams, fx, times.to(dev), tuple(images.shape[-2:]), scale)
 
     @torch.no_grad()
     def render_views(self, rec: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
