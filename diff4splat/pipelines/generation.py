@@ -39,6 +39,7 @@ from diff4splat.pipelines import public
 from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, native_size, size_multiple
 from diff4splat.pipelines.scale import rescaled_reconstruction
 from diff4splat.pipelines.stages import Stages
+from diff4splat.rendering import render
 from diff4splat.sampling import SamplingConfig, sample_latents
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ UNTRAINED_LABEL = "UNTRAINED: random-weight models (a smoke test or a benchmark)
 # tiny instances of the real classes (Wan2.2 interface: 48 latent channels, 16x spatial, 4x temporal)
 TINY_CAMERA_WAN = {"arch": "tiny", "arch_overrides": {"in_channels": 48, "out_channels": 48}, "vae_stride": (4, 16, 16)}
 TINY_LRDM = {"dim": 48, "depth": 2, "num_heads": 4, "decoder_channels": 8, "patch_size": 16, "gaussian_stride": 8}
+RENDER_VIEWS_PER_PASS = 8  # views rasterised together by Diff4SplatPipeline.render
 TINY_ALIGNER = {
     "version": "wan22",
     "tiny_vae": {"encoder_width": 8, "decoder_widths": [32, 16, 8, 8]},
@@ -428,18 +430,39 @@ class Diff4SplatPipeline:
 
     @torch.no_grad()
     def render(
-        self, scene: Reconstruction, c2w: Tensor, fxfycxcy: Tensor, times: Tensor, bar: Any = None
+        self,
+        scene: Reconstruction,
+        c2w: Tensor,  # [V, 4, 4] in the scene's units
+        fxfycxcy: Tensor,  # [V, 4]
+        times: Tensor,  # [V]
+        bar: Any = None,
+        views_per_pass: int = RENDER_VIEWS_PER_PASS,
     ) -> tuple[Tensor, Tensor]:
-        """View k = camera k at time k: RGB [V, 3, H, W] and depth [V, 1, H, W] (one progress tick per view)."""
+        """View k = camera k at time k: RGB [V, 3, H, W] and depth [V, 1, H, W] (one progress tick per view).
+
+        ``views_per_pass`` views are deformed to their times and rasterised in one batched call (the scene is shared,
+        not copied: a batch of V scenes of one camera each), which replaces a kernel series, and gsplat's host
+        synchronisations, per view by one per pass."""
         rgbs, depths = [], []
         dev = scene.c2w.device
+        one_time = bool((times == times.flatten()[:1]).all())  # e.g. the novel orbit: deform once, V cameras
         c2w, fxfycxcy, times = c2w.to(dev).float(), fxfycxcy.to(dev).float(), times.to(dev).float()
-        for k in range(c2w.shape[0]):
-            rgb, depth = self._views.render_views(scene, c2w[k : k + 1], fxfycxcy[k : k + 1], times[k : k + 1])
-            rgbs.append(rgb)
+        h, w = scene.image_size
+        still = scene.gaussians.at(times[0]) if one_time else None
+        for k in range(0, c2w.shape[0], views_per_pass):
+            cams, fx = c2w[k : k + views_per_pass], fxfycxcy[k : k + views_per_pass]
+            v = cams.shape[0]
+            if still is not None:
+                out = render(still, cams, fx, h, w, backend=self._views.backend)
+                rgb, depth = out.rgb, out.depth  # [v, C, H, W]
+            else:
+                shared = scene.gaussians._map(lambda x, v=v: x.expand(v, *x.shape))  # [v, ...] views of one scene
+                out = render(shared.at(times[k : k + v]), cams[:, None], fx[:, None], h, w, backend=self._views.backend)
+                rgb, depth = out.rgb[:, 0], out.depth[:, 0]  # [v, 1, C, H, W] -> [v, C, H, W]
+            rgbs.append(rgb.clamp(0, 1))
             depths.append(depth)
             if bar is not None:
-                bar.update(1)
+                bar.update(v)
         return torch.cat(rgbs), torch.cat(depths)
 
     def describe(self) -> dict:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -154,6 +155,7 @@ class GenerateConfig:
     progress: bool = True
     compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for batches of >= 3 scenes
     video_preset: str = "veryfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
+    write_workers: int | None = None  # writer threads (None: one per file); 0: every file written in turn
     check_memory: bool = True  # refuse sizes whose estimated peak memory exceeds what is free (pipelines.memory)
 
 
@@ -223,6 +225,7 @@ def check_options(cfg: GenerateConfig) -> None:
     need(cfg.lrdm.num_times is None or cfg.lrdm.num_times >= 1, "lrdm.num_times", "a count >= 1 or null")
     need(cfg.render.novel_frames is None or cfg.render.novel_frames >= 1, "render.novel_frames", ">= 1 or null")
     need(finite(cfg.render.novel_strength), "render.novel_strength", "a finite number")
+    need(cfg.write_workers is None or cfg.write_workers >= 0, "write_workers", "a thread count >= 0 or null")
     check_seed(cfg.seed)
 
 
@@ -351,9 +354,19 @@ def read_batch(cfg: GenerateConfig, out: Path) -> list[Job]:
 
 
 def run_job(
-    pipe: Diff4SplatPipeline, job: Job, cfg: GenerateConfig, load_s: float = 0.0, outputs: tuple[str, ...] = OUTPUTS
+    pipe: Diff4SplatPipeline,
+    job: Job,
+    cfg: GenerateConfig,
+    load_s: float = 0.0,
+    outputs: tuple[str, ...] = OUTPUTS,
+    on_scene: Callable[[Path | None], None] | None = None,
 ) -> Path:
-    """Generate one scene and write every output into ``job.target`` atomically; returns the folder."""
+    """Generate one scene and write every output into ``job.target`` atomically; returns the folder.
+
+    The scene is ready first (`write_outputs`): ``on_scene`` is called with the complete ``scene.safetensors`` in the
+    job's temporary folder (the Gaussians are ``gen.scene``) while the slow files are still being written; meta.json's
+    ``timings`` record ``time_to_scene`` and ``time_to_all_files`` (seconds from the job's start), the stages and each
+    file's own seconds (``write_files``)."""
     label = f"[{UNTRAINED_LABEL}] " if pipe.untrained else ""
     log.info(
         "%sgenerating %s (camera=%s, %d frames, seed %d) -> %s",
@@ -394,18 +407,22 @@ def run_job(
             scene_meta,
             cfg.video_preset,
             file_timings,
+            cfg.write_workers,
+            on_scene,
         )
         gen.timings = dict(stages.timings)
         meta = build_meta(job, pipe, gen, renders, cfg, sampling, files, load_s)
+        meta["timings"].update({k: round(v, 6) for k, v in stages.marks.items()})
         meta["timings"]["write_files"] = {k: round(v, 6) for k, v in sorted(file_timings.items())}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     t = meta["timings"]
     log.info(
-        "%s%d Gaussians, %d query times; %.2f s (%s) -> %s",
+        "%s%d Gaussians, %d query times; scene in %.2f s, all files in %.2f s (%s) -> %s",
         label,
         gen.scene.gaussians.num_gaussians,
         gen.scene.gaussians.num_times,
-        t["total"],
+        t["time_to_scene"],
+        t["time_to_all_files"],
         ", ".join(f"{k} {t[k]:.2f}" for k in STAGES if k in t),
         job.target,
     )

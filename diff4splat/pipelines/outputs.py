@@ -50,6 +50,7 @@ META_FORMAT = "diff4splat-generation"
 RECONSTRUCTION_FORMAT = "diff4splat-reconstruction"
 OUTPUT_FORMATS = (META_FORMAT, RECONSTRUCTION_FORMAT)  # the meta.json formats of folders overwrite may replace
 OUTPUTS = ("scene", "ply", "video", "render", "novel", "depth", "trajectory")
+PLY_WORKERS = 8  # threads writing the per-frame .ply files of one scene
 
 
 @dataclass
@@ -236,62 +237,103 @@ def write_outputs(
     scene_metadata: dict | None = None,
     video_preset: str = "veryfast",
     file_timings: dict[str, float] | None = None,
+    workers: int | None = None,
+    on_scene: Callable[[Path | None], None] | None = None,
 ) -> tuple[list[str], Renders]:
     """``outputs`` of ``OUTPUTS`` into ``folder``: scene.safetensors, ply/, video.mp4, render.mp4, novel.mp4,
     depth.mp4, trajectory.png. Returns the written names and the renders. (meta.json is written by the caller, last.)
 
-    ``renders`` may be a function that makes them: the files that do not need renders (scene, ply frames, the
-    generated video) are then written while it runs. The ``write`` stage counts from the end of rendering to the last
-    file, so the stages still add up to the wall-clock time. ``file_timings``: filled with each file's own write time
-    in seconds (they overlap)."""
-    from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+    The scene comes first: ``scene.safetensors`` starts on a writer thread at once, and when it is complete (the
+    Gaussians are already in memory) ``stages`` marks ``time_to_scene`` and ``on_scene(path)`` is called (path None
+    without a scene file). The slow files run off that path: the ply frames start once the scene file is written (the
+    two are the bulk of the bytes and would share the disk), video.mp4 at once; ``renders`` may be a function that
+    makes the renders, run on this thread meanwhile (GPU work), after which their mp4s and trajectory.png are
+    queued. ``stages`` marks ``time_to_all_files`` when the last file is complete. The ``write`` stage counts from the
+    end of rendering to the last file, so the stages add up to the wall-clock time.
+
+    ``workers``: writer threads (None: one per file); 0 writes every file on this thread, in the order above (the
+    synchronous reference). The first error of any writer is raised here once every writer has stopped (queued files
+    are cancelled), and the caller removes the folder. ``file_timings``: each file's own seconds (they overlap)."""
+    from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
     from diff4splat.gaussians.io import save_4d, save_ply_sequence
 
     g = gen.scene.gaussians
     rendered: dict[str, Renders] = {}
-    early: list[tuple[str, Any]] = []  # independent of the renders
-    late: list[tuple[str, Any]] = []
-    if "scene" in outputs:
-        early.append(("scene.safetensors", lambda: save_4d(g, folder / "scene.safetensors", scene_metadata)))
-    if "ply" in outputs:
-        early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply")))
+
+    def write_scene() -> None:
+        if "scene" in outputs:
+            save_4d(g, folder / SCENE_FILE, scene_metadata)
+        stages.mark("time_to_scene")
+        if on_scene is not None:
+            on_scene(folder / SCENE_FILE if "scene" in outputs else None)
+
     videos = {
         "video": ("video.mp4", lambda: to_uint8(gen.video)),
         "render": ("render.mp4", lambda: to_uint8(rendered["renders"].rgb)),
         "novel": ("novel.mp4", lambda: to_uint8(rendered["renders"].novel)),
         "depth": ("depth.mp4", lambda: depth_to_color(rendered["renders"].depth)),
     }
-    for key, (name, frames) in videos.items():
-        if key in outputs:
-            step = (name, lambda name=name, frames=frames: write_video(frames(), folder / name, fps, video_preset))
-            (early if key == "video" else late).append(step)
+
+    def video(key: str) -> tuple[str, Callable[[], Any]]:
+        name, frames = videos[key]
+        return name, lambda: write_video(frames(), folder / name, fps, video_preset)
+
+    # (name, writer, whether it waits for the scene file), in the synchronous order; "" = no scene file
+    early: list[tuple[str, Callable[[], Any], bool]] = [(SCENE_FILE if "scene" in outputs else "", write_scene, False)]
+    if "video" in outputs:
+        early.append((*video("video"), False))
+    if "ply" in outputs:
+        early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply", workers=PLY_WORKERS), True))
+    late = [video(k) for k in ("render", "novel", "depth") if k in outputs]
     if "trajectory" in outputs:
         late.append(("trajectory.png", lambda: _plot(gen, folder / "trajectory.png")))
+    names = [name for name, *_ in early + late if name]
 
-    def timed(name: str, write: Any) -> None:
+    def timed(name: str, write: Callable[[], Any], after: Future | None = None) -> None:
+        if after is not None:
+            after.result()  # the scene file first (its error, if any, is raised by its own future too)
         start = time.perf_counter()
         write()
-        if file_timings is not None:
+        if file_timings is not None and name:
             file_timings[name] = time.perf_counter() - start
 
-    # the files are independent: written concurrently (encoding, tensor work and file I/O release the GIL); the first
-    # error is raised after every writer has stopped (leaving the pool waits), and the caller removes the folder
-    with ThreadPoolExecutor(max(1, len(early) + len(late))) as pool:
-        futures: dict[Future, str] = {pool.submit(timed, name, write): name for name, write in early}
-        rendered["renders"] = renders() if callable(renders) else renders
-        with stages("write", total=len(early) + len(late), unit="file") as bar:
-            for name, write in late:
-                if name != "trajectory.png":  # the plot stays on this thread: pyplot is not thread-safe
-                    futures[pool.submit(timed, name, write)] = name
-            for name, write in late:
-                if name == "trajectory.png":
-                    timed(name, write)
-                    bar.update(1)
-            for future in as_completed(futures):
-                future.result()
+    if workers == 0:  # the synchronous reference: every file on this thread, in order (all in the write stage)
+        with stages("write", total=len(early), unit="file") as bar:
+            for name, write, _ in early:
+                timed(name, write)
                 bar.update(1)
-    return [name for name, _ in early + late], rendered["renders"]
+        rendered["renders"] = renders() if callable(renders) else renders
+        with stages("write", total=len(late), unit="file") as bar:
+            for name, write in late:
+                timed(name, write)
+                bar.update(1)
+        stages.mark("time_to_all_files")
+        return names, rendered["renders"]
+
+    pool = ThreadPoolExecutor(max(1, workers or len(early) + len(late)), thread_name_prefix="diff4splat-writer")
+    futures: list[Future] = []
+    try:
+        scene = pool.submit(timed, *early[0][:2])
+        futures.append(scene)
+        futures += [pool.submit(timed, name, write, scene if after else None) for name, write, after in early[1:]]
+        rendered["renders"] = renders() if callable(renders) else renders
+        for f in futures:  # a writer that already failed stops the job here
+            if f.done() and f.exception() is not None:
+                raise f.exception()
+        with stages("write", total=len(futures) + len(late), unit="file") as bar:
+            futures += [pool.submit(timed, name, write) for name, write in late]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    raise f.exception()
+            bar.update(len(done))
+        stages.mark("time_to_all_files")
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return names, rendered["renders"]
 
 
 def _plot(gen: Generation, path: Path) -> None:
