@@ -21,7 +21,7 @@ prompt: both branches see the cameras (`fun_camera.sample_fun_latents`). The tra
 the model frame (the image's fit carries them through the crop), so they go to ``fun_plucker`` with ``pose_size``
 equal to the model frame, which leaves them unchanged (VideoX-Fun instead assumes a 1280x720 source for every pose
 file and rescales one focal length). Translations reach the Fun model as the trajectory gives them (RealEstate10K
-files: their own units, which the release was trained on; ``trajectory.translation_scale`` multiplies them).
+files: their own units, which the release was trained on; ``trajectory.scale`` multiplies them).
 
 ``tiny=true layout=public`` builds tiny random-weight instances of these layouts and loads each through the loader
 its released file goes through: a Fun release folder (original Wan key names plus ``control_adapter.*``), a MoVieS
