@@ -334,26 +334,24 @@ def bench_inference(
     return result
 
 
-def stage_flops(model: LRDM, stages: Stages, size: tuple, views: int, device: str, variant: Variant) -> dict:
-    """FLOPs per stage of one forward (eager, FlopCounterMode; the renderer's are not counted)."""
+def stage_flops(model_name: str, size: tuple, views: int) -> dict:
+    """FLOPs per stage of one forward (FlopCounterMode on the meta device: shapes only, no compute; SDPA counted as
+    4 N^2 d per head; the renderer's are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     frames, height, width = size[:3]
-    apply_variant(model, variant, device)
-    step = inference_step(model, stages, frames, height, width, views, device, variant, rendered=False)
-    with (
-        torch.compiler.set_stance("force_eager"),
-        sdpa_context("flash_attention", device),  # FlopCounterMode counts flash attention (same FLOPs as any)
-        FlopCounterMode(display=False) as counter,
-    ):
+    with torch.device("meta"):
+        model = LRDM(model_config(model_name)).eval()
+        c2w, fx = cameras(1, frames, "meta")
+        images = torch.empty(1, frames, 3, height, width)
+        t_in, t_out = torch.empty(1, frames), torch.empty(1, views)
+    stages = Stages(stage_modules(model), "cpu")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         stages.flop_counter, stages.recording = counter, True
-        try:
-            step()
-        finally:
-            stages.flop_counter, stages.recording = None, False
+        with stages.span("forward"):
+            model(c2w, fx, t_in, t_out, images=images)
     out = breakdown(dict(stages.flops))
     out["total"] = float(counter.get_total_flops())
-    stages.flops.clear()
     return out
 
 
@@ -392,9 +390,7 @@ def run_inference(
             compile_in_place(block)
     stages = Stages(stage_modules(model), device)
     views = setting["views"]
-    flops = {}
-    for size in setting["inference"]:
-        flops[size[0]] = stage_flops(model, stages, size, views, device, variants[0])
+    flops = {size[0]: stage_flops(setting["model"], size, views) for size in setting["inference"]}
     result["stage_tflops"] = {str(f): {k: v / 1e12 for k, v in fl.items()} for f, fl in flops.items()}
     save()
     if "profile" in phases:
