@@ -306,3 +306,25 @@ def test_the_fun_layout_fine_tunes_through_the_diffusion_system(make_cfg, tmp_pa
     assert after < 0.7 * before, (before, after)
     moved = max(float((v - released[k]).abs().max()) for k, v in system.model.camera.state_dict().items())
     assert moved > 1e-4  # the release's adapter is continued, not frozen
+
+
+def test_lora_on_the_release_trains_adapter_and_lora_and_round_trips(tmp_path) -> None:
+    """model.lora_rank on the Fun release: the DiT frozen, the adapter and the LoRA trainable (the camera group), and
+    the fine-tuned part saves and loads over a fresh copy of the release (models.camera_wan.camera_weights)."""
+    from dataclasses import replace
+
+    from diff4splat.pipelines import public
+
+    folder = tmp_path / public.FUN_RELEASE
+    public.write_fun_release(public.tiny_fun_camera_wan(seed=0), folder)
+    cfg = replace(fc.camera_wan_config_for(folder, dtype="float32"), lora_rank=4)
+    model = CameraWan.from_config(cfg)
+    groups = model.parameter_groups()
+    assert not groups["base"] and len(groups["camera"]) > len(list(model.camera.parameters()))
+    with torch.no_grad():
+        for p in groups["camera"]:
+            p.add_(0.01)
+    path = model.save_camera_weights(tmp_path / "camera.safetensors")
+    again = CameraWan.from_config(replace(cfg, camera_weights=str(path)))
+    for (k, a), b in zip(model.camera_state_dict().items(), again.camera_state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
