@@ -246,9 +246,8 @@ def write_outputs(
     The scene comes first: ``scene.safetensors`` starts on a writer thread at once, and when it is complete (the
     Gaussians are already in memory) ``stages`` marks ``time_to_scene`` and ``on_scene(path)`` is called (path None
     without a scene file). The slow files run off that path: the ply frames start once the scene file is written (the
-    two are the bulk of the bytes and would share the disk), video.mp4 at once; ``renders`` may be a function that
-    makes the renders, run on this thread meanwhile (GPU work), after which their mp4s and trajectory.png are
-    queued. ``stages`` marks ``time_to_all_files`` when the last file is complete. The ``write`` stage counts from the
+    two are the bulk of the bytes and would share the disk), video.mp4 and trajectory.png at once; ``renders`` may be
+    a function that makes the renders, run on this thread meanwhile (GPU work), after which their mp4s are queued. ``stages`` marks ``time_to_all_files`` when the last file is complete. The ``write`` stage counts from the
     end of rendering to the last file, so the stages add up to the wall-clock time.
 
     ``workers``: writer threads (None: one per file); 0 writes every file on this thread, in the order above (the
@@ -285,9 +284,9 @@ def write_outputs(
         early.append((*video("video"), False))
     if "ply" in outputs:
         early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply", workers=PLY_WORKERS), True))
+    if "trajectory" in outputs:  # the cameras alone: drawn at once
+        early.append(("trajectory.png", lambda: _plot(gen, folder / "trajectory.png"), False))
     late = [video(k) for k in ("render", "novel", "depth") if k in outputs]
-    if "trajectory" in outputs:
-        late.append(("trajectory.png", lambda: _plot(gen, folder / "trajectory.png")))
     names = [name for name, *_ in early + late if name]
 
     def timed(name: str, write: Callable[[], Any], after: Future | None = None) -> None:
