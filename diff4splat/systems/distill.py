@@ -457,9 +457,10 @@ class DistillationSystem(CameraDiffusionSystem):
     def model_flops(self, batch: dict[str, Any]) -> float:
         """Model FLOPs of one training step on ``batch``, in expectation over the student step k and the generator
         steps, in units of F = one CameraWan forward (all three models cost the same; LoRA adds < 1 %):
-        simulation E[k]·F, the student's x̂₀ F, the critic's flow loss 3F, and every
+        simulation E[k]·F, the student's x̂₀ F, the critic's flow loss F + its backward, and every
         ``generator_update_interval`` steps the DMD forwards (critic F, teacher cond + uncond 2F) and the student's
-        backward 2F. Recomputation under activation checkpointing is not counted."""
+        backward. A backward is 2F with full copies and F with LoRA (no weight gradients of the frozen base).
+        Recomputation under activation checkpointing is not counted."""
         from diff4splat.models.parallel import forward_flops
 
         x0, cond, text, _, cams = self.conditions(batch)
@@ -467,7 +468,8 @@ class DistillationSystem(CameraDiffusionSystem):
         t = self.student.token_timesteps(torch.full((b,), 500.0, device=x0.device), x0.shape)
         f = forward_flops(lambda: self.student(x0, t, text, cams))
         n, interval = len(self.timesteps), self.dmd.generator_update_interval
-        return f * ((n - 1) / 2 + 1 + 3 + 5 / interval)
+        backward = 2.0 if self.adaptation.adapt == "full" else 1.0
+        return f * ((n - 1) / 2 + 1 + (1 + backward) + (3 + backward) / interval)
 
     # --- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
