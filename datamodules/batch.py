@@ -8,7 +8,8 @@ frame), H×W pixels (one size per batch), N tracks (the largest count in the bat
 | images           | float32 (B,F,3,H,W)       | RGB in [0,1] (uint8 inside DataLoader workers; see below)               |
 | num_input        | int                       | F_in; frames [:F_in] are the inputs, [F_in:] the outputs                 |
 | c2w              | float32 (B,F,4,4)         | OpenCV camera-to-world, canonical (first input = identity), normalised  |
-| metric_c2w       | float32 (B,F,4,4)         | the same cameras with translations in metres (for camera control)       |
+| metric_c2w       | float32 (B,F,4,4)         | the same cameras, translations / meta.metric_scale: metres only where   |
+|                  |                           | the clip's scale_source is metric(_estimated) (`geometry.scale`)         |
 | fxfycxcy         | float32 (B,F,4)           | normalised intrinsics (fx/W, fy/H, cx/W, cy/H) of the cropped frames    |
 | timestamps       | float32 (B,F)             | in [0,1] over the union of the clip's input and output frames           |
 | depth            | float32 (B,F,H,W)         | z-depth in normalised units, 0 where absent                             |
@@ -26,7 +27,8 @@ frame), H×W pixels (one size per batch), N tracks (the largest count in the bat
 | num_skipped      | int                       | corrupt samples skipped so far by the worker that made this batch       |
 
 Scene scale: the reference's `norm_xyz` by default, i.e. the mean distance of the valid input-frame depth points from
-the first input camera is 1 (`ClipSamplingConfig.scale_norm="mean_xyz"`; "mean_depth" makes the mean z-depth 1).
+the first input camera is 1 (`ClipSamplingConfig.scale_norm="mean_xyz"`; "mean_depth" makes the mean z-depth 1); a
+clip without depth gets the same quantity from its sparse points, tracks or cameras (`diff4splat.geometry.scale`).
 
 Images travel through DataLoader workers and pinned memory as uint8 (4× less to copy); `finish_batch` turns them
 into float32 [0,1] and the DataModule applies it in `on_after_batch_transfer` (on the GPU in training), so a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -41,8 +42,29 @@ def test_recovers_ground_truth(tmp_path, gt, factor, image_dir):
     assert clip.depth is None
     extra = clip.meta.extra
     assert extra["distortion"] == {"camera_model": "OPENCV", **DISTORTION} and extra["image_dir"] == image_dir
-    assert clip.meta.is_static and clip.meta.depth_unit == "arbitrary"
+    assert clip.meta.is_static and clip.meta.depth_unit == "arbitrary" and clip.meta.scale_source == "arbitrary"
     assert (clip.meta.depth_weight, clip.meta.motion_weight) == (0.9, 1.0)
+    assert clip.points_world is None  # no sparse_pc.ply
+
+
+def test_sparse_points_normalise_a_depth_less_scene_like_its_depth(tmp_path, gt):
+    """nerfstudio's sparse_pc.ply becomes points_world (world of the poses), and the stream's scene unit of the
+    depth-less clip from those points lands within the measured `points` error of the unit from the scene's depth."""
+    from datamodules.stream import ClipSamplingConfig, ClipTransform, SourceConfig
+    from diff4splat.geometry.scale import FALLBACK_ERROR, points_from_depth
+
+    valid = np.isfinite(gt.depth) & (gt.depth > 0)
+    points = points_from_depth(gt.depth, valid, gt.c2w, gt.fxfycxcy, 2000, np.random.default_rng(0))
+    write_dl3dv(tmp_path / "1K" / HASH, gt, points=points)
+    (clip,) = dl3dv.convert_sequence(tmp_path, f"1K/{HASH}", ConvertOptions(frame_format="png"))
+    np.testing.assert_allclose(clip.points_world, points, rtol=1e-6, atol=1e-6)
+    with_depth = dataclasses.replace(clip, depth=gt.depth.astype(np.float32), points_world=None)
+    cfg = ClipSamplingConfig(num_input=3, num_output=2, resolution=32, random_aspect=False)
+    source = SourceConfig(name="dl3dv", shards=[], max_gap=5)
+    t = ClipTransform(cfg, train=False)
+    s_depth = float(t.transform(with_depth, np.random.default_rng(0), (32, 32), source)["metric_scale"])
+    s_points = float(t.transform(clip, np.random.default_rng(0), (32, 32), source)["metric_scale"])
+    assert s_points != s_depth and abs(s_depth / s_points - 1) <= FALLBACK_ERROR["points"], (s_depth, s_points)
 
 
 def test_windows_and_resize(tmp_path, gt):

@@ -37,6 +37,7 @@ def test_png_folder_recovers_ground_truth(tmp_path, gt):
     np.testing.assert_array_equal(decode_frames(clip), gt.rgb)
     np.testing.assert_allclose(clip.timestamps, np.arange(6) / 10.0, atol=1e-9)
     assert clip.meta.is_static and clip.meta.depth_unit == "arbitrary" and clip.meta.metric_scale == 1.0
+    assert clip.meta.scale_source == "arbitrary"
     assert (clip.meta.depth_weight, clip.meta.motion_weight) == (0.1, 0.9)
     assert clip.depth is None and clip.meta.extra["url"].startswith("https://www.youtube.com/")
 

@@ -26,8 +26,11 @@ def opencv_to_opengl(c2w: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_dl3dv(scene_dir: Path, gt: GroundTruth, factor: int = 4, image_dir: str = "images_4") -> Path:
-    """Write ``gt`` as one DL3DV scene folder; return the path of its ``transforms.json``."""
+def write_dl3dv(
+    scene_dir: Path, gt: GroundTruth, factor: int = 4, image_dir: str = "images_4", points: np.ndarray | None = None
+) -> Path:
+    """Write ``gt`` as one DL3DV scene folder; return the path of its ``transforms.json``. ``points`` (P,3): a sparse
+    cloud written as nerfstudio's binary ``sparse_pc.ply`` (named by ``ply_file_path``), in the poses' world."""
     scene_dir = Path(scene_dir)
     (scene_dir / image_dir).mkdir(parents=True, exist_ok=True)
     F, H, W = gt.shape
@@ -55,6 +58,15 @@ def write_dl3dv(scene_dir: Path, gt: GroundTruth, factor: int = 4, image_dir: st
         "frames": frames,
         "applied_transform": [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [-0.0, -0.0, -1.0, -0.0]],
     }
+    if points is not None:
+        from plyfile import PlyData, PlyElement
+
+        v = np.zeros(
+            len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+        )
+        v["x"], v["y"], v["z"] = np.asarray(points, np.float32).T
+        PlyData([PlyElement.describe(v, "vertex")]).write(str(scene_dir / "sparse_pc.ply"))
+        data["ply_file_path"] = "sparse_pc.ply"
     path = scene_dir / "transforms.json"
     path.write_text(json.dumps(data, indent=2))
     return path
