@@ -389,3 +389,20 @@ def test_generate_tiny_trajectory_x10_gives_the_same_renders_and_gaussians_x10(t
     assert float((diff > 1e-4).float().mean()) < 1e-4 and float(diff.max()) <= 1.0 / 255
     assert "trajectory's units" in ma["units"]["scene"] and ma["lrdm"]["scale"]["mode"] == "auto"
     assert ma["inputs"]["cameras"]["scale"]["factor"] == pytest.approx(10 * mb["inputs"]["cameras"]["scale"]["factor"])
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("trajectory", {"scale": "metres"}, r"trajectory\.scale: expected auto or a number > 0, got 'metres'"),
+        ("trajectory", {"scale": -2.0}, r"trajectory\.scale: expected auto or a number > 0, got -2\.0"),
+        ("lrdm", {"translation_scale": 0.0}, r"lrdm\.translation_scale: expected a number > 0, or null"),
+    ],
+)
+def test_bad_scale_options_are_one_line_errors(section, value, message):
+    from diff4splat.cli import InputError
+    from diff4splat.pipelines.jobs import GenerateConfig, LRDMOptions, TrajectoryOptions, check_options
+
+    opts = {"trajectory": TrajectoryOptions, "lrdm": LRDMOptions}[section](**value)
+    with pytest.raises(InputError, match=message):
+        check_options(GenerateConfig(tiny=True, **{section: opts}))
