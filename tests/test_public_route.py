@@ -117,3 +117,18 @@ def test_camera_wan_path_to_our_camera_weights_stands_for_their_config(tmp_path)
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "something/1"})
     with pytest.raises(InputError, match=r"other\.safetensors: metadata format 'something/1', no CameraWan config"):
         public.resolve_camera_wan(str(tmp_path / "other.safetensors"))
+
+
+def test_memory_estimate_counts_the_gaussians_movies_makes(released_root):
+    """A vggt LRDM (MoVieS) makes one Gaussian per pixel of the 13 frames it reads at its 518-pixel size, not one per
+    pixel of every frame: the Fun model's native 704x1280x121 fits an 80 GB GPU (the real weights, ~28 GiB in bf16,
+    come on top of the activations estimated here from the tiny files)."""
+    from diff4splat.pipelines.memory import GIB, Size, describe_models, estimate_bytes
+
+    root, _ = released_root
+    models = describe_models(public.resolve_config(compose("layout=public", f"paths.ckpt_root={root}")), "cuda")
+    assert models.lrdm_frames == 13 and models.gaussian_stride == 1
+    native = Size(121, 704, 1280, 31, 121)
+    assert estimate_bytes(native, models) < 40 * GIB  # ~560 GiB if all 121 frames emitted Gaussians
+    every_frame = estimate_bytes(native, replace(models, lrdm_frames=None))
+    assert every_frame > 10 * estimate_bytes(native, models)

@@ -10,8 +10,9 @@ The estimate, in bytes, of what the run adds on the device the models run on (CP
 
 F frames of H x W pixels; B = 2 with classifier-free guidance (both branches in one batch), else 1; d the bytes of
 the compute dtype; tokens = (1 + (F - 1)/4)·(H/32)·(W/32) CameraWan tokens of width ``dim``; N = F·(H/s)·(W/s)
-Gaussians (s: the LRDM's ``gaussian_stride``; every frame emits Gaussians) and T query times (``lrdm.num_times``, or
-one per latent frame); V views of ``novel.mp4`` (``render.novel_frames``, or F). ``lrdm`` covers everything from
+Gaussians (s: the LRDM's ``gaussian_stride``; every frame emits Gaussians; a ``vggt`` LRDM such as MoVieS: one per
+pixel of the ``lrdm.input_frames`` frames it reads at its native size, long side 518) and T query times
+(``lrdm.num_times``, or one per latent frame); V views of ``novel.mp4`` (``render.novel_frames``, or F). ``lrdm`` covers everything from
 the LRDM to the written files (the video, renders and Gaussians stay alive until the files are written). What each
 term holds:
 
@@ -70,6 +71,7 @@ GAUSSIAN_BYTES = 180.0  # analytic: 14 float32 (56 B) twice (pruning) and a 68-b
 DIT_BYTES = 16.0  # analytic, x dtype bytes: hidden, q, k, v, output, 2 x 4.7 feed-forward, ... per channel
 VAE_BYTES = 12.0  # analytic, x dtype bytes: three feature maps over 4 frames at full resolution
 TINY_WEIGHTS = 260 * 2**20  # calibrated: building the tiny pipeline adds 236 MiB
+VGGT_LONG_SIDE = 518  # a vggt LRDM reads frames with this long side (VGGT-1B's 37 patches of 14 pixels)
 FREE_FRACTION = 0.9  # what a run may take of the free memory (the rest for the allocator's slack and the system)
 
 
@@ -94,6 +96,8 @@ class Models:
     guided: bool  # classifier-free guidance: two branches per step
     gaussian_stride: int  # LRDM: one Gaussian per s x s pixels
     decoder_dim: int  # Wan VAE decoder width
+    lrdm_frames: int | None = None  # a vggt LRDM: the frames it reads (at its native size); None: every frame
+    lrdm_long_side: int = VGGT_LONG_SIDE  # a vggt LRDM's native long side (pixels)
 
 
 def estimate_bytes(size: Size, m: Models) -> float:
@@ -104,7 +108,11 @@ def estimate_bytes(size: Size, m: Models) -> float:
     tokens = (1 + (f - 1) // 4) * (h // 32) * (w // 32)
     sampling = RAY_BYTES * b * pixels + DIT_BYTES * m.dtype_bytes * b * tokens * m.dim
     sampling += VAE_BYTES * m.dtype_bytes * h * w * m.decoder_dim
-    n = f * math.ceil(h / m.gaussian_stride) * math.ceil(w / m.gaussian_stride)
+    if m.lrdm_frames is None:
+        n = f * math.ceil(h / m.gaussian_stride) * math.ceil(w / m.gaussian_stride)
+    else:  # a vggt LRDM: one Gaussian per pixel of the frames it reads, at its native size
+        k = m.lrdm_long_side / max(h, w)
+        n = min(m.lrdm_frames, f) * round(h * k) * round(w * k)
     lrdm = VIDEO_BYTES * pixels + NOVEL_BYTES * size.novel_views * h * w
     lrdm += GAUSSIAN_BYTES * n + DEFORM_BYTES * n * size.query_times
     return m.weights + OVERHEAD + max(sampling, lrdm)
@@ -164,19 +172,31 @@ def _files_bytes(path: str | None, pattern: str = "*.safetensors") -> float:
 
 def _lrdm_stride(path: str | None) -> int:
     """The ``gaussian_stride`` in an LRDM export's metadata (read from the file's header only); 1 when unknown."""
+    return _lrdm_facts(path)[0]
+
+
+def _lrdm_facts(path: str | None) -> tuple[int, bool]:
+    """(``gaussian_stride``, whether the encoder is ``vggt``) of an LRDM file, from its header only: our export's
+    metadata, or a released VGGT / MoVieS checkpoint (``.safetensors`` by its tensor names; ``.pt`` / ``.pth``:
+    VGGT-1B's ``model.pt``). (1, False) when unknown."""
     import json
 
+    if path and Path(path).suffix in (".pt", ".pth"):
+        return 1, True
     if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
-        return 1
+        return 1, False
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        model = json.loads(meta.get("hparams", "{}")).get("model") or {}
-        return max(1, int(model.get("gaussian_stride", 1)))
+            meta, keys = f.metadata() or {}, list(f.keys())
+        if "hparams" not in meta:
+            released = ("aggregator.patch_embed.", "backbone.encoder.", "encoder.cls_token")
+            return 1, any(k.startswith(released) for k in keys)
+        model = json.loads(meta["hparams"]).get("model") or {}
+        return max(1, int(model.get("gaussian_stride", 1))), model.get("encoder") == "vggt"
     except Exception:  # noqa: BLE001 - an unreadable header is reported when the model loads; assume the densest
-        return 1
+        return 1, False
 
 
 def describe_models(cfg: GenerateConfig, device: str) -> Models:
@@ -218,7 +238,9 @@ def describe_models(cfg: GenerateConfig, device: str) -> Models:
     if cuda and cfg.low_memory.text_encoder_on_cpu:
         on_device.pop("text_encoder")
     weights = max(on_device.values()) if cuda and cfg.low_memory.offload else sum(on_device.values())
-    return Models(weights, dim, dtype_bytes, guided, _lrdm_stride(cfg.models.lrdm), _decoder_dim(cfg.models.vae))
+    stride, vggt = _lrdm_facts(cfg.models.lrdm)
+    frames = (cfg.lrdm.input_frames or 2**31) if vggt else None  # input_frames null: every frame
+    return Models(weights, dim, dtype_bytes, guided, stride, _decoder_dim(cfg.models.vae), frames)
 
 
 def _decoder_dim(vae: str | None) -> int:
