@@ -132,3 +132,26 @@ def test_memory_estimate_counts_the_gaussians_movies_makes(released_root):
     assert estimate_bytes(native, models) < 40 * GIB  # ~560 GiB if all 121 frames emitted Gaussians
     every_frame = estimate_bytes(native, replace(models, lrdm_frames=None))
     assert every_frame > 10 * estimate_bytes(native, models)
+
+
+def test_the_fun_model_feeds_our_latent_lrdm_too(released_root, tmp_path):
+    """models.lrdm=<our latent LRDM> with the Fun camera model: the LRDM reads the Fun model's Wan2.2 latents."""
+    from diff4splat.models.lrdm import LRDM, lrdm_preset
+    from diff4splat.pipelines.generation import TINY_LRDM
+
+    _, ref = released_root
+    lrdm = LRDM(lrdm_preset("tiny", encoder="latent", **TINY_LRDM))
+    pipe = Diff4SplatPipeline(ref.text_encoder, ref.camera_wan, ref.vae, lrdm)
+    job = make_job(compose(*FAST), PHOTO, str(POSES), "a room", 1, tmp_path / "unused")
+    cams = job.cameras
+    g = pipe(
+        job.image,
+        cams.c2w.float(),
+        cams.fxfycxcy.float(),
+        cams.times.float(),
+        "a room",
+        sampling=SamplingConfig(scheduler="euler", steps=2, seed=1),
+        prune_threshold=0.0,
+    )
+    assert g.latents.shape == (48, 4, MODEL_H // 16, MODEL_W // 16)
+    assert g.scene.gaussians.num_gaussians == FRAMES * (MODEL_H // 8) * (MODEL_W // 8)  # stride 8, every frame
