@@ -176,27 +176,18 @@ def _lrdm_stride(path: str | None) -> int:
 
 
 def _lrdm_facts(path: str | None) -> tuple[int, bool]:
-    """(``gaussian_stride``, whether the encoder is ``vggt``) of an LRDM file, from its header only: our export's
-    metadata, or a released VGGT / MoVieS checkpoint (``.safetensors`` by its tensor names; ``.pt`` / ``.pth``:
-    VGGT-1B's ``model.pt``). (1, False) when unknown."""
-    import json
+    """(``gaussian_stride``, whether the encoder is ``vggt``) of an LRDM file, from its header only
+    (`public.lrdm_file`: our export's metadata, or a released VGGT / MoVieS checkpoint); (1, False) when unknown."""
+    from diff4splat.pipelines.public import lrdm_file
 
-    if path and Path(path).suffix in (".pt", ".pth"):
-        return 1, True
-    if not path or not str(path).endswith(".safetensors") or not Path(path).is_file():
+    if not path or not Path(path).is_file():
         return 1, False
+    kind, model = lrdm_file(path)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta, keys = f.metadata() or {}, list(f.keys())
-        if "hparams" not in meta:
-            released = ("aggregator.patch_embed.", "backbone.encoder.", "encoder.cls_token")
-            return 1, any(k.startswith(released) for k in keys)
-        model = json.loads(meta["hparams"]).get("model") or {}
-        return max(1, int(model.get("gaussian_stride", 1))), model.get("encoder") == "vggt"
-    except Exception:  # noqa: BLE001 - an unreadable header is reported when the model loads; assume the densest
-        return 1, False
+        stride = max(1, int(model.get("gaussian_stride", 1)))
+    except (TypeError, ValueError):  # a malformed config is reported when the model loads; assume the densest
+        stride = 1
+    return stride, kind in ("movies", "vggt") or model.get("encoder") == "vggt"
 
 
 def describe_models(cfg: GenerateConfig, device: str) -> Models:

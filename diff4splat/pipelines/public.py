@@ -143,29 +143,30 @@ def load_aligner(path: str | Path) -> LatentAligner:
 # meta.json: every weight file and its licence
 
 
-def _lrdm_kind(path: str) -> str:
-    """``movies`` / ``vggt`` for a released reconstructor file (from its keys only), else ``ours``."""
+def lrdm_file(path: str | Path | None) -> tuple[str, dict[str, Any]]:
+    """What an LRDM weight file is, from its header only: ``("movies" | "vggt", {})`` for a released MoVieS / VGGT-1B
+    checkpoint (``.safetensors`` by its tensor names; VGGT-1B's ``model.pt``), ``("ours", model config)`` for our
+    export (the config from its metadata; empty for a ``.ckpt`` or an unreadable header)."""
+    import json
+
     from diff4splat.models.movies import CHECKPOINT_PREFIX
 
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
+    p = Path(path or "")
+    if p.suffix != ".safetensors":
+        return ("vggt" if p.name.startswith("model.") and p.suffix in (".pt", ".pth") else "ours"), {}
+    from safetensors import safe_open
 
-        try:
-            with safe_open(str(p), "pt") as f:
-                keys, meta = list(f.keys()), f.metadata() or {}
-        except Exception:  # noqa: BLE001 - the loader has read it already; an unreadable header means not ours
-            return "ours"
+    try:
+        with safe_open(str(p), "pt") as f:
+            keys, meta = list(f.keys()), f.metadata() or {}
         if "hparams" in meta:
-            return "ours"
-        if any(k.startswith("aggregator.patch_embed.") for k in keys):
-            return "vggt"
-        return (
-            "movies"
-            if any(k.startswith(CHECKPOINT_PREFIX + "encoder.") or k.startswith("encoder.") for k in keys)
-            else "ours"
-        )
-    return "vggt" if p.name.startswith("model.") else "ours"
+            return "ours", dict(json.loads(meta["hparams"]).get("model") or {})
+    except Exception:  # noqa: BLE001 - the loader reports an unreadable file; here it is simply not a released one
+        return "ours", {}
+    if any(k.startswith("aggregator.patch_embed.") for k in keys):
+        return "vggt", {}
+    movies = any(k.startswith((CHECKPOINT_PREFIX + "encoder.", "encoder.cls_token")) for k in keys)
+    return ("movies" if movies else "ours"), {}
 
 
 def weight_files(cfg: GenerateConfig, camera_wan: CameraWanConfig) -> list[dict[str, Any]]:
@@ -196,7 +197,7 @@ def weight_files(cfg: GenerateConfig, camera_wan: CameraWanConfig) -> list[dict[
             "CameraWan camera branch (training export)",
             LICENCES["ours"],
         )
-    kind = _lrdm_kind(m.lrdm)
+    kind = lrdm_file(m.lrdm)[0]
     what = {"movies": "MoVieS (VGGSplaT)", "vggt": "VGGT-1B", "ours": "LRDM (training export)"}[kind]
     add("lrdm", m.lrdm, what, LICENCES[kind])
     if cfg.decoder == "tiny_vae":
