@@ -36,20 +36,17 @@ import numpy as np
 import torch
 import torch.nn.functional as tnf
 
-from datamodules.augment import scale_sample_stride
 from datamodules.latents import POSE_SCALES, LatentMeta, LatentSample, LatentShardWriter
 from datamodules.spec import Clip, decode_frames, decode_sample
-from datamodules.stream import SkipStats, _depth_mean, crop_box, iter_tar
+from datamodules.stream import SkipStats, crop_box, iter_tar, scene_frames, scene_unit
 from datamodules.verify import find_shards
 from diff4splat.cli import run_cli
 from diff4splat.geometry.cameras import canonicalize, crop_intrinsics
-from diff4splat.geometry.scale import fallback_mean, scale_from_mean
 from diff4splat.models.wan_vae import WanVAE
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-SCENE_FRAMES = 5  # frames of a window whose scene points define its scene unit (the LRDM's input count)
 _SCALE_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "points_world")
 
 
@@ -96,28 +93,24 @@ def window_scene_scale(clip: Clip, indices: list[int]) -> tuple[float, str]:
     tracks and points): 1 / the mean distance from the window's first camera of the points that `SCENE_FRAMES`
     evenly spaced frames see (`diff4splat.geometry.scale`), from valid depth, else sparse points, else tracks, else
     the camera heuristic; (1, "none") when nothing measures it."""
-    pos = np.unique(np.round(np.linspace(0, len(indices) - 1, min(SCENE_FRAMES, len(indices)))).astype(np.int64))
-    src = np.asarray(indices)[pos]
+    src = np.asarray(indices)[scene_frames(len(indices))]
     c2w_src = np.asarray(clip.c2w, np.float64)
     w2c = np.linalg.inv(c2w_src[indices[0]])
-    c2w = w2c @ c2w_src[src]
-    K = np.asarray(clip.fxfycxcy, np.float64)[src]
-    if clip.depth is not None:
-        d = np.asarray(clip.depth[src], np.float32)
-        valid = np.isfinite(d) & (d > 0)
-        if clip.depth_valid is not None:
-            valid &= clip.depth_valid[src]
-        mean = _depth_mean(d, valid, c2w, K, "mean_xyz", scale_sample_stride(*d.shape))
-        if mean is not None:
-            return scale_from_mean(mean), "depth"
     tracks = visible = points = None
     if clip.tracks_world is not None:
         tracks = np.asarray(clip.tracks_world, np.float64)[src] @ w2c[:3, :3].T + w2c[:3, 3]
         visible = np.asarray(clip.tracks_visible)[src]
     if clip.points_world is not None:
         points = np.asarray(clip.points_world, np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
-    mean, method = fallback_mean(c2w, K, tracks, visible, points)
-    return scale_from_mean(mean), method
+    return scene_unit(
+        w2c @ c2w_src[src],
+        np.asarray(clip.fxfycxcy, np.float64)[src],
+        None if clip.depth is None else clip.depth[src],
+        None if clip.depth_valid is None else clip.depth_valid[src],
+        tracks,
+        visible,
+        points,
+    )
 
 
 def _jpeg(frame: torch.Tensor, quality: int = 95) -> bytes:

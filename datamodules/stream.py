@@ -706,6 +706,40 @@ class ClipTransform:
         return mean
 
 
+SCENE_FRAMES = 5  # frames of a window whose scene points define its unit outside the stream (the LRDM's input count)
+
+
+def scene_frames(num_frames: int) -> np.ndarray:
+    """Positions of the `SCENE_FRAMES` evenly spaced frames (the first included) of a window of `num_frames`."""
+    return np.unique(np.round(np.linspace(0, num_frames - 1, min(SCENE_FRAMES, num_frames))).astype(np.int64))
+
+
+def scene_unit(
+    c2w: np.ndarray,  # (F,4,4) cameras canonical to the first
+    fxfycxcy: np.ndarray,  # (F,4) normalised intrinsics of the frames `depth` covers
+    depth: np.ndarray | None = None,  # (F,H,W) z-depth
+    valid: np.ndarray | None = None,  # (F,H,W) bool (None: finite and > 0)
+    tracks: np.ndarray | None = None,  # (F,N,3) canonical, NaN where not visible
+    visible: np.ndarray | None = None,  # (F,N) bool
+    points: np.ndarray | None = None,  # (P,3) canonical sparse points
+) -> tuple[float, str]:
+    """(s, method): the one rule's factor (normalised = stored × s; `diff4splat.geometry.scale`) for frames outside
+    the stream (latent encoding, synthetic videos): 1 / the mean distance from the first camera of the valid depth
+    points (subsampled as the stream does), else of the sparse points seen, else of the visible tracks, else the
+    camera heuristic; (1, "none") when nothing measures it."""
+    c2w, fxfycxcy = np.asarray(c2w, np.float64), np.asarray(fxfycxcy, np.float64)
+    if depth is not None:
+        d = np.asarray(depth, np.float32)
+        ok = np.isfinite(d) & (d > 0)
+        if valid is not None:
+            ok &= np.asarray(valid, bool)
+        mean = _depth_mean(d, ok, c2w, fxfycxcy, "mean_xyz", scale_sample_stride(*d.shape))
+        if mean is not None:
+            return scale_from_mean(mean), "depth"
+    mean, method = fallback_mean(c2w, fxfycxcy, tracks, visible, points)
+    return scale_from_mean(mean), method
+
+
 def _depth_mean(
     depth: np.ndarray, valid: np.ndarray, c2w: torch.Tensor, K: torch.Tensor, mode: str, stride: int
 ) -> float | None:

@@ -2,8 +2,10 @@
 
 Each sample is one procedural scene (``datamodules.synthetic``) filmed along one of its random trajectories: all
 ``num_frames`` frames in time order (F = 1 + 4k, the Wan VAE's frame count), as the diffusion batch contract wants
-(see ``diff4splat.systems.diffusion``): ``frames`` [F, 3, H, W] float in [0, 1], ``c2w`` [F, 4, 4] metric OpenCV
-c2w with the first camera = identity, ``fxfycxcy`` [F, 4], ``key``. The system encodes ``frames`` online with its Wan
+(see ``diff4splat.systems.diffusion``): ``frames`` [F, 3, H, W] float in [0, 1], ``c2w`` [F, 4, 4] OpenCV c2w with
+the first camera = identity in scene units (the camera model's pose scale, as ``encode_latents --pose-scale scene``:
+the mean distance from it of the depth points of `SCENE_FRAMES` evenly spaced frames is 1; `diff4splat.geometry.scale`),
+``fxfycxcy`` [F, 4], ``key``. The system encodes ``frames`` online with its Wan
 VAE. Scenes are generated once into a pool (training) and disjoint held-out pools of other seeds (validation, and
 test: the checkpoint chosen on validation is tested on clips it was not chosen on; `datamodules.holdout`);
 training draws ``batches_per_epoch`` batches from the pool with a seeded sampler. ``trajectories_per_scene`` > 1
@@ -30,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from datamodules.datamodule import resume_seed
+from datamodules.stream import scene_frames, scene_unit
 from datamodules.synthetic import TRAJECTORIES, SyntheticConfig, generate_arrays
 
 VAL_SEED_OFFSET = 1_000_003
@@ -41,7 +44,10 @@ def video_sample(
 ) -> dict[str, Any]:
     a = generate_arrays(cfg, seed, trajectory=trajectory, strength=strength)
     c2w = torch.from_numpy(a["c2w"]).double()
-    c2w = torch.linalg.inv(c2w[:1]) @ c2w  # canonical: first camera = identity (metric units kept)
+    c2w = torch.linalg.inv(c2w[:1]) @ c2w  # canonical: first camera = identity
+    sel = scene_frames(len(c2w))
+    s, _ = scene_unit(c2w[sel].numpy(), a["fxfycxcy"][sel], a["depth"][sel], a["depth_valid"][sel])
+    c2w[:, :3, 3] *= s  # scene units
     return {
         "frames": torch.from_numpy(a["frames"]).permute(0, 3, 1, 2).contiguous(),  # uint8 [F, 3, H, W]
         "c2w": c2w.float(),
