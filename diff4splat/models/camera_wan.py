@@ -121,6 +121,9 @@ def build_transformer(cfg: CameraWanConfig, device: torch.device | str | None = 
             path = path / "transformer"
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"CameraWan: no diffusers transformer config.json in {path} or {path}/transformer")
+        from diff4splat.models.fastwan import check_transformer_folder
+
+        check_transformer_folder(path)  # strict, as every release loads: each tensor of its config, with its shape
         model = WanTransformer3DModel.from_pretrained(str(path), torch_dtype=dtype)
     elif cfg.init == "original":
         from diff4splat.models import wan_convert

@@ -429,6 +429,21 @@ def run_job(
     return job.target
 
 
+def check_release_sampling(cfg: GenerateConfig) -> None:
+    """A released distilled base model (FastWan: ``model_index.json`` names a DMD pipeline) samples with the schedule
+    its student was trained for, ``sampling.mode=distilled`` with its steps; any other sampling is refused."""
+    from diff4splat.models.fastwan import release_timesteps
+
+    cw, s = cfg.models.camera_wan, cfg.sampling
+    timesteps = release_timesteps(cw.pretrained_path) if cw.init == "pretrained" and cw.pretrained_path else None
+    if timesteps is not None and (s.mode != "distilled" or distilled_timesteps(s) != timesteps):
+        raise InputError(
+            f"models.camera_wan.pretrained_path={cw.pretrained_path}: a {len(timesteps)}-step distilled release "
+            f"(timesteps {[int(t) for t in timesteps]}); pass sampling.mode=distilled sampling.steps={len(timesteps)} "
+            f"(got sampling.mode={s.mode} sampling.steps={s.steps})"
+        )
+
+
 def _query_times(job: Job, cfg: GenerateConfig) -> Tensor | None:
     n = cfg.lrdm.num_times
     if n is None:
@@ -450,6 +465,7 @@ def generate(cfg: GenerateConfig) -> Path:
     cfg = resolve_config(cfg)  # models.camera_wan=<path>: the config it stands for (file headers only)
     if not cfg.tiny:
         check_model_paths(cfg)
+        check_release_sampling(cfg)
     if cfg.batch:
         if cfg.image:
             raise InputError("image and batch are exclusive: pass one image or a batch folder/CSV")
