@@ -10,8 +10,10 @@ A converter module ``datamodules/sources/<name>.py`` exposes:
 
 Conventions every converter follows (see ../shared/DESIGN.md): OpenCV c2w (F,4,4) in the dataset's own world
 frame (canonicalisation happens at load time), normalised ``fxfycxcy`` of the *written* frames, depth as z-depth
-in the units of c2w with ``meta.metric_scale`` = metres per unit, tracks in world coordinates with NaN where
-invisible. Clip keys are ``<sequence id with non [A-Za-z0-9_-] replaced by '-'>_<start frame:06d>``.
+in the units of c2w with ``meta.metric_scale`` = stored units per metre, ``meta.scale_source`` = where that unit
+comes from (``ClipMeta.for_dataset`` fills it from `diff4splat.geometry.scale.DATASET_SCALE_SOURCE`: ``arbitrary`` for
+SfM/SLAM poses, never ``metric``), sparse SfM points as ``points_world`` where the dataset ships them, tracks in world
+coordinates with NaN where invisible. Clip keys are ``<sequence id with non [A-Za-z0-9_-] replaced by '-'>_<start frame:06d>``.
 """
 
 from __future__ import annotations
