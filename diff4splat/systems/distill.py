@@ -313,11 +313,13 @@ class DistillationSystem(CameraDiffusionSystem):
         x0_data: Tensor | None = None,  # for simulate=False
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,  # the initial noise z (None: drawn)
+        k: int | None = None,  # the student step (None: drawn from ``generator``)
     ) -> tuple[Tensor, int]:
         """The student's x̂₀ at a random one of its steps k (returned), its input simulated by its own steps 0..k-1
         (no gradient); gradients flow through the last forward only when grad mode is on."""
         d, dev = self.dmd, cond.device
-        k = int(torch.randint(0, len(self.timesteps), (1,), generator=generator))
+        if k is None:
+            k = int(torch.randint(0, len(self.timesteps), (1,), generator=generator))
         b = shape[0]
 
         def t_of(i: int) -> Tensor:
@@ -394,8 +396,17 @@ class DistillationSystem(CameraDiffusionSystem):
         x0_data, cond, text, null, cams = self.conditions(batch)
         generator_step = self.global_step % self.dmd.generator_update_interval == 0
         noise = torch.randn_like(x0_data, dtype=torch.float32)
+        # the same student step on every rank: each simulated step is an FSDP2 forward (collectives must match)
+        k = int(
+            torch.randint(
+                0,
+                len(self.timesteps),
+                (1,),
+                generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step),
+            )
+        )
         with torch.set_grad_enabled(generator_step):
-            x0, k = self.student_sample(cond, x0_data.shape, text, cams, x0_data, noise=noise)
+            x0, k = self.student_sample(cond, x0_data.shape, text, cams, x0_data, noise=noise, k=k)
         b = x0.shape[0]
         total = self.critic_loss(x0.detach(), cond, text, cams).mean()
         parts = {"critic": total.detach()}
