@@ -6,7 +6,9 @@ in the destination's own folder (a rename across disks would be a copy), flushed
 (``0666 & ~umask``; temporary files are made ``0600``) and renamed onto the destination. A failure (an exception, a
 full disk, a signal) removes the temporary entry and leaves what was there before untouched. A folder that replaces
 an existing one takes two renames (the old one aside, the new one in place); `recover_interrupted_replace` restores
-the old one if a kill falls between them.
+the old one if a kill falls between them. A file written inside an `atomic_dir`'s temporary folder is not flushed on
+its own: the folder flushes everything in it once, before its rename, so nothing is visible before it is durable and
+the writers (a generation's scene, ply frames, videos) do not each wait for the disk.
 
 Signals: under `cleanup_on_signals` (every CLI's `diff4splat.cli.run_cli`) SIGTERM, like Ctrl-C, raises `Interrupted` in
 the main thread, so the writers' cleanup runs before the process exits. A kill that cannot be caught (SIGKILL, the
@@ -46,6 +48,15 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_FOLDERS_FLUSHED_WHOLE: set[Path] = set()  # atomic_dir temporary folders: flushed as a whole before their rename
+_FOLDERS_LOCK = threading.Lock()
+
+
+def _flushed_with_its_folder(path: Path) -> bool:
+    """Whether ``path`` lies in an `atomic_dir` temporary folder (which flushes all its files before the rename)."""
+    with _FOLDERS_LOCK:
+        return any(folder in path.parents for folder in _FOLDERS_FLUSHED_WHOLE)
 
 
 def _umask() -> int:
@@ -139,9 +150,10 @@ def recover_interrupted_replace(path: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, fsync: bool = True, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` to write one file to; renamed onto ``path`` when the block succeeds, removed
-    when it fails. Parent folders are created. ``fsync=False`` skips the flush (caches that can be rebuilt);
-    ``suffix`` ends the temporary name, for writers that choose by it (``np.savez`` appends ``.npz`` to any other)."""
-    path = Path(path)
+    when it fails. Parent folders are created. ``fsync=False`` skips the flush (caches that can be rebuilt; inside an
+    `atomic_dir` the folder's own flush covers it); ``suffix`` ends the temporary name, for writers that choose by it
+    (``np.savez`` appends ``.npz`` to any other)."""
+    path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
@@ -149,7 +161,7 @@ def atomic_file(path: str | os.PathLike, fsync: bool = True, suffix: str = ".tmp
     try:
         yield tmp
         _set_usual_permissions(tmp, _umask())
-        if fsync:
+        if fsync and not _flushed_with_its_folder(tmp):
             fsync_tree(tmp)
         replace_path(tmp, path)
     except BaseException:
@@ -248,6 +260,9 @@ def atomic_dir(target: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
     with _parents_made(target.parent):
         prefix = f".{target.name}.tmp-{os.getpid()}@{_host()}-"
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        if fsync:
+            with _FOLDERS_LOCK:
+                _FOLDERS_FLUSHED_WHOLE.add(tmp)
         try:
             yield tmp
             _set_usual_permissions(tmp, _umask())
@@ -258,6 +273,9 @@ def atomic_dir(target: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
         except BaseException:
             remove_path(tmp)
             raise
+        finally:
+            with _FOLDERS_LOCK:
+                _FOLDERS_FLUSHED_WHOLE.discard(tmp)
 
 
 class Interrupted(KeyboardInterrupt):

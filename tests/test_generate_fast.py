@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from diff4splat import files
 from diff4splat.cli import run_cli
 from diff4splat.gaussians import io as gaussian_io
 from diff4splat.gaussians.io import load_4d, read_4d_metadata
@@ -136,3 +137,20 @@ def test_a_failing_writer_is_one_error_line_exit_2_and_leaves_no_folder(tmp_path
         "error: ply frames: cannot be written (a broken writer)"
     ]
     assert list(tmp_path.iterdir()) == []  # no output folder, no temporary folder, no parent made for it
+
+
+def test_files_in_an_atomic_folder_are_flushed_once_with_it_and_alone_by_themselves(tmp_path, monkeypatch):
+    flushed: list[str] = []
+    real_fsync_tree = files.fsync_tree
+
+    def spy(path):
+        flushed.append(Path(path).name)
+        real_fsync_tree(path)
+
+    monkeypatch.setattr(files, "fsync_tree", spy)
+    with files.atomic_dir(tmp_path / "out") as tmp:
+        files.atomic_write_text(tmp / "scene.txt", "written")
+        assert flushed == [] and (tmp / "scene.txt").read_text() == "written"  # no flush of its own
+    assert flushed == [tmp.name] and (tmp_path / "out" / "scene.txt").read_text() == "written"  # the folder's
+    files.atomic_write_text(tmp_path / "alone.txt", "alone")
+    assert len(flushed) == 2 and flushed[1].startswith(".alone.txt.")  # outside a folder: flushed by itself

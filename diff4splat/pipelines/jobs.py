@@ -154,7 +154,7 @@ class GenerateConfig:
     batch: str | None = None  # a folder of images or a CSV with columns image, trajectory, prompt (+ name, seed)
     progress: bool = True
     compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for batches of >= 3 scenes
-    video_preset: str = "veryfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
+    video_preset: str = "superfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
     write_workers: int | None = None  # writer threads (None: one per file); 0: every file written in turn
     check_memory: bool = True  # refuse sizes whose estimated peak memory exceeds what is free (pipelines.memory)
 

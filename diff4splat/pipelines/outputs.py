@@ -235,7 +235,7 @@ def write_outputs(
     stages: Stages,
     outputs: tuple[str, ...] = OUTPUTS,
     scene_metadata: dict | None = None,
-    video_preset: str = "veryfast",
+    video_preset: str = "superfast",
     file_timings: dict[str, float] | None = None,
     workers: int | None = None,
     on_scene: Callable[[Path | None], None] | None = None,

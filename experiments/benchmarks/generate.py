@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=["none", "blocks", "both"],
         help="torch.compile the CameraWan blocks (both: every configuration eager, then compiled)",
     )
-    p.add_argument("--video-preset", default="veryfast", help="libx264 preset of the mp4 files (the CLI's default)")
+    p.add_argument("--video-preset", default="superfast", help="libx264 preset of the mp4 files (the CLI's default)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
