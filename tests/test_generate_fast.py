@@ -17,10 +17,12 @@ from diff4splat import files
 from diff4splat.cli import run_cli
 from diff4splat.gaussians import io as gaussian_io
 from diff4splat.gaussians.io import load_4d, read_4d_metadata
+from diff4splat.geometry.trajectories import make_trajectory
 from diff4splat.pipelines import outputs
 from diff4splat.pipelines.generation import Diff4SplatPipeline
 from diff4splat.pipelines.jobs import GenerateConfig, RenderOptions, TrajectoryOptions, generate, make_job, run_job
 from diff4splat.pipelines.outputs import SCENE_FILE
+from diff4splat.pipelines.reconstruction import ReconstructionPipeline
 from diff4splat.pipelines.stages import STAGES
 from diff4splat.sampling import SamplingConfig
 from tests.test_generate import one_thread  # noqa: F401 (an autouse fixture: one intra-op thread)
@@ -154,3 +156,34 @@ def test_files_in_an_atomic_folder_are_flushed_once_with_it_and_alone_by_themsel
     assert flushed == [tmp.name] and (tmp_path / "out" / "scene.txt").read_text() == "written"  # the folder's
     files.atomic_write_text(tmp_path / "alone.txt", "alone")
     assert len(flushed) == 2 and flushed[1].startswith(".alone.txt.")  # outside a folder: flushed by itself
+
+
+def _batched_against_view_by_view(device: str) -> None:
+    pipe = Diff4SplatPipeline.tiny(seed=1, device=device)
+    traj = make_trajectory("orbit", 9, strength=0.2)
+    image = torch.rand(3, 96, 160, generator=torch.Generator().manual_seed(0))
+    scene = pipe(image, traj.c2w.float(), traj.fxfycxcy.float(), None, "", sampling=SamplingConfig(steps=2)).scene
+    views = ReconstructionPipeline(pipe.lrdm, pipe.vae, pipe._views.backend)
+    novel = make_trajectory("orbit", 9, strength=0.1, look_at=1.0).c2w.float()
+    for c2w, times in ((scene.c2w, scene.input_times), (novel, torch.full((9,), 0.5))):  # per-view times; one time
+        fx = scene.fxfycxcy[:1].expand(9, 4)
+        rgb, depth = pipe.render(scene, c2w, fx, times, views_per_pass=4)  # passes of 4, 4 and 1 views
+        ref_rgb, ref_depth = views.render_views(scene, c2w.to(device), fx, times.to(device))
+        assert rgb.shape == (9, 3, 96, 160) and depth.shape == (9, 1, 96, 160)
+        assert rgb.std() > 0.01  # the views see the scene
+        # the same pixels but a few: batched deformation rounds the same sums in another order, so a Gaussian at a
+        # pixel's cut-off (alpha or tile bounds) can flip it
+        for ours, ref, tol in ((rgb, ref_rgb, 1e-5), (depth, ref_depth, 1e-4)):
+            off = (ours - ref).abs() > tol * (1 + ref.abs())
+            assert off.float().mean() < 1e-4 and (ours - ref).abs().max() < 0.01, (off.sum(), (ours - ref).abs().max())
+
+
+def test_batched_renders_equal_view_by_view_renders():
+    _batched_against_view_by_view("cpu")
+
+
+@pytest.mark.gpu
+def test_batched_renders_equal_view_by_view_renders_with_gsplat():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    _batched_against_view_by_view("cuda")
