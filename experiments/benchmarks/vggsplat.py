@@ -296,12 +296,13 @@ def bench_inference(
     device: str,
     variant: Variant,
     flops: dict[str, float] | None,
+    rendered: bool = True,
 ) -> dict:
     """Latency (median, hooks off), per-stage ms (median of 3 recorded calls), peak memory; TFLOP/s per stage when
     the stage FLOPs are given."""
     frames, height, width = size[:3]
     apply_variant(model, variant, device)
-    step = inference_step(model, stages, frames, height, width, views, device, variant)
+    step = inference_step(model, stages, frames, height, width, views, device, variant, rendered)
     with variant_context(variant, device):
         reset_peak(device)
         times = timed(step, repeats, device)
@@ -319,7 +320,7 @@ def bench_inference(
         "variant": dataclasses.asdict(variant),
         "frames": frames,
         "size": [height, width],
-        "views": views,
+        "views": views if rendered else 0,
         "gaussians": frames * height * width,
         "median_s": times[len(times) // 2],
         "best_s": times[0],
@@ -374,6 +375,7 @@ def run_inference(
     save: Callable[[], None],
     result: dict,
     reserve_s: float = 30,
+    rendered: bool = True,
 ) -> None:
     """The variant grid at the first size (while more than ``reserve_s`` is left), then the fastest variant at every
     size."""
@@ -400,7 +402,9 @@ def run_inference(
                 result.setdefault("skipped", []).append(f"profile {variant.name}: out of time")
                 continue
             try:
-                r = bench_inference(model, stages, size, views, max(3, repeats // 2), device, variant, flops[size[0]])
+                r = bench_inference(
+                    model, stages, size, views, max(3, repeats // 2), device, variant, flops[size[0]], rendered
+                )
             except (RuntimeError, torch.OutOfMemoryError) as e:  # a backend that does not take these shapes
                 r = {"variant": dataclasses.asdict(variant), "error": str(e).splitlines()[0][:300]}
             result["profile"].append(r)
@@ -416,7 +420,7 @@ def run_inference(
             if deadline.left() < 45:
                 result.setdefault("skipped", []).append(f"inference {size[0]} frames: out of time")
                 continue
-            r = bench_inference(model, stages, size, views, repeats, device, chosen, flops[size[0]])
+            r = bench_inference(model, stages, size, views, repeats, device, chosen, flops[size[0]], rendered)
             r["goal_s"] = size[3]
             result["inference"].append(r)
             print(f"inference {size[0]} frames ({chosen.name}): {r['median_s'] * 1e3:.1f} ms {r['stages_ms']}")
@@ -601,6 +605,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--phases", default="profile,inference,train", help="comma-separated: profile, inference, train")
     p.add_argument("--variants", default="all", help=f"comma-separated of {', '.join(VARIANTS)}, or all")
     p.add_argument("--deadline-s", type=float, default=1e9, help="skip measurements that would start later")
+    p.add_argument("--no-render", action="store_true", help="time the forward only (no gsplat)")
     p.add_argument("--reserve-s", type=float, default=30, help="the variant grid stops when this much time is left")
     p.add_argument("--tag", default=None, help="results file name vggsplat_<tag> (default: from the device)")
     args = p.parse_args(argv)
@@ -643,7 +648,19 @@ def main(argv: list[str] | None = None) -> Path:
 
     compile = result["compiled_blocks"]
     if phases & {"profile", "inference"}:
-        run_inference(setting, variants, phases, args.repeats, device, compile, deadline, save, result, args.reserve_s)
+        run_inference(
+            setting,
+            variants,
+            phases,
+            args.repeats,
+            device,
+            compile,
+            deadline,
+            save,
+            result,
+            args.reserve_s,
+            not args.no_render,
+        )
     if "train" in phases:
         run_training(setting, args.train_repeats, device, compile and args.train_compile, deadline, save, result)
     path = write(result, out, tag)
