@@ -273,11 +273,12 @@ def test_distill_tiny_student_is_closer_to_the_guided_teacher_than_its_own_four_
     """The distill_tiny recipe on a trained camctrl_tiny teacher (600 steps): 300 distillation steps (the system's
     own training_step, optimizer and clipping; the student every 5th step). On the held-out camera presets, from the
     same noise, the 4-step student's samples are closer (latent MSE) to the teacher's 25-step samples with CFG 2 than
-    the teacher's own 4-step samples (UniPC, CFG 2) are, by at least 20 %; and the student follows the cameras as
-    the teacher does: its flow loss with the true cameras is below the loss with another path's cameras by a
-    relative gap at least 0.9x the teacher's.
-    Measured: student 0.024 vs teacher 4 steps 0.039 (teacher 25 steps to the data 0.32); camera gap (shuffled - true)
-    / shuffled: student 0.13, teacher 0.12."""
+    the teacher's own 4-step samples (UniPC, CFG 2) are, by at least 20 %; and the student follows the cameras as the
+    teacher does: its relative camera gap, (loss with another path's cameras - loss with the true ones) / the former,
+    is at least 0.9x the teacher's, for the flow loss (as the camera tests measure it) and, at 0.8x, for its samples'
+    latent MSE to the clips.
+    Measured: student 0.018 vs teacher 4 steps 0.036; flow-loss gap 0.387 vs 0.416 (absolute 0.335 vs 0.267); sample
+    gap 0.171 vs 0.189 (absolute MSE differences)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -340,6 +341,15 @@ def _distill_and_compare(make_cfg, tmp_path) -> None:
     for name, model in (("teacher", system.teacher), ("student", system.student)):
         true, shuffled = _flow_loss(model, x0, text, cams), _flow_loss(model, x0, text, cams[perm])
         gap[name] = (shuffled - true) / shuffled
-    print("distill_tiny:", closeness, gap)
-    assert gap["teacher"] > 0.05, gap  # the teacher uses its cameras ...
+    with torch.no_grad():
+        ref_other = sample_latents(
+            system.teacher, cond, 3, text, text, cams[perm], SamplingConfig(steps=25, guidance_scale=guidance, seed=5)
+        )
+        student_other = sample_latents(
+            system.student, cond, 3, text, None, cams[perm], dataclasses.replace(system.sampling, seed=5)
+        )
+    samples = {"teacher": mse(ref_other, x0) - mse(ref, x0), "student": mse(student_other, x0) - mse(student, x0)}
+    print("distill_tiny:", closeness, gap, samples)
+    assert gap["teacher"] > 0.05 and samples["teacher"] > 0.05, (gap, samples)  # the teacher uses its cameras ...
     assert gap["student"] >= 0.9 * gap["teacher"], (gap, closeness)  # ... and the student keeps that
+    assert samples["student"] >= 0.8 * samples["teacher"], (samples, gap)
