@@ -259,10 +259,18 @@ def write_outputs(
 
     g = gen.scene.gaussians
     rendered: dict[str, Renders] = {}
+    # the scene leaves the GPU on a copy stream of its own, after what this thread queued so far (the LRDM), so the
+    # render kernels queued next on the default stream (shared by all threads) do not delay it
+    cuda = g.device.type == "cuda"
+    copy_stream = torch.cuda.Stream(g.device) if cuda else None
+    if cuda:
+        copy_stream.wait_stream(torch.cuda.current_stream(g.device))
 
     def write_scene() -> None:
         if "scene" in outputs:
-            save_4d(g, folder / SCENE_FILE, scene_metadata)
+            with torch.cuda.stream(copy_stream) if cuda else contextlib.nullcontext():
+                host = g.detach().to("cpu", torch.float32)
+            save_4d(host, folder / SCENE_FILE, scene_metadata)
         stages.mark("time_to_scene")
         if on_scene is not None:
             on_scene(folder / SCENE_FILE if "scene" in outputs else None)
