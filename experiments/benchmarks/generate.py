@@ -343,7 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=25, help="the teacher's UniPC steps")
     p.add_argument("--guidance", type=float, default=5.0, help="the teacher's CFG scale")
     p.add_argument("--student-steps", type=int, default=4, help="the distilled student's steps (0: no student rows)")
-    p.add_argument("--teacher-sizes", nargs="*", default=None, help="HxW the teacher runs at (default: --sizes)")
+    p.add_argument(
+        "--teacher-sizes", nargs="*", default=None, help="HxW the teacher runs at (default: --sizes; none given: none)"
+    )
     p.add_argument("--name", default="generate", help="results file name: <name>_<device>.md / .json")
     p.add_argument("--decoders", nargs="*", default=["wan", "tiny_vae"], choices=["wan", "tiny_vae"])
     p.add_argument("--lrdm-encoder", default="latent", choices=["latent", "rgb"])
@@ -440,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     tag = "tiny_" if args.tiny else ""
     tag += "h100" if "H100" in name else "h200" if "H200" in name else "gpu" if device.type == "cuda" else "cpu"
     variants = {"none": [False], "blocks": [True], "both": [False, True]}[args.compile]
-    teacher_sizes = [tuple(int(v) for v in t.split("x")) for t in args.teacher_sizes] if args.teacher_sizes else sizes
+    teacher = sizes if args.teacher_sizes is None else args.teacher_sizes  # given empty: no teacher rows
+    teacher_sizes = [tuple(int(v) for v in t.split("x")) if isinstance(t, str) else t for t in teacher]
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per shape (see the module docstring)
     rows = [
         (c, sampler, s, d)
