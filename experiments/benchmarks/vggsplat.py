@@ -507,6 +507,44 @@ def bench_training(cfg_name: str, shape: tuple, checkpointing: bool, compile: bo
     }
 
 
+def saved_activations_gib(model_name: str, shape: tuple, blocks: bool, heads: bool) -> float:
+    """GiB of the tensors autograd saves in one training forward of the LRDM (not the renderer or the losses), with
+    checkpointing of the transformer blocks (``blocks``) and of the DPT head passes (``heads``): the model in bf16 on
+    the meta device (shapes only), each saved storage counted once, parameters not counted. An estimate of the
+    activation memory under bf16 autocast (where a few saved tensors are float32 instead)."""
+    b, f_in, f_out, h, w = shape
+    with torch.device("meta"):
+        model = LRDM(model_config(model_name, gradient_checkpointing=blocks)).train().to(torch.bfloat16)
+        model.backbone.set_head_checkpointing(heads)
+        c2w, fx = cameras(b, f_in, "meta")
+        images = torch.empty(b, f_in, 3, h, w)
+        t_in, t_out = torch.empty(b, f_in), torch.empty(b, f_out)
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter):
+            storage = t.untyped_storage()
+            sizes[storage._cdata] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(c2w, fx, t_in, t_out, images=images)
+    return sum(sizes.values()) / 2**30
+
+
+def activation_estimates(setting: dict) -> list[dict]:
+    """`saved_activations_gib` per scene of the recipe's shape: no checkpointing, blocks only, blocks and heads."""
+    shape = (1, *setting["train"][1:])
+    return [
+        {
+            "blocks": blocks,
+            "heads": heads,
+            "GiB_per_scene": saved_activations_gib(setting["model"], shape, blocks, heads),
+        }
+        for blocks, heads in ((False, False), (True, False), (True, True))
+    ]
+
+
 def run_training(
     setting: dict, repeats: int, device: str, compile: bool, deadline: Deadline, save: Callable[[], None], result: dict
 ) -> None:
@@ -602,16 +640,21 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--tiny", action="store_true", help="tiny model, small sizes, CPU (checks the script)")
     p.add_argument("--no-compile", action="store_true", help="eager blocks (default: compiled on CUDA)")
     p.add_argument("--train-compile", action="store_true", help="compile the blocks in the training steps too")
-    p.add_argument("--phases", default="profile,inference,train", help="comma-separated: profile, inference, train")
+    p.add_argument(
+        "--phases",
+        default="profile,inference,memory,train",
+        help="comma-separated: profile, inference, memory (meta-device activation estimate, CPU), train",
+    )
     p.add_argument("--variants", default="all", help=f"comma-separated of {', '.join(VARIANTS)}, or all")
     p.add_argument("--deadline-s", type=float, default=1e9, help="skip measurements that would start later")
     p.add_argument("--no-render", action="store_true", help="time the forward only (no gsplat)")
     p.add_argument("--reserve-s", type=float, default=30, help="the variant grid stops when this much time is left")
     p.add_argument("--tag", default=None, help="results file name vggsplat_<tag> (default: from the device)")
     args = p.parse_args(argv)
-    device = "cpu" if args.tiny else "cuda"
+    phases = set(args.phases.split(","))
+    device = "cpu" if args.tiny or phases == {"memory"} else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("vggsplat.py needs a CUDA GPU (gsplat rendering); --tiny runs on the CPU")
+        sys.exit("vggsplat.py needs a CUDA GPU (gsplat rendering); --tiny and --phases memory run on the CPU")
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -624,10 +667,10 @@ def main(argv: list[str] | None = None) -> Path:
     variants = [VARIANTS[n] for n in names]
     if args.tiny:
         variants = [dataclasses.replace(v, compiled=False) for v in variants]
-    phases = set(args.phases.split(","))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     tag = args.tag or ("tiny_cpu" if args.tiny else "h100" if "H100" in name else "h200" if "H200" in name else "gpu")
     setting = TINY if args.tiny else FULL
+    tag = args.tag or ("meta" if phases == {"memory"} else tag)
     result: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(["python vggsplat.py", *argv]),
         "device": name,
@@ -661,6 +704,9 @@ def main(argv: list[str] | None = None) -> Path:
             args.reserve_s,
             not args.no_render,
         )
+    if "memory" in phases:
+        result["activation_estimates"] = activation_estimates(setting)
+        print(f"saved activations per scene (GiB): {result['activation_estimates']}")
     if "train" in phases:
         run_training(setting, args.train_repeats, device, compile and args.train_compile, deadline, save, result)
     path = write(result, out, tag)
