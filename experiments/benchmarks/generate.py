@@ -287,6 +287,49 @@ def bench_size(
     }
 
 
+def render_probe(pipe: Any, args: argparse.Namespace, h: int, w: int, work: Path, passes: list[int]) -> dict[str, Any]:
+    """The render stage's work (the trajectory's F views at their times + F novel views at t = 0.5) on one generated
+    scene with ``views_per_pass`` in ``passes``: median seconds of 3, CUDA-synchronised."""
+    from diff4splat.pipelines.jobs import make_job
+    from diff4splat.sampling import SamplingConfig
+
+    cfg = make_cfg(args, h, w, pipe.decoder, work / "probe", samplers(args)[0])
+    job = make_job(cfg, input_image(work, h, w), "orbit", "", 0, work / "probe")
+    cams = job.cameras
+    gen = pipe(
+        job.image,
+        cams.c2w.float(),
+        cams.fxfycxcy.float(),
+        cams.times.float(),
+        "",
+        sampling=SamplingConfig(**{**samplers(args)[0]["sampling"], "seed": 0}),
+    )
+    scene = gen.scene
+    f = scene.c2w.shape[0]
+    novel_fx, novel_t = scene.fxfycxcy[:1].expand(f, 4), torch.full((f,), 0.5)
+
+    def once(n: int) -> float:
+        sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        pipe.render(scene, scene.c2w, scene.fxfycxcy, scene.input_times, views_per_pass=n)
+        pipe.render(scene, scene.c2w.flip(0), novel_fx, novel_t, views_per_pass=n)
+        sync()
+        return time.perf_counter() - start
+
+    seconds = {}
+    for n in passes:
+        once(n)  # warm-up (allocator, kernels)
+        seconds[n] = float(np.median([once(n) for _ in range(3)]))
+        print(f"  render probe {h}x{w}: {2 * f} views, {n} per pass: {seconds[n]:.3f} s", flush=True)
+    return {
+        "size": f"{args.frames}x{h}x{w}",
+        "views": 2 * f,
+        "num_gaussians": scene.gaussians.num_gaussians,
+        "seconds_by_views_per_pass": seconds,
+    }
+
+
 def markdown(record: dict[str, Any]) -> str:
     cols = [*BEFORE_SCENE, "scene_file", "time_to_scene", "render", "write", "time_to_all_files", "in_place"]
     names = {"scene_file": "scene file", "time_to_scene": "**time to scene**", "time_to_all_files": "**all files**"}
@@ -321,6 +364,12 @@ def markdown(record: dict[str, Any]) -> str:
         f"- mp4 files: libx264 preset {record.get('video_preset', 'medium')}. Per-file write seconds (they run "
         "concurrently; median):",
     ]
+    for probe in record.get("render_probes", []):
+        by = ", ".join(f"{n} per pass {t:.3f} s" for n, t in probe["seconds_by_views_per_pass"].items())
+        notes.append(
+            f"- Render stage's work alone ({probe['size']}, {probe['views']} views of {probe['num_gaussians']:,} "
+            f"Gaussians, median of 3): {by}."
+        )
     for r in record["results"]:
         if r.get("write_files_median_s"):
             slow = sorted(r["write_files_median_s"].items(), key=lambda kv: -kv[1])
@@ -347,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
         "--teacher-sizes", nargs="*", default=None, help="HxW the teacher runs at (default: --sizes; none given: none)"
     )
     p.add_argument("--name", default="generate", help="results file name: <name>_<device>.md / .json")
+    p.add_argument(
+        "--render-probe", type=int, nargs="*", default=[], help="views per render pass to time alone (e.g. 1 8 16)"
+    )
     p.add_argument("--decoders", nargs="*", default=["wan", "tiny_vae"], choices=["wan", "tiny_vae"])
     p.add_argument("--lrdm-encoder", default="latent", choices=["latent", "rgb"])
     p.add_argument("--gaussian-stride", type=int, default=2)
@@ -470,6 +522,10 @@ def main(argv: list[str] | None = None) -> None:
             (out / f"{args.name}_{tag}.json").write_text(json.dumps(record, indent=2))
             if record["results"]:
                 (out / f"{args.name}_{tag}.md").write_text(markdown(record))
+        if args.render_probe:
+            h, w = sizes[0]
+            record["render_probes"] = [render_probe(pipe, args, h, w, work, args.render_probe)]
+            (out / f"{args.name}_{tag}.json").write_text(json.dumps(record, indent=2))
     finally:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
