@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import torch
 
+    if not torch.cuda.is_available() and (args.latents is None or not args.extra):
+        sys.exit("distill benchmark: needs a CUDA GPU (a CPU rehearsal passes --latents and shrinking --extra)")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (rehearsal)"
     record = {
         "command": " ".join(["experiments/benchmarks/distill.py", *(argv if argv is not None else sys.argv[1:])]),
