@@ -247,8 +247,9 @@ def write_outputs(
     Gaussians are already in memory) ``stages`` marks ``time_to_scene`` and ``on_scene(path)`` is called (path None
     without a scene file). The slow files run off that path: the ply frames start once the scene file is written (the
     two are the bulk of the bytes and would share the disk), video.mp4 and trajectory.png at once; ``renders`` may be
-    a function that makes the renders, run on this thread meanwhile (GPU work), after which their mp4s are queued. ``stages`` marks ``time_to_all_files`` when the last file is complete. The ``write`` stage counts from the
-    end of rendering to the last file, so the stages add up to the wall-clock time.
+    a function that makes the renders, run on this thread meanwhile (GPU work), after which their mp4s are queued.
+    ``stages`` marks ``time_to_all_files`` when the last file is complete. The ``write`` stage counts from the end of
+    rendering to the last file, so the stages add up to the wall-clock time.
 
     ``workers``: writer threads (None: one per file); 0 writes every file on this thread, in the order above (the
     synchronous reference). The first error of any writer is raised here once every writer has stopped (queued files
