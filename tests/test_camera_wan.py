@@ -195,19 +195,15 @@ def test_camctrl_tiny_learns_and_uses_its_cameras(make_cfg, injection: str) -> N
         torch.set_num_threads(threads)
 
 
-def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[str, dict[str, float]]]:
+def camctrl_tiny_setup(make_cfg, *overrides: str):
+    """The camctrl_tiny setup at 2 scenes x 8 presets (4 held-out presets per scene): the config, the system (built,
+    seeded) and per split (``train``, ``held_out``) the batch, its latents (the frozen VAE once: training_step would
+    encode the same latents), Plücker maps and the other-path derangement of its clips."""
     from hydra.utils import instantiate
 
     from datamodules.video import collate_videos
 
-    steps = 600
-    cfg = make_cfg(
-        "experiment=camctrl_tiny",
-        f"model.camera_injection={injection}",
-        f"trainer.max_steps={steps}",
-        "data.pool=16",
-        "data.val_pool=8",
-    )
+    cfg = make_cfg("experiment=camctrl_tiny", *overrides, "data.pool=16", "data.val_pool=8")
     dm = instantiate(cfg.data)
     dm.setup("fit")
     system = instantiate(cfg.system)
@@ -216,9 +212,40 @@ def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[st
     sets = {}
     for name, pool in (("train", dm._train), ("held_out", dm._val)):
         batch = dm.on_after_batch_transfer(collate_videos(pool.samples), 0)
-        x0 = system.batch_latents(batch)  # the frozen VAE once: training_step would encode the same latents
+        x0 = system.batch_latents(batch)
         sets[name] = (batch, x0, system.plucker(batch, x0), _other_path_of_the_same_scene(batch["key"]))
     assert [len(v[0]["key"]) for v in sets.values()] == [16, 8]
+    return cfg, system, sets
+
+
+def fit_camctrl(system: CameraDiffusionSystem, batch: dict, x_train: torch.Tensor, steps: int, batch_size: int):
+    """``steps`` of Lightning's automatic optimisation (training_step, the configured AdamW and schedule) on random
+    clips of ``batch`` with its latents ``x_train`` precomputed; returns the system in eval mode."""
+    opt = system.configure_optimizers()
+    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    system.train()
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=g)
+        sub = {
+            "latents": x_train[idx],
+            "c2w": batch["c2w"][idx],
+            "fxfycxcy": batch["fxfycxcy"][idx],
+            "key": [batch["key"][i] for i in idx],
+        }
+        loss = system.training_step(sub, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return system.eval()
+
+
+def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[str, dict[str, float]]]:
+    steps = 600
+    cfg, system, sets = camctrl_tiny_setup(
+        make_cfg, f"model.camera_injection={injection}", f"trainer.max_steps={steps}"
+    )
     train, x_train, cams_train, perm_train = sets["train"]
     # the latent space keeps the camera motion: two paths of a scene differ by 14 % of the latent variance (pixels:
     # 150 %; the Wan2.1-layout tiny VAE of 16 channels: 1 %, too little for any model to show a camera gap)
@@ -226,25 +253,7 @@ def _train_and_compare_cameras(make_cfg, injection: str) -> tuple[float, dict[st
     spread = float((moved - moved[perm_train]).square().mean() / moved.var())
     assert spread > 0.1, spread
     before = _fixed_flow_loss(system, train, x_train, cams_train)
-
-    opt = system.configure_optimizers()
-    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    system.train()
-    g = torch.Generator().manual_seed(1)
-    for step in range(steps):  # Lightning's automatic optimisation, with the latents precomputed
-        idx = torch.randint(0, x_train.shape[0], (cfg.data.batch_size,), generator=g)
-        batch = {
-            "latents": x_train[idx],
-            "c2w": train["c2w"][idx],
-            "fxfycxcy": train["fxfycxcy"][idx],
-            "key": [train["key"][i] for i in idx],
-        }
-        loss = system.training_step(batch, step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    system.eval()
+    fit_camctrl(system, train, x_train, steps, cfg.data.batch_size)
 
     result = {}
     for name, (batch, x0, cams, perm) in sets.items():

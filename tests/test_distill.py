@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 import torch
-from test_camera_wan import _other_path_of_the_same_scene  # tests/ is on sys.path (no __init__.py)
+from test_camera_wan import camctrl_tiny_setup, fit_camctrl  # tests/ is on sys.path (no __init__.py)
 
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
 from diff4splat.sampling import DISTILLED_TIMESTEPS, SamplingConfig, distilled_timesteps, sample_latents
@@ -233,40 +233,6 @@ def _flow_loss(model: CameraWan, x0: torch.Tensor, text: torch.Tensor, cams: tor
     return sum(losses) / len(losses)
 
 
-def _train_teacher(make_cfg, steps: int):
-    """A camctrl_tiny teacher trained as tests/test_camera_wan.py trains it (600 seeded steps, 2 scenes x 8
-    presets; 4 held-out presets per scene), with its latents precomputed."""
-    from hydra.utils import instantiate
-
-    from datamodules.video import collate_videos
-
-    cfg = make_cfg("experiment=camctrl_tiny", f"trainer.max_steps={steps}", "data.pool=16", "data.val_pool=8")
-    dm = instantiate(cfg.data)
-    dm.setup("fit")
-    system = instantiate(cfg.system)
-    torch.manual_seed(0)
-    system.configure_model()
-    sets = {}
-    for name, pool in (("train", dm._train), ("held_out", dm._val)):
-        batch = dm.on_after_batch_transfer(collate_videos(pool.samples), 0)
-        x0 = system.batch_latents(batch)
-        sets[name] = (batch, x0, system.plucker(batch, x0))
-    batch, x_train, _ = sets["train"]
-    opt = system.configure_optimizers()
-    optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    system.train()
-    g = torch.Generator().manual_seed(1)
-    for step in range(steps):
-        idx = torch.randint(0, x_train.shape[0], (cfg.data.batch_size,), generator=g)
-        sub = {"latents": x_train[idx], "c2w": batch["c2w"][idx], "fxfycxcy": batch["fxfycxcy"][idx]}
-        loss = system.training_step(sub, step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    return system.eval(), sets
-
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_distill_tiny_student_is_closer_to_the_guided_teacher_than_its_own_four_steps(make_cfg, tmp_path) -> None:
@@ -290,7 +256,8 @@ def test_distill_tiny_student_is_closer_to_the_guided_teacher_than_its_own_four_
 def _distill_and_compare(make_cfg, tmp_path) -> None:
     from hydra.utils import instantiate
 
-    teacher, sets = _train_teacher(make_cfg, 600)
+    cfg, teacher, sets = camctrl_tiny_setup(make_cfg, "trainer.max_steps=600")
+    fit_camctrl(teacher, sets["train"][0], sets["train"][1], 600, cfg.data.batch_size)
     teacher_path = tmp_path / "teacher.safetensors"
     save_safetensors({k: v.contiguous() for k, v in teacher.model.state_dict().items()}, teacher_path, {})
     steps = 300
@@ -299,7 +266,7 @@ def _distill_and_compare(make_cfg, tmp_path) -> None:
     )
     system = instantiate(cfg.system)
     system.configure_model()
-    batch, x_train, _ = sets["train"]
+    batch, x_train, _, _ = sets["train"]
     opt = system.configure_optimizers()
     optimizer, scheduler = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     system.train()
@@ -316,7 +283,7 @@ def _distill_and_compare(make_cfg, tmp_path) -> None:
         scheduler.step()
     system.eval()
 
-    held, x0, cams = sets["held_out"]
+    _, x0, cams, perm = sets["held_out"]
     n, cond = x0.shape[0], x0[:, :, :1]
     text = system.null_text(n, x0.device)
     guidance = cfg.system.teacher_sampling.guidance_scale
@@ -336,7 +303,6 @@ def _distill_and_compare(make_cfg, tmp_path) -> None:
 
     closeness = {"student": mse(student, ref), "teacher_4_steps": mse(own4, ref)}
     assert closeness["student"] <= 0.8 * closeness["teacher_4_steps"], closeness
-    perm = _other_path_of_the_same_scene(held["key"])
     gap = {}
     for name, model in (("teacher", system.teacher), ("student", system.student)):
         true, shuffled = _flow_loss(model, x0, text, cams), _flow_loss(model, x0, text, cams[perm])
