@@ -319,3 +319,23 @@ def _distill_and_compare(make_cfg, tmp_path) -> None:
     assert gap["teacher"] > 0.05 and samples["teacher"] > 0.05, (gap, samples)  # the teacher uses its cameras ...
     assert gap["student"] >= 0.9 * gap["teacher"], (gap, closeness)  # ... and the student keeps that
     assert samples["student"] >= 0.8 * samples["teacher"], (samples, gap)
+
+
+def test_generation_pipeline_samples_a_student_with_one_unguided_forward_per_step() -> None:
+    """Generation with sampling.mode=distilled: the CameraWan runs once per student step on one branch (batch 1: no
+    CFG whatever guidance_scale says), and the scene's latents are finite."""
+    from diff4splat.geometry.trajectories import make_trajectory
+    from diff4splat.pipelines.generation import Diff4SplatPipeline
+
+    pipe = Diff4SplatPipeline.tiny(seed=0)
+    tr = make_trajectory("orbit_left", 13, strength=0.3)
+    image = torch.rand(3, 96, 160, generator=torch.Generator().manual_seed(0))
+    batches: list[int] = []
+    hook = pipe.camera_wan.register_forward_hook(lambda m, args, out: batches.append(int(out.shape[0])))
+    try:
+        cfg = SamplingConfig(mode="distilled", steps=4, guidance_scale=5.0, seed=3)
+        gen = pipe(image, tr.c2w.float(), tr.fxfycxcy.float(), sampling=cfg, prompt="a boat")
+    finally:
+        hook.remove()
+    assert batches == [1, 1, 1, 1]
+    assert gen.latents.shape[1] == 4 and torch.isfinite(gen.latents).all()
