@@ -70,6 +70,14 @@ def distilled_timesteps(cfg: SamplingConfig) -> list[float]:
     return ts
 
 
+def _unshard_root(model: CameraWan) -> None:
+    """An FSDP2-sharded CameraWan (training validation) gathers its root unit's parameters, the camera branch among
+    them, before ``camera_tokens`` calls that branch outside the model's forward."""
+    unshard = getattr(model, "unshard", None)
+    if callable(unshard):
+        unshard()
+
+
 def renoise(x0: Tensor, sigma: Tensor | float, noise: Tensor) -> Tensor:
     """x̂₀ taken back to noise level σ (rectified flow): (1 - σ)x̂₀ + σε."""
     return (1 - sigma) * x0 + sigma * noise
@@ -122,6 +130,7 @@ def sample_latents(
         text, cams = prompt_embeds, plucker
     tokens = None
     if cams is not None:  # the camera tokens do not change over the steps: encode them once
+        _unshard_root(model)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             tokens = model.camera_tokens(cams)
     for t in scheduler.timesteps:
@@ -152,6 +161,7 @@ def _sample_distilled(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     tokens = None
     if plucker is not None:
+        _unshard_root(model)
         with autocast:
             tokens = model.camera_tokens(plucker)
     x0, noise = latents, latents

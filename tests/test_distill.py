@@ -4,6 +4,7 @@ instances of the real classes: a 2-layer CameraWan teacher trained on the camctr
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -339,3 +340,72 @@ def test_generation_pipeline_samples_a_student_with_one_unguided_forward_per_ste
         hook.remove()
     assert batches == [1, 1, 1, 1]
     assert gen.latents.shape[1] == 4 and torch.isfinite(gen.latents).all()
+
+
+def _tiny_teacher_file(path) -> None:
+    """A camctrl_tiny-architecture teacher export (random weights, a live camera branch)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from diff4splat.configs import to_dataclass
+
+    torch.manual_seed(0)
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=["experiment=distill_tiny"])
+    model = CameraWan.from_config(to_dataclass(CameraWanConfig, OmegaConf.to_container(cfg.model), "model"))
+    for p in model.camera.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, path, {"export_prefix": "model."})
+
+
+@pytest.mark.slow
+def test_distill_tiny_on_two_fsdp2_ranks_and_the_sharded_checkpoint_exports(tmp_path) -> None:
+    """trainer=fsdp2 on 2 gloo processes: teacher, student and critic sharded per block, the student's simulated
+    steps the same on both ranks (their collectives match: the run ends), validation sampling through the sharded
+    models; the sharded last.ckpt exports the same student as the gathered last.safetensors beside it."""
+    import subprocess
+
+    from hydra.core.global_hydra import GlobalHydra
+    from train_runs import train_cmd, train_env
+
+    GlobalHydra.instance().clear()
+    teacher = tmp_path / "teacher.safetensors"
+    _tiny_teacher_file(teacher)
+    GlobalHydra.instance().clear()
+    cmd = train_cmd(
+        "experiment=distill_tiny",
+        "trainer=fsdp2",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "+trainer.strategy.process_group_backend=gloo",
+        "trainer.precision=32",
+        "system.scale.param_dtype=float32",
+        f"system.adaptation.teacher_weights={teacher}",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=6",
+        "data.pool=8",
+        "data.val_pool=4",
+        "data.batch_size=2",
+        "data.batches_per_epoch=6",
+        "system.teacher_sampling.steps=2",
+        "test=false",
+        "logger=csv",
+        "extras.print_config=false",
+        "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+    )
+    proc = subprocess.run(cmd, env=train_env(tmp_path / "outputs"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = next((tmp_path / "outputs").rglob("last.ckpt"))
+    assert sharded.is_dir()  # a distributed checkpoint folder
+    a = export_student(sharded, tmp_path / "from_shards")
+    b = export_student(sharded.with_suffix(".safetensors"), tmp_path / "from_export")
+    from diff4splat.weights import load_safetensors
+
+    for name in ("transformer/diffusion_pytorch_model.safetensors",):
+        sa, _ = load_safetensors(tmp_path / "from_shards" / name, "a")
+        sb, _ = load_safetensors(tmp_path / "from_export" / name, "b")
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    ca, _ = load_safetensors(a, "a")
+    cb, _ = load_safetensors(b, "b")
+    assert all(torch.equal(ca[k], cb[k]) for k in ca)

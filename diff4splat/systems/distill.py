@@ -237,7 +237,14 @@ class DistillationSystem(CameraDiffusionSystem):
             torch.manual_seed(self.seed)  # random-init teachers: every copy the same weights
             m = CameraWan.from_config(self.model_cfg, device=device)
             if teacher_state is not None:
-                m.load_state_dict(teacher_state, strict=True)
+                try:
+                    m.load_state_dict(teacher_state, strict=True)
+                except RuntimeError as e:
+                    first = str(e).strip().splitlines()[1:2] or [str(e)]
+                    raise ValueError(
+                        f"system.adaptation.teacher_weights={self.adaptation.teacher_weights}: does not fit the "
+                        f"teacher's architecture (model.*): {first[0].strip()}"
+                    ) from None
             if role == "teacher":
                 m.requires_grad_(False)
                 if mesh is not None:  # frozen: stored in the compute dtype, no fp32 master copy
