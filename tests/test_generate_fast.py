@@ -20,7 +20,15 @@ from diff4splat.gaussians.io import load_4d, read_4d_metadata
 from diff4splat.geometry.trajectories import make_trajectory
 from diff4splat.pipelines import outputs
 from diff4splat.pipelines.generation import Diff4SplatPipeline
-from diff4splat.pipelines.jobs import GenerateConfig, RenderOptions, TrajectoryOptions, generate, make_job, run_job
+from diff4splat.pipelines.jobs import (
+    GenerateConfig,
+    RenderOptions,
+    TrajectoryOptions,
+    generate,
+    make_job,
+    run_job,
+    run_jobs,
+)
 from diff4splat.pipelines.outputs import SCENE_FILE
 from diff4splat.pipelines.reconstruction import ReconstructionPipeline
 from diff4splat.pipelines.stages import STAGES
@@ -56,6 +64,11 @@ def small_cfg(photo: Path, out: Path, **kw) -> GenerateConfig:
         sampling=SamplingConfig(steps=2),
         **kw,
     )
+
+
+def folder_names() -> list[str]:
+    """The entries of a generation folder (``small_cfg``)."""
+    return [SCENE_FILE, "ply", "video.mp4", "render.mp4", "novel.mp4", "depth.mp4", "trajectory.png", "meta.json"]
 
 
 def folder_contents(folder: Path) -> dict[str, bytes]:
@@ -104,6 +117,7 @@ def test_scene_is_ready_before_the_slow_files_and_writing_in_parallel_changes_no
     names = [SCENE_FILE, "video.mp4", "render.mp4", "novel.mp4", "depth.mp4", "trajectory.png", "meta.json"]
     names += ["ply/times.json", "ply/frame_0000.ply", "ply/frame_0001.ply"]  # one per latent frame (5 frames: 2)
     assert sorted(sync) == sorted(fast) == sorted(names)
+    assert sorted(folder_names()) == sorted({name.split("/")[0] for name in names})
     # byte for byte but for two writers that are not reproducible themselves: safetensors orders its metadata keys
     # at random (compared by content), and x264's output depends on the machine's load (its threads), so the mp4s
     # are compared by the frames they were handed
@@ -208,3 +222,53 @@ def test_on_cuda_the_scene_file_copied_on_its_own_stream_agrees_with_the_ply_fra
         vertex = PlyData.read(str(folder / "ply" / f"frame_{i:04d}.ply"))["vertex"]
         means = np.stack([vertex["x"], vertex["y"], vertex["z"]], 1)
         np.testing.assert_allclose(means, scene.at_index(i).means.numpy(), atol=1e-5)
+
+
+def _batch(photo: Path, out: Path) -> tuple[GenerateConfig, list]:
+    cfg = small_cfg(photo, out)
+    return cfg, [make_job(cfg, photo, "orbit", "a boat", seed, out / f"s{seed}") for seed in (1, 2)]
+
+
+def test_a_batch_generates_the_next_scene_while_the_last_ones_files_are_written(tmp_path, photo, pipe, monkeypatch):
+    events: list[tuple[str, float]] = []
+    real_write_video, real_call = outputs.write_video, Diff4SplatPipeline.__call__
+
+    def slow_write_video(frames, path, *args, **kwargs):
+        time.sleep(SLOW_S)
+        real_write_video(frames, path, *args, **kwargs)
+        events.append((f"mp4 of {Path(path).parent.name}", time.perf_counter()))
+
+    def spy_call(self, *args, **kwargs):
+        events.append(("generate", time.perf_counter()))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_video", slow_write_video)
+    monkeypatch.setattr(Diff4SplatPipeline, "__call__", spy_call)
+    cfg, jobs = _batch(photo, tmp_path / "batch")
+    assert run_jobs(pipe, jobs, cfg) == [job.target for job in jobs]
+    second_generation = [t for what, t in events if what == "generate"][1]
+    first_mp4s_done = max(t for what, t in events if what.startswith("mp4 of .s1."))  # its temporary folder's
+    assert second_generation < first_mp4s_done  # the first scene's files were still being written
+    for job in jobs:  # each folder complete, its times its own
+        assert sorted(p.name for p in job.target.iterdir()) == sorted(folder_names())
+        t = json.loads((job.target / "meta.json").read_text())["timings"]
+        assert t["time_to_all_files"] == pytest.approx(sum(t[s] for s in STAGES), abs=0.05)
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["s1", "s2"]  # no temporary folder left
+
+
+def test_a_batch_whose_first_files_fail_while_the_next_scene_runs_leaves_neither_folder(
+    tmp_path, photo, pipe, monkeypatch
+):
+    real_write_video = outputs.write_video
+
+    def failing_for_the_first(frames, path, *args, **kwargs):
+        if Path(path).name == "depth.mp4" and Path(path).parent.name.startswith(".s1."):
+            time.sleep(SLOW_S)  # fails once the next scene has started
+            raise ValueError("depth.mp4: cannot be written (a broken writer)")
+        return real_write_video(frames, path, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "write_video", failing_for_the_first)
+    cfg, jobs = _batch(photo, tmp_path / "batch")
+    with pytest.raises(ValueError, match="a broken writer"):
+        run_jobs(pipe, jobs, cfg)
+    assert list((tmp_path / "batch").iterdir()) == []  # neither the failed folder nor the next one

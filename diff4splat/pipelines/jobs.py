@@ -14,6 +14,7 @@ instances of the same classes, labelled untrained in ``meta.json`` and in the lo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -49,11 +50,11 @@ from diff4splat.pipelines.memory import check_memory
 from diff4splat.pipelines.outputs import (
     META_FILE,
     OUTPUTS,
+    OutputWriter,
     atomic_output_dir,
     build_meta,
     check_output_dir,
     check_writable,
-    write_outputs,
 )
 from diff4splat.pipelines.public import resolve_config
 from diff4splat.pipelines.scale import scale_cameras
@@ -363,10 +364,28 @@ def run_job(
 ) -> Path:
     """Generate one scene and write every output into ``job.target`` atomically; returns the folder.
 
-    The scene is ready first (`write_outputs`): ``on_scene`` is called with the complete ``scene.safetensors`` in the
+    The scene is ready first (`OutputWriter`): ``on_scene`` is called with the complete ``scene.safetensors`` in the
     job's temporary folder (the Gaussians are ``gen.scene``) while the slow files are still being written; meta.json's
     ``timings`` record ``time_to_scene`` and ``time_to_all_files`` (seconds from the job's start), the stages and each
     file's own seconds (``write_files``)."""
+    with contextlib.ExitStack() as stack:
+        finish = start_job(pipe, job, cfg, stack, load_s, outputs, on_scene)
+        finish()
+    return job.target
+
+
+def start_job(
+    pipe: Diff4SplatPipeline,
+    job: Job,
+    cfg: GenerateConfig,
+    stack: contextlib.ExitStack,
+    load_s: float = 0.0,
+    outputs: tuple[str, ...] = OUTPUTS,
+    on_scene: Callable[[Path | None], None] | None = None,
+) -> Callable[[], Path]:
+    """`run_job` in two halves: generate the scene and its renders into a temporary folder (entered on ``stack``) and
+    start writing its files; returns the function that waits for them and writes meta.json. Closing ``stack`` renames
+    the folder into place (or, with an exception, removes it), so other work can run while the files are written."""
     label = f"[{UNTRAINED_LABEL}] " if pipe.untrained else ""
     log.info(
         "%sgenerating %s (camera=%s, %d frames, seed %d) -> %s",
@@ -379,54 +398,97 @@ def run_job(
     )
     sampling = replace(cfg.sampling, seed=job.seed)
     stages = Stages(pipe.device, progress=cfg.progress)
-    with atomic_output_dir(job.target, cfg.overwrite, OUTPUT_OPTION, OVERWRITE_FLAG) as tmp:
-        gen = pipe(
-            job.image,
-            job.cameras.c2w.float(),
-            job.cameras.fxfycxcy.float(),
-            job.cameras.times.float(),
-            job.prompt,
-            cfg.negative_prompt,
-            sampling,
-            query_times=_query_times(job, cfg),
-            lrdm_input_frames=cfg.lrdm.input_frames,
-            translation_scale=cfg.lrdm.translation_scale,
-            scene_c2w=scale_cameras(job.cameras.c2w, 1.0 / job.cameras.trajectory_scale).float(),
-            prune_threshold=cfg.lrdm.prune_threshold,
-            stages=stages,
-        )
-        scene_meta = {"image": str(job.image_path), "prompt": job.prompt, "seed": job.seed, "untrained": pipe.untrained}
-        file_timings: dict[str, float] = {}
-        files, renders = write_outputs(
-            gen,
-            lambda: render_outputs(pipe, gen, cfg.render, stages),
-            tmp,
-            cfg.fps,
-            stages,
-            outputs,
-            scene_meta,
-            cfg.video_preset,
-            file_timings,
-            cfg.write_workers,
-            on_scene,
-        )
+    tmp = stack.enter_context(atomic_output_dir(job.target, cfg.overwrite, OUTPUT_OPTION, OVERWRITE_FLAG))
+    gen = pipe(
+        job.image,
+        job.cameras.c2w.float(),
+        job.cameras.fxfycxcy.float(),
+        job.cameras.times.float(),
+        job.prompt,
+        cfg.negative_prompt,
+        sampling,
+        query_times=_query_times(job, cfg),
+        lrdm_input_frames=cfg.lrdm.input_frames,
+        translation_scale=cfg.lrdm.translation_scale,
+        scene_c2w=scale_cameras(job.cameras.c2w, 1.0 / job.cameras.trajectory_scale).float(),
+        prune_threshold=cfg.lrdm.prune_threshold,
+        stages=stages,
+    )
+    scene_meta = {"image": str(job.image_path), "prompt": job.prompt, "seed": job.seed, "untrained": pipe.untrained}
+    file_timings: dict[str, float] = {}
+    writer = OutputWriter(
+        gen, tmp, cfg.fps, stages, outputs, scene_meta, cfg.video_preset, file_timings, cfg.write_workers, on_scene
+    )
+    stack.callback(writer.cancel)  # first, as the stack unwinds: no writer outlives the folder
+    renders = writer.start(lambda: render_outputs(pipe, gen, cfg.render, stages))
+
+    def finish() -> Path:
+        files = writer.finish()
         gen.timings = dict(stages.timings)
         meta = build_meta(job, pipe, gen, renders, cfg, sampling, files, load_s)
         meta["timings"].update({k: round(v, 6) for k, v in stages.marks.items()})
         meta["timings"]["write_files"] = {k: round(v, 6) for k, v in sorted(file_timings.items())}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    t = meta["timings"]
-    log.info(
-        "%s%d Gaussians, %d query times; scene in %.2f s, all files in %.2f s (%s) -> %s",
-        label,
-        gen.scene.gaussians.num_gaussians,
-        gen.scene.gaussians.num_times,
-        t["time_to_scene"],
-        t["time_to_all_files"],
-        ", ".join(f"{k} {t[k]:.2f}" for k in STAGES if k in t),
-        job.target,
-    )
-    return job.target
+        t = meta["timings"]
+        log.info(
+            "%s%d Gaussians, %d query times; scene in %.2f s, all files in %.2f s (%s) -> %s",
+            label,
+            gen.scene.gaussians.num_gaussians,
+            gen.scene.gaussians.num_times,
+            t["time_to_scene"],
+            t["time_to_all_files"],
+            ", ".join(f"{k} {t[k]:.2f}" for k in STAGES if k in t),
+            job.target,
+        )
+        return job.target
+
+    return finish
+
+
+def run_jobs(pipe: Diff4SplatPipeline, jobs: list[Job], cfg: GenerateConfig, load_s: float = 0.0) -> list[Path]:
+    """Every job, each scene's files written while the next scene is generated (one job's at a time), each folder
+    renamed into place when its files are complete. A job that fails removes its own folder; the one before it still
+    completes unless the failure is an interrupt (Ctrl-C, SIGTERM), which removes both."""
+    done: list[Path] = []
+    previous: tuple[contextlib.ExitStack, Callable[[], Path]] | None = None
+    for job in jobs:
+        stack = contextlib.ExitStack()
+        try:
+            finish = start_job(pipe, job, cfg, stack, load_s)
+        except BaseException as e:
+            _close(stack, e)
+            if previous is not None:
+                if isinstance(e, Exception):
+                    done.append(_complete(*previous))
+                else:
+                    _close(previous[0], e)
+            raise
+        if previous is not None:
+            try:
+                done.append(_complete(*previous))
+            except BaseException as e:
+                _close(stack, e)
+                raise
+        previous = (stack, finish)
+    if previous is not None:
+        done.append(_complete(*previous))
+    return done
+
+
+def _complete(stack: contextlib.ExitStack, finish: Callable[[], Path]) -> Path:
+    """Wait for a started job's files and rename its folder into place (removed if they failed)."""
+    try:
+        path = finish()
+    except BaseException as e:
+        _close(stack, e)
+        raise
+    stack.close()
+    return path
+
+
+def _close(stack: contextlib.ExitStack, error: BaseException) -> None:
+    """Unwind ``stack`` with ``error``: its temporary folder is removed, never renamed into place."""
+    stack.__exit__(type(error), error, error.__traceback__)
 
 
 def check_release_sampling(cfg: GenerateConfig) -> None:
@@ -491,7 +553,7 @@ def generate(cfg: GenerateConfig) -> Path:
             f"height x width = {jobs[0].image.shape[-2]}x{jobs[0].image.shape[-1]}: these models need "
             f"multiples of {unit}"
         )
-    done = [run_job(pipe, job, cfg, load_s) for job in jobs]
+    done = run_jobs(pipe, jobs, cfg, load_s)
     if cfg.batch:
         index = {
             "batch": str(Path(cfg.batch).resolve()),

@@ -1,5 +1,5 @@
 """The output folders of ``python -m diff4splat.generate`` and ``python -m diff4splat.reconstruct``: a folder that
-appears only when complete (`atomic_output_dir`), the generation's files and its ``meta.json`` (`write_outputs`,
+appears only when complete (`atomic_output_dir`), the generation's files and its ``meta.json`` (`OutputWriter`,
 `build_meta`), and reading a folder back for the viewer, the demo and the evaluation (`read_scene_output`).
 
 A folder holds ``scene.safetensors`` (the native 4D format, `diff4splat.gaussians.io.save_4d`), and, when the
@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -227,121 +228,159 @@ def read_scene_output(folder: str | Path, device: str | torch.device = "cpu") ->
     return SceneOutput(folder, gaussians, cameras, meta, video if video.is_file() else None)
 
 
-def write_outputs(
-    gen: Generation,
-    renders: Renders | Callable[[], Renders],
-    folder: Path,
-    fps: int,
-    stages: Stages,
-    outputs: tuple[str, ...] = OUTPUTS,
-    scene_metadata: dict | None = None,
-    video_preset: str = "superfast",
-    file_timings: dict[str, float] | None = None,
-    workers: int | None = None,
-    on_scene: Callable[[Path | None], None] | None = None,
-) -> tuple[list[str], Renders]:
-    """``outputs`` of ``OUTPUTS`` into ``folder``: scene.safetensors, ply/, video.mp4, render.mp4, novel.mp4,
-    depth.mp4, trajectory.png. Returns the written names and the renders. (meta.json is written by the caller, last.)
+class OutputWriter:
+    """The files of one generation (``outputs`` of `OUTPUTS`: scene.safetensors, ply/, video.mp4, render.mp4,
+    novel.mp4, depth.mp4, trajectory.png; meta.json is the caller's, last), written off its critical path: ``start``
+    queues them and makes the renders, ``finish`` waits for them, ``cancel`` stops them; the caller may do other work
+    (the next scene) in between.
 
     The scene comes first: ``scene.safetensors`` starts on a writer thread at once, and when it is complete (the
     Gaussians are already in memory) ``stages`` marks ``time_to_scene`` and ``on_scene(path)`` is called (path None
     without a scene file). The slow files run off that path: the ply frames start once the scene file is written (the
-    two are the bulk of the bytes and would share the disk), video.mp4 and trajectory.png at once; ``renders`` may be
-    a function that makes the renders, run on this thread meanwhile (GPU work), after which their mp4s are queued.
-    ``stages`` marks ``time_to_all_files`` when the last file is complete. The ``write`` stage counts from the end of
-    rendering to the last file, so the stages add up to the wall-clock time.
+    two are the bulk of the bytes and would share the disk), video.mp4 and trajectory.png at once; the renders run on
+    the calling thread meanwhile (GPU work), after which their mp4s are queued. ``stages`` marks
+    ``time_to_all_files`` when the last file completes, and the ``write`` stage is the time from the end of rendering
+    to it, so the stages add up to the wall-clock time whenever ``finish`` is called.
 
-    ``workers``: writer threads (None: one per file); 0 writes every file on this thread, in the order above (the
-    synchronous reference). The first error of any writer is raised here once every writer has stopped (queued files
-    are cancelled), and the caller removes the folder. ``file_timings``: each file's own seconds (they overlap)."""
-    from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+    ``workers``: writer threads (None: one per file); 0 writes every file in ``start``, on the calling thread, in the
+    order above (the synchronous reference). The first error of any writer is raised (by ``start`` if it came before
+    the renders were done, else by ``finish``) once every writer has stopped, queued files cancelled; the caller removes
+    the folder. ``file_timings``: each file's own seconds (they overlap)."""
 
-    from diff4splat.gaussians.io import save_4d, save_ply_sequence
+    def __init__(
+        self,
+        gen: Generation,
+        folder: Path,
+        fps: int,
+        stages: Stages,
+        outputs: tuple[str, ...] = OUTPUTS,
+        scene_metadata: dict | None = None,
+        video_preset: str = "superfast",
+        file_timings: dict[str, float] | None = None,
+        workers: int | None = None,
+        on_scene: Callable[[Path | None], None] | None = None,
+    ) -> None:
+        from diff4splat.gaussians.io import save_4d, save_ply_sequence
 
-    g = gen.scene.gaussians
-    rendered: dict[str, Renders] = {}
-    # the scene leaves the GPU on a copy stream of its own, after what this thread queued so far (the LRDM), so the
-    # render kernels queued next on the default stream (shared by all threads) do not delay it
-    cuda = g.device.type == "cuda"
-    copy_stream = torch.cuda.Stream(g.device) if cuda else None
-    if cuda:
-        copy_stream.wait_stream(torch.cuda.current_stream(g.device))
+        self.stages, self.workers, self.file_timings = stages, workers, file_timings
+        self.rendered: dict[str, Renders] = {}
+        g = gen.scene.gaussians
+        # the scene leaves the GPU on a copy stream of its own, after what this thread queued so far (the LRDM), so
+        # the render kernels queued next on the default stream (shared by all threads) do not delay it
+        cuda = g.device.type == "cuda"
+        copy_stream = torch.cuda.Stream(g.device) if cuda else None
+        if cuda:
+            copy_stream.wait_stream(torch.cuda.current_stream(g.device))
 
-    def write_scene() -> None:
-        if "scene" in outputs:
-            with torch.cuda.stream(copy_stream) if cuda else contextlib.nullcontext():
-                host = g.detach().to("cpu", torch.float32)
-            save_4d(host, folder / SCENE_FILE, scene_metadata)
-        stages.mark("time_to_scene")
-        if on_scene is not None:
-            on_scene(folder / SCENE_FILE if "scene" in outputs else None)
+        def write_scene() -> None:
+            if "scene" in outputs:
+                with torch.cuda.stream(copy_stream) if cuda else contextlib.nullcontext():
+                    host = g.detach().to("cpu", torch.float32)
+                save_4d(host, folder / SCENE_FILE, scene_metadata)
+            stages.mark("time_to_scene")
+            if on_scene is not None:
+                on_scene(folder / SCENE_FILE if "scene" in outputs else None)
 
-    videos = {
-        "video": ("video.mp4", lambda: to_uint8(gen.video)),
-        "render": ("render.mp4", lambda: to_uint8(rendered["renders"].rgb)),
-        "novel": ("novel.mp4", lambda: to_uint8(rendered["renders"].novel)),
-        "depth": ("depth.mp4", lambda: depth_to_color(rendered["renders"].depth)),
-    }
+        videos = {
+            "video": ("video.mp4", lambda: to_uint8(gen.video)),
+            "render": ("render.mp4", lambda: to_uint8(self.rendered["renders"].rgb)),
+            "novel": ("novel.mp4", lambda: to_uint8(self.rendered["renders"].novel)),
+            "depth": ("depth.mp4", lambda: depth_to_color(self.rendered["renders"].depth)),
+        }
 
-    def video(key: str) -> tuple[str, Callable[[], Any]]:
-        name, frames = videos[key]
-        return name, lambda: write_video(frames(), folder / name, fps, video_preset)
+        def video(key: str) -> tuple[str, Callable[[], Any]]:
+            name, frames = videos[key]
+            return name, lambda: write_video(frames(), folder / name, fps, video_preset)
 
-    # (name, writer, whether it waits for the scene file), in the synchronous order; "" = no scene file
-    early: list[tuple[str, Callable[[], Any], bool]] = [(SCENE_FILE if "scene" in outputs else "", write_scene, False)]
-    if "video" in outputs:
-        early.append((*video("video"), False))
-    if "ply" in outputs:
-        early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply", workers=PLY_WORKERS), True))
-    if "trajectory" in outputs:  # the cameras alone: drawn at once
-        early.append(("trajectory.png", lambda: _plot(gen, folder / "trajectory.png"), False))
-    late = [video(k) for k in ("render", "novel", "depth") if k in outputs]
-    names = [name for name, *_ in early + late if name]
+        # (name, writer, whether it waits for the scene file), in the synchronous order; "" = no scene file
+        early = [(SCENE_FILE if "scene" in outputs else "", write_scene, False)]
+        if "video" in outputs:
+            early.append((*video("video"), False))
+        if "ply" in outputs:
+            early.append(("ply/", lambda: save_ply_sequence(g, folder / "ply", workers=PLY_WORKERS), True))
+        if "trajectory" in outputs:  # the cameras alone: drawn at once
+            early.append(("trajectory.png", lambda: _plot(gen, folder / "trajectory.png"), False))
+        self.early: list[tuple[str, Callable[[], Any], bool]] = early
+        self.late = [video(k) for k in ("render", "novel", "depth") if k in outputs]
+        self.names = [name for name, *_ in early + self.late if name]
+        self.futures: list[Any] = []
+        self.pool: Any = None
+        self._lock = threading.Lock()
+        self._last_done = self._render_end = 0.0
 
-    def timed(name: str, write: Callable[[], Any], after: Future | None = None) -> None:
+    def _timed(self, name: str, write: Callable[[], Any], after: Any = None) -> None:
         if after is not None:
             after.result()  # the scene file first (its error, if any, is raised by its own future too)
         start = time.perf_counter()
         write()
-        if file_timings is not None and name:
-            file_timings[name] = time.perf_counter() - start
+        done = time.perf_counter()
+        with self._lock:
+            if self.file_timings is not None and name:
+                self.file_timings[name] = done - start
+            if done > self._last_done:
+                self._last_done = done
+                self.stages.mark("time_to_all_files")
 
-    if workers == 0:  # the synchronous reference: every file on this thread, in order (all in the write stage)
-        with stages("write", total=len(early), unit="file") as bar:
-            for name, write, _ in early:
-                timed(name, write)
-                bar.update(1)
-        rendered["renders"] = renders() if callable(renders) else renders
-        with stages("write", total=len(late), unit="file") as bar:
-            for name, write in late:
-                timed(name, write)
-                bar.update(1)
-        stages.mark("time_to_all_files")
-        return names, rendered["renders"]
+    def start(self, renders: Renders | Callable[[], Renders]) -> Renders:
+        """Queue the files that need no renders, make the renders (``renders`` may be a function: run here, on the
+        GPU, while those files are written), queue theirs. ``workers=0``: write every file here, in turn."""
+        from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(max(1, workers or len(early) + len(late)), thread_name_prefix="diff4splat-writer")
-    futures: list[Future] = []
-    try:
-        scene = pool.submit(timed, *early[0][:2])
-        futures.append(scene)
-        futures += [pool.submit(timed, name, write, scene if after else None) for name, write, after in early[1:]]
-        rendered["renders"] = renders() if callable(renders) else renders
-        for f in futures:  # a writer that already failed stops the job here
+        if self.workers == 0:  # the synchronous reference: every file on this thread, in order (the write stage)
+            with self.stages("write", total=len(self.early), unit="file") as bar:
+                for name, write, _ in self.early:
+                    self._timed(name, write)
+                    bar.update(1)
+            self.rendered["renders"] = renders() if callable(renders) else renders
+            with self.stages("write", total=len(self.late), unit="file") as bar:
+                for name, write in self.late:
+                    self._timed(name, write)
+                    bar.update(1)
+            return self.rendered["renders"]
+        workers = self.workers or len(self.early) + len(self.late)
+        self.pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="diff4splat-writer")
+        scene = self.pool.submit(self._timed, *self.early[0][:2])
+        self.futures.append(scene)
+        for name, write, after in self.early[1:]:
+            self.futures.append(self.pool.submit(self._timed, name, write, scene if after else None))
+        self.rendered["renders"] = renders() if callable(renders) else renders
+        self._render_end = time.perf_counter()
+        self._raise_first_error()  # a writer that already failed stops the job here
+        self.futures += [self.pool.submit(self._timed, name, write) for name, write in self.late]
+        return self.rendered["renders"]
+
+    def _raise_first_error(self) -> None:
+        for f in self.futures:
             if f.done() and f.exception() is not None:
                 raise f.exception()
-        with stages("write", total=len(futures) + len(late), unit="file") as bar:
-            futures += [pool.submit(timed, name, write) for name, write in late]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
-                    raise f.exception()
-            bar.update(len(done))
-        stages.mark("time_to_all_files")
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    return names, rendered["renders"]
+
+    def finish(self) -> list[str]:
+        """Wait for every file (the first error is raised once the writers have stopped, queued ones cancelled);
+        returns the names written."""
+        from concurrent.futures import as_completed
+
+        from tqdm.auto import tqdm
+
+        if self.pool is None:
+            return self.names
+        bar = tqdm(total=len(self.futures), desc=f"{'write':<8}", unit="file", disable=not self.stages.progress)
+        try:
+            for future in as_completed(self.futures):
+                future.result()
+                bar.update(1)
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            bar.close()
+        self.pool.shutdown(wait=True)
+        self.stages.add("write", max(0.0, self._last_done - self._render_end))
+        return self.names
+
+    def cancel(self) -> None:
+        """Stop: queued files are dropped, running ones finish (the caller removes the folder)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _plot(gen: Generation, path: Path) -> None:

@@ -25,6 +25,10 @@ class Stages:
         self.marks: dict[str, float] = {}
         self.origin = time.perf_counter()
 
+    def add(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` measured elsewhere (e.g. by file writers) under stage ``name``."""
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+
     def mark(self, name: str) -> float:
         """Record (and return) the seconds from the job's start to now under ``name``."""
         self.marks[name] = time.perf_counter() - self.origin
