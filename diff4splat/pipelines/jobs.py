@@ -4,7 +4,8 @@ checked before any model is built, and each scene generated and written into a t
 that is renamed into place only when every file is written.
 
 ``generate(cfg)`` is what the CLI runs: it checks every input first (image, trajectory, output folders: a bad one
-fails before any model is loaded), builds `Diff4SplatPipeline` once and runs `run_job` per job. Inputs are fitted to
+fails before any model is loaded), builds `Diff4SplatPipeline` once and runs the jobs (`run_jobs`: one scene's files
+are written while the next scene is generated). Inputs are fitted to
 the model's frame size (`diff4splat.pipelines.inputs.fit_frames` with ``cover``): the image is resized to cover
 (H, W) keeping its aspect ratio, then centre-cropped; the trajectory's normalised intrinsics describe the *input image*
 and are carried through the crop, so a camera sees what it saw before. Preset trajectories get their intrinsics from
