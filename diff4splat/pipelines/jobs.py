@@ -64,9 +64,11 @@ from diff4splat.sampling import SamplingConfig, distilled_timesteps
 
 log = logging.getLogger("diff4splat.generate")
 
-# compile=null compiles for batches of at least this many scenes: on the H100 compiling costs ~12 s once per frame
-# size and saves ~1.9 s per scene at 352x640x49 (experiments/benchmarks/results/generate_h100.md)
-AUTO_COMPILE_JOBS = 3
+# compile=null compiles when the scenes to generate run at least this many CameraWan forwards (scenes x steps, x 2 with
+# CFG): compiling costs ~12 s once per frame size and saves ~38 ms per forward at 352x640x49 on the H100 (1.9 s per
+# scene of 25 guided steps: experiments/benchmarks/results/generate_h100.md), so 3 such scenes compile, as do 38 of a
+# 4-step student, whose one-off scene compilation would slow by ~12 s to save ~0.15 s
+AUTO_COMPILE_FORWARDS = 150
 DEFAULT_SIZE, DEFAULT_FRAMES = (352, 640), 49  # the reference's generation size
 TINY_SIZE, TINY_FRAMES = (96, 160), 13
 OUTPUT_OPTION, OVERWRITE_FLAG = "output_dir=", "overwrite=true"  # how error messages name them
@@ -155,7 +157,7 @@ class GenerateConfig:
     low_memory: LowMemoryOptions = field(default_factory=LowMemoryOptions)
     batch: str | None = None  # a folder of images or a CSV with columns image, trajectory, prompt (+ name, seed)
     progress: bool = True
-    compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for batches of >= 3 scenes
+    compile: bool | None = None  # torch.compile each CameraWan block; None: on CUDA for >= 150 forwards in all
     video_preset: str = "superfast"  # libx264 preset of the mp4s (ultrafast ... veryslow)
     write_workers: int | None = None  # writer threads (None: one per file); 0: every file written in turn
     check_memory: bool = True  # refuse sizes whose estimated peak memory exceeds what is free (pipelines.memory)
@@ -542,7 +544,8 @@ def generate(cfg: GenerateConfig) -> Path:
         jobs = [make_job(cfg, cfg.image, cfg.camera, cfg.prompt, cfg.seed, out)]
     start = time.perf_counter()
     pipe = Diff4SplatPipeline.from_config(cfg)
-    if cfg.compile is None and pipe.device.type == "cuda" and len(jobs) >= AUTO_COMPILE_JOBS:
+    forwards = len(jobs) * cfg.sampling.steps * (2 if cfg.sampling.guided else 1)
+    if cfg.compile is None and pipe.device.type == "cuda" and forwards >= AUTO_COMPILE_FORWARDS:
         log.info(
             "compiling the CameraWan blocks for %d scenes (the first one pays ~12 s; compile=false to skip)", len(jobs)
         )
