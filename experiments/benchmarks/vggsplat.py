@@ -335,7 +335,7 @@ def bench_inference(
     return result
 
 
-def stage_flops(model_name: str, size: tuple, views: int) -> dict:
+def stage_flops(model_name: str, size: tuple, views: int, batch: int = 1) -> dict:
     """FLOPs per stage of one forward (FlopCounterMode on the meta device: shapes only, no compute; SDPA counted as
     4 N^2 d per head; the renderer's are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -343,9 +343,9 @@ def stage_flops(model_name: str, size: tuple, views: int) -> dict:
     frames, height, width = size[:3]
     with torch.device("meta"):
         model = LRDM(model_config(model_name)).eval()
-        c2w, fx = cameras(1, frames, "meta")
-        images = torch.empty(1, frames, 3, height, width)
-        t_in, t_out = torch.empty(1, frames), torch.empty(1, views)
+        c2w, fx = cameras(batch, frames, "meta")
+        images = torch.empty(batch, frames, 3, height, width)
+        t_in, t_out = torch.empty(batch, frames), torch.empty(batch, views)
     stages = Stages(stage_modules(model), "cpu")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         stages.flop_counter, stages.recording = counter, True
@@ -619,17 +619,73 @@ def stage_table(result: dict) -> str:
     return head + "\n".join(lines)
 
 
+def meta_text(result: dict) -> str:
+    """The meta-device analysis: FLOPs per stage (and the time they take at the dense bf16 peak), the training
+    activation estimate."""
+    if "activation_estimates" not in result:
+        return ""
+    lines = ["## FLOPs per forward (meta device, FlopCounterMode; the renderer not counted)", ""]
+    names = [*MODULE_STAGES, "forward_rest", "total"]
+    lines.append("| input | " + " | ".join(names) + " | ms at 798 TFLOP/s |")
+    lines.append("|---|" + "---|" * (len(names) + 1))
+    shapes = {str(f): (h, w) for f, h, w, _ in result["inference_shapes"]}
+    rows = [
+        (f"inference {f} x {shapes[f][0]}x{shapes[f][1]}, {result['views']} query times", fl)
+        for f, fl in result["stage_tflops"].items()
+    ]
+    b, fi, fo, h, w = result["train_shape"]
+    rows.append(
+        (f"training forward {b} x {fi} frames @{h}x{w}, {fo} query times", result["train_stage_tflops_forward"])
+    )
+    for label, fl in rows:
+        cells = [f"{fl.get(n, 0.0):.2f}" for n in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {fl['total'] / PEAK_TFLOPS * 1e3:.0f} |")
+    lines += [
+        "",
+        f"Training model FLOPs per step (3 x forward): {result['train_model_tflops_per_step']:.1f} TFLOP.",
+        "",
+    ]
+    lines += ["## Saved activations of one training forward per scene (meta device, bf16)", ""]
+    lines += ["| blocks checkpointed | head passes checkpointed | GiB per scene |", "|---|---|---|"]
+    for r in result["activation_estimates"]:
+        lines.append(f"| {r['blocks']} | {r['heads']} | {r['GiB_per_scene']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write(result: dict, out: Path, tag: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"vggsplat_{tag}.json").write_text(json.dumps(result, indent=2))
-    chosen = result.get("chosen_variant") or {}
+    chosen = result.get("chosen_variant")
+    stages = stage_table(result)
     (out / f"vggsplat_{tag}.md").write_text(
         f"# VGGSplaT benchmark\n\n`{result['command']}` on {result['device']}, {result['date']}, torch "
-        f"{result['torch']}; final runs: variant {chosen.get('name', '-')} ({json.dumps(chosen)})\n\n"
-        f"{table(result)}\n\nPer stage (ms; in brackets achieved TFLOP/s from FlopCounterMode FLOPs):\n\n"
-        f"{stage_table(result)}\n"
+        f"{result['torch']}, commit {result['commit']}"
+        + (f"; final runs: variant {chosen['name']} ({json.dumps(chosen)})" if chosen else "")
+        + "\n\n"
+        + (f"{table(result)}\n\n" if result["inference"] or result["training"] else "")
+        + (f"Per stage (ms; in brackets achieved TFLOP/s from the stage's FLOPs):\n\n{stages}\n\n" if stages else "")
+        + meta_text(result)
     )
     return out / f"vggsplat_{tag}.json"
+
+
+def git_commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "diff4splat", "experiments"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -642,8 +698,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--train-compile", action="store_true", help="compile the blocks in the training steps too")
     p.add_argument(
         "--phases",
-        default="profile,inference,memory,train",
-        help="comma-separated: profile, inference, memory (meta-device activation estimate, CPU), train",
+        default="profile,inference,meta,train",
+        help="comma-separated: profile, inference, meta (FLOPs and training activation estimate on the meta "
+        "device; runs on the CPU), train",
     )
     p.add_argument("--variants", default="all", help=f"comma-separated of {', '.join(VARIANTS)}, or all")
     p.add_argument("--deadline-s", type=float, default=1e9, help="skip measurements that would start later")
@@ -652,9 +709,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--tag", default=None, help="results file name vggsplat_<tag> (default: from the device)")
     args = p.parse_args(argv)
     phases = set(args.phases.split(","))
-    device = "cpu" if args.tiny or phases == {"memory"} else "cuda"
+    device = "cpu" if args.tiny or phases == {"meta"} else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        sys.exit("vggsplat.py needs a CUDA GPU (gsplat rendering); --tiny and --phases memory run on the CPU")
+        sys.exit("vggsplat.py needs a CUDA GPU (gsplat rendering); --tiny and --phases meta run on the CPU")
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -670,12 +727,13 @@ def main(argv: list[str] | None = None) -> Path:
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
     tag = args.tag or ("tiny_cpu" if args.tiny else "h100" if "H100" in name else "h200" if "H200" in name else "gpu")
     setting = TINY if args.tiny else FULL
-    tag = args.tag or ("meta" if phases == {"memory"} else tag)
+    tag = args.tag or ("meta" if phases == {"meta"} else tag)
     result: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(["python vggsplat.py", *argv]),
         "device": name,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "commit": git_commit(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(),
         "model": setting["model"],
         "compiled_blocks": device == "cuda" and not args.no_compile,
@@ -704,9 +762,21 @@ def main(argv: list[str] | None = None) -> Path:
             args.reserve_s,
             not args.no_render,
         )
-    if "memory" in phases:
+    if "meta" in phases:
+        if "stage_tflops" not in result:
+            result["stage_tflops"] = {
+                str(size[0]): {k: v / 1e12 for k, v in stage_flops(setting["model"], size, setting["views"]).items()}
+                for size in setting["inference"]
+            }
         result["activation_estimates"] = activation_estimates(setting)
         print(f"saved activations per scene (GiB): {result['activation_estimates']}")
+        b, f_in, f_out, h, w = setting["train"]
+        train = stage_flops(setting["model"], (f_in, h, w), f_out, batch=b)
+        result["train_shape"] = list(setting["train"])
+        result["inference_shapes"], result["views"] = setting["inference"], setting["views"]
+        result["train_model_tflops_per_step"] = 3 * train["total"] / 1e12  # as ReconstructionSystem.model_flops
+        result["train_stage_tflops_forward"] = {k: v / 1e12 for k, v in train.items()}
+        print(f"training model TFLOP per step at {setting['train']}: {result['train_model_tflops_per_step']:.1f}")
     if "train" in phases:
         run_training(setting, args.train_repeats, device, compile and args.train_compile, deadline, save, result)
     path = write(result, out, tag)
