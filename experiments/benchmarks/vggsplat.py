@@ -669,14 +669,23 @@ def write(result: dict, out: Path, tag: str) -> Path:
     return out / f"vggsplat_{tag}.json"
 
 
+MEASURED_FILES = (
+    "diff4splat/models/vggt.py",
+    "diff4splat/models/dpt.py",
+    "diff4splat/models/movies.py",
+    "diff4splat/models/lrdm.py",
+    "experiments/benchmarks/vggsplat.py",
+)
+
+
 def git_commit() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown`` outside a git checkout."""
+    """The checkout's commit (``+dirty`` with uncommitted changes to the measured code), or ``unknown``."""
     import subprocess
 
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "diff4splat", "experiments"],
+            ["git", "status", "--porcelain", "--", *MEASURED_FILES],
             cwd=ROOT,
             capture_output=True,
             text=True,
