@@ -30,6 +30,7 @@ DECODE_ONLY = [
 ]
 
 
+@pytest.mark.slow  # 800 training steps: about 3-4 minutes on two cores, run by `make test-slow` in CI
 def test_tiny_alignment_raises_held_out_psnr_by_10_db(make_cfg):
     """Decoded frames vs the real frames of held-out scenes (test split, other seeds): PSNR at initialisation (the
     same seed, so the same initial weights) vs after training; the issue's bar is +10 dB."""
