@@ -48,10 +48,11 @@ Memory plan for Wan2.2-TI2V-5B (5.0 B parameters, 80 GB cards; ``trainer=fsdp2``
 
 - ``adapt=full``: student and critic each fp32 master weights + fp32 gradients + AdamW moments = 16 B/param = 80 GB,
   the frozen teacher in bf16 = 10 GB: 170 GB of state, sharded over N GPUs: 42.5 GB per GPU at N = 4, 21 GB at
-  N = 8, plus activations (block checkpointing: ~2 GB per micro-batch of 2860 tokens) and two gathered bf16 blocks
-  (0.3 GB each). Needs N >= 4; 8 GPUs leave room for batch 2. No EMA shadow (it would add 20 GB per model).
-- ``adapt=lora``: three bf16 copies = 30 GB plus adapters; fits one 80 GB GPU (measured:
-  ``experiments/benchmarks/results/distill_5b_h100.md``).
+  N = 8, plus the activations of student and critic (selective checkpointing: ~8 GB at batch 1, 2860 tokens, as
+  measured with LoRA below) and a few gathered bf16 blocks (0.3 GB each). Needs N >= 4. No EMA shadow (it would add
+  20 GB per model).
+- ``adapt=lora``: three bf16 copies = 30 GB plus adapters; fits one 80 GB GPU: 37.8 GiB peak on an H100 at batch 1,
+  0.92 s per step, 19.8 % MFU (``experiments/benchmarks/results/distill_5b_h100.md``).
 
 Batches: as the diffusion system's (``latents`` or ``frames``, ``c2w``, ``fxfycxcy``, optional ``prompt_embeds``,
 ``has_prompt``). Only the first latent frame, the shape and the conditions are read for training.
