@@ -139,7 +139,7 @@ def test_scene_is_ready_before_the_slow_files_and_writing_in_parallel_changes_no
     for meta in metas.values():
         t = meta["timings"]
         assert sum(t[s] for s in BEFORE_SCENE) <= t["time_to_scene"] <= t["time_to_all_files"]
-        assert t["time_to_all_files"] == pytest.approx(sum(t[s] for s in STAGES), abs=0.05)
+        assert_stages_fill_the_wall_clock(t)
     # in parallel the mp4 writers overlap (the renders' three start together); in turn, none does
     assert overlapping[None] >= 2 and overlapping[0] == 0, overlapping
 
@@ -224,6 +224,15 @@ def test_on_cuda_the_scene_file_copied_on_its_own_stream_agrees_with_the_ply_fra
         np.testing.assert_allclose(means, scene.at_index(i).means.numpy(), atol=1e-5)
 
 
+def assert_stages_fill_the_wall_clock(t: dict) -> None:
+    """The stages are disjoint intervals of the job's wall clock up to its last file: their sum never exceeds
+    ``time_to_all_files`` (a write stage counted as the files' overlapping seconds would), and only the untimed
+    steps between stages separate the two (a few ms idle; the bound leaves room for a loaded 2-core CI machine)."""
+    stages = sum(t[s] for s in STAGES)
+    assert stages <= t["time_to_all_files"] + 1e-3
+    assert t["time_to_all_files"] - stages <= 0.05 + 0.25 * t["time_to_all_files"]
+
+
 def _batch(photo: Path, out: Path) -> tuple[GenerateConfig, list]:
     cfg = small_cfg(photo, out)
     return cfg, [make_job(cfg, photo, "orbit", "a boat", seed, out / f"s{seed}") for seed in (1, 2)]
@@ -252,7 +261,7 @@ def test_a_batch_generates_the_next_scene_while_the_last_ones_files_are_written(
     for job in jobs:  # each folder complete, its times its own
         assert sorted(p.name for p in job.target.iterdir()) == sorted(folder_names())
         t = json.loads((job.target / "meta.json").read_text())["timings"]
-        assert t["time_to_all_files"] == pytest.approx(sum(t[s] for s in STAGES), abs=0.05)
+        assert_stages_fill_the_wall_clock(t)
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["s1", "s2"]  # no temporary folder left
 
 
