@@ -58,6 +58,14 @@ def test_tiny_public_route_writes_a_complete_folder_from_a_photo_and_a_pose_file
     assert meta["inputs"]["cameras"]["file_frames"] == 16 and meta["untrained"] is True
 
 
+def test_distilled_sampling_with_the_fun_model_is_one_error_and_writes_nothing(tmp_path):
+    out = tmp_path / "scene"
+    cfg = compose(*FAST, f"image={PHOTO}", f"camera={POSES}", f"output_dir={out}", "sampling.mode=distilled")
+    with pytest.raises(InputError, match=r"^sampling\.mode=distilled: the Wan2\.2-Fun camera model is not a distilled"):
+        generate_cli.generate(cfg)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def released_root(tmp_path_factory) -> tuple[Path, Diff4SplatPipeline]:
     """A tiny public pipeline's models written as the releases ship them, under one $CKPT_ROOT."""

@@ -57,7 +57,7 @@ from diff4splat.pipelines.outputs import (
     check_output_dir,
     check_writable,
 )
-from diff4splat.pipelines.public import resolve_config
+from diff4splat.pipelines.public import check_fun_sampling, resolve_config
 from diff4splat.pipelines.scale import scale_cameras
 from diff4splat.pipelines.stages import STAGES, Stages
 from diff4splat.sampling import SamplingConfig, distilled_timesteps
@@ -528,6 +528,7 @@ def generate(cfg: GenerateConfig) -> Path:
     out = Path(cfg.output_dir).absolute()
     check_options(cfg)
     cfg = resolve_config(cfg)  # models.camera_wan=<path>: the config it stands for (file headers only)
+    check_fun_sampling(cfg)
     if not cfg.tiny:
         check_model_paths(cfg)
         check_release_sampling(cfg)

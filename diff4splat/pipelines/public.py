@@ -127,6 +127,17 @@ def resolve_config(cfg: GenerateConfig) -> GenerateConfig:
     return replace(cfg, models=replace(cfg.models, camera_wan=resolved))
 
 
+def check_fun_sampling(cfg: GenerateConfig) -> None:
+    """The Fun release samples with its own guided loop (`fun_latents`); a few-step distilled sampler is for a
+    distilled student, so ``sampling.mode=distilled`` with the Fun camera model is one `InputError`."""
+    fun = cfg.layout == "public" or getattr(cfg.models.camera_wan, "camera_injection", None) == "fun"
+    if fun and cfg.sampling.mode == "distilled":
+        raise InputError(
+            "sampling.mode=distilled: the Wan2.2-Fun camera model is not a distilled student; expected "
+            "sampling.mode=scheduler with it (its release samples 50 guided steps)"
+        )
+
+
 def is_taehv_file(path: str | Path | None) -> bool:
     """A released TAEHV weight file (``taew2_2.pth``, ``taew2_1.pth``) rather than our aligner export."""
     return bool(path) and Path(path).suffix in (".pth", ".pt")
