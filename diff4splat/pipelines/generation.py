@@ -24,7 +24,6 @@ import math
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -33,9 +32,9 @@ from torch import Tensor, nn
 
 from diff4splat.cli import InputError
 from diff4splat.gaussians import DeformableGaussians
-from diff4splat.geometry.trajectories import make_trajectory
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, plucker_for_latents
 from diff4splat.pipelines import public
+from diff4splat.pipelines.options import check_model_paths
 from diff4splat.pipelines.reconstruction import Reconstruction, ReconstructionPipeline, native_size, size_multiple
 from diff4splat.pipelines.scale import rescaled_reconstruction
 from diff4splat.pipelines.stages import Stages
@@ -43,7 +42,7 @@ from diff4splat.rendering import render
 from diff4splat.sampling import SamplingConfig, sample_latents
 
 if TYPE_CHECKING:
-    from diff4splat.pipelines.jobs import GenerateConfig, RenderOptions
+    from diff4splat.pipelines.jobs import GenerateConfig
 
 log = logging.getLogger("diff4splat.generate")
 
@@ -480,64 +479,3 @@ class Diff4SplatPipeline:
             "offload": self.offload,
             "text_device": str(self.text_device),
         }
-
-
-def check_model_paths(cfg: GenerateConfig) -> None:
-    """Every weight path the config needs exists (checked before anything is loaded or written)."""
-    m, cw = cfg.models, cfg.models.camera_wan
-    need = [
-        ("models.text_encoder", m.text_encoder, "a diffusers root with text_encoder/ and tokenizer/"),
-        ("models.vae", m.vae, "a diffusers root with vae/ or the VAE folder"),
-        ("models.lrdm", m.lrdm, "an LRDM training export (.safetensors) or a .ckpt"),
-    ]
-    if cw.init == "pretrained":
-        need.append(("models.camera_wan.pretrained_path", cw.pretrained_path, "a diffusers Wan2.2-TI2V-5B folder"))
-    if cw.init == "original":
-        need += [
-            (f"models.camera_wan.original_paths[{i}]", p, "the release's DiT safetensors")
-            for i, p in enumerate(cw.original_paths or [None])
-        ]
-    if cw.camera_weights:
-        need.append(("models.camera_wan.camera_weights", cw.camera_weights, "CameraWan camera weights .safetensors"))
-    if cfg.decoder == "tiny_vae":
-        need.append(("models.aligner", m.aligner, "a LatentAligner .safetensors (decoder=tiny_vae)"))
-    for name, path, what in need:
-        if not path or not Path(path).exists():
-            raise InputError(f"{name}={path}: not found; expected {what} (or tiny=true for random tiny models)")
-
-
-@dataclass
-class Renders:
-    """The renders that go into render.mp4 / depth.mp4 / novel.mp4."""
-
-    rgb: Tensor  # [F, 3, H, W] along the trajectory, camera k at time k
-    depth: Tensor  # [F, 1, H, W]
-    novel: Tensor  # [V, 3, H, W] a new orbit at mid time
-    novel_c2w: Tensor  # [V, 4, 4]
-    novel_info: dict
-
-
-def render_outputs(pipe: Diff4SplatPipeline, gen: Generation, opts: RenderOptions, stages: Stages) -> Renders:
-    """The trajectory renders and a new orbit about the scene centre (median Gaussian depth in camera 0) at t = 0.5."""
-    scene = gen.scene
-    f = scene.c2w.shape[0]
-    n = opts.novel_frames or f
-    z = scene.gaussians.canonical.means[:, 2]
-    centre = float(z[z > 0].median()) if (z > 0).any() else 1.0
-    try:
-        orbit = make_trajectory(opts.novel_preset, n, strength=opts.novel_strength, look_at=centre)
-    except ValueError as e:
-        raise InputError(f"render.novel_preset: {e}") from e
-    novel_c2w = orbit.c2w.float()
-    with stages("render", total=f + n, unit="view") as bar:
-        rgb, depth = pipe.render(scene, scene.c2w, scene.fxfycxcy, scene.input_times, bar)
-        novel, _ = pipe.render(scene, novel_c2w, scene.fxfycxcy[:1].expand(n, 4), torch.full((n,), 0.5), bar)
-    info = {
-        "preset": opts.novel_preset,
-        "strength": opts.novel_strength,
-        "frames": n,
-        "time": 0.5,
-        "look_at": centre,
-        "c2w": novel_c2w.tolist(),
-    }
-    return Renders(rgb, depth, novel, novel_c2w, info)

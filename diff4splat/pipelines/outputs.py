@@ -36,7 +36,8 @@ from diff4splat.files import atomic_dir, remove_stale_temp_dirs
 from diff4splat.gaussians.io import load_4d
 from diff4splat.gaussians.types import DeformableGaussians
 from diff4splat.media import depth_to_color, to_uint8, write_video
-from diff4splat.pipelines.generation import UNTRAINED_LABEL, Generation, Renders
+from diff4splat.pipelines.generation import UNTRAINED_LABEL, Generation
+from diff4splat.pipelines.renders import Renders
 from diff4splat.pipelines.stages import STAGES, Stages
 
 if TYPE_CHECKING:
