@@ -29,7 +29,6 @@ Gaussian starts at its own frame's time). ``*_t[:, q]`` are the raw colour / sca
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -40,17 +39,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diff4splat.gaussians.types import DeformableGaussians, Gaussians
-from diff4splat.geometry.cameras import invert_c2w, plucker_rays, unproject_depth
+from diff4splat.geometry.cameras import invert_c2w, plucker_rays
 from diff4splat.geometry.rotations import (
     matrix_to_quat,
-    quat_conjugate,
-    quat_multiply,
     quat_to_matrix,
     quat_wxyz_to_xyzw,
     quat_xyzw_to_wxyz,
 )
 from diff4splat.models.dpt import DPTConfig, DPTHead, infer_dpt_config
+from diff4splat.models.movies_gaussians import (
+    GaussianActivation,
+    _float32_geometry,
+    activate_gaussians,
+    deformable_gaussians,
+)
+from diff4splat.models.movies_keys import (
+    _VGGT_UNUSED,
+    CHECKPOINT_PREFIX,
+    _new_parts,
+    strip_checkpoint_prefix,
+    vggt_key,
+)
 from diff4splat.models.vggt import (
     Aggregator,
     AggregatorConfig,
@@ -67,7 +76,6 @@ from diff4splat.weights import WeightsError, load_state_checked
 log = logging.getLogger(__name__)
 
 POSE_ENCODING_DIM = 9
-CHECKPOINT_PREFIX = "backbone."  # MoVieS's SplatRecon wrapper: movies_ckpt.safetensors keys are "backbone." + ours
 
 
 def _gaussian_channels(sh_degree: int) -> int:
@@ -78,17 +86,6 @@ def _gs_head(sh_degree: int, shortcut_dim: int, time_dim: int) -> DPTConfig:
     return DPTConfig(
         output_dim=_gaussian_channels(sh_degree) + 1, activation="linear", shortcut_dim=shortcut_dim, time_dim=time_dim
     )
-
-
-@dataclass
-class GaussianActivation:
-    """MoVieS's renderer activations (``opt_dict["movies"]``)."""
-
-    znear: float = 0.001  # depth clamp
-    zfar: float = 100.0
-    scale_factor: float = 0.001  # scale = min(scale_factor * softplus(x), scale_max)
-    scale_max: float = 0.3
-    opacity_bias: float = -1.0  # opacity = tanh(x + bias) / 2 + 1/2 (= sigmoid(2x - 2))
 
 
 @dataclass
@@ -114,13 +111,6 @@ class VGGSplatConfig:
     mask_by_motion: float = 0.005  # pixels with ‖offset‖ below keep their static colour, scale, rotation
     mask_by_motion_opacity: float = 0.005  # ... and opacity
     activation: GaussianActivation = field(default_factory=GaussianActivation)
-
-
-def _float32_geometry(device: torch.device) -> contextlib.AbstractContextManager:
-    """Camera geometry (rays, poses, unprojection) in float32 even under autocast, as the reference computes it."""
-    if device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def time_embedding(t: Tensor, dim: int) -> Tensor:  # [...] in [0, 1] -> [..., dim]
@@ -489,147 +479,10 @@ class VGGSplat(nn.Module):
 
 
 _TIME_KEYS = ("color_t", "scale_t", "rotation_t", "opacity_t", "conf_t")
-_VGGT_UNUSED = ("camera_head.", "track_head.")
-
-
-def vggt_key(key: str) -> str | None:
-    """The VGGT tensor a MoVieS tensor is initialised from (MoVieS's ``VGGSplaT.__init__``), or None for new ones."""
-    if key.startswith("encoder."):
-        return "aggregator.patch_embed." + key[len("encoder.") :]
-    if key.startswith("backbone."):
-        rest = key[len("backbone.") :]
-        return None if rest.startswith(("extra_embed.", "time_embed.")) else "aggregator." + rest
-    if key.startswith("depth_head."):
-        return None if key.startswith("depth_head.time_embed.") else key
-    if key.startswith("motion_head."):
-        rest = key[len("motion_head.") :]
-        return None if rest.startswith("time_embed.") else "point_head." + rest
-    return None
-
-
-def _new_parts(keys: Sequence[str]) -> list[str]:
-    """Module-level names of new tensors: ``plucker_embed``, ``backbone.time_embed``, ``motion_head.time_embed``..."""
-    parts = []
-    for key in keys:
-        head, *rest = key.split(".")
-        part = (
-            head if head in ("plucker_embed", "plucker_ln", "splat_head", "motion_splat_head") else f"{head}.{rest[0]}"
-        )
-        if part not in parts:
-            parts.append(part)
-    return parts
-
-
-def strip_checkpoint_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the ``backbone.`` of MoVieS's ``SplatRecon`` wrapper (``movies_ckpt``: every key has it, and the model's
-    own ``encoder.`` tensors appear as ``backbone.encoder.``)."""
-    wrapped = any(k.startswith(CHECKPOINT_PREFIX + "encoder.") for k in state_dict)
-    if wrapped and all(k.startswith(CHECKPOINT_PREFIX) for k in state_dict):
-        return {k[len(CHECKPOINT_PREFIX) :]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Activations (what MoVieS's renderer does before rasterising)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def activate_gaussians(
-    outputs: Mapping[str, Tensor],
-    c2w: Tensor,  # [B, F, 4, 4] the input cameras given to forward
-    fxfycxcy: Tensor,  # [B, F, 4]
-    activation: GaussianActivation | None = None,
-    sh_degree: int = 0,
-) -> dict[str, Tensor]:
-    """Per-pixel Gaussians at each query time, activated as MoVieS's renderer does (the static model: one "query").
-
-    Returns ``means`` [B, Q, F, 3, H, W] (world), ``colors`` [B, Q, F, 3(sh+1)², H, W] (tanh / 2 + 1/2, higher SH
-    bands scaled by 0.1·0.25^degree), ``scales`` [B, Q, F, 3, H, W] (linear units), ``quats`` [B, Q, F, 4, H, W]
-    (unit, wxyz as gsplat), ``opacities`` [B, Q, F, 1, H, W] in [0, 1]; colours with sh_degree 0 are RGB.
-    """
-    act = activation or GaussianActivation()
-    depth = outputs["depth"].clamp(min=act.znear, max=act.zfar)[:, :, 0]  # [B, F, H, W]
-    with _float32_geometry(depth.device):
-        xyz = unproject_depth(depth.float(), c2w.float(), fxfycxcy.float())  # [B, F, H, W, 3]
-    xyz = xyz.permute(0, 1, 4, 2, 3).to(depth.dtype)  # [B, F, 3, H, W]
-    if "offset" in outputs:
-        means = xyz[:, None] + outputs["offset"]
-        raw = {k: outputs[f"{k}_t"] for k in ("color", "scale", "rotation", "opacity")}
-    else:
-        means = xyz[:, None]
-        raw = {k: outputs[k][:, None] for k in ("color", "scale", "rotation", "opacity")}
-    colors = torch.tanh(raw["color"]) * 0.5 + 0.5
-    if sh_degree > 0:
-        mask = torch.ones((sh_degree + 1) ** 2, dtype=colors.dtype, device=colors.device)
-        for degree in range(1, sh_degree + 1):
-            mask[degree**2 : (degree + 1) ** 2] = 0.1 * 0.25**degree
-        colors = (colors.unflatten(3, (-1, 3)) * mask[:, None, None, None]).flatten(3, 4)
-    return {
-        "means": means,
-        "colors": colors,
-        "scales": (act.scale_factor * F.softplus(raw["scale"])).clamp(max=act.scale_max),
-        "quats": F.normalize(raw["rotation"], dim=3),
-        "opacities": torch.tanh(raw["opacity"] + act.opacity_bias) * 0.5 + 0.5,
-    }
-
-
-def deformable_gaussians(
-    outputs: Mapping[str, Tensor],
-    c2w: Tensor,  # [B, F, 4, 4] the input cameras given to forward
-    fxfycxcy: Tensor,  # [B, F, 4]
-    query_times: Tensor,  # [B, Q] (the static model: any Q; the scene does not change)
-    activation: GaussianActivation | None = None,
-    sh_degree: int = 0,
-) -> tuple[DeformableGaussians, Tensor]:  # batch [B], N = F·H·W; depth [B, F, H, W]
-    """MoVieS's outputs as our deformable Gaussians, exactly: at query time q every Gaussian has the position, rotation,
-    scale, opacity and colour that MoVieS renders there (`activate_gaussians`).
-
-    Gaussians are ordered frame-major, then row-major over the pixels. The canonical Gaussians are the static
-    prediction (each pixel's unprojected depth with the static attributes, at its own frame's time); at query time q,
-    Δμ = offset(q), Δq = conj(q0) ⊗ q(q) (so q0 ⊗ Δq = q(q)), Δs = log s(q) - log s0, and ``opacities_t`` /
-    ``colors_t`` hold MoVieS's time-dependent opacity and colour (equal to the static ones where ‖offset‖ < 0.005).
-    Also returns the clamped depth the depth loss reads."""
-    act = activation or GaussianActivation()
-    static_keys = ("depth", "color", "scale", "rotation", "opacity")
-    static = activate_gaussians({k: outputs[k] for k in static_keys}, c2w, fxfycxcy, act, sh_degree)
-    batch = c2w.shape[0]
-
-    def flat(x: Tensor) -> Tensor:  # [B, Q, F, C, H, W] -> [B, Q, F·H·W, C]
-        return x.permute(0, 1, 2, 4, 5, 3).reshape(batch, x.shape[1], -1, x.shape[3]).float()
-
-    def colours(x: Tensor) -> Tensor:  # [..., N, 3(sh+1)²] -> [..., N, 3] (RGB) or [..., N, K, 3] (SH, k-major)
-        return x if sh_degree == 0 else x.unflatten(-1, (-1, 3))
-
-    q0 = flat(static["quats"])[:, 0]
-    s0 = flat(static["scales"])[:, 0]
-    canonical = Gaussians(
-        means=flat(static["means"])[:, 0],
-        quats=q0,
-        scales=s0,
-        opacities=flat(static["opacities"])[:, 0, :, 0],
-        colors=colours(flat(static["colors"])[:, 0]),
-    )
-    depth = outputs["depth"][:, :, 0].clamp(min=act.znear, max=act.zfar).float()
-    if "offset" not in outputs:
-        return DeformableGaussians.static(canonical, query_times.float()), depth
-    moving = activate_gaussians(outputs, c2w, fxfycxcy, act, sh_degree)
-    q_t, s_t = flat(moving["quats"]), flat(moving["scales"])
-    tiny = torch.finfo(torch.float32).tiny  # softplus underflows to 0 far below its range: keep the logs finite
-    return (
-        DeformableGaussians(
-            canonical=canonical,
-            times=query_times.float(),
-            delta_means=flat(outputs["offset"]),
-            delta_quats=quat_multiply(quat_conjugate(q0)[:, None], q_t),
-            delta_log_scales=s_t.clamp_min(tiny).log() - s0.clamp_min(tiny).log()[:, None],
-            opacities_t=flat(moving["opacities"])[..., 0],
-            colors_t=colours(flat(moving["colors"])),
-        ),
-        depth,
-    )
 
 
 __all__ = [
+    "CHECKPOINT_PREFIX",
     "GaussianActivation",
     "PluckerEmbed",
     "VGGSplat",

@@ -21,192 +21,37 @@ and a time token) and the DPT heads.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diff4splat.models.dpt import DPTConfig, DPTHead, infer_dpt_config
-from diff4splat.weights import WeightsError, load_state_checked, read_state_dict
+from diff4splat.models.dpt import DPTHead, infer_dpt_config
+from diff4splat.models.vggt_blocks import (
+    Block,
+    Mlp,
+    _init_linear_timm,
+    rope_2d_tables,
+)
+from diff4splat.models.vggt_config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGGT_LAYERS,
+    AggregatorConfig,
+    CameraHeadConfig,
+    EncoderConfig,
+    VGGTConfig,
+    dpt_layers,
+    drop_track_head,
+    infer_aggregator_config,
+    infer_camera_head_config,
+    infer_encoder_config,
+)
+from diff4splat.weights import load_state_checked, read_state_dict
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-VGGT_LAYERS = (4, 11, 17, 23)  # the aggregator layers VGGT-1B's DPT heads read
-
-
-def dpt_layers(depth: int) -> tuple[int, int, int, int]:
-    """The aggregator layers a DPT head reads by default: VGGT-1B's (4, 11, 17, 23) for its 24 layers, the same
-    relative depths otherwise (layer l of 24 -> round((l + 1) depth / 24) - 1; a 4-layer aggregator: 0, 1, 2, 3)."""
-    return tuple(min(depth - 1, max(0, math.floor((l + 1) * depth / 24 + 0.5) - 1)) for l in VGGT_LAYERS)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Configs
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EncoderConfig:
-    """DINOv2 ViT with registers. Defaults: ViT-L/14 as in VGGT-1B (position grid 37 = 518 / 14)."""
-
-    embed_dim: int = 1024
-    depth: int = 24
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_register_tokens: int = 4
-    patch_size: int = 14
-    pos_grid: int = 37  # the learned position embedding covers pos_grid x pos_grid patches (+ CLS)
-
-
-@dataclass
-class AggregatorConfig:
-    """Alternating frame / global attention. Defaults: VGGT-1B. ``extra_dim`` / ``time_dim`` > 0 add MoVieS's pose
-    token (from a 9-d pose encoding) / input-time token (from a sin-cos time embedding) to every frame."""
-
-    embed_dim: int = 1024
-    depth: int = 24  # frame/global block pairs
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_register_tokens: int = 4
-    qk_norm: bool = True
-    rope_freq: float = 100.0
-    layer_scale_init: float = 0.01
-    extra_dim: int = 0
-    time_dim: int = 0
-
-
-@dataclass
-class CameraHeadConfig:
-    dim_in: int = 2048
-    trunk_depth: int = 4
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    num_iterations: int = 4
-
-
-@dataclass
-class VGGTConfig:
-    """VGGT without its track head. Defaults: facebook/VGGT-1B."""
-
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
-    camera_head: CameraHeadConfig | None = field(default_factory=CameraHeadConfig)
-    depth_head: DPTConfig | None = field(default_factory=lambda: DPTConfig(output_dim=2, activation="exp"))
-    point_head: DPTConfig | None = field(default_factory=lambda: DPTConfig(output_dim=4, activation="inv_log"))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Transformer parts
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int, init_value: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim_in: int, hidden: int, dim_out: int | None = None) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim_in, hidden)
-        self.fc2 = nn.Linear(hidden, dim_out or dim_in)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-def rope_2d_tables(
-    positions: Tensor,  # [N, 2] integer (y, x)
-    head_dim: int,
-    base: float,
-) -> tuple[Tensor, Tensor]:  # cos, sin [N, head_dim]
-    """cos / sin tables of VGGT's 2D RoPE: the first half of each head rotates with y, the second with x, each half
-    as standard rotate-half RoPE with ``head_dim / 4`` frequencies ``base^(-2k / (head_dim / 2))``."""
-    half = head_dim // 2
-    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2, device=positions.device).float() / half))
-    tables = []
-    for axis in (0, 1):
-        angles = positions[:, axis].float()[:, None] * inv_freq[None, :]
-        tables.append(torch.cat([angles, angles], dim=-1))
-    angles = torch.cat(tables, dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope_2d(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # x [..., N, D], cos/sin [N, D]
-    """Rotate ``x`` by the tables of `rope_2d_tables` (rotate-half within each of the y and x halves)."""
-    quarters = x.unflatten(-1, (2, 2, x.shape[-1] // 4))  # [..., (y|x), (first|second), D/4]
-    rotated = torch.stack([-quarters[..., 1, :], quarters[..., 0, :]], dim=-2).flatten(-3)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention through SDPA, with optional qk-norm (LayerNorm per head) and 2D RoPE."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        if qk_norm:
-            self.q_norm = nn.LayerNorm(self.head_dim)
-            self.k_norm = nn.LayerNorm(self.head_dim)
-        self.qk_norm = qk_norm
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:  # [B, N, C]
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:  # rotated in float32 (as under autocast, where qk-norm returns float32), also in bf16
-            q, k = apply_rope_2d(q.float(), *rope).to(v.dtype), apply_rope_2d(k.float(), *rope).to(v.dtype)
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with LayerScale: x + ls1(attn(norm1 x)), then x + ls2(mlp(norm2 x))."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qk_norm: bool = False,
-        layer_scale_init: float = 0.01,
-        norm_eps: float = 1e-5,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
-        self.ls1 = LayerScale(dim, layer_scale_init)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.ls2 = LayerScale(dim, layer_scale_init)
-
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), rope))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-def _init_linear_timm(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -586,92 +431,6 @@ class VGGT(nn.Module):
     def from_checkpoint(cls, path: str | os.PathLike, **facts) -> VGGT:
         """``facebook/VGGT-1B``'s ``model.pt`` (``torch.load(weights_only=True)``) or ``model.safetensors``."""
         return cls.from_state_dict(read_state_dict(path, "VGGT checkpoint"), source=str(path), **facts)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Config inference from tensor shapes, checkpoint reading
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _count(state_dict: Mapping[str, Tensor], pattern: str) -> int:
-    regex = re.compile(pattern)
-    found = {int(m.group(1)) for k in state_dict if (m := regex.match(k))}
-    if found != set(range(len(found))):
-        raise WeightsError(f"blocks matching {pattern!r} are not numbered 0..n-1: {sorted(found)}")
-    return len(found)
-
-
-def _require(state_dict: Mapping[str, Tensor], key: str) -> Tensor:
-    if key not in state_dict:
-        raise WeightsError(f"cannot infer the architecture: tensor {key!r} is missing")
-    return state_dict[key]
-
-
-def _mlp_ratio(state_dict: Mapping[str, Tensor], fc1_key: str, dim: int) -> float:
-    hidden = _require(state_dict, fc1_key).shape[0]
-    ratio = hidden / dim
-    if int(dim * ratio) != hidden:
-        raise WeightsError(f"{fc1_key}: hidden width {hidden} is not a ratio of {dim}")
-    return ratio
-
-
-def infer_encoder_config(
-    state_dict: Mapping[str, Tensor], prefix: str, *, num_heads: int | None = None
-) -> EncoderConfig:
-    """DINOv2 encoder architecture from ``state_dict[prefix + ...]``; heads default to head dim 64 (DINOv2)."""
-    dim = _require(state_dict, prefix + "cls_token").shape[-1]
-    grid = math.isqrt(_require(state_dict, prefix + "pos_embed").shape[1] - 1)
-    registers = state_dict[prefix + "register_tokens"].shape[1] if prefix + "register_tokens" in state_dict else 0
-    return EncoderConfig(
-        embed_dim=dim,
-        depth=_count(state_dict, re.escape(prefix) + r"blocks\.(\d+)\.norm1\.weight$"),
-        num_heads=num_heads or max(dim // 64, 1),
-        mlp_ratio=_mlp_ratio(state_dict, prefix + "blocks.0.mlp.fc1.weight", dim),
-        num_register_tokens=registers,
-        patch_size=_require(state_dict, prefix + "patch_embed.proj.weight").shape[-1],
-        pos_grid=grid,
-    )
-
-
-def infer_aggregator_config(state_dict: Mapping[str, Tensor], prefix: str) -> AggregatorConfig:
-    """Aggregator architecture; the heads come from the qk-norm width (head dim)."""
-    dim = _require(state_dict, prefix + "camera_token").shape[-1]
-    q_norm = prefix + "frame_blocks.0.attn.q_norm.weight"
-    if q_norm not in state_dict:
-        raise WeightsError(f"{q_norm} is missing: an aggregator without qk-norm does not say its number of heads")
-    extra, time = prefix + "extra_embed.weight", prefix + "time_embed.weight"
-    return AggregatorConfig(
-        embed_dim=dim,
-        depth=_count(state_dict, re.escape(prefix) + r"frame_blocks\.(\d+)\.norm1\.weight$"),
-        num_heads=dim // state_dict[q_norm].shape[0],
-        mlp_ratio=_mlp_ratio(state_dict, prefix + "frame_blocks.0.mlp.fc1.weight", dim),
-        num_register_tokens=_require(state_dict, prefix + "register_token").shape[2],
-        qk_norm=True,
-        extra_dim=state_dict[extra].shape[1] if extra in state_dict else 0,
-        time_dim=state_dict[time].shape[1] if time in state_dict else 0,
-    )
-
-
-def infer_camera_head_config(state_dict: Mapping[str, Tensor], prefix: str, *, num_heads: int) -> CameraHeadConfig:
-    dim = _require(state_dict, prefix + "token_norm.weight").shape[0]
-    return CameraHeadConfig(
-        dim_in=dim,
-        trunk_depth=_count(state_dict, re.escape(prefix) + r"trunk\.(\d+)\.norm1\.weight$"),
-        num_heads=num_heads,
-        mlp_ratio=_mlp_ratio(state_dict, prefix + "trunk.0.mlp.fc1.weight", dim),
-    )
-
-
-def drop_track_head(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
-    """The state dict without ``track_head.*`` (not implemented here), reported in one log line when present."""
-    kept = {k: v for k, v in state_dict.items() if not k.startswith("track_head.")}
-    if len(kept) != len(state_dict):
-        log.info(
-            "%s: dropped %d track_head.* tensors (VGGT's track head is not implemented)",
-            source,
-            len(state_dict) - len(kept),
-        )
-    return kept
 
 
 __all__ = [
