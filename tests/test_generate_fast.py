@@ -224,13 +224,21 @@ def test_on_cuda_the_scene_file_copied_on_its_own_stream_agrees_with_the_ply_fra
         np.testing.assert_allclose(means, scene.at_index(i).means.numpy(), atol=1e-5)
 
 
-def assert_stages_fill_the_wall_clock(t: dict) -> None:
+def assert_stages_are_disjoint(t: dict) -> None:
     """The stages are disjoint intervals of the job's wall clock up to its last file: their sum never exceeds
-    ``time_to_all_files`` (a write stage counted as the files' overlapping seconds would), and only the untimed
-    steps between stages separate the two (a few ms idle; the bound leaves room for a loaded 2-core CI machine)."""
-    stages = sum(t[s] for s in STAGES)
-    assert stages <= t["time_to_all_files"] + 1e-3
-    assert t["time_to_all_files"] - stages <= 0.05 + 0.25 * t["time_to_all_files"]
+    ``time_to_all_files`` (a write stage counted as the files' overlapping seconds would), and the write stage holds
+    the slowed mp4 writers queued after the renders (each sleeps ``SLOW_S``)."""
+    assert sum(t[s] for s in STAGES) <= t["time_to_all_files"] + 1e-3
+    assert t["write"] >= SLOW_S
+
+
+def assert_stages_fill_the_wall_clock(t: dict) -> None:
+    """`assert_stages_are_disjoint`, and with nothing else running only the untimed steps between stages separate
+    their sum from ``time_to_all_files`` (a few ms idle; the bound leaves room for a loaded 2-core CI machine). Not
+    asserted for a batch: there the next scene's Python competes with the last one's writer threads for the GIL, and
+    on CI the untimed steps grew to 0.73 s of 1.71 s."""
+    assert_stages_are_disjoint(t)
+    assert t["time_to_all_files"] - sum(t[s] for s in STAGES) <= 0.05 + 0.25 * t["time_to_all_files"]
 
 
 def _batch(photo: Path, out: Path) -> tuple[GenerateConfig, list]:
@@ -260,8 +268,7 @@ def test_a_batch_generates_the_next_scene_while_the_last_ones_files_are_written(
     assert second_generation < first_mp4s_done  # the first scene's files were still being written
     for job in jobs:  # each folder complete, its times its own
         assert sorted(p.name for p in job.target.iterdir()) == sorted(folder_names())
-        t = json.loads((job.target / "meta.json").read_text())["timings"]
-        assert_stages_fill_the_wall_clock(t)
+        assert_stages_are_disjoint(json.loads((job.target / "meta.json").read_text())["timings"])
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["s1", "s2"]  # no temporary folder left
 
 
