@@ -339,6 +339,60 @@ def test_reconstruct_trajectory_x10_gives_the_same_renders_and_gaussians_x10(tmp
     assert metas[1]["scale"]["lrdm_scale"] == pytest.approx(metas[0]["scale"]["lrdm_scale"] / 10, rel=1e-5)
 
 
+@pytest.mark.parametrize("encoder", ["latent", "vggt"])
+def test_the_measuring_pass_skips_the_deformation_and_measures_the_same_distance(encoder):
+    """The automatic rescale's first pass (`rescaled_reconstruction`) runs ``canonical_only``: the canonical
+    Gaussians equal a full pass's exactly, the time-conditioned heads never run, and the reconstruction is the one
+    two full passes give."""
+    import torch
+
+    from diff4splat.geometry.trajectories import make_trajectory
+    from diff4splat.models.lrdm import LRDM, lrdm_preset
+    from diff4splat.pipelines.generation import _randomise_zero_inits
+    from diff4splat.pipelines.scale import rescaled_reconstruction
+    from tests.test_lrdm_vggt import tiny_config
+
+    torch.manual_seed(0)
+    F, H, W = 5, 28, 42
+    if encoder == "vggt":
+        model = LRDM(tiny_config()).eval()
+        heads = (model.backbone.motion_head, model.backbone.motion_splat_head)
+        extra = {"images": torch.rand(1, F, 3, H, W)}
+    else:
+        H, W = 32, 48
+        model = LRDM(lrdm_preset("tiny", dim=48, depth=2, num_heads=4, decoder_channels=8, encoder="latent")).eval()
+        heads = (model.deform_head,)
+        c, s = model.config.latent_channels, model.config.latent_stride_s
+        extra = {"latents": torch.randn(1, c, 2, H // s, W // s), "image_size": (H, W)}
+    _randomise_zero_inits(model, torch.Generator().manual_seed(1))  # deformations that are not zero
+    traj = make_trajectory("spiral", F, strength=0.8, look_at=2.0)
+    c2w, K, t = traj.c2w.float(), traj.fxfycxcy.float(), torch.linspace(0, 1, F)
+    q = torch.tensor([0.2, 0.7, 1.0])
+    calls = []
+    for head in heads:
+        head.register_forward_hook(lambda *_: calls.append(1))
+
+    def run(cams, canonical_only):
+        with torch.no_grad():
+            out = model(cams[None], K[None], t[None], q[None], **extra, canonical_only=canonical_only)
+        return out.gaussians.unbind()[0]
+
+    full = run(c2w, False)
+    assert len(calls) > 0 and full.delta_means.abs().max() > 1e-4  # the full pass deforms
+    calls.clear()
+    only = run(c2w, True)
+    assert calls == [] and only.delta_means.abs().max() == 0 and torch.equal(only.times, full.times)
+    for k in ("means", "quats", "scales", "opacities", "colors"):
+        assert torch.equal(getattr(only.canonical, k), getattr(full.canonical, k)), k
+    passes = []
+    g, info = rescaled_reconstruction(lambda cams, co: passes.append(co) or run(cams, co), c2w)
+    assert passes == [True, False] and info.mode == "auto"
+    g2, info2 = rescaled_reconstruction(lambda cams, co: run(cams, False), c2w)  # two full passes
+    assert info.lrdm_scale == info2.lrdm_scale
+    torch.testing.assert_close(g.delta_means, g2.delta_means, rtol=0, atol=0)
+    torch.testing.assert_close(g.canonical.means, g2.canonical.means, rtol=0, atol=0)
+
+
 def test_generate_tiny_trajectory_x10_gives_the_same_renders_and_gaussians_x10(tmp_path):
     """`generate tiny=true` with a camera file and its translations x10, trajectory.scale=auto (the camera model sees
     the same cameras): the same renders of the exported scene from the exported trajectory (<= 1e-4 but at the

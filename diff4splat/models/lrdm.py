@@ -306,11 +306,12 @@ class LRDM(nn.Module):
         images: Tensor | None = None,  # [B, F, 3, H, W] in [0, 1] (rgb encoder)
         latents: Tensor | None = None,  # [B, C, T_lat, H/s, W/s] (latent encoder; F = 1 + 4 (T_lat - 1))
         image_size: tuple[int, int] | None = None,  # (H, W), required with latents
+        canonical_only: bool = False,  # skip the deformation: the canonical Gaussians, static at the query times
     ) -> LRDMOutput:
         c = self.config
         b, f = c2w.shape[:2]
         if c.encoder == "vggt":
-            return self._forward_vggt(c2w, fxfycxcy, input_times, query_times, images)
+            return self._forward_vggt(c2w, fxfycxcy, input_times, query_times, images, canonical_only)
         # 1. Tokens per (latent) frame: patches + Plücker, pose token, input-time token
         if c.encoder == "rgb":
             if images is None:
@@ -376,7 +377,7 @@ class LRDM(nn.Module):
         canonical, depth = self._activate(raw, cam, intr, h, w)
 
         # 4. Deformation per query time (AdaLN on the tokens), zero at init
-        if self.deform_head is None:
+        if self.deform_head is None or canonical_only:
             dg = DeformableGaussians.static(canonical, query_times.float())
         else:
             deltas = []
@@ -400,7 +401,13 @@ class LRDM(nn.Module):
         return LRDMOutput(gaussians=dg, depth=depth, frame_indices=frame_idx, grid=(fg, h, w))
 
     def _forward_vggt(
-        self, c2w: Tensor, fxfycxcy: Tensor, input_times: Tensor, query_times: Tensor, images: Tensor | None
+        self,
+        c2w: Tensor,
+        fxfycxcy: Tensor,
+        input_times: Tensor,
+        query_times: Tensor,
+        images: Tensor | None,
+        canonical_only: bool = False,
     ) -> LRDMOutput:
         """VGGSplaT's per-pixel Gaussians (one per pixel of every input frame) as ``DeformableGaussians``."""
         if images is None:
@@ -413,9 +420,10 @@ class LRDM(nn.Module):
             c2w,
             fxfycxcy,
             input_times,
-            query_times if self.backbone.is_dynamic else None,
+            query_times if self.backbone.is_dynamic and not canonical_only else None,
             frames_chunk_size=self.frames_chunk_size,
             queries_per_pass=self.queries_per_pass,
+            canonical_only=canonical_only,
         )
         gaussians, depth = deformable_gaussians(out, c2w, fxfycxcy, query_times, v.activation, v.sh_degree)
         f, (h, w) = images.shape[1], images.shape[-2:]

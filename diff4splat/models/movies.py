@@ -241,13 +241,14 @@ class VGGSplat(nn.Module):
         query_times: Tensor | None = None,  # [B, Q] in [0, 1]; needed by the dynamic model
         frames_chunk_size: int | None = 8,
         queries_per_pass: int | None = 1,
+        canonical_only: bool = False,  # the static outputs alone: the time-conditioned heads are skipped
     ) -> dict[str, Tensor]:
         """Raw per-pixel outputs (activate them with `activate_gaussians`):
 
         - ``depth`` [B, F, 1, H, W] (z-depth, already ``exp``: positive, unclamped), ``depth_conf`` [B, F, 1, H, W];
         - ``color`` [B, F, 3(sh+1)², H, W], ``scale`` [B, F, 3, H, W], ``rotation`` [B, F, 4, H, W] (wxyz, not
           normalised), ``opacity`` [B, F, 1, H, W], ``conf`` [B, F, 1, H, W]: the static Gaussians, pre-activation;
-        - dynamic model only, per query time q: ``offset`` [B, Q, F, 3, H, W] (world-space displacement of each
+        - dynamic model only (and not ``canonical_only``), per query time q: ``offset`` [B, Q, F, 3, H, W] (world-space displacement of each
           pixel's Gaussian from its frame's time to t_q), ``offset_conf`` [B, Q, F, 1, H, W], and ``color_t``,
           ``scale_t``, ``rotation_t``, ``opacity_t``, ``conf_t`` [B, Q, F, C, H, W] (raw attributes at t_q).
 
@@ -267,7 +268,7 @@ class VGGSplat(nn.Module):
                 raise ValueError("VGGSplat: this model has an input-time token; pass input_times [B, F]")
             input_emb = time_embedding(input_times, cfg.aggregator.time_dim)
         query_emb = None
-        if self.is_dynamic:
+        if self.is_dynamic and not canonical_only:
             if query_times is None:
                 raise ValueError("VGGSplat: the dynamic model needs query_times [B, Q]")
             query_emb = time_embedding(query_times, cfg.time_dim)  # [B, Q, time_dim]
@@ -283,7 +284,7 @@ class VGGSplat(nn.Module):
             tokens = tokens + emb.permute(0, 2, 3, 4, 1).reshape(batch * frames, -1, emb.shape[1])
         # 3. Aggregator: only the layers the heads read
         keep = set(self.depth_head.layers) | set(self.splat_head.layers)
-        if self.is_dynamic:
+        if query_emb is not None:
             keep |= set(self.motion_head.layers) | set(self.motion_splat_head.layers)
         layers, start = self.backbone(images, patch_tokens=tokens, extra=pose, time=input_emb, keep_layers=keep)
         # 4. Static heads
@@ -297,7 +298,7 @@ class VGGSplat(nn.Module):
         for name, value in zip(("color", "scale", "rotation", "opacity"), gaussians.split(split, dim=2)):
             out[name] = value
         out["conf"] = conf[:, :, None]
-        if not self.is_dynamic:
+        if query_emb is None:
             return out
         # 5. Per query time (or group of query times): motion and time-dependent attributes
         per_query: dict[str, list[Tensor]] = {k: [] for k in ("offset", "offset_conf", *_TIME_KEYS)}

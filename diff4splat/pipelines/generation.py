@@ -407,7 +407,7 @@ class Diff4SplatPipeline:
             if size is not None and size != tuple(frames.shape[-2:]):
                 frames = F.interpolate(frames.float(), size=size, mode="bicubic", antialias=True).clamp(0, 1)
 
-        def run(lrdm_cams: Tensor) -> DeformableGaussians:  # [F, 4, 4] in LRDM units -> unpruned Gaussians
+        def run(lrdm_cams: Tensor, canonical_only: bool) -> DeformableGaussians:  # [F, 4, 4] in LRDM units
             with self._placed(self.lrdm), torch.autocast(dev.type, torch.bfloat16, enabled=self.autocast):
                 if frames is None:
                     out = self.lrdm(
@@ -417,10 +417,18 @@ class Diff4SplatPipeline:
                         q[None],
                         latents=latents.to(dev),
                         image_size=tuple(video.shape[-2:]),
+                        canonical_only=canonical_only,
                     )
                 else:
-                    out = self.lrdm(lrdm_cams[i][None], fx[i][None], t[i][None], q[None], images=frames[None])
-            return out.gaussians.unbind()[0]
+                    out = self.lrdm(
+                        lrdm_cams[i][None],
+                        fx[i][None],
+                        t[i][None],
+                        q[None],
+                        images=frames[None],
+                        canonical_only=canonical_only,
+                    )
+            return out.gaussians.unbind()[0]  # unpruned
 
         gaussians, scale = rescaled_reconstruction(run, cams, translation_scale)
         threshold = cfg.prune_threshold if prune_threshold is None else prune_threshold

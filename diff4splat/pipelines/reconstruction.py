@@ -147,7 +147,7 @@ class ReconstructionPipeline:
         if self.model.config.encoder == "latent":
             latents = self.vae.to(dev).encode(images[None])
 
-        def run(lrdm_cams: Tensor) -> DeformableGaussians:  # [F, 4, 4] in LRDM units -> unpruned Gaussians
+        def run(lrdm_cams: Tensor, canonical_only: bool) -> DeformableGaussians:  # [F, 4, 4] in LRDM units
             out = self.model(
                 lrdm_cams[None],
                 fx[None],
@@ -156,8 +156,9 @@ class ReconstructionPipeline:
                 images=images[None] if latents is None else None,
                 latents=latents,
                 image_size=tuple(images.shape[-2:]),
+                canonical_only=canonical_only,
             )
-            return out.gaussians.unbind()[0]
+            return out.gaussians.unbind()[0]  # unpruned
 
         unbatched, scale = rescaled_reconstruction(run, cams, translation_scale)
         threshold = self.model.config.prune_threshold if prune_threshold is None else prune_threshold
