@@ -51,6 +51,24 @@ class SamplingConfig:
         """Whether sampling runs the unconditional branch too (never for a distilled student)."""
         return self.mode != "distilled" and self.guidance_scale != 1.0
 
+    def used(self) -> dict:
+        """The settings this sampler reads (``meta.json``'s ``sampling``): a distilled student's resolved timesteps and
+        re-noising, or the scheduler, its shift and the guidance scale; never a setting the mode ignores."""
+        common = {
+            "mode": self.mode,
+            "steps": self.steps,
+            "seed": self.seed,
+            "num_train_timesteps": self.num_train_timesteps,
+        }
+        if self.mode == "distilled":
+            return {**common, "timesteps": distilled_timesteps(self), "renoise": self.renoise}
+        return {
+            **common,
+            "scheduler": self.scheduler,
+            "flow_shift": self.flow_shift,
+            "guidance_scale": self.guidance_scale,
+        }
+
 
 def distilled_timesteps(cfg: SamplingConfig) -> list[float]:
     """The student's timesteps for ``cfg`` (descending, in (0, num_train_timesteps])."""

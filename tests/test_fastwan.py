@@ -135,6 +135,9 @@ def test_a_tiny_release_in_the_diffusers_layout_loads_and_generates_with_its_few
     out = generate(cfg)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["sampling"]["mode"] == "distilled" and meta["sampling"]["steps"] == 3 and not meta["untrained"]
+    # what the student read: its timesteps, and no guidance scale or scheduler it ignores
+    assert meta["sampling"]["timesteps"] == [1000.0, 757.0, 522.0]
+    assert not {"guidance_scale", "scheduler", "flow_shift"} & set(meta["sampling"])
     # the loaded release gives the reference models' latents with the same schedule
     loaded = Diff4SplatPipeline.from_config(cfg)
     job = make_job(cfg, tmp_path / "in.png", cfg.camera, "", 2, tmp_path / "unused")

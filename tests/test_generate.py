@@ -150,6 +150,9 @@ def test_cli_meta_records_inputs_timings_and_the_fitted_trajectory(cli_run, phot
     assert meta["untrained"] is True and meta["label"].startswith("UNTRAINED")
     assert meta["inputs"]["image"] == str(photo) and meta["inputs"]["prompt"] == "a red boat on a lake"
     assert meta["seed"] == 3 and meta["seeds"]["sampling_noise"] == 3 and meta["sampling"]["steps"] == 4
+    assert {"guidance_scale", "scheduler", "flow_shift"} <= set(meta["sampling"]) and "timesteps" not in meta[
+        "sampling"
+    ]
     stages = ["text", "encode", "sampling", "decode", "lrdm", "render", "write"]
     assert all(meta["timings"][s] > 0 for s in stages), meta["timings"]
     assert meta["timings"]["total"] == pytest.approx(sum(meta["timings"][s] for s in stages), abs=1e-5)

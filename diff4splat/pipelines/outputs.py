@@ -429,7 +429,7 @@ def build_meta(
         },
         "seed": job.seed,
         "seeds": {"sampling_noise": sampling.seed, "tiny_weights": cfg.seed if pipe.untrained else None},
-        "sampling": asdict(sampling),
+        "sampling": sampling.used(),
         "models": pipe.describe(),
         "lrdm": {
             "input_frames": gen.lrdm_frames.tolist(),
