@@ -304,7 +304,7 @@ class CameraWan(nn.Module):
         relative to the first camera, float64 poses; ``pose_size`` = the frame, so the intrinsics stay as given)."""
         if self.camera.injection != "fun":
             return plucker_for_latents(c2w, fxfycxcy, height, width)
-        from diff4splat.models.fun_camera import fun_plucker
+        from diff4splat.models.fun_poses import fun_plucker
 
         maps = [
             fun_plucker(c, k, height, width, pose_size=(height, width))
