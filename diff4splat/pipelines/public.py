@@ -15,7 +15,7 @@
 
 What differs from our CameraWan route lives here (`fun_latents`, called by `Diff4SplatPipeline` when its CameraWan
 takes condition channels): the Fun model is conditioned on the Wan latents of the masked video (the first frame, then
-mid-grey frames) and a mask (`fun_camera.fun_condition`), its Plücker maps are VideoX-Fun's (`fun_camera.fun_plucker`:
+mid-grey frames) and a mask (`fun_camera.fun_condition`), its Plücker maps are VideoX-Fun's (`fun_poses.fun_plucker`:
 rays in pixel units, camera centres relative to the first camera, not normalised), and its guidance drops only the
 prompt: both branches see the cameras (`fun_camera.sample_fun_latents`). The trajectory's intrinsics already describe
 the model frame (the image's fit carries them through the crop), so they go to ``fun_plucker`` with ``pose_size``
