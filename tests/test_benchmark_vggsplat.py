@@ -34,6 +34,11 @@ def test_vggsplat_benchmark_runs_tiny_on_cpu(tmp_path):
     # the stages partition the forward's FLOPs: encoder, aggregator, the heads, and the rest
     parts = sum(flops[k] for k in (*bench.MODULE_STAGES, "forward_rest"))
     assert flops["motion_head"] > 0 and abs(parts - flops["total"]) <= 1e-9 * max(flops["total"], 1e-12)
+    # the automatic rescale's measuring pass: the static stages' FLOPs, none of the time-conditioned heads'
+    measuring = result["measuring_pass_tflops"]["3"]
+    assert measuring.get("motion_head", 0.0) == measuring.get("motion_splat_head", 0.0) == 0.0
+    assert all(measuring[k] == flops[k] for k in ("encoder", "aggregator", "depth_head", "splat_head"))
+    assert measuring["total"] < flops["total"] - flops["motion_head"]
     for r in result["profile"]:
         stages = r["stages_ms"]
         assert set(bench.MODULE_STAGES) <= set(stages) and stages["render"] > 0

@@ -335,9 +335,10 @@ def bench_inference(
     return result
 
 
-def stage_flops(model_name: str, size: tuple, views: int, batch: int = 1) -> dict:
+def stage_flops(model_name: str, size: tuple, views: int, batch: int = 1, canonical_only: bool = False) -> dict:
     """FLOPs per stage of one forward (FlopCounterMode on the meta device: shapes only, no compute; SDPA counted as
-    4 N^2 d per head; the renderer's are not counted)."""
+    4 N^2 d per head; the renderer's are not counted). ``canonical_only``: the automatic rescale's measuring pass
+    (no time-conditioned heads)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     frames, height, width = size[:3]
@@ -350,7 +351,7 @@ def stage_flops(model_name: str, size: tuple, views: int, batch: int = 1) -> dic
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         stages.flop_counter, stages.recording = counter, True
         with stages.span("forward"):
-            model(c2w, fx, t_in, t_out, images=images)
+            model(c2w, fx, t_in, t_out, images=images, canonical_only=canonical_only)
     out = breakdown(dict(stages.flops))
     out["total"] = float(counter.get_total_flops())
     return out
@@ -633,6 +634,10 @@ def meta_text(result: dict) -> str:
         (f"inference {f} x {shapes[f][0]}x{shapes[f][1]}, {result['views']} query times", fl)
         for f, fl in result["stage_tflops"].items()
     ]
+    rows += [
+        (f"rescale's measuring pass {f} x {shapes[f][0]}x{shapes[f][1]} (canonical_only)", fl)
+        for f, fl in result.get("measuring_pass_tflops", {}).items()
+    ]
     b, fi, fo, h, w = result["train_shape"]
     rows.append(
         (f"training forward {b} x {fi} frames @{h}x{w}, {fo} query times", result["train_stage_tflops_forward"])
@@ -777,6 +782,13 @@ def main(argv: list[str] | None = None) -> Path:
                 str(size[0]): {k: v / 1e12 for k, v in stage_flops(setting["model"], size, setting["views"]).items()}
                 for size in setting["inference"]
             }
+        result["measuring_pass_tflops"] = {
+            str(size[0]): {
+                k: v / 1e12
+                for k, v in stage_flops(setting["model"], size, setting["views"], canonical_only=True).items()
+            }
+            for size in setting["inference"]
+        }
         result["activation_estimates"] = activation_estimates(setting)
         print(f"saved activations per scene (GiB): {result['activation_estimates']}")
         b, f_in, f_out, h, w = setting["train"]
