@@ -227,7 +227,7 @@ def _depth_sum(
     count = v.sum((1, 2, 3))
     if mode == "mean_depth":
         return d.sum((1, 2, 3)), count
-    # |R d r + t| = |d r + Rᵀt| with r = ((u - cx)/fx, (v - cy)/fy, 1) as in `datamodules.stream._sampled_depth_mean`
+    # |R d r + t| = |d r + Rᵀt| with r = ((u - cx)/fx, (v - cy)/fy, 1) as in `datamodules.scene_unit._sampled_depth_mean`
     k, P = fxfycxcy.double(), c2w.double()
     rx = ((cols.double()[:, None, :] + 0.5) / W - k[..., 2:3]) / k[..., 0:1]  # (B,n,w)
     ry = ((rows.double() + 0.5) / H - k[..., 3:4]) / k[..., 1:2]  # (B,n,h)
@@ -240,7 +240,7 @@ def _depth_sum(
 
 
 # ------------------------------------------------------------------------------------------------ CPU kernels
-# (numpy, shared with the worker path in `datamodules.stream`)
+# (numpy, shared with the worker path in `datamodules.transform`)
 
 
 def _gather(a: np.ndarray, frames: np.ndarray, lin: np.ndarray, out: np.ndarray | None) -> np.ndarray:

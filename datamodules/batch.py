@@ -122,7 +122,7 @@ class BatchBuffers:
 def collate(
     samples: list[dict[str, Any]], num_input: int, num_skipped: int = 0, buffers: BatchBuffers | None = None
 ) -> dict[str, Any]:
-    """Stack per-clip samples (from `datamodules.stream.ClipTransform`) into the batch contract.
+    """Stack per-clip samples (from `datamodules.transform.ClipTransform`) into the batch contract.
 
     Every sample must have the same F and H×W; tracks are NaN-padded to the largest N (N = 1 when none has tracks).
     `buffers`: the `BatchBuffers` that sample i was written into (slot i): its per-pixel tensors are used as they are.

@@ -29,14 +29,9 @@ from torch.utils.data import DataLoader
 
 from datamodules.batch import finish_batch
 from datamodules.holdout import SEED_OFFSET, Part
-from datamodules.stream import (
-    ClipSamplingConfig,
-    ClipStream,
-    ShardStream,
-    SourceConfig,
-    expand_shards,
-    source_from_dict,
-)
+from datamodules.sampling import ClipSamplingConfig, SourceConfig, source_from_dict
+from datamodules.shards import ShardStream, expand_shards
+from datamodules.stream import ClipStream
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +50,7 @@ class _EpochLoader(DataLoader):
 
 class StreamDataModule(L.LightningDataModule):
     """What `ClipDataModule` and `datamodules.latents.LatentDataModule` share: DataLoader settings over one
-    `datamodules.stream.ShardStream` per split, the epoch counter and the resume step in the checkpointed state.
+    `datamodules.shards.ShardStream` per split, the epoch counter and the resume step in the checkpointed state.
     Subclasses build the streams (`_make_train_stream(seed)`, `_make_eval_stream(part)`, None: no validation).
     Validation and test read disjoint halves of the held-out data (`datamodules.holdout`): the checkpoint that
     validation selects is tested on clips it was not selected on.
@@ -68,7 +63,7 @@ class StreamDataModule(L.LightningDataModule):
             validation and test.
         seed: base seed of the streams.
         shuffle_buffer: raw samples buffered per source and worker.
-        max_skip_rate, skip_rate_min_samples: corrupt-sample tolerance (see `datamodules.stream.ShardStream`).
+        max_skip_rate, skip_rate_min_samples: corrupt-sample tolerance (see `datamodules.shards.ShardStream`).
         pin_memory, prefetch_factor, persistent_workers: DataLoader settings.
         sharing_strategy: torch.multiprocessing sharing strategy for worker batches (None = PyTorch's default;
             "file_system" where /dev/shm is small).

@@ -37,8 +37,10 @@ import torch
 import torch.nn.functional as tnf
 
 from datamodules.latents import POSE_SCALES, LatentMeta, LatentSample, LatentShardWriter
+from datamodules.sampling import crop_box
+from datamodules.scene_unit import scene_frames, scene_unit
+from datamodules.shards import SkipStats, iter_tar
 from datamodules.spec import Clip, decode_frames, decode_sample
-from datamodules.stream import SkipStats, crop_box, iter_tar, scene_frames, scene_unit
 from datamodules.verify import find_shards
 from diff4splat.cli import run_cli
 from diff4splat.geometry.cameras import canonicalize, crop_intrinsics

@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from datamodules.shards import SkipStats, iter_tar
 from datamodules.spec import ClipMeta, SpecError
-from datamodules.stream import SkipStats, iter_tar
 from datamodules.verify import find_shards
 from diff4splat.cli import run_cli
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.shards import SkipStats, iter_tar
 from datamodules.spec import Clip, decode_frames, decode_sample
-from datamodules.stream import SkipStats, iter_tar
 from datamodules.verify import find_shards
 from diff4splat.files import atomic_file
 

@@ -53,7 +53,7 @@ import torch
 
 from datamodules.datamodule import StreamDataModule
 from datamodules.holdout import Part
-from datamodules.stream import ShardStream, SkipStats, Slot, expand_shards
+from datamodules.shards import ShardStream, SkipStats, Slot, expand_shards
 from datamodules.write import TarShardWriter, read_manifest
 from diff4splat.geometry.scale import SCALE_SOURCES, infer_scale_source
 
@@ -326,7 +326,7 @@ def collate_latents(
 class LatentStream(ShardStream):
     """Batches of latent samples (use with `DataLoader(batch_size=None)`).
 
-    Streamed as `datamodules.stream.ShardStream` streams clips: shards split over the (rank, worker) slots; training
+    Streamed as `datamodules.shards.ShardStream` streams clips: shards split over the (rank, worker) slots; training
     resamples the slot's shards with generators seeded by (seed, rank, worker, epoch) and mixes samples in a shuffle
     buffer; validation reads the slice in order with the same seed every epoch. Every rank yields exactly
     `batches_per_epoch` batches (split over its workers). Corrupt samples are skipped and counted; past

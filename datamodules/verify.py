@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from datamodules.shards import SkipStats, iter_tar
 from datamodules.spec import SpecError, decode_sample, validate_clip
-from datamodules.stream import SkipStats, iter_tar
 from datamodules.write import MANIFEST
 
 

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from datamodules.datamodule import resume_seed
-from datamodules.stream import scene_frames, scene_unit
+from datamodules.scene_unit import scene_frames, scene_unit
 from datamodules.synthetic import TRAJECTORIES, SyntheticConfig, generate_arrays
 
 VAL_SEED_OFFSET = 1_000_003

@@ -27,7 +27,7 @@ Usage (a converter):
                               timestamps=t, meta=ClipMeta.for_dataset("re10k", seq.id), depth=depth, ...))
 
 Shards are complete tar files (512-byte aligned, POSIX ustar, mtime 0) readable by `tar`, `webdataset` and our
-`datamodules.stream` pipeline.
+shard reader (`datamodules.shards`).
 """
 
 from __future__ import annotations

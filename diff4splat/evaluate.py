@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.stream import expand_shards
+from datamodules.shards import expand_shards
 from diff4splat.cli import InputError, run_cli
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.pipelines.evaluation import ClipEvalConfig, evaluate_clips, evaluate_scenes, write_results

@@ -324,7 +324,8 @@ def test_subsampled_scene_scale_within_1_percent_of_exact():
     """The scene scale averages a regular subsample of the output pixels (13×256²: stride 5); the exact mean distance
     of the normalised points (`unproject_depth` in float64 over every valid pixel) stays within 1 % of 1, and the
     stride-1 path is exact."""
-    from datamodules.stream import _depth_mean, scale_sample_stride
+    from datamodules.augment import scale_sample_stride
+    from datamodules.scene_unit import _depth_mean
 
     assert scale_sample_stride(13, 256, 256) == 5 and scale_sample_stride(2, 16, 16) == 1
     cfg = ClipSamplingConfig(
@@ -352,7 +353,8 @@ def test_pixel_maps_gather_equals_interpolate_nearest(hw):
     `depth > 0 & isfinite`, and invalid depth becomes 0, also for NaN, ±inf, -0 and subnormals."""
     import torch.nn.functional as tnf
 
-    from datamodules.stream import _crop_resize_index, _gather, _positive_finite, _zero_invalid
+    from datamodules.augment import _gather, _positive_finite, _zero_invalid
+    from datamodules.transform import _crop_resize_index
 
     rng = np.random.default_rng(0)
     Fs, Hs, Ws = 5, 37, 45

@@ -16,7 +16,7 @@
 (the reference's ``norm_xyz``; `ClipSamplingConfig.scale_norm="mean_xyz"`). The same quantity is measured from what
 a clip has, in this order (`SCALE_METHODS`):
 
-1. ``depth``: the valid depth pixels of the input frames, unprojected (exact; `datamodules.stream._depth_mean`);
+1. ``depth``: the valid depth pixels of the input frames, unprojected (exact; `datamodules.scene_unit._depth_mean`);
 2. ``points``: the clip's sparse SfM points (``points_world``) that project into an input frame (`visible_points`);
 3. ``tracks``: the 3D track points visible in the input frames (`mean_point_distance`; tracks follow objects, not
    the whole view, hence after the points);

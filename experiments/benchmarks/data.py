@@ -11,7 +11,7 @@ Everything runs in one process on one thread (`torch.set_num_threads(1)`); throu
 process (`time.process_time`), i.e. per core, so that time the process spends waiting for a core on a shared machine
 does not count (wall-clock clips/s are recorded too).
 
-- plain decode: read the same shards with `datamodules.stream.iter_tar` (the pipeline's tar reader) and decode the
+- plain decode: read the same shards with `datamodules.shards.iter_tar` (the pipeline's tar reader) and decode the
   JPEG bytes of all 13 frames of every clip with PIL to uint8 arrays (`datamodules.spec.decode_image`). This is the
   least any loader of these shards does.
 - decode only (extra): the same 13 JPEG decodes per clip from bytes already in memory (no tar reading).
@@ -60,8 +60,10 @@ from PIL import Image
 
 from datamodules.augment import augment_pixels
 from datamodules.batch import to_float_images
+from datamodules.sampling import ClipSamplingConfig, SourceConfig
+from datamodules.shards import SkipStats, iter_tar
 from datamodules.spec import Clip, ClipMeta, decode_image, encode_frames
-from datamodules.stream import ClipSamplingConfig, ClipStream, SkipStats, SourceConfig, iter_tar
+from datamodules.stream import ClipStream
 from datamodules.synthetic import SyntheticConfig, generate_arrays
 from datamodules.write import ShardWriter
 

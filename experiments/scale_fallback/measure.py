@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.stream import ClipSamplingConfig, ClipTransform, SourceConfig, batch_size_hw
+from datamodules.sampling import ClipSamplingConfig, SourceConfig, batch_size_hw
 from datamodules.synthetic import SyntheticConfig, generate_clip
+from datamodules.transform import ClipTransform
 from diff4splat.geometry import scale as S
 
 

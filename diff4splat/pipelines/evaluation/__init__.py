@@ -2,7 +2,7 @@
 tables (markdown + CSV), a summary and plots.
 
 **Clips** (`evaluate_clips`): each clip of the shards, in order, becomes one evaluation sample through the
-deterministic evaluation view of the data pipeline (`datamodules.stream.ClipTransform(train=False)`: F_in inputs
+deterministic evaluation view of the data pipeline (`datamodules.transform.ClipTransform(train=False)`: F_in inputs
 spread over the first ``max_gap`` frames, F_out outputs, by default ``eval_outputs="held_out"`` = frames that are
 not inputs, so every output is a novel view at a novel time; the whole frame at the clip's own aspect, long side
 ``resolution``; canonical, scale-normalised cameras). The LRDM predicts Gaussians from the inputs, deformed to each

@@ -14,8 +14,10 @@ import torch
 from torch import Tensor
 
 from datamodules.batch import collate, finish_batch
+from datamodules.sampling import ClipSamplingConfig, SourceConfig, batch_size_hw
+from datamodules.shards import SkipStats, iter_tar
 from datamodules.spec import Clip, decode_sample
-from datamodules.stream import ClipSamplingConfig, ClipTransform, SkipStats, SourceConfig, batch_size_hw, iter_tar
+from datamodules.transform import ClipTransform
 from diff4splat.cli import InputError
 from diff4splat.losses.lpips import LPIPS
 from diff4splat.losses.motion import track_motion
