@@ -3,7 +3,9 @@
 A clip is F frames of one camera moving through one scene (static or dynamic) with its cameras and, where the
 dataset has them, exact geometry and motion. Converters build `Clip`s and hand them to `datamodules.write.ShardWriter`;
 the streaming pipeline reads tar members back with `decode_sample`. Both ends call the same `validate_clip`, so a
-violation is caught at write time and names the sample key and the field (`SpecError`).
+violation is caught at write time and names the sample key and the field (`SpecError`). The frames' byte formats
+(JPEG/PNG per frame or one mp4: `encode_frames`, `decode_image`, `image_size`, ...) live in `datamodules.frame_codec`
+and stay importable from here.
 
 Tar members of a sample with key K (WebDataset groups members by the text before the first dot, so keys have no dots):
 
@@ -51,7 +53,40 @@ from typing import Any, Literal
 
 import numpy as np
 
+from datamodules.frame_codec import (
+    JPEG_MAGIC,
+    PNG_MAGIC,
+    decode_image,
+    decode_video,
+    encode_frames,
+    encode_video,
+    image_size,
+)
 from diff4splat.geometry.scale import DATASET_SCALE_SOURCE, SCALE_SOURCES, infer_scale_source
+
+__all__ = [
+    "ARRAY_FIELDS",
+    "DATASET_DEFAULTS",
+    "KEY_PATTERN",
+    "OPTIONAL_ARRAYS",
+    "READABLE_SPEC_VERSIONS",
+    "REQUIRED_ARRAYS",
+    "SPEC_VERSION",
+    "Clip",
+    "ClipMeta",
+    "DatasetDefaults",
+    "FrameFormat",
+    "SpecError",
+    "decode_frames",
+    "decode_image",
+    "decode_sample",
+    "decode_video",
+    "encode_clip",
+    "encode_frames",
+    "encode_video",
+    "image_size",
+    "validate_clip",
+]
 
 SPEC_VERSION = "1.1"
 READABLE_SPEC_VERSIONS = ("1.0", SPEC_VERSION)  # 1.0: no scale_source (inferred), no points_world
@@ -74,8 +109,6 @@ ARRAY_FIELDS = (
 REQUIRED_ARRAYS = ("c2w", "fxfycxcy", "timestamps")
 OPTIONAL_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "flow", "dynamic_mask", "points_world")
 _FRAME_MEMBER = re.compile(r"^(\d{3,})\.(jpg|jpeg|png)$")
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -199,7 +232,7 @@ class Clip:
             self.meta.frame_format = "mp4"
         elif self.frames and (self.meta.height == 0 or self.meta.width == 0):
             self.meta.width, self.meta.height = image_size(self.frames[0])
-            if self.frames[0][:8] == _PNG_MAGIC:
+            if self.frames[0][:8] == PNG_MAGIC:
                 self.meta.frame_format = "png"
 
     @property
@@ -209,107 +242,6 @@ class Clip:
     def arrays(self) -> dict[str, np.ndarray]:
         """The array fields that are present, by name."""
         return {n: getattr(self, n) for n in ARRAY_FIELDS if getattr(self, n) is not None}
-
-
-# --------------------------------------------------------------------------------------------------- frame coding
-
-
-def encode_frames(frames: np.ndarray, fmt: Literal["jpg", "png"] = "jpg", quality: int = 95) -> list[bytes]:
-    """Encode (F,H,W,3) uint8 RGB frames to a list of F JPEG/PNG byte strings (deterministic)."""
-    from PIL import Image
-
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be (F,H,W,3) uint8, got {frames.shape} {frames.dtype}")
-    out = []
-    for f in frames:
-        buf = io.BytesIO()
-        if fmt == "jpg":
-            Image.fromarray(f).save(buf, format="JPEG", quality=quality)
-        elif fmt == "png":
-            Image.fromarray(f).save(buf, format="PNG", compress_level=1)
-        else:
-            raise ValueError(f"unknown image format {fmt!r}")
-        out.append(buf.getvalue())
-    return out
-
-
-def encode_video(frames: np.ndarray, fps: float = 30.0, crf: int = 18) -> bytes:
-    """Encode (F,H,W,3) uint8 RGB frames (H, W even) to H.264 mp4 bytes with PyAV."""
-    import av
-
-    frames = np.asarray(frames)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
-
-
-_SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an encoded image from its header, without decoding the pixels: the PNG IHDR chunk or the
-    JPEG start-of-frame segment is read directly (a few µs; opening the image with PIL costs ~50 µs, a share of the
-    streaming reader's per-clip check), PIL for anything else or any header this does not understand."""
-    if data[:8] == _PNG_MAGIC and data[12:16] == b"IHDR" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] == b"\xff\xd8":
-        i, n = 2, len(data)
-        while i + 9 <= n and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker in _SOF_MARKERS:
-                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return im.size
-
-
-def decode_image(data: bytes, draft: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode one JPEG/PNG to (H,W,3) uint8. `draft=(w, h)` lets JPEG decode at a reduced scale (≥ that size)."""
-    from PIL import Image
-
-    im = Image.open(io.BytesIO(data))
-    if draft is not None and im.format == "JPEG":
-        im.draft("RGB", draft)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
-
-
-def decode_video(data: bytes, indices: list[int] | None = None) -> np.ndarray:
-    """Decode frames `indices` (all when None) of mp4 bytes to (F,H,W,3) uint8: decord when installed, else PyAV."""
-    try:
-        import decord
-    except ImportError:
-        decord = None
-    if decord is not None:
-        try:
-            vr = decord.VideoReader(io.BytesIO(data), num_threads=1)
-            idx = list(range(len(vr))) if indices is None else list(indices)
-            return vr.get_batch(idx).asnumpy()
-        except (RuntimeError, decord.DECORDError) as e:  # decord reports unreadable bytes as a RuntimeError
-            raise ValueError(f"unreadable mp4 ({len(data)} bytes): {e}") from e
-    import av
-
-    with av.open(io.BytesIO(data)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if indices is not None:
-        frames = [frames[i] for i in indices]
-    return np.stack(frames)
 
 
 def decode_frames(clip: Clip, indices: list[int] | None = None) -> np.ndarray:
@@ -402,7 +334,7 @@ def validate_clip(clip: Clip, deep: bool = False, values: bool = True) -> None:
     else:
         _check(isinstance(clip.frames, list | tuple), key, "frames", "must be a list of encoded images or mp4 bytes")
         _check(len(clip.frames) == F, key, "frames", f"{len(clip.frames)} frames but c2w has {F}")
-        magic = _PNG_MAGIC if meta.frame_format == "png" else _JPEG_MAGIC
+        magic = PNG_MAGIC if meta.frame_format == "png" else JPEG_MAGIC
         for i, fr in enumerate(clip.frames):
             _check(isinstance(fr, bytes) and fr.startswith(magic), key, f"frames[{i}]", f"not {meta.frame_format}")
         H, W = meta.height, meta.width

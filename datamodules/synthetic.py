@@ -28,7 +28,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from datamodules.spec import Clip, ClipMeta, encode_clip, encode_frames
+from datamodules.frame_codec import encode_frames
+from datamodules.spec import Clip, ClipMeta, encode_clip
 from diff4splat.gaussians.types import Gaussians
 from diff4splat.geometry.cameras import project_points
 from diff4splat.geometry.rotations import axis_angle_to_matrix, matrix_to_quat

@@ -28,9 +28,10 @@ import torch.nn.functional as tnf
 
 from datamodules.augment import _gather, _positive_finite, _zero_invalid, scale_sample_stride
 from datamodules.batch import BatchBuffers
+from datamodules.frame_codec import decode_image, decode_video
 from datamodules.sampling import ClipSamplingConfig, SourceConfig, crop_box, sample_frames, window_rejection
 from datamodules.scene_unit import _depth_mean
-from datamodules.spec import Clip, decode_image, decode_sample, decode_video
+from datamodules.spec import Clip, decode_sample
 from diff4splat.geometry.scale import fallback_mean, scale_from_mean
 
 _LOADED_ARRAYS = ("depth", "depth_valid", "tracks_world", "tracks_visible", "dynamic_mask", "points_world")

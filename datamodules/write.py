@@ -14,7 +14,8 @@ as it is full, so a later failure cannot drop it.
 
 Usage (a converter):
 
-    from datamodules.spec import Clip, ClipMeta, encode_frames
+    from datamodules.frame_codec import encode_frames
+    from datamodules.spec import Clip, ClipMeta
     from datamodules.write import ShardWriter
 
     with ShardWriter("/data/shards/re10k", source="re10k converter v1 from RealEstate10K/train",

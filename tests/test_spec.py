@@ -183,7 +183,7 @@ def test_image_size_reads_headers_like_pil(fmt):
 
     from PIL import Image
 
-    from datamodules.spec import image_size
+    from datamodules.frame_codec import image_size
 
     a = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)
     im = Image.fromarray(a[..., 0] if fmt == "gray" else a)

@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from datamodules.frame_codec import encode_frames
 from datamodules.sources.base import ConvertOptions, SourceError
-from datamodules.spec import encode_frames
 
 PNG16_MODES = ("I;16", "I;16B", "I;16L", "I")  # what PIL opens a single-channel 16-bit PNG as
 

@@ -46,9 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.frame_codec import decode_video
 from datamodules.sources.base import ConvertOptions, SourceError, clip_key, clip_windows
 from datamodules.sources.common import check_pose, encode_rgb, resize_rgb, seeded_subset, target_size
-from datamodules.spec import Clip, ClipMeta, decode_video
+from datamodules.spec import Clip, ClipMeta
 
 NAME = "stereo4d"
 HFOV_DEG = 60.0  # rectify.py --output_hfov default

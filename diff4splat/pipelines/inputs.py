@@ -136,7 +136,7 @@ def read_frames(path: str | Path) -> Tensor:
     elif path.suffix.lower() in VIDEO_SUFFIXES:
         if not path.is_file():
             raise InputError(f"{path}: no such video file")
-        from datamodules.spec import decode_video
+        from datamodules.frame_codec import decode_video
 
         try:
             frames = decode_video(path.read_bytes())

@@ -12,7 +12,7 @@ process (`time.process_time`), i.e. per core, so that time the process spends wa
 does not count (wall-clock clips/s are recorded too).
 
 - plain decode: read the same shards with `datamodules.shards.iter_tar` (the pipeline's tar reader) and decode the
-  JPEG bytes of all 13 frames of every clip with PIL to uint8 arrays (`datamodules.spec.decode_image`). This is the
+  JPEG bytes of all 13 frames of every clip with PIL to uint8 arrays (`datamodules.frame_codec.decode_image`). This is the
   least any loader of these shards does.
 - decode only (extra): the same 13 JPEG decodes per clip from bytes already in memory (no tar reading).
 - pipeline: `ClipStream` (train mode), batch size 4: reading the tar (resampled shards, shuffle buffer of 16),
@@ -60,9 +60,10 @@ from PIL import Image
 
 from datamodules.augment import augment_pixels
 from datamodules.batch import to_float_images
+from datamodules.frame_codec import decode_image, encode_frames
 from datamodules.sampling import ClipSamplingConfig, SourceConfig
 from datamodules.shards import SkipStats, iter_tar
-from datamodules.spec import Clip, ClipMeta, decode_image, encode_frames
+from datamodules.spec import Clip, ClipMeta
 from datamodules.stream import ClipStream
 from datamodules.synthetic import SyntheticConfig, generate_arrays
 from datamodules.write import ShardWriter

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.spec import decode_video
+from datamodules.frame_codec import decode_video
 from diff4splat.cli import InputError
 from diff4splat.gaussians.types import Gaussians
 from diff4splat.geometry.cameras import unproject_depth
