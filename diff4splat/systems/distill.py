@@ -40,8 +40,9 @@ Students and critics are full copies of the teacher (``adapt=full``, FastVideo's
 or LoRA adapters on their own frozen copies (``adapt=lora``, FastVideo's LoRA recipe: rank 32, lr 2e-4, critic 1e-5;
 the camera branch trains too). The student is exported under ``student.`` with its architecture in the
 hyper-parameters (``model``), so ``python -m diff4splat.checkpoints consolidate`` and ``load_camera_wan`` read it,
-and ``python -m diff4splat.systems.distill export`` writes it as a diffusers transformer folder plus camera weights,
-the layout generation loads as ``models.camera_wan.pretrained_path`` / ``camera_weights``.
+and ``python -m diff4splat.systems.distill export`` (``diff4splat.systems.distill_export``) writes it as a diffusers
+transformer folder plus camera weights, the layout generation loads as ``models.camera_wan.pretrained_path`` /
+``camera_weights``.
 
 Memory plan for Wan2.2-TI2V-5B (5.0 B parameters, 80 GB cards; ``trainer=fsdp2``, one FSDP unit per
 ``WanTransformerBlock``, each model sharded right after it is built so no rank ever holds more than one full copy):
@@ -60,13 +61,8 @@ Batches: as the diffusion system's (``latents`` or ``frames``, ``c2w``, ``fxfycx
 
 from __future__ import annotations
 
-import argparse
-import copy
 import dataclasses
-import json
 import logging
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,64 +73,30 @@ from torch import Tensor
 from diff4splat.configs import to_dataclass, to_plain
 from diff4splat.models.camera_wan import CameraWan, CameraWanConfig, flow_sigmas_shift, masked_flow_loss
 from diff4splat.models.parallel import prepare_blocks, shard_wan
-from diff4splat.sampling import DISTILLED_TIMESTEPS, SamplingConfig, renoise, sample_latents
+from diff4splat.sampling import SamplingConfig, renoise, sample_latents
 from diff4splat.systems.diffusion import CameraDiffusionSystem, DiffusionScale
+from diff4splat.systems.distill_config import DEFAULT_OPTIM, OPTIM_GROUPS, Adaptation, DMDObjective
+from diff4splat.systems.distill_export import STUDENT_PREFIX, export_student, main
 from diff4splat.systems.optimizer import OptimConfig, check_finite_loss, configure_optimizer, optim_config
 
+__all__ = [
+    "DEFAULT_OPTIM",
+    "OPTIM_GROUPS",
+    "Adaptation",
+    "DMDObjective",
+    "DistillationSystem",
+    "export_student",
+    "main",
+]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DMDObjective:
-    steps: int = 4  # student steps
-    timesteps: list[float] | None = None  # the student's timesteps (None: sampling.DISTILLED_TIMESTEPS[steps])
-    real_guidance: float = 4.0  # teacher CFG v(∅) + g(v(c) - v(∅)); FastVideo's 3.0 is cond + 3(cond - uncond) = 4
-    shift: float = 5.0  # σ sampling of the DMD and critic losses: uniform, then shifted
-    min_sigma: float = 0.02
-    max_sigma: float = 0.98
-    generator_update_interval: int = 5  # student steps every n critic steps (DMD2's TTUR)
-    simulate: bool = True  # backward simulation (data-free); false: x_{t_k} from the data latents
-    renoise: Literal["fresh", "initial"] = "fresh"  # the sampler's re-noising (sampling.renoise): DMD's fresh noise
-    regression_weight: float = 0.0  # DMD's paired regression: student(z) vs the teacher's guided sampler from z
-    num_train_timesteps: int = 1000
-    num_cond_frames: int = 1
-
-    def student_timesteps(self) -> list[float]:
-        ts = list(self.timesteps) if self.timesteps else DISTILLED_TIMESTEPS.get(self.steps)
-        if not ts or len(ts) != self.steps:
-            raise ValueError(
-                f"system.objective: {self.steps} student steps need system.objective.timesteps with {self.steps} "
-                f"entries (known schedules: steps in {sorted(DISTILLED_TIMESTEPS)})"
-            )
-        return [float(t) for t in ts]
-
-
-@dataclass
-class Adaptation:
-    adapt: Literal["full", "lora"] = "full"  # student and critic: full copies of the teacher, or LoRA on copies
-    lora_rank: int = 32
-    lora_alpha: float | None = None  # default: rank
-    teacher_weights: str | None = None  # a CameraWan training export (.safetensors, the camctrl system's export)
-
-
-DEFAULT_OPTIM = OptimConfig(
-    lr=4e-6,
-    lr_mult={"critic": 0.5},
-    betas=[0.9, 0.999],
-    weight_decay=0.01,
-    eps=1e-8,
-    warmup_steps=100,
-    min_lr_ratio=0.5,
-    fused=None,
-)
-OPTIM_GROUPS = ("student", "critic")
 
 
 class DistillationSystem(CameraDiffusionSystem):
     """DMD2 distillation of a CameraWan teacher (see the module docstring). Reuses the diffusion system's batch
     handling (latents, text, Plücker maps), frozen VAE and null prompt; ``model`` is the teacher's config."""
 
-    export_prefix = "student."
+    export_prefix = STUDENT_PREFIX
 
     def __init__(
         self,
@@ -510,54 +472,6 @@ class DistillationSystem(CameraDiffusionSystem):
             params = [p for p in model.parameters() if p.grad is not None]
             if params:
                 torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-
-
-# --- export ----------------------------------------------------------------------------------------------------
-
-
-def export_student(weights: str | Path, out: str | Path) -> Path:
-    """A distillation checkpoint or export (``student.`` weights) as ``out/transformer`` (a diffusers
-    ``WanTransformer3DModel`` folder, LoRA merged) and ``out/camera.safetensors`` (the camera branch): generation's
-    ``models.camera_wan.pretrained_path=out models.camera_wan.camera_weights=out/camera.safetensors``."""
-    from diff4splat.checkpoints import consolidate, load_camera_wan
-    from diff4splat.weights import load_safetensors
-
-    weights = Path(weights)
-    if weights.suffix == ".safetensors":
-        state, meta = load_safetensors(weights, "distilled student")
-    else:
-        state, meta = consolidate(weights)
-    if meta.get("export_prefix") != DistillationSystem.export_prefix:
-        raise ValueError(
-            f"{weights}: not a distillation export (prefix {meta.get('export_prefix')!r}, want 'student.')"
-        )
-    model = load_camera_wan(state, meta)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
-    if cfg.lora_rank > 0:
-        model.transformer.fuse_lora(lora_scale=1.0)
-        model.transformer.unload_lora()
-    model.transformer.save_pretrained(str(out / "transformer"), safe_serialization=True)
-    plain = copy.deepcopy(model)
-    plain.config = dataclasses.replace(cfg, lora_rank=0, init="pretrained", pretrained_path=str(out))
-    return plain.save_camera_weights(out / "camera.safetensors", extra={"distilled_from": str(weights)})
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diff4splat.systems.distill", description=export_student.__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export", help="a distilled student as a diffusers transformer folder + camera weights")
-    e.add_argument("weights", help="a distillation checkpoint (.ckpt, sharded folder) or its .safetensors export")
-    e.add_argument("out", help="output folder")
-    args = p.parse_args(argv)
-    try:
-        path = export_student(args.weights, args.out)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"transformer": str(Path(args.out) / "transformer"), "camera_weights": str(path)}))
-    return 0
 
 
 if __name__ == "__main__":
