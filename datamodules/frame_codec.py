@@ -93,7 +93,9 @@ def decode_image(data: bytes, draft: tuple[int, int] | None = None) -> np.ndarra
 
 
 def decode_video(data: bytes, indices: list[int] | None = None) -> np.ndarray:
-    """Decode frames `indices` (all when None) of mp4 bytes to (F,H,W,3) uint8: decord when installed, else PyAV."""
+    """Decode frames `indices` (all when None) of mp4 bytes to (F,H,W,3) uint8: decord when installed, else (or when
+    decord fails: it cannot copy out some narrow frames, e.g. 16 or 48 pixels wide) PyAV. Unreadable bytes raise
+    ValueError."""
     try:
         import decord
     except ImportError:
@@ -104,11 +106,23 @@ def decode_video(data: bytes, indices: list[int] | None = None) -> np.ndarray:
             idx = list(range(len(vr))) if indices is None else list(indices)
             return vr.get_batch(idx).asnumpy()
         except (RuntimeError, decord.DECORDError) as e:  # decord reports unreadable bytes as a RuntimeError
-            raise ValueError(f"unreadable mp4 ({len(data)} bytes): {e}") from e
+            try:
+                return _decode_video_av(data, indices)
+            except (ImportError, ValueError):
+                raise ValueError(f"unreadable mp4 ({len(data)} bytes): {e}") from e
+    return _decode_video_av(data, indices)
+
+
+def _decode_video_av(data: bytes, indices: list[int] | None) -> np.ndarray:
     import av
 
-    with av.open(io.BytesIO(data)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if indices is not None:
-        frames = [frames[i] for i in indices]
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        if indices is not None:
+            frames = [frames[i] for i in indices]
+    except (av.error.FFmpegError, IndexError) as e:
+        raise ValueError(f"unreadable mp4 ({len(data)} bytes): {e}") from e
+    if not frames:
+        raise ValueError(f"unreadable mp4 ({len(data)} bytes): no video frames")
     return np.stack(frames)

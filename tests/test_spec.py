@@ -199,3 +199,20 @@ def test_image_size_reads_headers_like_pil(fmt):
         )
     data = buf.getvalue()
     assert image_size(data) == Image.open(io.BytesIO(data)).size == (53, 37)
+
+
+@pytest.mark.parametrize("width", [16, 48, 64])
+def test_mp4_frames_decode_at_narrow_widths_and_truncated_bytes_fail(width):
+    """decord cannot copy out frames 16 or 48 pixels wide (its row alignment); those decode through PyAV instead,
+    close to what was encoded, and bytes that are no mp4 still fail as one ValueError."""
+    from datamodules.frame_codec import decode_video, encode_video
+
+    y, x = np.mgrid[0:32, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // 32, (x // 8 + y // 8) % 2 * 60 + 90], -1).astype(np.uint8)
+    frames = np.repeat(rgb[None], 5, 0)
+    mp4 = encode_video(frames)
+    out = decode_video(mp4)
+    assert out.shape == frames.shape and np.abs(out.astype(int) - frames).mean() < 6
+    assert np.array_equal(decode_video(mp4, [4, 1]), out[[4, 1]])
+    with pytest.raises(ValueError, match="unreadable mp4"):
+        decode_video(mp4[: len(mp4) // 2])
