@@ -62,7 +62,6 @@ Batches: as the diffusion system's (``latents`` or ``frames``, ``c2w``, ``fxfycx
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,8 +87,6 @@ __all__ = [
     "export_student",
     "main",
 ]
-
-log = logging.getLogger(__name__)
 
 
 class DistillationSystem(CameraDiffusionSystem):
