@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
 results=experiments/benchmarks/results
 case $phase in
 vggsplat)
-    python3 experiments/benchmarks/vggsplat.py --out "$OUT" --repeats 5 --train-repeats 3 --deadline-s 520
+    python3 experiments/benchmarks/vggsplat.py --out "$OUT" --repeats 5 --train-repeats 3 --deadline-s 380
     ;;
 fast)
     python3 experiments/benchmarks/generate.py --out "$OUT" --decoders tiny_vae --compile both \
