@@ -34,33 +34,20 @@ rays every step. Overhead = CameraWan / base - 1.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from timing import cuda_times
+from timing import cuda_times, provenance
 
 PEAK_TFLOPS = 798.0
 DEFAULT_CONFIGS = ["camerawan_single:2x4", "camerawan_single:3", "diffusers_compile:2x4", "camerawan_selective:4"]
-
-
-def git_commit() -> str:
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("GIT_COMMIT", "unknown")
 
 
 def init_dist() -> Any:
@@ -361,11 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda")
     mesh = init_dist()
     record: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "device": f"{torch.cuda.get_device_name()} ({platform.node()})",
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": git_commit(),
+        **provenance("camera_wan.py", argv, f"{torch.cuda.get_device_name()} ({platform.node()})"),
         "size": f"{args.frames}x{args.height}x{args.width}",
         "training": [],
         "inference": None,

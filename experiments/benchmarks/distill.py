@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import os
 import signal
@@ -30,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from timing import provenance
 
 
 def overrides(args: argparse.Namespace, shards: str, run_root: Path) -> list[str]:
@@ -152,13 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("distill benchmark: needs a CUDA GPU (a CPU rehearsal passes --latents and shrinking --extra)")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (rehearsal)"
     record = {
-        "command": " ".join(["experiments/benchmarks/distill.py", *(argv if argv is not None else sys.argv[1:])]),
+        **provenance("distill.py", argv, device),
         "trainer_overrides": overrides(args, "<latents>/*.tar", Path(args.runs_root)),
-        "device": device,
         "gpus": torch.cuda.device_count(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": os.environ.get("GIT_COMMIT", "unknown"),
         "peak_tflops": args.peak_tflops,
     }
     out = Path(args.out)

@@ -31,12 +31,10 @@ matplotlib imports; otherwise those files are skipped and the results say so. Co
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -46,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from camera_wan import git_commit  # the sibling benchmark's: GIT_COMMIT or `git rev-parse`
+from timing import device_name, device_tag, provenance
 
 GOALS_S = {(352, 640): 6.0, (480, 832): 12.0}  # the teacher, end to end at 49 frames
 # the student at 49 frames: (time to scene, time to all files); None = no goal
@@ -464,18 +462,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{lc.gaussian_frame_step}."
     )
     print(f"built in {build_s:.1f} s. {models}", flush=True)
-    name = (
-        torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    )
     record: dict[str, Any] = {
-        "command": " ".join(
-            ["python", "experiments/benchmarks/generate.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "device": name,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": git_commit(),
+        **provenance("generate.py", argv, device_name(device)),
         "tiny": args.tiny,
         "models": models,
         "parameters": counts,
@@ -492,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "tiny_" if args.tiny else ""
-    tag += "h100" if "H100" in name else "h200" if "H200" in name else "gpu" if device.type == "cuda" else "cpu"
+    tag += device_tag(record["device"])
     variants = {"none": [False], "blocks": [True], "both": [False, True]}[args.compile]
     teacher = sizes if args.teacher_sizes is None else args.teacher_sizes  # given empty: no teacher rows
     teacher_sizes = [tuple(int(v) for v in t.split("x")) if isinstance(t, str) else t for t in teacher]

@@ -21,10 +21,8 @@ and visit the GPU one at a time, and ``low_memory.vae_tiling``); the goal for ``
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -34,8 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from camera_wan import git_commit
 from generate import STAGES, available_outputs, input_image, params, random_umt5_xxl, random_wan22_vae
+from timing import device_name, device_tag, provenance
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIGS = ["352x640x49:50", "704x1280x121:4:0"]
@@ -268,15 +266,8 @@ def main(argv: list[str] | None = None) -> Path:
         + ", ".join(f"{k} {v / 1e6:,.1f} M" for k, v in counts.items())
     )
     print(f"built in {build_s:.1f} s. {models}", flush=True)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})"
     record: dict[str, Any] = {
-        "command": " ".join(
-            ["python", "experiments/benchmarks/generate_public.py", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "device": name,
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": git_commit(),
+        **provenance("generate_public.py", argv, device_name(device)),
         "tiny": args.tiny,
         "models": models,
         "parameters": counts,
@@ -293,7 +284,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "tiny_" if args.tiny else ""
-    tag += "h100" if "H100" in name else "h200" if "H200" in name else "gpu" if device.type == "cuda" else "cpu"
+    tag += device_tag(record["device"])
     path = out / f"generate_public_{tag}.json"
     work = Path(tempfile.mkdtemp(prefix="diff4splat-bench-public-"))
     warmed: set[tuple] = set()  # a size and decoder warm up once (the caches persist across modes)

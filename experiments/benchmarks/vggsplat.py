@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import gc
 import json
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +47,8 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
+
+from timing import device_name, device_tag, provenance  # noqa: E402
 
 from diff4splat.configs import to_dataclass, to_plain  # noqa: E402
 from diff4splat.models.lrdm import LRDM, LRDMConfig, gaussians_at_all_times  # noqa: E402
@@ -676,30 +676,14 @@ def write(result: dict, out: Path, tag: str) -> Path:
 
 MEASURED_FILES = (
     "diff4splat/models/vggt.py",
+    "diff4splat/models/vggt_blocks.py",
+    "diff4splat/models/vggt_config.py",
     "diff4splat/models/dpt.py",
     "diff4splat/models/movies.py",
+    "diff4splat/models/movies_gaussians.py",
     "diff4splat/models/lrdm.py",
     "experiments/benchmarks/vggsplat.py",
 )
-
-
-def git_commit() -> str:
-    """The checkout's commit (``+dirty`` with uncommitted changes to the measured code), or ``unknown``."""
-    import subprocess
-
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", *MEASURED_FILES],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return "unknown"
-    if head.returncode:
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -738,17 +722,12 @@ def main(argv: list[str] | None = None) -> Path:
     variants = [VARIANTS[n] for n in names]
     if args.tiny:
         variants = [dataclasses.replace(v, compiled=False) for v in variants]
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
-    tag = args.tag or ("tiny_cpu" if args.tiny else "h100" if "H100" in name else "h200" if "H200" in name else "gpu")
+    name = device_name(device)
+    tag = args.tag or ("tiny_cpu" if args.tiny else device_tag(name))
     setting = TINY if args.tiny else FULL
     tag = args.tag or ("meta" if phases == {"meta"} else tag)
     result: dict[str, Any] = {
-        "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(["python vggsplat.py", *argv]),
-        "device": name,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        **provenance("vggsplat.py", argv, name, MEASURED_FILES),
         "model": setting["model"],
         "compiled_blocks": device == "cuda" and not args.no_compile,
         "profile": [],
