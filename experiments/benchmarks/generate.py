@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from timing import device_name, device_tag, provenance
+from timing import device_name, device_tag, provenance, provenance_line
 
 GOALS_S = {(352, 640): 6.0, (480, 832): 12.0}  # the teacher, end to end at 49 frames
 # the student at 49 frames: (time to scene, time to all files); None = no goal
@@ -377,8 +377,11 @@ def markdown(record: dict[str, Any]) -> str:
             )
     return (
         f"# Generation: image + trajectory + prompt -> 4D scene, time to scene and to all files\n\n"
-        f"`{record['command']}` on {record['device']}, {record['date']}, commit {record['commit']}, torch "
-        f"{record['torch']}\n\n{record['models']}\n\n{head}" + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
+        f"{provenance_line(record)}\n\n{record['models']}\n\n{head}"
+        + "\n".join(rows)
+        + "\n\n"
+        + "\n".join(notes)
+        + "\n"
     )
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from generate import STAGES, available_outputs, input_image, params, random_umt5_xxl, random_wan22_vae
-from timing import device_name, device_tag, provenance
+from timing import device_name, device_tag, provenance, provenance_line
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIGS = ["352x640x49:50", "704x1280x121:4:0"]
@@ -214,8 +214,7 @@ def markdown(record: dict[str, Any]) -> str:
         notes.append(f"- {e['size']} {e['decoder']} {e['mode']}: {e['error']}")
     return (
         f"# Public-weights route (layout=public): image + trajectory + prompt -> 4D scene, per stage\n\n"
-        f"`{record['command']}` on {record['device']}, {record['date']}, commit {record['commit']}, "
-        f"torch {record['torch']}\n\n{head}" + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
+        f"{provenance_line(record)}\n\n{head}" + "\n".join(rows) + "\n\n" + "\n".join(notes) + "\n"
     )
 
 

@@ -42,6 +42,14 @@ def device_name(device: torch.device | str) -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
+def provenance_line(record: dict[str, Any]) -> str:
+    """A results file's first line under its title: how and where the numbers were made."""
+    return (
+        f"`{record['command']}` on {record['device']}, {record['date']}, commit {record['commit']}, "
+        f"torch {record['torch']}"
+    )
+
+
 def device_tag(name: str) -> str:
     """A results file's device suffix for a `device_name`: h100, h200, another gpu, or cpu."""
     if name.startswith("CPU"):

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py
 
-from timing import device_name, device_tag, provenance  # noqa: E402
+from timing import device_name, device_tag, provenance, provenance_line  # noqa: E402
 
 from diff4splat.configs import to_dataclass, to_plain  # noqa: E402
 from diff4splat.models.lrdm import LRDM, LRDMConfig, gaussians_at_all_times  # noqa: E402
@@ -663,8 +663,7 @@ def write(result: dict, out: Path, tag: str) -> Path:
     chosen = result.get("chosen_variant")
     stages = stage_table(result)
     (out / f"vggsplat_{tag}.md").write_text(
-        f"# VGGSplaT benchmark\n\n`{result['command']}` on {result['device']}, {result['date']}, torch "
-        f"{result['torch']}, commit {result['commit']}"
+        f"# VGGSplaT benchmark\n\n{provenance_line(result)}"
         + (f"; final runs: variant {chosen['name']} ({json.dumps(chosen)})" if chosen else "")
         + "\n\n"
         + (f"{table(result)}\n\n" if result["inference"] or result["training"] else "")
