@@ -154,3 +154,33 @@ def test_throughput_rejects_bad_settings_and_tells_batch_sizes():
     assert one["key"] == ["a"] and one["x"].shape == (1, 4) and one["num_input"] == 2
     with pytest.raises(ValueError, match="batch size"):
         batch_size_of({"key": "a"})
+
+
+def test_a_signal_handled_during_the_ranks_agreement_is_not_lost(monkeypatch):
+    """torchrun's SIGTERM reaches every rank at once, usually while they wait in the end-of-step all-reduce; the
+    handler then runs as the collective returns. That signal must stop the run after the next step, not be
+    overwritten by the flags read before the collective (the two-rank sbatch run trained on to max_steps)."""
+    import signal
+    from types import SimpleNamespace
+
+    from diff4splat.callbacks.preemption import Preemption
+
+    cb = Preemption()
+    calls = []
+
+    def all_reduce(flags, op=None):  # the other rank saw nothing yet; the signal lands as the collective returns
+        calls.append(flags.tolist())
+        if len(calls) == 1:
+            cb._on_signal(signal.SIGTERM, None)
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    trainer = SimpleNamespace(
+        world_size=2,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        _signal_connector=SimpleNamespace(received_sigterm=False),
+    )
+    cb.on_train_batch_end(trainer, None)
+    assert calls == [[0, 0]] and not trainer._signal_connector.received_sigterm  # not agreed during this step
+    cb.on_train_batch_end(trainer, None)
+    assert calls[1] == [1, 0] and trainer._signal_connector.received_sigterm  # every rank stops after the next

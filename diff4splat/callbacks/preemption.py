@@ -89,13 +89,18 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         """Agree across ranks (a max all-reduce of the flags) and hand the decision to Lightning, whose training loop
         then raises SIGTERMException on every rank after this same step. Lightning's own flag is not set from the
-        handler: a rank that saw the signal would stop alone and the others would block in the next collective."""
+        handler: a rank that saw the signal would stop alone and the others would block in the next collective.
+
+        The flags are only ever raised here, never written back from the copy read before the all-reduce: a signal
+        handled while the collective waits (where the ranks spend their waiting, so where torchrun's SIGTERM to all
+        of them usually lands) would otherwise be overwritten and lost; it is agreed at the next step instead."""
         stop, requeue = self.stop_requested, self.requeue_requested
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             flags = torch.tensor([int(stop), int(requeue)], device=trainer.strategy.root_device)
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
             stop, requeue = bool(flags[0]), bool(flags[1])
-        self.stop_requested, self.requeue_requested = stop, requeue
+            self.stop_requested |= stop
+            self.requeue_requested |= requeue
         if stop:
             trainer._signal_connector.received_sigterm = True
 
